@@ -1,0 +1,183 @@
+"""API and domain types. Wire names are camelCase, as the seed's API has them."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+ADMIN_ROLE = "mcp.admin"
+
+NAME_PATTERN = r"^[a-z]([a-z0-9-]{0,50}[a-z0-9])?$"
+IMAGE_NAME_PATTERN = r"^[a-z0-9]+([._/-][a-z0-9]+)*$"
+IMAGE_VERSION_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling: a stable user id and the roles the credential carries."""
+
+    user_id: str
+    roles: frozenset[str] = frozenset()
+
+    @property
+    def is_admin(self) -> bool:
+        """True for holders of mcp.admin."""
+        return ADMIN_ROLE in self.roles
+
+
+class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    """Body of POST /adapters and PUT /adapters/{name}."""
+
+    name: Annotated[str, msgspec.Meta(description=f"Adapter name, {NAME_PATTERN}. Immutable.")]
+    image_name: Annotated[str, msgspec.Meta(description=f"Image name, {IMAGE_NAME_PATTERN}, no '..'.")]
+    image_version: Annotated[str, msgspec.Meta(description=f"Image tag, {IMAGE_VERSION_PATTERN}.")]
+    environment_variables: Annotated[
+        dict[str, str], msgspec.Meta(description=f"Environment of each replica; names {ENV_NAME_PATTERN}.")
+    ] = msgspec.field(default_factory=dict)
+    replica_count: Annotated[int, msgspec.Meta(description="Replicas to run, 0 … the configured maximum.")] = 1
+    description: str = ""
+    required_roles: Annotated[
+        list[str], msgspec.Meta(description="Roles that grant read and data-plane use to non-owners.")
+    ] = msgspec.field(default_factory=list)
+    use_workload_identity: Annotated[
+        bool, msgspec.Meta(description="Run replicas with the workload identity. Immutable; mcp.admin only.")
+    ] = False
+
+
+class AdapterRecord(msgspec.Struct, kw_only=True):
+    """An adapter as stored: the desired state plus bookkeeping.
+
+    ``generation`` grows by one on every change of the deployed spec (image, env, replicas);
+    ``etag`` changes on every write and guards optimistic concurrency.
+    """
+
+    name: str
+    image_name: str
+    image_version: str
+    environment_variables: dict[str, str] = msgspec.field(default_factory=dict)
+    replica_count: int = 1
+    description: str = ""
+    required_roles: list[str] = msgspec.field(default_factory=list)
+    use_workload_identity: bool = False
+    created_by: str = ""
+    created_at: datetime | None = None
+    last_updated_at: datetime | None = None
+    generation: int = 1
+    etag: str = ""
+
+    @property
+    def image(self) -> str:
+        """imageName:imageVersion."""
+        return f"{self.image_name}:{self.image_version}"
+
+    def same_deployment(self, other: AdapterRecord) -> bool:
+        """True when both ask the runtime for exactly the same replicas."""
+        return (
+            self.image_name == other.image_name
+            and self.image_version == other.image_version
+            and self.environment_variables == other.environment_variables
+            and self.replica_count == other.replica_count
+            and self.use_workload_identity == other.use_workload_identity
+        )
+
+
+class AdapterResource(msgspec.Struct, rename="camel", kw_only=True):
+    """An adapter as the API returns it."""
+
+    id: str
+    name: str
+    image_name: str
+    image_version: str
+    environment_variables: dict[str, str]
+    replica_count: int
+    description: str
+    use_workload_identity: bool
+    required_roles: list[str]
+    created_by: str
+    created_at: datetime
+    last_updated_at: datetime
+    generation: int
+
+    @classmethod
+    def from_record(cls, r: AdapterRecord) -> AdapterResource:
+        """The wire form of a stored record."""
+        assert r.created_at is not None and r.last_updated_at is not None
+        return cls(
+            id=r.name,
+            name=r.name,
+            image_name=r.image_name,
+            image_version=r.image_version,
+            environment_variables=r.environment_variables,
+            replica_count=r.replica_count,
+            description=r.description,
+            use_workload_identity=r.use_workload_identity,
+            required_roles=r.required_roles,
+            created_by=r.created_by,
+            created_at=r.created_at,
+            last_updated_at=r.last_updated_at,
+            generation=r.generation,
+        )
+
+
+class AdapterPage(msgspec.Struct, rename="camel", kw_only=True):
+    """One page of GET /adapters; pass ``nextCursor`` as ``cursor`` for the next."""
+
+    items: list[AdapterResource]
+    next_cursor: str | None = None
+
+
+ConditionType = Literal["Accepted", "Progressing", "Ready", "Degraded"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(msgspec.Struct, rename="camel", kw_only=True):
+    """One status condition, as Kubernetes and the Gateway API shape them."""
+
+    type: ConditionType
+    status: ConditionStatus
+    reason: str
+    message: str
+    last_transition_time: datetime
+
+
+class InstanceStatus(msgspec.Struct, rename="camel", kw_only=True):
+    """One replica: its index, whether it routes traffic, and why not."""
+
+    instance: int
+    name: str
+    ready: bool
+    state: str
+    restarts: int = 0
+    generation: int = 0
+    message: str = ""
+
+
+class AdapterStatus(msgspec.Struct, rename="camel", kw_only=True):
+    """GET /adapters/{name}/status."""
+
+    name: str
+    image: str
+    generation: int
+    observed_generation: int
+    desired_replicas: int
+    ready_replicas: int
+    updated_replicas: int
+    available_replicas: int
+    replica_status: str
+    conditions: list[Condition]
+    instances: list[InstanceStatus]
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """RFC 9457 problem details, as every REST error body."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    field: str | None = None
+    instance: str | None = None

@@ -1,0 +1,92 @@
+"""The replica runtime protocol: where an adapter's replicas run.
+
+Implementations: ``local`` (child processes) and ``kubernetes`` (a StatefulSet per adapter).
+The reconciler drives ``apply``/``remove``; the data plane reads ``endpoints`` on every request,
+so ``endpoints`` must answer from memory without I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Protocol
+
+from gateway.models import AdapterRecord, InstanceStatus
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A ready replica the data plane may route to.
+
+    ``replica`` is the stable name (``mcp-example-1``); ``uid`` changes whenever the replica is
+    replaced (a new process, a new pod), so a session pinned to a dead incarnation is detected.
+    """
+
+    replica: str
+    uid: str
+    url: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RuntimeIssue:
+    """Why replicas are not ready: a machine reason (``ImageNotFound``, ``CrashLoopBackOff`` …) and a message."""
+
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RuntimeStatus:
+    """What the runtime observes of one adapter."""
+
+    observed_generation: int
+    image: str
+    desired: int
+    ready: int
+    updated: int
+    available: int
+    instances: tuple[InstanceStatus, ...] = ()
+    issues: tuple[RuntimeIssue, ...] = ()
+    progressing: bool = False
+
+
+class InstanceNotFound(Exception):
+    """logs() was asked for a replica index the adapter does not have."""
+
+
+EndpointListener = Callable[[str], None]
+"""Called with an adapter name whenever its ready endpoints change."""
+
+
+class Runtime(Protocol):
+    """Runs replicas of adapters and reports on them."""
+
+    async def start(self) -> None:
+        """Connect, discover what already runs, begin watching."""
+
+    async def close(self) -> None:
+        """Stop watching. The local runtime also stops every replica it started."""
+
+    async def ping(self) -> None:
+        """Raise RuntimeUnavailable when the runtime cannot be reached."""
+
+    async def apply(self, adapter: AdapterRecord) -> None:
+        """Make the adapter's replicas match the record (idempotent; rolls on spec change)."""
+
+    async def remove(self, name: str) -> None:
+        """Stop and remove every replica and object of the adapter (idempotent)."""
+
+    async def deployed(self) -> dict[str, int]:
+        """Adapters this runtime manages, with the generation each was last applied at."""
+
+    async def status(self, adapter: AdapterRecord) -> RuntimeStatus:
+        """Observed state of the adapter's replicas."""
+
+    async def logs(self, name: str, instance: int, tail: int) -> str:
+        """The last ``tail`` lines of replica ``instance``; raise InstanceNotFound."""
+
+    def endpoints(self, name: str) -> tuple[Endpoint, ...]:
+        """Ready replicas of the adapter, from memory (hot path: no I/O)."""
+
+    def add_listener(self, listener: EndpointListener) -> None:
+        """Call ``listener(name)`` whenever the endpoints of an adapter change."""

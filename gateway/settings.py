@@ -1,0 +1,359 @@
+"""Typed gateway settings.
+
+Every setting is read from an ``MCPGW_*`` environment variable and mirrored by a flag of
+``mcp-gateway serve`` (``data_dir`` ↔ ``MCPGW_DATA_DIR`` ↔ ``--data-dir``). Flags win over the
+environment, the environment wins over defaults. The defaults are the embedded mode: SQLite in
+the data dir, in-memory sessions, the local process runtime and dev auth.
+
+This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "MCPGW_"
+MiB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the environment variable and flag."""
+
+
+def setting(default: Any, help: str, *, env: str | None = None, secret: bool = False) -> Any:
+    """Declare one setting: its default, its help text, an optional extra env name, secrecy."""
+    if isinstance(default, list | dict | set):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata={"help": help, "env": env, "secret": secret})
+
+
+StoreKind = Literal["sqlite", "cosmos"]
+SessionsKind = Literal["memory", "redis"]
+RuntimeKind = Literal["local", "kubernetes"]
+AuthKind = Literal["dev", "entra", "oidc"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "text", "json"]
+PodAddressing = Literal["ip", "dns"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway can be told. See ``mcp-gateway serve --help`` or docs/limits.md."""
+
+    # --- process -------------------------------------------------------------------------
+    host: str = setting("127.0.0.1", "Address the gateway listens on.")
+    port: int = setting(8000, "Port the gateway listens on.")
+    data_dir: Path = setting(
+        Path(".mcp-gateway"), "Folder for the SQLite store, replica logs and the embedded session key."
+    )
+    public_url: str | None = setting(
+        None,
+        "Public origin of the gateway (e.g. https://mcp.example.com) when it runs behind a proxy; "
+        "used in absolute URLs and protected-resource metadata. Default: derived from host and port.",
+    )
+    log_level: LogLevel = setting("info", "Log level: debug, info, warning or error.")
+    log_format: LogFormat = setting("auto", "Log format: text, json, or auto (text in embedded mode, else json).")
+
+    # --- components ----------------------------------------------------------------------
+    store: StoreKind = setting("sqlite", "Adapter metadata store: sqlite (embedded) or cosmos.")
+    sessions: SessionsKind = setting("memory", "Session record store: memory (embedded) or redis.")
+    runtime: RuntimeKind = setting("local", "Where replicas run: local (child processes) or kubernetes.")
+    auth: AuthKind = setting("dev", "Identity: dev (X-Dev-User-Id / X-Dev-Roles headers), entra or oidc.")
+
+    # --- control plane -------------------------------------------------------------------
+    max_replicas: int = setting(10, "Largest replicaCount an adapter may ask for.")
+    reconcile_interval: float = setting(10.0, "Seconds between periodic reconciler passes.")
+    example_adapter: bool = setting(
+        True, "With the local runtime, register the example adapter mcp-example at start when it is absent."
+    )
+    list_max_limit: int = setting(100, "Largest page size of GET /adapters.")
+
+    # --- local runtime -------------------------------------------------------------------
+    image_catalog: Path | None = setting(
+        None, "TOML file mapping imageName:imageVersion to a command for the local runtime."
+    )
+    local_ready_timeout: float = setting(30.0, "Seconds a local replica may take to accept connections.")
+    local_restart_backoff_max: float = setting(30.0, "Longest wait before restarting a crashed local replica.")
+
+    # --- data plane ----------------------------------------------------------------------
+    max_body_bytes: int = setting(4 * MiB, "Largest MCP request body; larger requests get 413.")
+    upstream_connect_timeout: float = setting(5.0, "Seconds to connect to a replica before answering 502/504.")
+    upstream_read_timeout: float = setting(
+        300.0, "Seconds an upstream may stay silent (between chunks) before 504; streams have no total limit."
+    )
+    upstream_pool_size: int = setting(256, "Keep-alive connections kept per replica.")
+    allowed_hosts: tuple[str, ...] = setting(
+        (),
+        "Host header values accepted (host or host:port, '*' for any). Loopback forms and the public URL's "
+        "host are always accepted.",
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        (),
+        "Origin header values accepted on MCP routes. Loopback origins and the public URL are always accepted.",
+    )
+
+    # --- sessions ------------------------------------------------------------------------
+    session_ttl: float = setting(3600.0, "Sliding idle lifetime of a session, in seconds.")
+    session_max_age: float = setting(86400.0, "Absolute lifetime of a session id, in seconds.")
+    session_keys: tuple[str, ...] = setting(
+        (),
+        "Comma-separated base64 32-byte keys sealing session ids; the first seals, all open (rotation). "
+        "Default: a key generated once in the data dir.",
+        secret=True,
+    )
+    session_cache_seconds: float = setting(
+        5.0, "How long a gateway trusts a session record it read, before asking the store again."
+    )
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0", "Redis URL for session records (rediss:// for TLS).", secret=True
+    )
+    redis_entra: bool = setting(False, "Authenticate to Azure Redis with an Entra ID token (azure-identity).")
+    redis_username: str | None = setting(
+        None, "Redis user for Entra auth (the identity's object id); default: from the token."
+    )
+    redis_key_prefix: str = setting("mcpgw:", "Prefix of every Redis key the gateway writes.")
+
+    # --- cosmos --------------------------------------------------------------------------
+    cosmos_endpoint: str | None = setting(None, "Cosmos DB account endpoint (https://<account>.documents.azure.com).")
+    cosmos_database: str = setting("mcpgateway", "Cosmos DB database name.")
+    cosmos_container: str = setting("adapters", "Cosmos DB container name (partition key /id).")
+    cosmos_key: str | None = setting(
+        None, "Account key; only for the emulator and local work. Default: Entra ID.", secret=True
+    )
+    cosmos_create_if_missing: bool = setting(False, "Create the database and container when they are missing.")
+    cosmos_verify_tls: bool = setting(True, "Verify the Cosmos endpoint's TLS certificate.")
+    cosmos_ca_file: Path | None = setting(None, "CA bundle for the Cosmos endpoint (emulator certificates).")
+    cosmos_timeout: float = setting(10.0, "Seconds one Cosmos operation may take, retries included.")
+    cosmos_refresh_interval: float = setting(
+        5.0, "Seconds between refreshes of the in-memory adapter view the data plane routes from."
+    )
+    azure_client_id: str | None = setting(
+        None, "Client id of a user-assigned managed identity for Cosmos and Redis.", env="AZURE_CLIENT_ID"
+    )
+
+    # --- kubernetes ----------------------------------------------------------------------
+    kube_namespace: str = setting("adapter", "Namespace the adapter StatefulSets live in.")
+    kubeconfig: Path | None = setting(
+        None, "kubeconfig file; default: in-cluster config, else ~/.kube/config.", env="KUBECONFIG"
+    )
+    kube_context: str | None = setting(None, "kubeconfig context to use.")
+    kube_registry: str = setting("", "Registry prefix for adapter images (e.g. myacr.azurecr.io).")
+    kube_image_pull_policy: str = setting("IfNotPresent", "imagePullPolicy of adapter pods.")
+    kube_service_account: str = setting("mcp-adapter", "Service account of adapter pods.")
+    kube_workload_service_account: str = setting(
+        "mcp-adapter-workload", "Service account of adapters with useWorkloadIdentity."
+    )
+    kube_pod_addressing: PodAddressing = setting(
+        "ip", "How the gateway reaches pods: ip (pod IP) or dns (<pod>.<service>.<ns>.svc)."
+    )
+    kube_cluster_domain: str = setting("cluster.local", "Cluster DNS domain for dns pod addressing.")
+    kube_cpu_request: str = setting("100m", "CPU request of an adapter container.")
+    kube_memory_request: str = setting("128Mi", "Memory request of an adapter container.")
+    kube_cpu_limit: str = setting("1", "CPU limit of an adapter container.")
+    kube_memory_limit: str = setting("512Mi", "Memory limit of an adapter container.")
+
+    # --- auth ----------------------------------------------------------------------------
+    auth_dev_allow_remote: bool = setting(
+        False, "Allow dev auth on a non-loopback address (anyone can claim any identity!)."
+    )
+    entra_tenant_id: str | None = setting(None, "Entra ID tenant id (auth=entra).")
+    entra_client_id: str | None = setting(None, "Entra ID application (client) id of the gateway (auth=entra).")
+    entra_authority: str = setting(
+        "https://login.microsoftonline.com", "Entra ID authority host (sovereign clouds, tests)."
+    )
+    oidc_issuer: str | None = setting(None, "OIDC issuer URL (auth=oidc).")
+    oidc_audience: str | None = setting(None, "Expected token audience (auth=oidc).")
+    auth_scopes: tuple[str, ...] = setting(
+        (), "Scopes advertised in protected-resource metadata; default api://<clientId>/.default."
+    )
+    workload_identity_roles: tuple[str, ...] = setting(
+        (), "Roles, besides mcp.admin, allowed to create adapters with useWorkloadIdentity."
+    )
+    jwt_leeway: float = setting(60.0, "Clock skew tolerated on exp/nbf, in seconds.")
+    jwks_min_refresh_interval: float = setting(
+        30.0, "Shortest time between JWKS refreshes triggered by unknown key ids."
+    )
+
+    # --- telemetry -----------------------------------------------------------------------
+    metrics_enabled: bool = setting(True, "Serve Prometheus metrics at GET /metrics.")
+    applicationinsights_connection_string: str | None = setting(
+        None,
+        "Azure Monitor connection string; set → traces and metrics exported there.",
+        env="APPLICATIONINSIGHTS_CONNECTION_STRING",
+        secret=True,
+    )
+    otlp_endpoint: str | None = setting(
+        None, "OTLP endpoint; set → traces and metrics exported there.", env="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+
+    def __post_init__(self) -> None:
+        _check_settings(self)
+
+    @property
+    def embedded(self) -> bool:
+        """True when every component is the single-machine one."""
+        return self.store == "sqlite" and self.sessions == "memory" and self.runtime == "local"
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        """True when the listen address is a loopback address or localhost."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def origin(self) -> str:
+        """The public origin: public_url, else http://host:port."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting, with secrets replaced by '***' (for logs and diagnostics)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata["secret"] and value else value
+        return out
+
+
+def env_name(f: dataclasses.Field[Any]) -> str:
+    """The MCPGW_* environment variable of a setting."""
+    return ENV_PREFIX + f.name.upper()
+
+
+def flag_name(f: dataclasses.Field[Any]) -> str:
+    """The command-line flag of a setting."""
+    return "--" + f.name.replace("_", "-")
+
+
+def setting_fields() -> tuple[dataclasses.Field[Any], ...]:
+    """The declared settings, in order."""
+    return dataclasses.fields(Settings)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, str | None] | None = None
+) -> Settings:
+    """Build settings from the environment and string overrides (CLI flags), validating each value."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for f in setting_fields():
+        raw: str | None = None
+        source = ""
+        if overrides and overrides.get(f.name) is not None:
+            raw, source = overrides[f.name], flag_name(f)
+        elif env_name(f) in environ:
+            raw, source = environ[env_name(f)], env_name(f)
+        elif f.metadata["env"] and f.metadata["env"] in environ:
+            raw, source = environ[f.metadata["env"]], f.metadata["env"]
+        if raw is None:
+            continue
+        try:
+            values[f.name] = parse_value(hints[f.name], raw)
+        except ValueError as exc:
+            raise SettingsError(f"{source}: {exc}") from None
+    return Settings(**values)
+
+
+def parse_value(tp: Any, raw: str) -> Any:
+    """Convert one setting's text to its declared type; ValueError says what was expected."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if raw.strip() == "":
+            return None
+        return parse_value(inner[0], raw)
+    if origin is Literal:
+        value = raw.strip().lower()
+        if value not in args:
+            raise ValueError(f"expected one of {', '.join(args)}, got {raw!r}")
+        return value
+    if origin is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if tp is bool:
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if tp is int:
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+    if tp is float:
+        try:
+            return float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+    if tp is Path:
+        return Path(raw).expanduser()
+    return raw
+
+
+def _fail(name: str, message: str) -> typing.NoReturn:
+    f = next(f for f in setting_fields() if f.name == name)
+    raise SettingsError(f"{env_name(f)} ({flag_name(f)}): {message}")
+
+
+def _require(settings: Settings, names: Sequence[str], when: str) -> None:
+    for name in names:
+        if not getattr(settings, name):
+            _fail(name, f"is required when {when}")
+
+
+def _check_settings(s: Settings) -> None:
+    if not 0 < s.port < 65536:
+        _fail("port", f"must be between 1 and 65535, got {s.port}")
+    for name in ("max_replicas", "max_body_bytes", "upstream_pool_size", "list_max_limit"):
+        if getattr(s, name) < 1:
+            _fail(name, f"must be at least 1, got {getattr(s, name)}")
+    for name in (
+        "reconcile_interval",
+        "upstream_connect_timeout",
+        "upstream_read_timeout",
+        "session_ttl",
+        "session_max_age",
+        "local_ready_timeout",
+        "cosmos_timeout",
+        "cosmos_refresh_interval",
+    ):
+        if getattr(s, name) <= 0:
+            _fail(name, f"must be greater than 0, got {getattr(s, name)}")
+    if s.public_url is not None:
+        parts = urlsplit(s.public_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            _fail("public_url", f"must be an http(s) origin like https://mcp.example.com, got {s.public_url!r}")
+    if s.store == "cosmos":
+        _require(s, ["cosmos_endpoint"], "store is cosmos")
+    if s.auth == "entra":
+        _require(s, ["entra_tenant_id", "entra_client_id"], "auth is entra")
+    if s.auth == "oidc":
+        _require(s, ["oidc_issuer", "oidc_audience"], "auth is oidc")
+    if s.auth == "dev" and not s.listens_on_loopback and not s.auth_dev_allow_remote:
+        _fail(
+            "auth",
+            f"dev auth trusts X-Dev-* headers and is refused on non-loopback address {s.host!r}; "
+            "use entra or oidc, or set MCPGW_AUTH_DEV_ALLOW_REMOTE=true",
+        )
+    if s.sessions == "redis" and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        _fail("redis_url", "must start with redis://, rediss:// or unix://")

@@ -1,0 +1,5 @@
+"""Adapter metadata stores: the protocol and its implementations."""
+
+from gateway.store.base import AdapterExists, AdapterStore, EtagMismatch
+
+__all__ = ["AdapterExists", "AdapterStore", "EtagMismatch"]
