@@ -1,0 +1,48 @@
+"""``GET /.well-known/oauth-protected-resource[/<path>]``: unauthenticated RFC 9728 metadata.
+
+The bare form describes the gateway as a whole; the path-inserted form describes the resource at
+``<public URL>/<path>``, typically an MCP endpoint such as ``/adapters/{name}/mcp``. Any path is
+answered the same way without looking it up, so the documents reveal nothing about which adapters
+exist. In dev mode there is no authorization server to point to, and both routes answer 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, Router, get
+
+from gateway.auth.metadata import WELL_KNOWN_PATH, protected_resource_metadata
+from gateway.errors import NotFound
+from gateway.settings import Settings
+
+#: Clients may cache the document; it only changes when settings change.
+CACHE_CONTROL = "public, max-age=300"
+
+
+def protected_resource_router(settings: Settings) -> Router:
+    """A Router serving the metadata documents for ``settings``; mount it without auth."""
+
+    def _document(path: str) -> Response[dict[str, Any]]:
+        if settings.auth == "dev":
+            raise NotFound("dev auth has no authorization server, so there is no protected-resource metadata")
+        return Response(
+            protected_resource_metadata(settings, path),
+            media_type="application/json",
+            headers={"Cache-Control": CACHE_CONTROL, "Access-Control-Allow-Origin": "*"},
+        )
+
+    @get("/", name="protected-resource-metadata", summary="RFC 9728 metadata of the gateway", sync_to_thread=False)
+    def root_document() -> Response[dict[str, Any]]:
+        return _document("")
+
+    @get(
+        "/{path:path}",
+        name="protected-resource-metadata-path",
+        summary="RFC 9728 metadata of the MCP endpoint at <path>",
+        sync_to_thread=False,
+    )
+    def path_document(path: str) -> Response[dict[str, Any]]:
+        return _document(path)
+
+    return Router(path=WELL_KNOWN_PATH, route_handlers=[root_document, path_document], tags=["auth"])

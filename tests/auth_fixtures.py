@@ -1,0 +1,361 @@
+"""A local OpenID provider for tests: discovery, JWKS, device-code and token endpoints over real HTTP.
+
+Keys are RSA keys minted by the tests. The server runs in a thread on a free loopback port, so it
+serves in-process async tests, sync MSAL code and gateway processes alike. It counts every hit per
+path, which lets tests prove the gateway does not hammer the JWKS endpoint.
+
+Issuers it speaks for:
+- Entra style: ``<url>/<tenant>/v2.0`` (discovery at ``<url>/<tenant>/v2.0/.well-known/openid-configuration``),
+  i.e. ``MCPGW_ENTRA_AUTHORITY=<url>``;
+- generic OIDC: ``<url>/realms/test`` (``MCPGW_OIDC_ISSUER=<url>/realms/test``).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+TENANT_ID = "11111111-2222-3333-4444-555555555555"
+CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+OIDC_REALM_PATH = "/realms/test"
+OIDC_AUDIENCE = "mcp-gateway"
+WELL_KNOWN_OPENID = "/.well-known/openid-configuration"
+WELL_KNOWN_OAUTH = "/.well-known/oauth-authorization-server"
+
+
+def b64url(data: bytes) -> str:
+    """Base64url without padding, as JOSE uses it."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclasses.dataclass(frozen=True)
+class SigningKey:
+    """An RSA key pair with a key id."""
+
+    kid: str
+    private_key: rsa.RSAPrivateKey
+
+    @classmethod
+    def generate(cls, kid: str | None = None) -> SigningKey:
+        """A fresh 2048-bit key."""
+        return cls(kid or uuid.uuid4().hex[:16], rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+    def public_jwk(self) -> dict[str, Any]:
+        """The JWKS entry, shaped like Entra's (no ``alg``)."""
+        numbers = self.private_key.public_key().public_numbers()
+
+        def b64int(n: int) -> str:
+            return b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+        return {"kty": "RSA", "use": "sig", "kid": self.kid, "n": b64int(numbers.n), "e": b64int(numbers.e)}
+
+    def public_pem(self) -> bytes:
+        """The public key in PEM, for the HS256-with-public-key attack."""
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+def hs256_token(claims: dict[str, Any], secret: bytes, kid: str) -> str:
+    """A token HMAC-signed with ``secret`` (pyjwt refuses to do this with a PEM key, attackers don't)."""
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+    payload = b64url(json.dumps(claims).encode())
+    signature = hmac.new(secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64url(signature)}"
+
+
+def unsigned_token(claims: dict[str, Any], kid: str | None = None) -> str:
+    """A token with ``alg: none`` and an empty signature."""
+    head: dict[str, Any] = {"alg": "none", "typ": "JWT"}
+    if kid:
+        head["kid"] = kid
+    return f"{b64url(json.dumps(head).encode())}.{b64url(json.dumps(claims).encode())}."
+
+
+class OidcServer:
+    """The provider. ``keys`` is the published JWKS (assign a new list to rotate)."""
+
+    def __init__(self, tenant_id: str = TENANT_ID, client_id: str = CLIENT_ID) -> None:
+        self.tenant_id = tenant_id
+        self.client_id = client_id
+        self.keys: list[SigningKey] = [SigningKey.generate("key-1")]
+        self.hits: collections.Counter[str] = collections.Counter()
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.device_pending_polls = 0
+        self.token_lifetime = 3600
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._device_polls: collections.Counter[str] = collections.Counter()
+        self._refresh_tokens: dict[str, dict[str, Any]] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> OidcServer:
+        """Listen on a free loopback port."""
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="oidc-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and join the thread."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    @property
+    def url(self) -> str:
+        """http://127.0.0.1:<port>."""
+        assert self._server is not None, "server not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # --- issuers and tokens ------------------------------------------------------------
+
+    @property
+    def entra_issuer(self) -> str:
+        """The v2 issuer of the tenant, as the gateway expects with MCPGW_ENTRA_AUTHORITY=url."""
+        return f"{self.url}/{self.tenant_id}/v2.0"
+
+    @property
+    def entra_v1_issuer(self) -> str:
+        """The v1 issuer form (fixed public-cloud host, as Entra issues it)."""
+        return f"https://sts.windows.net/{self.tenant_id}/"
+
+    @property
+    def oidc_issuer(self) -> str:
+        """The generic OIDC issuer."""
+        return self.url + OIDC_REALM_PATH
+
+    @property
+    def jwks_hits(self) -> int:
+        """How often the JWKS was fetched."""
+        return self.hits["/jwks"]
+
+    def entra_claims(
+        self, oid: str = "user-1", roles: list[str] | None = None, *, lifetime: int | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """Claims of a v2 Entra access token for the gateway app."""
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.entra_issuer,
+            "aud": self.client_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + (lifetime if lifetime is not None else self.token_lifetime),
+            "oid": oid,
+            "sub": f"pairwise-{oid}",
+            "tid": self.tenant_id,
+            "scp": "access",
+            "ver": "2.0",
+        }
+        if roles:
+            claims["roles"] = roles
+        claims.update(extra)
+        return claims
+
+    def oidc_claims(self, sub: str = "user-1", roles: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+        """Claims of a generic OIDC access token."""
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.oidc_issuer,
+            "aud": OIDC_AUDIENCE,
+            "iat": now,
+            "exp": now + self.token_lifetime,
+            "sub": sub,
+        }
+        if roles:
+            claims["roles"] = roles
+        claims.update(extra)
+        return claims
+
+    def mint(
+        self,
+        claims: dict[str, Any],
+        key: SigningKey | None = None,
+        *,
+        alg: str = "RS256",
+        kid: str | None = "",
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        """Sign ``claims`` with ``key`` (default: the first published key); ``kid=None`` omits the header."""
+        key = key or self.keys[0]
+        head: dict[str, Any] = dict(headers or {})
+        if kid is not None:
+            head["kid"] = kid or key.kid
+        return jwt.encode(claims, key.private_key, algorithm=alg, headers=head)
+
+    def entra_token(self, oid: str = "user-1", roles: list[str] | None = None, **extra: Any) -> str:
+        """A valid Entra-style access token."""
+        return self.mint(self.entra_claims(oid, roles, **extra))
+
+    def oidc_token(self, sub: str = "user-1", roles: list[str] | None = None, **extra: Any) -> str:
+        """A valid generic OIDC access token."""
+        return self.mint(self.oidc_claims(sub, roles, **extra))
+
+    # --- request handling (server thread) ----------------------------------------------
+
+    def _discovery(self, prefix: str) -> dict[str, Any]:
+        issuer = self.url + prefix
+        return {
+            "issuer": issuer,
+            "jwks_uri": f"{self.url}/jwks",
+            "authorization_endpoint": f"{issuer}/authorize",
+            "token_endpoint": f"{issuer}/token",
+            "device_authorization_endpoint": f"{issuer}/devicecode",
+            "response_types_supported": ["code"],
+            "grant_types_supported": [
+                "authorization_code",
+                "refresh_token",
+                "urn:ietf:params:oauth:grant-type:device_code",
+            ],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }
+
+    def _issue(self, prefix: str, client_id: str, scope: str, oid: str) -> dict[str, Any]:
+        issuer = self.url + prefix
+        now = int(time.time())
+        resource = next((s.rsplit("/", 1)[0] for s in scope.split() if s.startswith("api://")), f"api://{client_id}")
+        access = self.mint(
+            {
+                "iss": issuer,
+                "aud": resource.removeprefix("api://"),
+                "iat": now,
+                "nbf": now,
+                "exp": now + self.token_lifetime,
+                "oid": oid,
+                "tid": self.tenant_id,
+                "scp": "access",
+                "azp": client_id,
+            }
+        )
+        id_token = self.mint(
+            {
+                "iss": issuer,
+                "aud": client_id,
+                "iat": now,
+                "exp": now + 3600,
+                "sub": oid,
+                "oid": oid,
+                "tid": self.tenant_id,
+                "preferred_username": f"{oid}@example.test",
+            }
+        )
+        refresh = uuid.uuid4().hex
+        self._refresh_tokens[refresh] = {"client_id": client_id, "scope": scope, "oid": oid, "prefix": prefix}
+        client_info = b64url(json.dumps({"uid": oid, "utid": self.tenant_id}).encode())
+        return {
+            "token_type": "Bearer",
+            "scope": scope,
+            "expires_in": self.token_lifetime,
+            "ext_expires_in": self.token_lifetime,
+            "access_token": access,
+            "refresh_token": refresh,
+            "id_token": id_token,
+            "client_info": client_info,
+        }
+
+    def _handle(self, method: str, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            self.hits[path] += 1
+            self.requests.append((method, path, form))
+        if method == "GET" and path == "/jwks":
+            return 200, {"keys": [k.public_jwk() for k in list(self.keys)]}
+        if method == "GET" and path.endswith(WELL_KNOWN_OPENID):
+            return 200, self._discovery(path.removesuffix(WELL_KNOWN_OPENID))
+        if method == "GET" and path.startswith(WELL_KNOWN_OAUTH):
+            return 200, self._discovery(path.removeprefix(WELL_KNOWN_OAUTH))
+        if method == "POST" and path.endswith("/devicecode"):
+            code = uuid.uuid4().hex
+            return 200, {
+                "device_code": code,
+                "user_code": "ABCD-EFGH",
+                "verification_uri": f"{self.url}/device",
+                "expires_in": 900,
+                "interval": 1,
+                "message": f"To sign in, open {self.url}/device and enter the code ABCD-EFGH.",
+            }
+        if method == "POST" and path.endswith("/token"):
+            prefix = path.removesuffix("/token")
+            grant = form.get("grant_type", "")
+            if grant == "urn:ietf:params:oauth:grant-type:device_code":
+                code = form.get("device_code", "")
+                with self._lock:
+                    self._device_polls[code] += 1
+                    polls = self._device_polls[code]
+                if polls <= self.device_pending_polls:
+                    return 400, {"error": "authorization_pending", "error_description": "waiting for the user"}
+                return 200, self._issue(prefix, form.get("client_id", ""), form.get("scope", ""), "device-user")
+            if grant == "refresh_token":
+                grant_info = self._refresh_tokens.pop(form.get("refresh_token", ""), None)
+                if grant_info is None:
+                    return 400, {"error": "invalid_grant", "error_description": "unknown refresh token"}
+                return 200, self._issue(prefix, grant_info["client_id"], form.get("scope", ""), grant_info["oid"])
+            return 400, {"error": "unsupported_grant_type", "error_description": grant}
+        return 404, {"error": "not_found", "path": path}
+
+
+def _handler_for(server: OidcServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _answer(self, method: str) -> None:
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length).decode() if length else ""
+            form = {k: v[0] for k, v in parse_qs(body).items()}
+            status, doc = server._handle(method, parts.path, form)
+            payload = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_GET(self) -> None:
+            self._answer("GET")
+
+        def do_POST(self) -> None:
+            self._answer("POST")
+
+    return Handler
+
+
+@pytest.fixture
+def oidc_server() -> Iterator[OidcServer]:
+    """A running OidcServer, stopped after the test."""
+    server = OidcServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
