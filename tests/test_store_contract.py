@@ -19,8 +19,15 @@ async def _sqlite(tmp_path: Path) -> AdapterStore:
     return SqliteAdapterStore(tmp_path / "store.db")
 
 
+async def _cosmos(tmp_path: Path) -> AdapterStore:
+    # A real Cosmos-protocol server (tests/cosmos_fixtures.py), one database per test.
+    from tests.cosmos_fixtures import new_cosmos_store
+
+    return await new_cosmos_store()
+
+
 # Implementations under contract. Each factory returns a store that is not yet started.
-FACTORIES: dict[str, StoreFactory] = {"sqlite": _sqlite}
+FACTORIES: dict[str, StoreFactory] = {"sqlite": _sqlite, "cosmos": _cosmos}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
