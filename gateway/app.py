@@ -1,0 +1,264 @@
+"""The composition root: builds the gateway's object graph from settings.
+
+This is the only module that names concrete stores, session stores, runtimes and authenticators.
+``create_app(settings)`` returns an ASGI app: the MCP data plane (``/adapters/{name}/mcp|sse|messages``)
+is dispatched straight to the proxy, everything else goes to the Litestar control plane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+
+from gateway.auth.base import Authenticator
+from gateway.control.problems import EXCEPTION_HANDLERS
+from gateway.control.reconciler import Reconciler
+from gateway.control.routes import AdapterController, healthz, readyz
+from gateway.control.service import AdapterService
+from gateway.models import AdapterInput, Identity
+from gateway.proxy.app import McpProxy
+from gateway.proxy.hosts import HostPolicy
+from gateway.proxy.sealing import SessionSealer, load_or_create_key, parse_keys
+from gateway.proxy.sessions import SessionRouter
+from gateway.runtime.base import Runtime
+from gateway.sessions.base import SessionStore
+from gateway.settings import Settings
+from gateway.store.base import AdapterStore
+from gateway.store.view import AdapterView
+
+log = logging.getLogger("gateway")
+
+VERSION = "0.1.0"
+EXAMPLE_ADAPTER = AdapterInput(
+    name="mcp-example",
+    image_name="mcp-example",
+    image_version="1.0.0",
+    replica_count=2,
+    description="Example MCP server (tools add, echo, whoami, get_env)",
+)
+_DATA_PLANE = re.compile(r"^/adapters/([^/]+)/(mcp|sse|messages)/?$")
+
+
+def build_store(settings: Settings) -> AdapterStore:
+    """The adapter store named by settings.store."""
+    if settings.store == "cosmos":
+        from gateway.store.cosmos import CosmosAdapterStore
+
+        return CosmosAdapterStore(settings)
+    from gateway.store.sqlite import SqliteAdapterStore
+
+    return SqliteAdapterStore(settings.data_dir / "gateway.db")
+
+
+def build_sessions(settings: Settings) -> SessionStore:
+    """The session store named by settings.sessions."""
+    if settings.sessions == "redis":
+        from gateway.sessions.redis import RedisSessionStore
+
+        return RedisSessionStore(settings)
+    from gateway.sessions.memory import MemorySessionStore
+
+    return MemorySessionStore()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """The runtime named by settings.runtime."""
+    if settings.runtime == "kubernetes":
+        from gateway.runtime.kubernetes import KubernetesRuntime
+
+        return KubernetesRuntime(settings)
+    from gateway.runtime.local import LocalRuntime
+
+    return LocalRuntime(settings)
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    """The authenticator named by settings.auth."""
+    from gateway.auth.factory import build_authenticator as factory
+
+    return factory(settings)
+
+
+def session_sealer(settings: Settings) -> SessionSealer:
+    """Keys from settings, else the embedded key generated once in the data dir."""
+    keys = (
+        parse_keys(settings.session_keys)
+        if settings.session_keys
+        else [load_or_create_key(settings.data_dir / "session.key")]
+    )
+    return SessionSealer(keys)
+
+
+@dataclass
+class Components:
+    """Everything create_app wires together; tests and the CLI may reach in."""
+
+    settings: Settings
+    store: AdapterStore
+    sessions: SessionStore
+    runtime: Runtime
+    authenticator: Authenticator
+    view: AdapterView
+    reconciler: Reconciler
+    service: AdapterService
+    router: SessionRouter
+    proxy: McpProxy
+
+
+def build_components(settings: Settings) -> Components:
+    """Construct (not start) every component."""
+    from gateway.auth.metadata import www_authenticate
+
+    store = build_store(settings)
+    sessions = build_sessions(settings)
+    runtime = build_runtime(settings)
+    authenticator = build_authenticator(settings)
+    view = AdapterView()
+    reconciler = Reconciler(store, runtime, view, sessions, interval=settings.reconcile_interval)
+    service = AdapterService(
+        store=store,
+        runtime=runtime,
+        sessions=sessions,
+        view=view,
+        reconciler=reconciler,
+        max_replicas=settings.max_replicas,
+        list_max_limit=settings.list_max_limit,
+        workload_identity_roles=settings.workload_identity_roles,
+    )
+    router = SessionRouter(
+        sessions,
+        session_sealer(settings),
+        ttl=settings.session_ttl,
+        max_age=settings.session_max_age,
+        cache_seconds=settings.session_cache_seconds,
+    )
+    proxy = McpProxy(
+        authenticator=authenticator,
+        view=view,
+        runtime=runtime,
+        sessions=router,
+        hosts=HostPolicy(
+            listen_host=settings.host,
+            public_url=settings.public_url,
+            hosts=settings.allowed_hosts,
+            origins=settings.allowed_origins,
+        ),
+        max_body_bytes=settings.max_body_bytes,
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+        pool_size=settings.upstream_pool_size,
+        www_authenticate=lambda path, error, detail: www_authenticate(settings, path, error, detail),
+    )
+    return Components(
+        settings=settings,
+        store=store,
+        sessions=sessions,
+        runtime=runtime,
+        authenticator=authenticator,
+        view=view,
+        reconciler=reconciler,
+        service=service,
+        router=router,
+        proxy=proxy,
+    )
+
+
+async def _register_example(c: Components) -> None:
+    if c.settings.runtime != "local" or not c.settings.example_adapter:
+        return
+    if await c.store.get(EXAMPLE_ADAPTER.name) is not None:
+        return
+    try:
+        await c.service.create(Identity(user_id="dev", roles=frozenset({"mcp.admin"})), EXAMPLE_ADAPTER)
+        log.info("registered the example adapter %s", EXAMPLE_ADAPTER.name)
+    except Exception as exc:  # the gateway is still useful without it
+        log.warning("could not register the example adapter %s: %s", EXAMPLE_ADAPTER.name, exc)
+
+
+def create_litestar(c: Components) -> Litestar:
+    """The control-plane Litestar app with lifecycle hooks for every component."""
+    from gateway.auth.metadata import www_authenticate
+    from gateway.auth.routes import protected_resource_router
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await c.store.start()
+            stack.push_async_callback(c.store.close)
+            await c.sessions.start()
+            stack.push_async_callback(c.sessions.close)
+            await c.authenticator.start()
+            stack.push_async_callback(c.authenticator.close)
+            await c.runtime.start()
+            stack.push_async_callback(c.runtime.close)
+            await c.proxy.start()
+            stack.push_async_callback(c.proxy.close)
+            stack.push_async_callback(c.router.close)
+            await c.reconciler.start()
+            stack.push_async_callback(c.reconciler.close)
+            await _register_example(c)
+            log.info(
+                "gateway ready on %s (store=%s sessions=%s runtime=%s auth=%s)",
+                c.settings.origin,
+                c.settings.store,
+                c.settings.sessions,
+                c.settings.runtime,
+                c.settings.auth,
+            )
+            yield
+
+    state: dict[str, Any] = {
+        "settings": c.settings,
+        "store": c.store,
+        "runtime": c.runtime,
+        "service": c.service,
+        "authenticator": c.authenticator,
+        "www_authenticate": lambda path, error, detail: www_authenticate(c.settings, path, error, detail),
+    }
+    return Litestar(
+        route_handlers=[AdapterController, healthz, readyz, protected_resource_router(c.settings)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        state=State(state),
+        openapi_config=OpenAPIConfig(
+            title="MCP Gateway",
+            version=VERSION,
+            description="Control plane of MCP Gateway. MCP traffic goes to /adapters/{name}/mcp (Streamable HTTP) "
+            "and /adapters/{name}/sse + /adapters/{name}/messages (legacy HTTP+SSE).",
+            path="/openapi",
+            render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin()],
+        ),
+        debug=False,
+        logging_config=None,
+    )
+
+
+class GatewayApp:
+    """ASGI entry: MCP routes straight to the proxy, the rest to Litestar."""
+
+    def __init__(self, components: Components) -> None:
+        self.components = components
+        self.litestar = create_litestar(components)
+        self._proxy = components.proxy
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            match = _DATA_PLANE.match(scope["path"])
+            if match is not None:
+                await self._proxy(scope, receive, send, match.group(1), match.group(2))
+                return
+        await self.litestar(scope, receive, send)  # type: ignore[arg-type]
+
+
+def create_app(settings: Settings) -> GatewayApp:
+    """The gateway as an ASGI app."""
+    return GatewayApp(build_components(settings))

@@ -1,0 +1,127 @@
+"""``mcp-gateway``: run the gateway, write its OpenAPI document."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from gateway.settings import Settings, SettingsError, env_name, flag_name, load_settings, setting_fields
+
+OPENAPI_PATH = Path("openapi/mcp-gateway.openapi.json")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(Settings)
+    for f in setting_fields():
+        default = f.default
+        shown = "" if default is None or default == () else f" Default: {default}."
+        if f.metadata["secret"]:
+            shown = ""
+        envs = env_name(f) + (f" or {f.metadata['env']}" if f.metadata["env"] else "")
+        metavar = "TEXT"
+        tp = hints[f.name]
+        if tp is bool:
+            metavar = "true|false"
+        elif tp is int:
+            metavar = "N"
+        elif tp is float:
+            metavar = "SECONDS" if "timeout" in f.name or "interval" in f.name or "ttl" in f.name else "N"
+        elif typing.get_origin(tp) is typing.Literal:
+            metavar = "|".join(typing.get_args(tp))
+        parser.add_argument(
+            flag_name(f),
+            dest=f.name,
+            metavar=metavar,
+            default=None,
+            help=f"{f.metadata['help']}{shown} [{envs}]".replace("%", "%%"),
+        )
+
+
+def _configure_logging(settings: Settings) -> None:
+    from gateway.telemetry.logs import configure_logging
+
+    configure_logging(settings)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGINT or SIGTERM."""
+    overrides = {f.name: getattr(args, f.name) for f in setting_fields()}
+    try:
+        settings = load_settings(overrides=overrides)
+    except SettingsError as exc:
+        print(f"mcp-gateway: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings)
+
+    import uvicorn
+
+    from gateway.app import create_app
+
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        print(f"mcp-gateway: cannot start: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=75,
+        backlog=4096,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def openapi_document() -> dict[str, Any]:
+    """The control plane's OpenAPI document, generated from the app."""
+    from gateway.app import build_components, create_litestar
+
+    settings = dataclasses.replace(Settings(), example_adapter=False)
+    app = create_litestar(build_components(settings))
+    return app.openapi_schema.to_schema()
+
+
+def write_openapi(args: argparse.Namespace) -> int:
+    """Write openapi/mcp-gateway.openapi.json (or --output)."""
+    text = json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"wrote {output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mcp-gateway`` console script."""
+    parser = argparse.ArgumentParser(prog="mcp-gateway", description="MCP Gateway: host and route MCP servers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway. Every setting is a flag and an environment variable; flags win.",
+    )
+    _add_setting_flags(serve_parser)
+    serve_parser.set_defaults(handler=serve)
+    openapi_parser = commands.add_parser("openapi", help="write the OpenAPI document of the control plane")
+    openapi_parser.add_argument("--output", default=str(OPENAPI_PATH), help=f"file to write (default {OPENAPI_PATH})")
+    openapi_parser.set_defaults(handler=write_openapi)
+    args = parser.parse_args(argv)
+    result: int = args.handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

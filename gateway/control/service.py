@@ -1,0 +1,209 @@
+"""The adapter service: every control-plane operation, with validation and access rules."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from datetime import UTC, datetime
+
+import msgspec
+
+from gateway.auth.base import can_read, can_use_workload_identity, can_write
+from gateway.control.reconciler import Reconciler
+from gateway.control.status import ConditionClock, build_status
+from gateway.control.validation import validate_input, validate_name
+from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed
+from gateway.models import AdapterInput, AdapterPage, AdapterRecord, AdapterResource, AdapterStatus, Identity
+from gateway.runtime.base import InstanceNotFound, Runtime
+from gateway.sessions.base import SessionStore
+from gateway.store.base import AdapterExists, AdapterStore, EtagMismatch
+from gateway.store.view import AdapterView
+
+log = logging.getLogger("gateway.control")
+
+MAX_LOG_TAIL = 10_000
+
+
+class AdapterService:
+    """Create, read, update and delete adapters; report status and logs."""
+
+    def __init__(
+        self,
+        *,
+        store: AdapterStore,
+        runtime: Runtime,
+        sessions: SessionStore,
+        view: AdapterView,
+        reconciler: Reconciler,
+        max_replicas: int,
+        list_max_limit: int,
+        workload_identity_roles: tuple[str, ...],
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._sessions = sessions
+        self._view = view
+        self._reconciler = reconciler
+        self._max_replicas = max_replicas
+        self._list_max_limit = list_max_limit
+        self._wi_roles = workload_identity_roles
+        self._clock = ConditionClock()
+
+    async def _readable(self, identity: Identity, name: str) -> AdapterRecord:
+        validate_name(name)
+        record = await self._store.get(name)
+        if record is None:
+            raise NotFound(f"adapter {name!r} does not exist")
+        if not can_read(identity, record):
+            raise Forbidden(f"you may not read adapter {name!r}")
+        return record
+
+    async def create(self, identity: Identity, data: AdapterInput) -> AdapterRecord:
+        """Store a new adapter; the reconciler deploys it."""
+        validate_input(data, max_replicas=self._max_replicas)
+        if data.use_workload_identity and not can_use_workload_identity(identity, self._wi_roles):
+            raise Forbidden("useWorkloadIdentity requires the mcp.admin role", field="useWorkloadIdentity")
+        now = datetime.now(UTC)
+        record = AdapterRecord(
+            name=data.name,
+            image_name=data.image_name,
+            image_version=data.image_version,
+            environment_variables=dict(data.environment_variables),
+            replica_count=data.replica_count,
+            description=data.description,
+            required_roles=_dedupe(data.required_roles),
+            use_workload_identity=data.use_workload_identity,
+            created_by=identity.user_id,
+            created_at=now,
+            last_updated_at=now,
+            generation=1,
+        )
+        try:
+            stored = await self._store.create(record)
+        except AdapterExists:
+            raise Conflict(f"adapter {data.name!r} already exists", field="name") from None
+        self._view.put(stored)
+        self._reconciler.kick()
+        log.info("adapter %s created by %s", stored.name, identity.user_id)
+        return stored
+
+    async def get(self, identity: Identity, name: str) -> AdapterRecord:
+        """One adapter the caller may read."""
+        return await self._readable(identity, name)
+
+    async def list(self, identity: Identity, *, limit: int | None, cursor: str | None) -> AdapterPage:
+        """A page of the adapters the caller may read."""
+        if limit is None:
+            limit = min(50, self._list_max_limit)
+        if not 1 <= limit <= self._list_max_limit:
+            raise InvalidRequest(f"limit must be between 1 and {self._list_max_limit}", field="limit")
+        after = _decode_cursor(cursor) if cursor else None
+        items: list[AdapterResource] = []
+        batch = max(limit, 50)
+        while True:
+            page = await self._store.list(limit=batch, after=after)
+            for record in page:
+                after = record.name
+                if can_read(identity, record):
+                    items.append(AdapterResource.from_record(record))
+                    if len(items) == limit:
+                        more = record is not page[-1] or len(page) == batch
+                        return AdapterPage(items=items, next_cursor=_encode_cursor(record.name) if more else None)
+            if len(page) < batch:
+                return AdapterPage(items=items, next_cursor=None)
+
+    async def update(
+        self, identity: Identity, name: str, data: AdapterInput, *, if_match: str | None = None
+    ) -> AdapterRecord:
+        """Replace the spec; only deployment changes bump the generation and redeploy."""
+        current = await self._readable_or_writable(identity, name)
+        if data.name != name:
+            raise InvalidRequest(f"name is immutable: the body says {data.name!r}, the URL {name!r}", field="name")
+        validate_input(data, max_replicas=self._max_replicas)
+        if data.use_workload_identity != current.use_workload_identity:
+            raise InvalidRequest("useWorkloadIdentity cannot be changed after creation", field="useWorkloadIdentity")
+        if if_match is not None and if_match.strip('"') != current.etag and if_match != "*":
+            raise PreconditionFailed(f"adapter {name!r} has changed: If-Match does not match its ETag")
+        updated = msgspec.structs.replace(
+            current,
+            image_name=data.image_name,
+            image_version=data.image_version,
+            environment_variables=dict(data.environment_variables),
+            replica_count=data.replica_count,
+            description=data.description,
+            required_roles=_dedupe(data.required_roles),
+            last_updated_at=datetime.now(UTC),
+        )
+        if not updated.same_deployment(current):
+            updated.generation = current.generation + 1
+        try:
+            stored = await self._store.replace(updated, etag=current.etag)
+        except EtagMismatch:
+            raise Conflict(f"adapter {name!r} was changed by another request; read it again and retry") from None
+        except KeyError:
+            raise NotFound(f"adapter {name!r} does not exist") from None
+        self._view.put(stored)
+        if stored.generation != current.generation:
+            self._reconciler.kick()
+        log.info("adapter %s updated by %s (generation %d)", name, identity.user_id, stored.generation)
+        return stored
+
+    async def _readable_or_writable(self, identity: Identity, name: str) -> AdapterRecord:
+        record = await self._readable(identity, name)
+        if not can_write(identity, record):
+            raise Forbidden(f"only the creator of adapter {name!r} or mcp.admin may change it")
+        return record
+
+    async def delete(self, identity: Identity, name: str) -> None:
+        """Delete the record first, then replicas and sessions (the reconciler finishes any crash)."""
+        record = await self._readable_or_writable(identity, name)
+        try:
+            await self._store.delete(name, etag=record.etag)
+        except EtagMismatch:
+            raise Conflict(f"adapter {name!r} was changed by another request; read it again and retry") from None
+        self._view.remove(name)
+        await self._reconciler.forget(name)
+        await self._runtime.remove(name)
+        await self._sessions.revoke_adapter(name)
+        self._clock.forget(name)
+        log.info("adapter %s deleted by %s", name, identity.user_id)
+
+    async def status(self, identity: Identity, name: str) -> AdapterStatus:
+        """Conditions and replica counts."""
+        record = await self._readable(identity, name)
+        return build_status(record, await self._runtime.status(record), self._clock)
+
+    async def logs(self, identity: Identity, name: str, *, instance: int, tail: int) -> str:
+        """The last lines of one replica's output."""
+        record = await self._readable(identity, name)
+        if instance < 0:
+            raise InvalidRequest("instance must be 0 or more", field="instance")
+        if not 1 <= tail <= MAX_LOG_TAIL:
+            raise InvalidRequest(f"tail must be between 1 and {MAX_LOG_TAIL}", field="tail")
+        if instance >= max(record.replica_count, 1):
+            raise NotFound(f"adapter {name!r} has no instance {instance} (replicaCount {record.replica_count})")
+        try:
+            return await self._runtime.logs(name, instance, tail)
+        except InstanceNotFound:
+            raise NotFound(f"adapter {name!r} has no instance {instance}") from None
+
+
+def _dedupe(roles: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for role in roles:
+        seen.setdefault(role.strip(), None)
+    return list(seen)
+
+
+def _encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        name = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest("cursor is not one this API returned", field="cursor") from None
+    validate_name(name, field="cursor")
+    return name

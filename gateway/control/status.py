@@ -1,0 +1,87 @@
+"""Adapter status: conditions computed from the stored spec and what the runtime observes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from gateway.models import AdapterRecord, AdapterStatus, Condition, ConditionStatus, ConditionType
+from gateway.runtime.base import RuntimeStatus
+
+
+class ConditionClock:
+    """Remembers when each condition last changed status, for lastTransitionTime."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[str, datetime]] = {}
+
+    def stamp(self, adapter: str, type_: str, status: str) -> datetime:
+        """The time ``type_`` entered ``status`` (now, if it just did)."""
+        key = (adapter, type_)
+        previous = self._seen.get(key)
+        if previous is not None and previous[0] == status:
+            return previous[1]
+        now = datetime.now(UTC)
+        self._seen[key] = (status, now)
+        return now
+
+    def forget(self, adapter: str) -> None:
+        """Drop the history of a deleted adapter."""
+        for key in [k for k in self._seen if k[0] == adapter]:
+            del self._seen[key]
+
+
+def build_status(record: AdapterRecord, rs: RuntimeStatus, clock: ConditionClock) -> AdapterStatus:
+    """The API status of an adapter."""
+    desired = record.replica_count
+    current = rs.observed_generation >= record.generation
+
+    def condition(type_: ConditionType, status: ConditionStatus, reason: str, message: str) -> Condition:
+        return Condition(
+            type=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            last_transition_time=clock.stamp(record.name, type_, status),
+        )
+
+    conditions = [condition("Accepted", "True", "Stored", f"spec stored at generation {record.generation}")]
+
+    if not current:
+        conditions.append(
+            condition("Progressing", "True", "Pending", f"generation {record.generation} not yet applied")
+        )
+    elif rs.progressing or rs.updated < desired:
+        conditions.append(condition("Progressing", "True", "RollingUpdate", f"{rs.updated}/{desired} replicas updated"))
+    else:
+        conditions.append(condition("Progressing", "False", "Complete", "all replicas run the current spec"))
+
+    first_issue = rs.issues[0] if rs.issues else None
+    if desired == 0 and current:
+        conditions.append(condition("Ready", "True", "ScaledToZero", "replicaCount is 0"))
+    elif current and rs.ready >= desired and rs.updated >= desired and first_issue is None:
+        conditions.append(condition("Ready", "True", "AllReplicasReady", f"{rs.ready}/{desired} replicas ready"))
+    elif first_issue is not None:
+        conditions.append(condition("Ready", "False", first_issue.reason, first_issue.message))
+    else:
+        conditions.append(condition("Ready", "False", "ReplicasNotReady", f"{rs.ready}/{desired} replicas ready"))
+
+    if first_issue is not None:
+        message = "; ".join(f"{i.reason}: {i.message}" for i in rs.issues)
+        conditions.append(condition("Degraded", "True", first_issue.reason, message))
+    else:
+        conditions.append(condition("Degraded", "False", "AsExpected", "no replica problems observed"))
+
+    replica_status = "Healthy" if rs.ready >= desired else f"Degraded: {rs.ready}/{desired} ready"
+    return AdapterStatus(
+        name=record.name,
+        image=rs.image or record.image,
+        generation=record.generation,
+        observed_generation=rs.observed_generation,
+        desired_replicas=desired,
+        ready_replicas=rs.ready,
+        updated_replicas=rs.updated,
+        available_replicas=rs.available,
+        replica_status=replica_status,
+        conditions=conditions,
+        instances=list(rs.instances),
+    )

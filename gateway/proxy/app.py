@@ -1,0 +1,505 @@
+"""The data plane: an ASGI app that routes MCP traffic to adapter replicas.
+
+Routes (DESIGN.md §2):
+
+* ``POST|GET|DELETE /adapters/{name}/mcp`` — Streamable HTTP, every era. A request without a
+  session id goes to the least busy ready replica. If the upstream answers with an
+  ``Mcp-Session-Id`` (a 2025-era ``initialize``), the gateway records a session and hands the
+  client a sealed id instead; later requests carrying it follow the pin. 2026-07-28 stateless
+  requests never carry one, so they never touch the session store.
+* ``GET /adapters/{name}/sse`` + ``POST /adapters/{name}/messages?session_id=`` — legacy HTTP+SSE.
+
+Bodies stream both ways; upstream statuses and bodies pass through unchanged; a client
+disconnect cancels the upstream request. Errors the gateway itself makes are JSON-RPC error
+objects with a meaningful HTTP status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import aiohttp
+import msgspec
+
+from gateway.auth.base import Authenticator, can_read
+from gateway.errors import GatewayError, SessionStoreUnavailable, Unauthenticated
+from gateway.models import Identity
+from gateway.proxy.balancer import Balancer
+from gateway.proxy.headers import downstream_headers, upstream_headers
+from gateway.proxy.hosts import HostPolicy
+from gateway.proxy.sealing import SessionClaims
+from gateway.proxy.sessions import SessionRejected, SessionRouter
+from gateway.proxy.sse import EndpointRewriter, upstream_path
+from gateway.runtime.base import Endpoint, Runtime
+from gateway.store.view import AdapterView
+
+log = logging.getLogger("gateway.proxy")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_encoder = msgspec.json.Encoder()
+ALLOWED_METHODS = {"mcp": ("POST", "GET", "DELETE"), "sse": ("GET",), "messages": ("POST",)}
+UPSTREAM_PATHS = {"mcp": "/mcp", "sse": "/sse"}
+
+
+class ProxyError(Exception):
+    """A response the gateway makes itself on an MCP route."""
+
+    def __init__(self, status: int, code: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class BodyTooLarge(Exception):
+    """The client sent more than max_body_bytes."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away; the upstream request was cancelled."""
+
+
+class McpProxy:
+    """Routes MCP requests to replicas; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        view: AdapterView,
+        runtime: Runtime,
+        sessions: SessionRouter,
+        hosts: HostPolicy,
+        max_body_bytes: int,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_size: int,
+        www_authenticate: Callable[[str, str | None, str | None], str],
+    ) -> None:
+        self._auth = authenticator
+        self._view = view
+        self._runtime = runtime
+        self._sessions = sessions
+        self._hosts = hosts
+        self._max_body = max_body_bytes
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._pool_size = pool_size
+        self._www_authenticate = www_authenticate
+        self._balancer = Balancer()
+        self._client: aiohttp.ClientSession | None = None
+        self.open_streams = 0
+
+    async def start(self) -> None:
+        """Open the upstream connection pool."""
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=self._pool_size, keepalive_timeout=30, enable_cleanup_closed=True
+        )
+        self._client = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=self._connect_timeout,
+                sock_connect=self._connect_timeout,
+                sock_read=self._read_timeout,
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    # --- ASGI entry -------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, name: str, route: str) -> None:
+        """Serve one request to ``/adapters/{name}/{route}``."""
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, tracked_send, name, route)
+        except ProxyError as exc:
+            if not started:
+                await _error(send, exc)
+        except GatewayError as exc:
+            if not started:
+                await _error(send, _from_gateway_error(exc, self._www_authenticate, scope["path"]))
+        except ClientDisconnected:
+            return
+        except BodyTooLarge:
+            if not started:
+                await _error(send, ProxyError(413, -32600, f"request body is larger than {self._max_body} bytes"))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("proxy failure on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await _error(send, ProxyError(502, -32603, "the gateway could not complete the upstream request"))
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, name: str, route: str) -> None:
+        method: str = scope["method"]
+        allowed = ALLOWED_METHODS[route]
+        if method not in allowed:
+            raise ProxyError(405, -32600, f"{method} is not supported on /{route}", {"Allow": ", ".join(allowed)})
+        headers = _header_map(scope["headers"])
+        problem = self._hosts.check(headers.get("host"), headers.get("origin"))
+        if problem is not None:
+            raise ProxyError(problem[0], -32600, problem[1])
+        identity = await self._auth.authenticate(headers)
+        adapter = self._view.get(name)
+        if adapter is None:
+            raise ProxyError(404, -32601, f"adapter {name!r} does not exist")
+        if not can_read(identity, adapter):
+            raise ProxyError(403, -32600, f"you may not use adapter {name!r}")
+        if route == "mcp":
+            await self._streamable(scope, receive, send, name, identity, headers)
+        elif route == "sse":
+            await self._sse(scope, receive, send, name, identity, headers)
+        else:
+            await self._messages(scope, receive, send, name, identity, headers)
+
+    # --- Streamable HTTP --------------------------------------------------------------------
+
+    async def _streamable(
+        self, scope: Scope, receive: Receive, send: Send, name: str, identity: Identity, headers: dict[str, str]
+    ) -> None:
+        token = headers.get("mcp-session-id")
+        if token:
+            claims = await self._check_session(token, "mcp", name, identity)
+            endpoint = self._pinned(claims)
+            query = scope.get("query_string", b"")
+            url = endpoint.url + "/mcp" + (f"?{query.decode('latin-1')}" if query else "")
+            status = await self._forward(
+                scope, receive, send, endpoint, url, identity, upstream_session=claims.upstream, claims=claims
+            )
+            if (scope["method"] == "DELETE" and (200 <= status < 300 or status in (404, 405))) or status == 404:
+                await self._sessions.revoke(claims)
+            return
+        endpoint = self._choose(name)
+        query = scope.get("query_string", b"")
+        url = endpoint.url + "/mcp" + (f"?{query.decode('latin-1')}" if query else "")
+        await self._forward(scope, receive, send, endpoint, url, identity, upstream_session=None, claims=None)
+
+    async def _check_session(self, token: str, kind: str, name: str, identity: Identity) -> SessionClaims:
+        try:
+            return await self._sessions.check(token, kind=kind, adapter=name, user_id=identity.user_id)
+        except SessionRejected as exc:
+            log.info("session rejected on adapter %s: %s", name, exc)
+            raise ProxyError(404, -32001, "session not found: initialize a new session") from None
+
+    def _pinned(self, claims: SessionClaims) -> Endpoint:
+        for endpoint in self._runtime.endpoints(claims.adapter):
+            if endpoint.uid == claims.replica_uid:
+                return endpoint
+        log.info("session of adapter %s pinned to replica %s, which is gone", claims.adapter, claims.replica)
+        raise ProxyError(404, -32001, "session not found: its replica is gone; initialize a new session")
+
+    def _choose(self, name: str) -> Endpoint:
+        endpoints = self._runtime.endpoints(name)
+        if not endpoints:
+            raise ProxyError(503, -32002, f"adapter {name!r} has no ready replica", {"Retry-After": "2"})
+        return self._balancer.pick(endpoints)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        endpoint: Endpoint,
+        url: str,
+        identity: Identity,
+        *,
+        upstream_session: str | None,
+        claims: SessionClaims | None,
+    ) -> int:
+        """Send the request to ``url`` and stream the answer back; returns the upstream status."""
+        assert self._client is not None
+        out_headers = self._upstream_headers(scope, identity, upstream_session)
+        body, body_done = await self._request_body(scope, receive)
+        self._balancer.begin(endpoint)
+        try:
+            async with _cancel_on_disconnect(receive, body_done):
+                try:
+                    response = await self._client.request(
+                        scope["method"], url, headers=out_headers, data=body, allow_redirects=False
+                    )
+                except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+                    raise ProxyError(502, -32003, f"replica {endpoint.replica} is unreachable: {exc}") from None
+                except TimeoutError:
+                    raise ProxyError(504, -32004, f"replica {endpoint.replica} did not answer in time") from None
+                except aiohttp.ClientError as exc:
+                    raise ProxyError(502, -32003, f"replica {endpoint.replica} failed: {exc}") from None
+                async with response:
+                    headers = downstream_headers(response.raw_headers)
+                    upstream_id = response.headers.get("mcp-session-id")
+                    if upstream_id and claims is None:
+                        token, _ = await self._open_session("mcp", endpoint, upstream_id, scope, identity)
+                        headers.append((b"mcp-session-id", token.encode()))
+                    elif upstream_id and claims is not None:
+                        headers.append((b"mcp-session-id", headers_token(scope)))
+                    await self._stream_response(send, response, headers)
+                    return response.status
+        finally:
+            self._balancer.end(endpoint)
+
+    async def _open_session(
+        self, kind: str, endpoint: Endpoint, upstream: str, scope: Scope, identity: Identity
+    ) -> tuple[str, SessionClaims]:
+        name = scope["path"].split("/")[2]
+        try:
+            return await self._sessions.open_session(
+                kind=kind,
+                adapter=name,
+                replica=endpoint.replica,
+                replica_uid=endpoint.uid,
+                upstream=upstream,
+                user_id=identity.user_id,
+            )
+        except SessionStoreUnavailable as exc:
+            raise ProxyError(503, -32005, f"cannot open a session: {exc.detail}", {"Retry-After": "5"}) from None
+
+    async def _stream_response(self, send: Send, response: aiohttp.ClientResponse, headers: list[Any]) -> None:
+        streaming = response.content_type == "text/event-stream"
+        if streaming:
+            self.open_streams += 1
+        try:
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            async for chunk in response.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError, TimeoutError) as exc:
+            log.info("upstream stream ended early: %s", exc)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if streaming:
+                self.open_streams -= 1
+
+    def _upstream_headers(
+        self, scope: Scope, identity: Identity, upstream_session: str | None
+    ) -> list[tuple[str, str]]:
+        client = scope.get("client")
+        host = _header_map(scope["headers"]).get("host", "")
+        return upstream_headers(
+            scope["headers"],
+            client_ip=client[0] if client else "unknown",
+            scheme=scope.get("scheme", "http"),
+            host=host,
+            user_id=identity.user_id,
+            roles=identity.roles,
+            session_id=upstream_session,
+        )
+
+    async def _request_body(self, scope: Scope, receive: Receive) -> tuple[bytes | AsyncIterator[bytes], bool]:
+        """The request body: bytes when it came in one piece, else a size-checked stream.
+
+        The flag says whether the whole body has been read (so disconnects can be watched).
+        """
+        if scope["method"] in ("GET", "DELETE", "HEAD"):
+            return b"", True
+        length = _header_map(scope["headers"]).get("content-length")
+        if length is not None and length.isdigit() and int(length) > self._max_body:
+            raise BodyTooLarge()
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        first: bytes = message.get("body", b"")
+        if len(first) > self._max_body:
+            raise BodyTooLarge()
+        if not message.get("more_body", False):
+            return first, True
+        chunks = [first]
+        size = len(first)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise BodyTooLarge()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), True
+
+    # --- legacy HTTP+SSE --------------------------------------------------------------------
+
+    async def _sse(
+        self, scope: Scope, receive: Receive, send: Send, name: str, identity: Identity, headers: dict[str, str]
+    ) -> None:
+        assert self._client is not None
+        endpoint = self._choose(name)
+        query = scope.get("query_string", b"")
+        url = endpoint.url + "/sse" + (f"?{query.decode('latin-1')}" if query else "")
+        out_headers = self._upstream_headers(scope, identity, None)
+        claims: SessionClaims | None = None
+        self._balancer.begin(endpoint)
+        try:
+            async with _cancel_on_disconnect(receive, True):
+                try:
+                    response = await self._client.get(url, headers=out_headers, allow_redirects=False)
+                except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+                    raise ProxyError(502, -32003, f"replica {endpoint.replica} is unreachable: {exc}") from None
+                except TimeoutError:
+                    raise ProxyError(504, -32004, f"replica {endpoint.replica} did not answer in time") from None
+                async with response:
+                    if response.status != 200 or response.content_type != "text/event-stream":
+                        await self._stream_response(send, response, downstream_headers(response.raw_headers))
+                        return
+                    rewriter = await self._sse_preamble(scope, name, endpoint, identity, response)
+                    claims = rewriter[1]
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": downstream_headers(response.raw_headers),
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": rewriter[0], "more_body": True})
+                    self.open_streams += 1
+                    try:
+                        async for chunk in response.content.iter_any():
+                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+                        log.info("upstream SSE stream ended early: %s", exc)
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    finally:
+                        self.open_streams -= 1
+        finally:
+            self._balancer.end(endpoint)
+            if claims is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._sessions.revoke(claims))
+
+    async def _sse_preamble(
+        self, scope: Scope, name: str, endpoint: Endpoint, identity: Identity, response: aiohttp.ClientResponse
+    ) -> tuple[bytes, SessionClaims]:
+        """Read up to the endpoint event, open the session, return the rewritten bytes and the claims."""
+        tokens: list[str] = []
+
+        def gateway_url(upstream: str, absolute: bool) -> str:
+            path = f"/adapters/{name}/messages?{urlencode({'session_id': tokens[0]})}"
+            if absolute:
+                headers = _header_map(scope["headers"])
+                return f"{scope.get('scheme', 'http')}://{headers.get('host', '')}{path}"
+            return path
+
+        buffered = b""
+        async for chunk in response.content.iter_any():
+            buffered += chunk
+            if _has_endpoint_event(buffered):
+                break
+            if len(buffered) > 64 * 1024:
+                raise ProxyError(502, -32003, f"replica {endpoint.replica} sent no SSE endpoint event")
+        else:
+            raise ProxyError(502, -32003, f"replica {endpoint.replica} closed the SSE stream before its endpoint")
+        probe = EndpointRewriter(lambda upstream, absolute: upstream)
+        probe.feed(buffered)
+        if probe.upstream_endpoint is None:
+            raise ProxyError(502, -32003, f"replica {endpoint.replica} sent no SSE endpoint event")
+        token, claims = await self._open_session(
+            "sse", endpoint, upstream_path(probe.upstream_endpoint), scope, identity
+        )
+        tokens.append(token)
+        return EndpointRewriter(gateway_url).feed(buffered), claims
+
+    async def _messages(
+        self, scope: Scope, receive: Receive, send: Send, name: str, identity: Identity, headers: dict[str, str]
+    ) -> None:
+        params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        token = params.get("session_id") or params.get("sessionId")
+        if not token:
+            raise ProxyError(400, -32600, "session_id query parameter is required")
+        claims = await self._check_session(token, "sse", name, identity)
+        endpoint = self._pinned(claims)
+        url = endpoint.url + claims.upstream
+        await self._forward(scope, receive, send, endpoint, url, identity, upstream_session=None, claims=claims)
+
+
+def headers_token(scope: Scope) -> bytes:
+    """The client's own session id, echoed back when the upstream repeats its id."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"mcp-session-id":
+            return bytes(value)
+    return b""
+
+
+def _has_endpoint_event(buffered: bytes) -> bool:
+    probe = EndpointRewriter(lambda upstream, absolute: upstream)
+    try:
+        probe.feed(buffered)
+    except ValueError:
+        return False
+    return probe.done
+
+
+def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
+
+
+@contextlib.asynccontextmanager
+async def _cancel_on_disconnect(receive: Receive, watch: bool) -> AsyncIterator[None]:
+    """Cancel the enclosed work when the client disconnects (after the body was read)."""
+    if not watch:
+        yield
+        return
+    current = asyncio.current_task()
+    assert current is not None
+    disconnected = False
+
+    async def watcher() -> None:
+        nonlocal disconnected
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+                current.cancel()
+                return
+
+    task = asyncio.create_task(watcher())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if disconnected:
+            current.uncancel()
+            raise ClientDisconnected() from None
+        raise
+    finally:
+        task.cancel()
+
+
+async def _error(send: Send, exc: ProxyError) -> None:
+    body = _encoder.encode({"jsonrpc": "2.0", "id": None, "error": {"code": exc.code, "message": exc.message}})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _from_gateway_error(
+    exc: GatewayError, www_authenticate: Callable[[str, str | None, str | None], str], path: str
+) -> ProxyError:
+    headers = dict(exc.headers)
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = www_authenticate(path, exc.error, exc.detail)
+    return ProxyError(exc.status, -32600 if exc.status < 500 else -32603, exc.detail, headers)
