@@ -8,6 +8,9 @@ Issuers it speaks for:
 - Entra style: ``<url>/<tenant>/v2.0`` (discovery at ``<url>/<tenant>/v2.0/.well-known/openid-configuration``),
   i.e. ``MCPGW_ENTRA_AUTHORITY=<url>``;
 - generic OIDC: ``<url>/realms/test`` (``MCPGW_OIDC_ISSUER=<url>/realms/test``).
+
+Like Entra ID, it serves only ``<issuer>/.well-known/openid-configuration`` (no RFC 8414 document),
+and its /authorize signs ``authorize_user`` in without a login page.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 import pytest
+import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -36,7 +42,6 @@ CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 OIDC_REALM_PATH = "/realms/test"
 OIDC_AUDIENCE = "mcp-gateway"
 WELL_KNOWN_OPENID = "/.well-known/openid-configuration"
-WELL_KNOWN_OAUTH = "/.well-known/oauth-authorization-server"
 
 
 def b64url(data: bytes) -> str:
@@ -104,6 +109,9 @@ class OidcServer:
         self._thread: threading.Thread | None = None
         self._device_polls: collections.Counter[str] = collections.Counter()
         self._refresh_tokens: dict[str, dict[str, Any]] = {}
+        self._codes: dict[str, dict[str, str]] = {}
+        #: The user the /authorize endpoint signs in (no login page: the test is the user).
+        self.authorize_user = "browser-user"
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -251,6 +259,7 @@ class OidcServer:
                 "nbf": now,
                 "exp": now + self.token_lifetime,
                 "oid": oid,
+                "sub": oid,
                 "tid": self.tenant_id,
                 "scp": "access",
                 "azp": client_id,
@@ -282,7 +291,36 @@ class OidcServer:
             "client_info": client_info,
         }
 
-    def _handle(self, method: str, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def _authorize(self, prefix: str, query: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Authorization code + PKCE: sign in ``authorize_user`` at once and redirect back."""
+        if query.get("response_type") != "code" or query.get("code_challenge_method") != "S256":
+            return 400, {"error": "invalid_request", "error_description": "code flow with S256 PKCE only"}, {}
+        code = uuid.uuid4().hex
+        self._codes[code] = {**query, "prefix": prefix}
+        back = {"code": code, "state": query.get("state", ""), "iss": self.url + prefix}
+        return 302, {}, {"Location": f"{query['redirect_uri']}?{urlencode(back)}"}
+
+    def _redeem(self, prefix: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        grant = self._codes.pop(form.get("code", ""), None)
+        if grant is None or grant["redirect_uri"] != form.get("redirect_uri"):
+            return 400, {"error": "invalid_grant", "error_description": "unknown code or redirect_uri mismatch"}
+        verifier = form.get("code_verifier", "")
+        if b64url(hashlib.sha256(verifier.encode()).digest()) != grant["code_challenge"]:
+            return 400, {"error": "invalid_grant", "error_description": "PKCE verifier does not match"}
+        return 200, self._issue(prefix, grant["client_id"], grant.get("scope", ""), self.authorize_user)
+
+    def _handle(
+        self, method: str, path: str, form: dict[str, str], query: dict[str, str]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if method == "GET" and path.endswith("/authorize"):
+            with self._lock:
+                self.hits[path] += 1
+                self.requests.append((method, path, query))
+            return self._authorize(path.removesuffix("/authorize"), query)
+        status, doc = self._handle_json(method, path, form)
+        return status, doc, {}
+
+    def _handle_json(self, method: str, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         with self._lock:
             self.hits[path] += 1
             self.requests.append((method, path, form))
@@ -290,8 +328,6 @@ class OidcServer:
             return 200, {"keys": [k.public_jwk() for k in list(self.keys)]}
         if method == "GET" and path.endswith(WELL_KNOWN_OPENID):
             return 200, self._discovery(path.removesuffix(WELL_KNOWN_OPENID))
-        if method == "GET" and path.startswith(WELL_KNOWN_OAUTH):
-            return 200, self._discovery(path.removeprefix(WELL_KNOWN_OAUTH))
         if method == "POST" and path.endswith("/devicecode"):
             code = uuid.uuid4().hex
             return 200, {
@@ -313,6 +349,8 @@ class OidcServer:
                 if polls <= self.device_pending_polls:
                     return 400, {"error": "authorization_pending", "error_description": "waiting for the user"}
                 return 200, self._issue(prefix, form.get("client_id", ""), form.get("scope", ""), "device-user")
+            if grant == "authorization_code":
+                return self._redeem(prefix, form)
             if grant == "refresh_token":
                 grant_info = self._refresh_tokens.pop(form.get("refresh_token", ""), None)
                 if grant_info is None:
@@ -334,9 +372,12 @@ def _handler_for(server: OidcServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length).decode() if length else ""
             form = {k: v[0] for k, v in parse_qs(body).items()}
-            status, doc = server._handle(method, parts.path, form)
+            query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+            status, doc, headers = server._handle(method, parts.path, form, query)
             payload = json.dumps(doc).encode()
             self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -359,3 +400,31 @@ def oidc_server() -> Iterator[OidcServer]:
         yield server
     finally:
         server.stop()
+
+
+def bound_socket() -> socket.socket:
+    """A listening-ready TCP socket on a free loopback port (read the port before building settings)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@asynccontextmanager
+async def serve_asgi(app: Any, sock: socket.socket) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on ``sock`` in this event loop; yields the base URL."""
+    import asyncio
+
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

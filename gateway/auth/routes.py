@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, Router, get
+from litestar.params import FromPath
 
 from gateway.auth.metadata import WELL_KNOWN_PATH, protected_resource_metadata
 from gateway.errors import NotFound
@@ -42,7 +43,7 @@ def protected_resource_router(settings: Settings) -> Router:
         summary="RFC 9728 metadata of the MCP endpoint at <path>",
         sync_to_thread=False,
     )
-    def path_document(path: str) -> Response[dict[str, Any]]:
+    def path_document(path: FromPath[str]) -> Response[dict[str, Any]]:
         return _document(path)
 
     return Router(path=WELL_KNOWN_PATH, route_handlers=[root_document, path_document], tags=["auth"])
