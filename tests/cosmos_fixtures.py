@@ -74,11 +74,18 @@ readDocument.default = (account, req, res, params) => {
 const { createHttpsServer } = require(pkg);
 const server = createHttpsServer({ key: fs.readFileSync(keyFile), cert: fs.readFileSync(certFile) });
 
-// Gap 2: fault injection. POST /_faults [{status, retryAfterMs, count}] queues canned answers.
+// Gap 2: fault injection. POST /_faults [{status, retryAfterMs, count}] queues canned answers;
+// DELETE /_faults drops the queue.
 const faults = [];
 const handlers = server.listeners("request");
 server.removeAllListeners("request");
 server.on("request", (req, res) => {
+  if (req.method === "DELETE" && req.url === "/_faults") {
+    faults.length = 0;
+    res.writeHead(204, { connection: "close" });
+    res.end();
+    return;
+  }
   if (req.method === "POST" && req.url === "/_faults") {
     let body = "";
     req.on("data", (chunk) => (body += chunk));
@@ -251,10 +258,16 @@ class CosmosEmulator:
         fault: dict[str, Any] = {"status": status, "count": count}
         if retry_after_ms is not None:
             fault["retryAfterMs"] = retry_after_ms
+        self._faults("POST", [fault])
+
+    def clear_faults(self) -> None:
+        """Drop faults still queued."""
+        self._faults("DELETE", None)
+
+    def _faults(self, method: str, body: Any) -> None:
         context = ssl.create_default_context(cafile=str(self.tls.ca_file))
-        request = urllib.request.Request(
-            f"https://127.0.0.1:{self.port}/_faults", data=json.dumps([fault]).encode(), method="POST"
-        )
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"https://127.0.0.1:{self.port}/_faults", data=data, method=method)
         with urllib.request.urlopen(request, context=context, timeout=5) as response:
             assert response.status == 204
 
