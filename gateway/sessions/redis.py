@@ -1,0 +1,393 @@
+"""Session records in Redis, shared by every gateway process.
+
+Layout (``P`` is ``MCPGW_REDIS_KEY_PREFIX``; ``{sessions}`` is a hash tag that puts every key in
+one cluster slot so the scripts below may touch several keys):
+
+- ``P{sessions}:s:<sid>`` — a hash ``user_id adapter replica created last_used`` with a TTL
+  that every put and touch resets (sliding expiry, kept by Redis itself);
+- ``P{sessions}:a:<adapter>`` — a sorted set of the adapter's session ids scored by their expiry
+  time (ms, Redis clock), so expired members can be dropped by score without KEYS or SCAN;
+- ``P{sessions}:all`` — the same for every session, for ``count()``.
+
+Each write is one Lua script (one round trip, atomic), using the Redis server's clock so several
+gateways with skewed clocks agree. Reads are a single ``HGETALL``.
+
+Availability: every call fails fast (connect and read timeouts below, one retry on a broken
+connection, an overall deadline) with ``SessionStoreUnavailable`` naming Redis and what to check;
+redis-py reconnects on the next call, so recovery after an outage needs no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.exceptions as rex
+from azure.core.credentials_async import AsyncTokenCredential
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+
+from gateway.errors import SessionStoreUnavailable
+from gateway.sessions._entra import EntraCredentialProvider
+from gateway.sessions.base import SessionRecord
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 0.5
+"""Seconds to open a connection to Redis (TCP, TLS and AUTH). URL query ``socket_connect_timeout`` wins."""
+
+COMMAND_TIMEOUT = 0.5
+"""Seconds Redis may take to answer one command. URL query ``socket_timeout`` wins."""
+
+POOL_SIZE = 64
+"""Connections per gateway process. URL query ``max_connections`` wins."""
+
+RETRIES = 1
+"""Retries of a command that failed on a broken connection (a pooled socket Redis closed)."""
+
+OPERATION_TIMEOUT = 1.5
+"""Deadline of one store call, retries included: the data plane must not wait longer."""
+
+START_TIMEOUT = 10.0
+"""Deadline of ``start()``, which may also fetch the first Entra ID token."""
+
+RETRY_AFTER = 1
+"""Retry-After (seconds) suggested with SessionStoreUnavailable."""
+
+REVOKE_BATCH = 500
+"""Sessions one ``revoke_adapter`` script deletes at a time, so Redis is never blocked for long."""
+
+PRUNE_BATCH = 64
+"""Most expired index members one write drops (bounded cost per write)."""
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function prune(k, limit)
+  local old = redis.call('ZRANGEBYSCORE', k, '-inf', now, 'LIMIT', 0, limit)
+  if #old > 0 then redis.call('ZREM', k, unpack(old)) end
+end
+local function index(k, sid, ttl)
+  prune(k, tonumber(ARGV[#ARGV]))
+  redis.call('ZADD', k, now + ttl, sid)
+  if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
+end
+"""
+
+# KEYS: session, adapter index, all index. ARGV: ttl ms, sid, index prefix, adapter, user, replica,
+# created, last_used, prune batch.
+_PUT = (
+    _NOW
+    + """
+local ttl, sid = tonumber(ARGV[1]), ARGV[2]
+local old = redis.call('HGET', KEYS[1], 'adapter')
+if old and old ~= ARGV[4] then redis.call('ZREM', ARGV[3] .. old, sid) end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'user_id', ARGV[5], 'adapter', ARGV[4], 'replica', ARGV[6],
+           'created', ARGV[7], 'last_used', ARGV[8])
+redis.call('PEXPIRE', KEYS[1], ttl)
+index(KEYS[2], sid, ttl)
+index(KEYS[3], sid, ttl)
+return 1
+"""
+)
+
+# KEYS: session, all index. ARGV: ttl ms, sid, index prefix, last_used, prune batch.
+_TOUCH = (
+    _NOW
+    + """
+local ttl, sid = tonumber(ARGV[1]), ARGV[2]
+if redis.call('PEXPIRE', KEYS[1], ttl) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'last_used', ARGV[4])
+local adapter = redis.call('HGET', KEYS[1], 'adapter')
+if adapter then index(ARGV[3] .. adapter, sid, ttl) end
+index(KEYS[2], sid, ttl)
+return 1
+"""
+)
+
+# KEYS: session, all index. ARGV: sid, index prefix.
+_REVOKE = """
+local adapter = redis.call('HGET', KEYS[1], 'adapter')
+local n = redis.call('DEL', KEYS[1])
+if adapter then redis.call('ZREM', ARGV[2] .. adapter, ARGV[1]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return n
+"""
+
+# KEYS: adapter index, all index. ARGV: session key prefix, adapter, batch.
+# Deletes a session only if it still belongs to the adapter. Returns {deleted, members seen}.
+_REVOKE_ADAPTER = """
+local sids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+local n = 0
+for _, sid in ipairs(sids) do
+  local k = ARGV[1] .. sid
+  if redis.call('HGET', k, 'adapter') == ARGV[2] then n = n + redis.call('DEL', k) end
+end
+if #sids > 0 then
+  redis.call('ZREM', KEYS[1], unpack(sids))
+  redis.call('ZREM', KEYS[2], unpack(sids))
+end
+return {n, #sids}
+"""
+
+# KEYS: an index. Drops expired members, returns how many are left.
+_COUNT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+_FIELDS = ("user_id", "adapter", "replica", "created", "last_used")
+
+
+class RedisSessionStore:
+    """Session records in Redis (``redis.asyncio``), by URL with password/TLS or by Entra ID token.
+
+    ``credential`` (an azure-identity async credential) is used instead of the one built from
+    settings when ``redis_entra`` is on; the store closes it in :meth:`close`.
+    """
+
+    def __init__(self, settings: Settings, *, credential: AsyncTokenCredential | None = None) -> None:
+        self._settings = settings
+        self._credential = credential
+        parts = urlsplit(settings.redis_url)
+        if settings.redis_entra and (parts.password or parts.username):
+            raise ValueError(
+                "MCPGW_REDIS_URL must not carry a user or password when MCPGW_REDIS_ENTRA is on "
+                "(the Entra ID token is the password; set MCPGW_REDIS_USERNAME for the user)"
+            )
+        self._target = _describe(settings.redis_url)
+        base = settings.redis_key_prefix + "{sessions}:"
+        self._session_prefix = base + "s:"
+        self._index_prefix = base + "a:"
+        self._all_key = base + "all"
+        self._client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._provider: EntraCredentialProvider | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisSessionStore({self._target})"
+
+    async def start(self) -> None:
+        """Build the client and check Redis answers (raises SessionStoreUnavailable when not).
+
+        The store stays usable after a failed start: later calls reconnect by themselves.
+        """
+        if self._client is None:
+            self._client = self._make_client()
+        await self._guard(self._client.ping(), deadline=START_TIMEOUT)
+
+    async def close(self) -> None:
+        """Close the connections and the Entra ID credential."""
+        client, self._client = self._client, None
+        self._scripts.clear()
+        if client is not None:
+            await client.aclose()
+        provider, self._provider = self._provider, None
+        if provider is not None:
+            await provider.aclose()
+
+    async def ping(self) -> None:
+        """Raise SessionStoreUnavailable when Redis cannot be reached."""
+        await self._guard(self._redis.ping())
+
+    async def put(self, record: SessionRecord, ttl: float) -> None:
+        """Store a record that expires ``ttl`` seconds after its last use."""
+        if ttl <= 0:
+            await self.revoke(record.sid)
+            return
+        await self._guard(
+            self._put(
+                keys=[self._session_prefix + record.sid, self._index_prefix + record.adapter, self._all_key],
+                args=[
+                    _ms(ttl),
+                    record.sid,
+                    self._index_prefix,
+                    record.adapter,
+                    record.user_id,
+                    record.replica,
+                    repr(record.created),
+                    repr(record.last_used),
+                    PRUNE_BATCH,
+                ],
+            )
+        )
+
+    async def get(self, sid: str) -> SessionRecord | None:
+        """The live record, or None when unknown, expired or revoked."""
+        raw = await self._guard(self._redis.hgetall(self._session_prefix + sid))
+        data = {str(k): str(v) for k, v in raw.items()}  # decode_responses=True: already str
+        if not data:
+            return None
+        try:
+            return SessionRecord(
+                sid=sid,
+                user_id=data["user_id"],
+                adapter=data["adapter"],
+                replica=data["replica"],
+                created=float(data["created"]),
+                last_used=float(data["last_used"]),
+            )
+        except (KeyError, ValueError):
+            log.warning(
+                "session record %s… in Redis is malformed (fields %s); treated as unknown", sid[:8], sorted(data)
+            )
+            return None
+
+    async def touch(self, sid: str, last_used: float, ttl: float) -> None:
+        """Mark the session used now and push its expiry out by ``ttl``; unknown sessions stay unknown."""
+        if ttl <= 0:
+            await self.revoke(sid)
+            return
+        await self._guard(
+            self._touch(
+                keys=[self._session_prefix + sid, self._all_key],
+                args=[_ms(ttl), sid, self._index_prefix, repr(last_used), PRUNE_BATCH],
+            )
+        )
+
+    async def revoke(self, sid: str) -> None:
+        """Delete one record."""
+        await self._guard(
+            self._revoke(keys=[self._session_prefix + sid, self._all_key], args=[sid, self._index_prefix])
+        )
+
+    async def revoke_adapter(self, adapter: str) -> int:
+        """Delete every record of an adapter, a batch at a time; returns how many were live."""
+        deleted = 0
+        while True:
+            result = await self._guard(
+                self._revoke_adapter(
+                    keys=[self._index_prefix + adapter, self._all_key],
+                    args=[self._session_prefix, adapter, REVOKE_BATCH],
+                )
+            )
+            deleted += int(result[0])
+            if int(result[1]) == 0:
+                return deleted
+
+    async def count(self, adapter: str | None = None) -> int:
+        """Live records, of one adapter or of all."""
+        key = self._all_key if adapter is None else self._index_prefix + adapter
+        return int(await self._guard(self._count(keys=[key])))
+
+    # --- internals ------------------------------------------------------------------------
+
+    @property
+    def _redis(self) -> Redis:
+        if self._client is None:
+            raise RuntimeError("RedisSessionStore used before start()")
+        return self._client
+
+    def _put(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        return self._run_script(_PUT, keys, args)
+
+    def _touch(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        return self._run_script(_TOUCH, keys, args)
+
+    def _revoke(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        return self._run_script(_REVOKE, keys, args)
+
+    def _revoke_adapter(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        return self._run_script(_REVOKE_ADAPTER, keys, args)
+
+    def _count(self, keys: list[str]) -> Awaitable[Any]:
+        return self._run_script(_COUNT, keys, [])
+
+    def _run_script(self, source: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        # EVALSHA, loading the script again when Redis lost it (a restart empties the script cache).
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self._redis.register_script(source)
+        result: Awaitable[Any] = script(keys=keys, args=args)
+        return result
+
+    def _make_client(self) -> Redis:
+        options: dict[str, Any] = {
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_timeout": COMMAND_TIMEOUT,
+            "retry": Retry(NoBackoff(), RETRIES),
+            "decode_responses": True,
+            "client_name": "mcp-gateway",
+        }
+        if self._settings.redis_entra:
+            self._provider = EntraCredentialProvider(
+                self._credential or self._azure_credential(), username=self._settings.redis_username
+            )
+            options["credential_provider"] = self._provider
+        # Blocking pool: a burst of requests waits for a connection (under the call deadline)
+        # instead of failing with "too many connections".
+        pool = BlockingConnectionPool.from_url(
+            self._settings.redis_url, max_connections=POOL_SIZE, timeout=None, **options
+        )
+        # Passing the provider again registers redis-py's re-authentication of pooled connections.
+        client = Redis(connection_pool=pool, credential_provider=self._provider)
+        client.auto_close_connection_pool = True
+        return client
+
+    def _azure_credential(self) -> AsyncTokenCredential:
+        from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+        if self._settings.azure_client_id:
+            return ManagedIdentityCredential(client_id=self._settings.azure_client_id)
+        return DefaultAzureCredential()
+
+    async def _guard(self, call: Awaitable[T], *, deadline: float = OPERATION_TIMEOUT) -> T:
+        """Run one Redis call under a deadline; every failure becomes SessionStoreUnavailable."""
+        try:
+            async with asyncio.timeout(deadline):
+                return await call
+        except rex.ExternalAuthProviderError as exc:
+            raise self._unavailable(
+                f"{exc}; check the managed identity (AZURE_CLIENT_ID) or the DefaultAzureCredential setup"
+            ) from exc
+        except (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError) as exc:
+            if self._settings.redis_entra:
+                hint = (
+                    "check that the gateway's identity has a Redis data access policy and that "
+                    "MCPGW_REDIS_USERNAME (default: the token's oid) is its object id"
+                )
+            else:
+                hint = "check the user and password in MCPGW_REDIS_URL"
+            raise self._unavailable(f"{self._target} refused the gateway ({exc}); {hint}") from exc
+        except (rex.TimeoutError, TimeoutError) as exc:
+            raise self._unavailable(
+                f"no answer from {self._target} within {deadline:g} s; check that Redis is up and not overloaded, "
+                "and the network path to it"
+            ) from exc
+        except (rex.ConnectionError, OSError) as exc:
+            raise self._unavailable(
+                f"cannot connect to {self._target} ({exc}); check that Redis is running and reachable, "
+                "and MCPGW_REDIS_URL (host, port, rediss:// for TLS)"
+            ) from exc
+        except rex.RedisError as exc:
+            raise self._unavailable(f"{self._target} answered with an error ({type(exc).__name__}: {exc})") from exc
+
+    def _unavailable(self, detail: str) -> SessionStoreUnavailable:
+        return SessionStoreUnavailable("Redis", detail, retry_after=RETRY_AFTER)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _describe(url: str) -> str:
+    """The URL without credentials, for messages."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

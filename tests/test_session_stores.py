@@ -1,0 +1,516 @@
+"""Session record stores: one contract for memory and Redis, then Redis auth, outages and Entra ID."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import jwt
+import pytest
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import ClientAuthenticationError
+
+from gateway.errors import SessionStoreUnavailable
+from gateway.sessions import SessionRecord, SessionStore
+from gateway.sessions._entra import REDIS_SCOPE
+from gateway.sessions.memory import SWEEP_BATCH, MemorySessionStore
+from gateway.sessions.redis import RedisSessionStore
+from gateway.settings import Settings
+from tests.redis_fixtures import RedisServer, redis_server, redis_server_factory, redis_server_session  # noqa: F401
+
+FAST = 2.0  # seconds: the most a failing store call may take during an outage
+
+
+def record(sid: str, adapter: str = "alpha", user: str = "alice", replica: str = "r0") -> SessionRecord:
+    now = time.time()
+    return SessionRecord(sid=sid, user_id=user, adapter=adapter, replica=replica, created=now, last_used=now)
+
+
+def redis_settings(url: str, **overrides: Any) -> Settings:
+    return Settings(sessions="redis", redis_url=url, redis_key_prefix=f"t{uuid.uuid4().hex[:8]}:", **overrides)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_server_session: RedisServer) -> AsyncIterator[SessionStore]:  # noqa: F811
+    s: MemorySessionStore | RedisSessionStore
+    if request.param == "memory":
+        s = MemorySessionStore()
+    else:
+        s = RedisSessionStore(redis_settings(redis_server_session.url))
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+# --- the contract, for both stores -------------------------------------------------------------
+
+
+async def test_put_then_get_returns_the_record(store: SessionStore) -> None:
+    rec = record("s1", adapter="alpha", user="alice", replica="alpha-2")
+    await store.put(rec, ttl=30)
+    assert await store.get("s1") == rec
+
+
+async def test_unknown_session_is_none(store: SessionStore) -> None:
+    assert await store.get("never-issued") is None
+
+
+async def test_session_ids_with_any_visible_ascii_work(store: SessionStore) -> None:
+    sid = "a_b-c.d~e:f/g{h}*?[x]"
+    await store.put(record(sid), ttl=30)
+    got = await store.get(sid)
+    assert got is not None and got.sid == sid
+    assert await store.count("alpha") == 1
+
+
+async def test_record_expires_ttl_after_last_put(store: SessionStore) -> None:
+    await store.put(record("s1"), ttl=0.3)
+    assert await store.get("s1") is not None
+    await asyncio.sleep(0.45)
+    assert await store.get("s1") is None
+    assert await store.count() == 0
+
+
+async def test_touch_extends_expiry_and_records_last_use(store: SessionStore) -> None:
+    await store.put(record("s1"), ttl=0.4)
+    await asyncio.sleep(0.25)
+    await store.touch("s1", last_used=1234.5, ttl=0.4)
+    await asyncio.sleep(0.25)  # 0.5 s after the put: alive only because of the touch
+    got = await store.get("s1")
+    assert got is not None and got.last_used == 1234.5
+    assert await store.count("alpha") == 1
+    await asyncio.sleep(0.3)
+    assert await store.get("s1") is None
+    assert await store.count("alpha") == 0
+
+
+async def test_touch_of_unknown_or_expired_session_does_not_create_it(store: SessionStore) -> None:
+    await store.touch("ghost", last_used=time.time(), ttl=30)
+    assert await store.get("ghost") is None
+    await store.put(record("s1"), ttl=0.1)
+    await asyncio.sleep(0.2)
+    await store.touch("s1", last_used=time.time(), ttl=30)
+    assert await store.get("s1") is None
+    assert await store.count() == 0
+
+
+async def test_revoke_deletes_one_record(store: SessionStore) -> None:
+    await store.put(record("s1"), ttl=30)
+    await store.put(record("s2"), ttl=30)
+    await store.revoke("s1")
+    await store.revoke("s1")  # twice is fine
+    await store.revoke("never-issued")
+    assert await store.get("s1") is None
+    assert await store.get("s2") is not None
+    assert await store.count("alpha") == 1
+
+
+async def test_deleting_an_adapter_revokes_its_sessions_only(store: SessionStore) -> None:
+    for i in range(3):
+        await store.put(record(f"a{i}", adapter="alpha"), ttl=30)
+    for i in range(2):
+        await store.put(record(f"b{i}", adapter="beta"), ttl=30)
+    assert await store.revoke_adapter("alpha") == 3
+    assert [await store.get(f"a{i}") for i in range(3)] == [None, None, None]
+    assert await store.get("b0") is not None
+    assert await store.count("alpha") == 0
+    assert await store.count("beta") == 2
+    assert await store.count() == 2
+    assert await store.revoke_adapter("alpha") == 0
+    assert await store.revoke_adapter("never-created") == 0
+
+
+async def test_revoke_adapter_counts_only_live_sessions(store: SessionStore) -> None:
+    await store.put(record("old", adapter="alpha"), ttl=0.1)
+    await store.put(record("live", adapter="alpha"), ttl=30)
+    await asyncio.sleep(0.2)
+    assert await store.revoke_adapter("alpha") == 1
+    assert await store.get("live") is None
+
+
+async def test_count_counts_live_records_per_adapter_and_in_all(store: SessionStore) -> None:
+    await store.put(record("a1", adapter="alpha"), ttl=0.2)
+    await store.put(record("a2", adapter="alpha"), ttl=30)
+    await store.put(record("b1", adapter="beta"), ttl=30)
+    assert (await store.count(), await store.count("alpha"), await store.count("beta")) == (3, 2, 1)
+    assert await store.count("gamma") == 0
+    await asyncio.sleep(0.3)
+    assert (await store.count(), await store.count("alpha"), await store.count("beta")) == (2, 1, 1)
+
+
+async def test_put_again_replaces_the_record_and_its_adapter(store: SessionStore) -> None:
+    await store.put(record("s1", adapter="alpha", replica="r0"), ttl=30)
+    await store.put(record("s1", adapter="beta", replica="r1"), ttl=30)
+    got = await store.get("s1")
+    assert got is not None and (got.adapter, got.replica) == ("beta", "r1")
+    assert (await store.count("alpha"), await store.count("beta"), await store.count()) == (0, 1, 1)
+    assert await store.revoke_adapter("alpha") == 0
+    assert await store.get("s1") is not None
+
+
+async def test_a_record_handed_out_does_not_change_when_touched(store: SessionStore) -> None:
+    await store.put(record("s1"), ttl=30)
+    first = await store.get("s1")
+    assert first is not None
+    await store.touch("s1", last_used=first.last_used + 10, ttl=30)
+    second = await store.get("s1")
+    assert second is not None and second.last_used == first.last_used + 10
+    assert first.last_used != second.last_used
+
+
+async def test_many_sessions_concurrently(store: SessionStore) -> None:
+    await asyncio.gather(*(store.put(record(f"s{i}", adapter=f"ad{i % 4}"), ttl=30) for i in range(200)))
+    await asyncio.gather(*(store.touch(f"s{i}", last_used=time.time(), ttl=30) for i in range(0, 200, 2)))
+    assert await store.count() == 200
+    assert await store.count("ad1") == 50
+    assert await store.revoke_adapter("ad1") == 50
+    assert await store.count() == 150
+
+
+async def test_ping_succeeds_when_the_store_is_reachable(store: SessionStore) -> None:
+    await store.ping()
+
+
+# --- memory only -------------------------------------------------------------------------------
+
+
+async def test_memory_cleanup_is_bounded_per_call_and_complete_on_count() -> None:
+    s = MemorySessionStore()
+    for i in range(SWEEP_BATCH * 4):
+        await s.put(record(f"s{i}"), ttl=0.05)
+    await asyncio.sleep(0.1)
+    await s.put(record("fresh"), ttl=30)
+    # one write removed at most one batch of the expired records ...
+    assert len(s._records) >= SWEEP_BATCH * 3
+    # ... and count() reports (and drops) every expired one.
+    assert await s.count() == 1
+    assert len(s._records) == 1
+
+
+async def test_memory_expiry_heap_stays_small_under_many_touches() -> None:
+    s = MemorySessionStore()
+    await s.put(record("s1"), ttl=30)
+    for _ in range(5000):
+        await s.touch("s1", last_used=time.time(), ttl=30)
+    assert len(s._heap) <= 2 + SWEEP_BATCH + 1
+    assert await s.get("s1") is not None
+
+
+# --- Redis: layout, auth, outages ---------------------------------------------------------------
+
+
+def command_stats(server: RedisServer) -> dict[str, dict[str, Any]]:
+    with server.client() as c:
+        info: dict[str, dict[str, Any]] = c.info("commandstats")
+    return info
+
+
+async def test_redis_uses_no_keys_or_scan_and_indexes_expire_with_their_sessions(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    settings = redis_settings(redis_server.url)
+    s = RedisSessionStore(settings)
+    await s.start()
+    try:
+        with redis_server.client() as c:
+            c.config_resetstat()
+        await s.put(record("s1", adapter="alpha"), ttl=0.3)
+        await s.put(record("s2", adapter="beta"), ttl=0.3)
+        await s.get("s1")
+        await s.touch("s1", last_used=time.time(), ttl=0.3)
+        await s.count()
+        await s.count("alpha")
+        await s.revoke("s2")
+        await s.revoke_adapter("beta")
+        stats = command_stats(redis_server)
+        assert not {"cmdstat_keys", "cmdstat_scan"} & set(stats), stats
+        with redis_server.client() as c:
+            index_ttl = c.pttl(settings.redis_key_prefix + "{sessions}:a:alpha")
+        assert 0 < index_ttl <= 300  # the index lives no longer than its newest member
+        await asyncio.sleep(0.45)
+        with redis_server.client() as c:
+            left = c.keys(settings.redis_key_prefix + "*")  # KEYS here is the test looking, not the store
+        assert left == []
+    finally:
+        await s.close()
+
+
+async def test_redis_with_password(redis_server_factory: Callable[..., RedisServer]) -> None:  # noqa: F811
+    server = redis_server_factory(password="s3cret/with:odd@chars")
+    good = RedisSessionStore(redis_settings(server.url))
+    await good.start()
+    try:
+        await good.put(record("s1"), ttl=30)
+        assert await good.get("s1") is not None
+    finally:
+        await good.close()
+
+    bad = RedisSessionStore(redis_settings(f"redis://:wrong@127.0.0.1:{server.port}/0"))
+    started = time.monotonic()
+    with pytest.raises(SessionStoreUnavailable) as caught:
+        await bad.start()
+    assert time.monotonic() - started < FAST
+    assert caught.value.dependency == "Redis"
+    assert "password" in caught.value.detail and "wrong" not in caught.value.detail
+    await bad.close()
+
+    none = RedisSessionStore(redis_settings(f"redis://127.0.0.1:{server.port}/0"))
+    with pytest.raises(SessionStoreUnavailable, match="refused"):
+        await none.start()
+    await none.close()
+
+
+async def expect_fast_failure(call: Callable[[], Any]) -> SessionStoreUnavailable:
+    started = time.monotonic()
+    with pytest.raises(SessionStoreUnavailable) as caught:
+        await call()
+    elapsed = time.monotonic() - started
+    assert elapsed < FAST, f"took {elapsed:.2f} s"
+    assert caught.value.status == 503
+    assert caught.value.dependency == "Redis"
+    return caught.value
+
+
+async def test_redis_stopped_fails_fast_and_recovers_without_restart(redis_server: RedisServer) -> None:  # noqa: F811
+    s = RedisSessionStore(redis_settings(redis_server.url))
+    await s.start()
+    try:
+        await s.put(record("s1"), ttl=30)
+        redis_server.stop()
+        for call in (
+            lambda: s.get("s1"),
+            lambda: s.put(record("s2"), ttl=30),
+            lambda: s.touch("s1", last_used=time.time(), ttl=30),
+            lambda: s.revoke("s1"),
+            lambda: s.revoke_adapter("alpha"),
+            lambda: s.count(),
+            s.ping,
+        ):
+            err = await expect_fast_failure(call)
+            assert f"127.0.0.1:{redis_server.port}" in err.detail
+            assert "running" in err.detail  # says what to check
+        redis_server.start()  # same port, empty (no persistence)
+        assert await s.get("s1") is None
+        await s.put(record("s3"), ttl=30)
+        assert await s.get("s3") is not None
+        assert await s.count() == 1
+    finally:
+        await s.close()
+
+
+async def test_redis_restarted_between_calls_needs_nothing_from_the_caller(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    s = RedisSessionStore(redis_settings(redis_server.url))
+    await s.start()
+    try:
+        await asyncio.gather(*(s.put(record(f"s{i}"), ttl=30) for i in range(5)))  # several pooled connections
+        redis_server.stop()
+        redis_server.start()
+        # The pooled sockets are dead and Redis lost its script cache: the very next calls just work.
+        await s.put(record("again"), ttl=30)
+        assert await s.get("again") is not None
+        assert await s.count() == 1
+    finally:
+        await s.close()
+
+
+async def test_hung_redis_times_out_fast(redis_server: RedisServer) -> None:  # noqa: F811
+    s = RedisSessionStore(redis_settings(redis_server.url))
+    await s.start()
+    assert redis_server.process is not None
+    pid = redis_server.process.pid
+    try:
+        await s.put(record("s1"), ttl=30)
+        os.kill(pid, signal.SIGSTOP)  # accepts nothing, answers nothing
+        try:
+            err = await expect_fast_failure(lambda: s.get("s1"))
+            assert "no answer" in err.detail
+            err = await expect_fast_failure(lambda: s.put(record("s2"), ttl=30))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await s.get("s1") is not None
+    finally:
+        await s.close()
+
+
+async def test_start_when_redis_is_down_raises_and_later_calls_work(redis_server: RedisServer) -> None:  # noqa: F811
+    redis_server.stop()
+    s = RedisSessionStore(redis_settings(redis_server.url))
+    try:
+        await expect_fast_failure(s.start)
+        redis_server.start()
+        await s.ping()
+        await s.put(record("s1"), ttl=30)
+        assert await s.get("s1") is not None
+    finally:
+        await s.close()
+
+
+# --- Redis with Entra ID ------------------------------------------------------------------------
+
+
+class MintedCredential:
+    """An azure-identity async credential that mints its own tokens (no network).
+
+    Each token is a JWT with an ``oid`` claim; ``on_token`` lets the test make Redis accept it,
+    the way Azure accepts every fresh token of an identity with a data access policy.
+    """
+
+    def __init__(self, oid: str, lifetime: float, on_token: Callable[[str], None] | None = None) -> None:
+        self.oid = oid
+        self.lifetime = lifetime
+        self.on_token = on_token
+        self.scopes: list[tuple[str, ...]] = []
+        self.tokens: list[str] = []
+        self.closed = False
+        self.fail: Exception | None = None
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        self.scopes.append(scopes)
+        if self.fail is not None:
+            raise self.fail
+        now = time.time()
+        claims = {"oid": self.oid, "aud": "https://redis.azure.com", "iat": int(now), "jti": uuid.uuid4().hex}
+        token = jwt.encode(claims, "test-signing-key-" + "x" * 32, algorithm="HS256")
+        self.tokens.append(token)
+        if self.on_token is not None:
+            self.on_token(token)
+        return AccessToken(token, int(now + self.lifetime))
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def __aenter__(self) -> MintedCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+@pytest.fixture
+def entra_redis(redis_server_factory: Callable[..., RedisServer]) -> Iterator[RedisServer]:  # noqa: F811
+    # The default user needs a password nobody here uses: the store must AUTH as the token's user.
+    yield redis_server_factory(password="default-user-not-used-by-the-store")
+
+
+def allow_token(server: RedisServer, user: str, *, only_latest: bool = False) -> Callable[[str], None]:
+    def add(token: str) -> None:
+        with server.client() as c:
+            rules = ["on", *(["resetpass"] if only_latest else []), f">{token}", "~*", "+@all"]
+            c.execute_command("ACL", "SETUSER", user, *rules)
+
+    return add
+
+
+def users_of_gateway_connections(server: RedisServer) -> set[str]:
+    with server.client() as c:
+        return {conn["user"] for conn in c.client_list() if conn.get("name") == "mcp-gateway"}
+
+
+async def test_entra_token_authenticates_as_its_oid(entra_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    oid = str(uuid.uuid4())
+    credential = MintedCredential(oid, lifetime=3600, on_token=allow_token(entra_redis, oid))
+    s = RedisSessionStore(
+        redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential
+    )
+    await s.start()
+    try:
+        await s.put(record("s1"), ttl=30)
+        assert await s.get("s1") is not None
+        assert credential.scopes == [(REDIS_SCOPE,)]  # one token, cached for every connection
+        assert users_of_gateway_connections(entra_redis) == {oid}
+    finally:
+        await s.close()
+    assert credential.closed
+    assert credential.tokens and all(t not in caplog.text for t in credential.tokens)
+
+
+async def test_entra_username_setting_wins_over_the_oid(entra_redis: RedisServer) -> None:
+    credential = MintedCredential(str(uuid.uuid4()), lifetime=3600, on_token=allow_token(entra_redis, "gateway-mi"))
+    settings = redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True, redis_username="gateway-mi")
+    s = RedisSessionStore(settings, credential=credential)
+    await s.start()
+    try:
+        await s.put(record("s1"), ttl=30)
+        assert users_of_gateway_connections(entra_redis) == {"gateway-mi"}
+    finally:
+        await s.close()
+
+
+async def test_entra_token_is_refreshed_before_expiry_and_pooled_connections_reauthenticate(
+    entra_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    oid = str(uuid.uuid4())
+    # Redis accepts only the newest token: a connection still on an old one could not re-AUTH.
+    credential = MintedCredential(oid, lifetime=1.2, on_token=allow_token(entra_redis, oid, only_latest=True))
+    s = RedisSessionStore(
+        redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential
+    )
+    await s.start()
+    try:
+        await s.put(record("s1"), ttl=30)
+        with entra_redis.client() as c:
+            c.config_resetstat()
+        await asyncio.sleep(1.3)  # refresh is due at 0.75 of the lifetime; the first token has expired now
+        assert len(credential.tokens) >= 2
+        auth = command_stats(entra_redis).get("cmdstat_auth", {})
+        assert auth.get("calls", 0) >= 1 and auth.get("failed_calls", 0) == 0, auth
+        # Every pooled connection is on the newest token; new ones authenticate with it too.
+        await asyncio.gather(*(s.put(record(f"p{i}"), ttl=30) for i in range(4)))
+        assert await s.count() == 5
+    finally:
+        await s.close()
+    assert all(t not in caplog.text for t in credential.tokens)
+
+
+async def test_entra_token_failure_is_session_store_unavailable(entra_redis: RedisServer) -> None:
+    credential = MintedCredential("x", lifetime=3600)
+    credential.fail = ClientAuthenticationError("ManagedIdentityCredential: no managed identity endpoint found")
+    s = RedisSessionStore(
+        redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential
+    )
+    with pytest.raises(SessionStoreUnavailable) as caught:
+        await s.start()
+    assert "Entra ID token" in caught.value.detail and "AZURE_CLIENT_ID" in caught.value.detail
+    await s.close()
+
+
+async def test_entra_token_without_access_is_refused_with_a_hint(entra_redis: RedisServer) -> None:
+    credential = MintedCredential(str(uuid.uuid4()), lifetime=3600)  # Redis knows no such user
+    s = RedisSessionStore(
+        redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential
+    )
+    with pytest.raises(SessionStoreUnavailable) as caught:
+        await s.start()
+    assert "data access policy" in caught.value.detail
+    assert credential.tokens[0] not in caught.value.detail
+    await s.close()
+
+
+def test_entra_refuses_a_url_with_a_password() -> None:
+    with pytest.raises(ValueError, match="MCPGW_REDIS_URL"):
+        RedisSessionStore(redis_settings("rediss://:pw@example.redis.cache.windows.net:6380/0", redis_entra=True))
+
+
+async def test_entra_uses_the_user_assigned_managed_identity_when_configured() -> None:
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+    s = RedisSessionStore(redis_settings("rediss://example:6380/0", redis_entra=True, azure_client_id="abc"))
+    credential = s._azure_credential()
+    assert isinstance(credential, ManagedIdentityCredential)
+    await credential.close()
+    s = RedisSessionStore(redis_settings("rediss://example:6380/0", redis_entra=True))
+    credential = s._azure_credential()
+    assert isinstance(credential, DefaultAzureCredential)
+    await credential.close()
