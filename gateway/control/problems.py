@@ -55,9 +55,13 @@ def validation_error_handler(request: Request[Any, Any, Any], exc: Exception) ->
                 field = field or unknown.group(1)
                 message = f"unknown field {unknown.group(1)!r}"
             elif located and located.group(1):
-                field = field or located.group(1)
+                where = located.group(1).replace("[...]", "")
+                field = field or where
+                message = f"{where}: {message[: located.start()].rstrip(' -')}"
             elif key:
-                field = field or str(key)
+                where = str(key).replace("[...]", "")
+                field = field or where
+                message = f"{where}: {message}"
             messages.append(message)
     detail = "; ".join(m for m in messages if m) or str(exc.detail)
     if "Object missing required field" in detail:

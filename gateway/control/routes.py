@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from gateway.auth.base import Authenticator
 from gateway.control.service import AdapterService
@@ -44,7 +44,10 @@ class AdapterController(Controller):
 
     @post("/", status_code=201, summary="Create an adapter")
     async def create_adapter(
-        self, data: AdapterInput, identity: Identity, service: AdapterService
+        self,
+        data: JSONBody[AdapterInput],
+        identity: NamedDependency[Identity],
+        service: NamedDependency[AdapterService],
     ) -> Response[AdapterResource]:
         """Store the adapter and deploy its replicas. 409 when the name exists."""
         record = await service.create(identity, data)
@@ -53,49 +56,55 @@ class AdapterController(Controller):
     @get("/", summary="List adapters")
     async def list_adapters(
         self,
-        identity: Identity,
-        service: AdapterService,
-        limit: Annotated[int | None, Parameter(description="Page size.")] = None,
-        cursor: Annotated[str | None, Parameter(description="nextCursor of the previous page.")] = None,
+        identity: NamedDependency[Identity],
+        service: NamedDependency[AdapterService],
+        limit: Annotated[int | None, QueryParameter(description="Page size.")] = None,
+        cursor: Annotated[str | None, QueryParameter(description="nextCursor of the previous page.")] = None,
     ) -> AdapterPage:
         """The adapters the caller may read, in name order, one page at a time."""
         return await service.list(identity, limit=limit, cursor=cursor)
 
     @get("/{name:str}", summary="Get an adapter")
-    async def get_adapter(self, name: str, identity: Identity, service: AdapterService) -> Response[AdapterResource]:
+    async def get_adapter(
+        self, name: FromPath[str], identity: NamedDependency[Identity], service: NamedDependency[AdapterService]
+    ) -> Response[AdapterResource]:
         """One adapter. 404 unknown, 403 not allowed."""
         return _resource(await service.get(identity, name))
 
     @put("/{name:str}", summary="Update an adapter")
     async def update_adapter(
         self,
-        name: str,
-        data: AdapterInput,
-        identity: Identity,
-        service: AdapterService,
-        if_match: Annotated[str | None, Parameter(header="If-Match", description="ETag from a read.")] = None,
+        name: FromPath[str],
+        data: JSONBody[AdapterInput],
+        identity: NamedDependency[Identity],
+        service: NamedDependency[AdapterService],
+        if_match: Annotated[str | None, HeaderParameter(name="If-Match", description="ETag from a read.")] = None,
     ) -> Response[AdapterResource]:
         """Replace the spec. name and useWorkloadIdentity are immutable; only deployment changes redeploy."""
         return _resource(await service.update(identity, name, data, if_match=if_match))
 
     @delete("/{name:str}", status_code=204, summary="Delete an adapter")
-    async def delete_adapter(self, name: str, identity: Identity, service: AdapterService) -> None:
+    async def delete_adapter(
+        self, name: FromPath[str], identity: NamedDependency[Identity], service: NamedDependency[AdapterService]
+    ) -> None:
         """Delete the adapter, its replicas and its sessions."""
         await service.delete(identity, name)
 
     @get("/{name:str}/status", summary="Adapter status")
-    async def adapter_status(self, name: str, identity: Identity, service: AdapterService) -> AdapterStatus:
+    async def adapter_status(
+        self, name: FromPath[str], identity: NamedDependency[Identity], service: NamedDependency[AdapterService]
+    ) -> AdapterStatus:
         """Replica counts, conditions and per-replica readiness."""
         return await service.status(identity, name)
 
     @get("/{name:str}/logs", media_type="text/plain", summary="Replica logs")
     async def adapter_logs(
         self,
-        name: str,
-        identity: Identity,
-        service: AdapterService,
-        instance: Annotated[int, Parameter(description="Replica index.")] = 0,
-        tail: Annotated[int, Parameter(description="Lines to return.")] = 100,
+        name: FromPath[str],
+        identity: NamedDependency[Identity],
+        service: NamedDependency[AdapterService],
+        instance: Annotated[int, QueryParameter(description="Replica index.")] = 0,
+        tail: Annotated[int, QueryParameter(description="Lines to return.")] = 100,
     ) -> str:
         """The last ``tail`` lines of replica ``instance``."""
         return await service.logs(identity, name, instance=instance, tail=tail)

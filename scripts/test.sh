@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs (Debian packages, the Python test/dev/infra extras,
+# the Node tools: conformance suite, MCP Inspector, Cosmos DB stand-in) and run the whole suite:
+# lint, format check, type check, then pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+if ((${#need_apt[@]})); then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.installed-test-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,dev,infra]"
+  touch "$stamp"
+fi
+
+bash scripts/install_node_tools.sh
+
+echo "== ruff check"; .venv/bin/ruff check .
+echo "== ruff format --check"; .venv/bin/ruff format --check .
+echo "== mypy (strict on gateway/)"; .venv/bin/mypy
+echo "== pytest"
+# Pulumi programs run in their own process: their event loop must not meet pytest-asyncio's.
+.venv/bin/python -m pytest tests/infra -q "$@"
+.venv/bin/python -m pytest tests --ignore=tests/infra -q "$@"
