@@ -97,7 +97,8 @@ def test_unknown_adapter_is_404_everywhere(alice: httpx.Client) -> None:
 
 
 def test_access_rules_of_reader_writer_admin_and_stranger(gw: GatewayProcess, alice: httpx.Client) -> None:
-    assert alice.post("/adapters", json=example_adapter("owned", replicas=0, requiredRoles=["readers"])).status_code == 201
+    created = alice.post("/adapters", json=example_adapter("owned", replicas=0, requiredRoles=["readers"]))
+    assert created.status_code == 201
     with gw.client("bob") as stranger, gw.client("carol", roles="readers") as reader, gw.client(
         "root", roles="mcp.admin"
     ) as admin:
