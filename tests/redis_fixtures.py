@@ -6,8 +6,9 @@ Import the fixtures you need into a test module::
 
 - ``redis_server`` — a fresh server for one test;
 - ``redis_server_session`` — one server for the whole run (share it with unique key prefixes);
-- ``redis_server_factory`` — ``factory(*extra_args, password=None)`` for servers with options
-  (``--requirepass``, ACL users, TLS), all killed after the test.
+- ``redis_server_factory`` — ``factory(*extra_args, password=None, tls=False)`` for servers with
+  options (``--requirepass``, TLS with a CA minted per server, any redis-server flag), all killed
+  after the test.
 
 Each is a :class:`RedisServer`: ``.url``, ``.port``, ``.stop()``, ``.start()`` (again on the same
 port, to test outages and recovery). Servers run with ``--save "" --appendonly no`` on a free
@@ -24,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -68,19 +70,27 @@ def _die_with_parent() -> None:
 class RedisServer:
     """One redis-server process on 127.0.0.1; restartable on the same port."""
 
-    def __init__(self, *extra_args: str, password: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, *extra_args: str, password: str | None = None, port: int | None = None, tls: bool = False
+    ) -> None:
         self.binary = redis_server_binary()
         self.extra_args = list(extra_args)
         self.password = password
         self.port = port or free_port()
+        self.tls = tls
         self.dir = Path(tempfile.mkdtemp(prefix="mcpgw-redis-"))
         self.log_path = self.dir / "redis.log"
+        self.ca_file = self.dir / "ca.pem"
         self.process: subprocess.Popen[bytes] | None = None
+        if tls:
+            _write_tls_files(self.dir)
 
     @property
     def url(self) -> str:
-        """redis:// URL of the server, with the password when it has one."""
+        """redis:// (rediss:// with TLS, trusting the test CA) URL of the server, with its password if any."""
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}localhost:{self.port}/0?ssl_ca_certs={quote(str(self.ca_file))}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
@@ -110,6 +120,11 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls:
+            args[2] = "0"  # no plain-text port
+            args += ["--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            args += ["--tls-cert-file", str(self.dir / "server.pem"), "--tls-key-file", str(self.dir / "server.key")]
+            args += ["--tls-ca-cert-file", str(self.ca_file)]
         args += self.extra_args
         self.process = subprocess.Popen(
             args,
@@ -163,7 +178,7 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A synchronous client as the default user (for setting up ACL users and such); close it after use."""
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, decode_responses=True)
+        return redis.Redis.from_url(self.url, decode_responses=True)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -179,13 +194,66 @@ class RedisServer:
 
     def _answers(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw:
+                s = raw
+                if self.tls:
+                    s = ssl.create_default_context(cafile=str(self.ca_file)).wrap_socket(
+                        raw, server_hostname="localhost"
+                    )
                 s.sendall(b"PING\r\n")
                 reply = s.recv(64)
         except OSError:
             return False
         # +PONG, or -NOAUTH when a password is required: either way the server is serving.
         return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+
+def _write_tls_files(folder: Path) -> None:
+    """A test CA (ca.pem) and a server certificate for localhost/127.0.0.1 it signed (server.pem/.key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mcp-gateway test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 @pytest.fixture
@@ -204,11 +272,11 @@ def redis_server_session() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
-    """``factory(*extra_args, password=None)`` → a started RedisServer, killed after the test."""
+    """``factory(*extra_args, password=None, tls=False)`` → a started RedisServer, killed after the test."""
     servers: list[RedisServer] = []
 
-    def make(*extra_args: str, password: str | None = None) -> RedisServer:
-        server = RedisServer(*extra_args, password=password)
+    def make(*extra_args: str, password: str | None = None, tls: bool = False) -> RedisServer:
+        server = RedisServer(*extra_args, password=password, tls=tls)
         servers.append(server)
         return server.start()
 

@@ -514,3 +514,20 @@ async def test_entra_uses_the_user_assigned_managed_identity_when_configured() -
     credential = s._azure_credential()
     assert isinstance(credential, DefaultAzureCredential)
     await credential.close()
+
+
+async def test_redis_over_tls_with_a_password(redis_server_factory: Callable[..., RedisServer]) -> None:  # noqa: F811
+    server = redis_server_factory(password="pw", tls=True)
+    assert server.url.startswith("rediss://")
+    s = RedisSessionStore(redis_settings(server.url))
+    await s.start()
+    try:
+        await s.put(record("s1"), ttl=30)
+        assert await s.get("s1") is not None
+    finally:
+        await s.close()
+    # Without the CA the certificate is not trusted: refused, quickly, naming what to check.
+    untrusted = RedisSessionStore(redis_settings(f"rediss://:pw@localhost:{server.port}/0"))
+    err = await expect_fast_failure(untrusted.start)
+    assert "rediss://localhost" in err.detail and "certificate" in err.detail
+    await untrusted.close()

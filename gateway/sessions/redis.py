@@ -362,14 +362,16 @@ class RedisSessionStore:
             raise self._unavailable(f"{self._target} refused the gateway ({exc}); {hint}") from exc
         except (rex.TimeoutError, TimeoutError) as exc:
             raise self._unavailable(
-                f"no answer from {self._target} within {deadline:g} s; check that Redis is up and not overloaded, "
-                "and the network path to it"
+                f"no answer from {self._target} within {deadline:g} s; check that Redis is up and not overloaded "
+                f"and the network path to it (or, under heavy load, that this gateway's {POOL_SIZE} Redis "
+                "connections suffice: max_connections in the URL query)"
             ) from exc
         except (rex.ConnectionError, OSError) as exc:
-            raise self._unavailable(
-                f"cannot connect to {self._target} ({exc}); check that Redis is running and reachable, "
-                "and MCPGW_REDIS_URL (host, port, rediss:// for TLS)"
-            ) from exc
+            if "CERTIFICATE" in str(exc).upper():
+                hint = "check that the server's TLS certificate is trusted (ssl_ca_certs in the URL query) and its name"
+            else:
+                hint = "check that Redis is running and reachable, and MCPGW_REDIS_URL (host, port, rediss:// for TLS)"
+            raise self._unavailable(f"cannot connect to {self._target} ({exc}); {hint}") from exc
         except rex.RedisError as exc:
             raise self._unavailable(f"{self._target} answered with an error ({type(exc).__name__}: {exc})") from exc
 
