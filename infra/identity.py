@@ -1,0 +1,71 @@
+"""Managed identities: one for the gateway, one for adapters with useWorkloadIdentity; federated
+credentials binding each to its Kubernetes service account through the AKS OIDC issuer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pulumi
+from pulumi_azure_native import managedidentity
+
+# The audience Entra ID expects on Kubernetes service-account tokens exchanged by workload identity.
+TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+
+
+def service_account_subject(namespace: str, service_account: str) -> str:
+    """The ``sub`` claim of a Kubernetes service-account token."""
+    return f"system:serviceaccount:{namespace}:{service_account}"
+
+
+@dataclass
+class IdentityArgs:
+    """The OIDC issuer of the cluster and the two service accounts that may use the identities."""
+
+    resource_group_name: pulumi.Input[str]
+    location: pulumi.Input[str]
+    oidc_issuer_url: pulumi.Input[str]
+    gateway_namespace: str
+    gateway_service_account: str
+    adapter_namespace: str
+    workload_service_account: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+class Identities(pulumi.ComponentResource):
+    """User-assigned identities of the gateway and of adapter workloads.
+
+    The gateway identity gets data-plane roles on Cosmos DB and Redis (granted by those components).
+    The workload identity gets no roles here: operators grant it what their adapters need.
+    """
+
+    gateway: managedidentity.UserAssignedIdentity
+    workload: managedidentity.UserAssignedIdentity
+
+    def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mcp-gateway:azure:Identities", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        common = {"resource_group_name": args.resource_group_name, "location": args.location, "tags": args.tags}
+        self.gateway = managedidentity.UserAssignedIdentity(f"{name}-gateway", **common, opts=child)
+        self.workload = managedidentity.UserAssignedIdentity(f"{name}-workload", **common, opts=child)
+        for identity, label, subject in (
+            (self.gateway, "gateway", service_account_subject(args.gateway_namespace, args.gateway_service_account)),
+            (self.workload, "workload", service_account_subject(args.adapter_namespace, args.workload_service_account)),
+        ):
+            managedidentity.FederatedIdentityCredential(
+                f"{name}-{label}-federation",
+                resource_group_name=args.resource_group_name,
+                resource_name_=identity.name,
+                federated_identity_credential_resource_name=f"aks-{label}",
+                issuer=args.oidc_issuer_url,
+                subject=subject,
+                audiences=[TOKEN_EXCHANGE_AUDIENCE],
+                opts=child,
+            )
+        self.register_outputs(
+            {
+                "gatewayClientId": self.gateway.client_id,
+                "gatewayPrincipalId": self.gateway.principal_id,
+                "workloadClientId": self.workload.client_id,
+            }
+        )
