@@ -1,0 +1,173 @@
+"""Operating-system helpers of the local runtime: spawning children that cannot outlive the
+gateway, probing them, finding leftovers of a killed gateway, reading log tails.
+
+Linux only (``prctl``, ``/proc``), like the local runtime itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import os
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+OWNER_ENV = "MCP_GATEWAY_RUNTIME_OWNER"
+"""Set in every replica's environment to a hash of the data dir: proves a process is ours."""
+
+BASE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH")
+"""The only variables replicas inherit from the gateway: never MCPGW_* settings or secrets."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def owner_marker(data_dir: Path) -> str:
+    """The value of OWNER_ENV for runtimes of this data dir (a hash: paths are not the replica's business)."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:32]
+
+
+def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The minimal environment every replica starts from."""
+    env = {name: environ[name] for name in BASE_ENV_NAMES if environ.get(name)}
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+def child_setup(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: own session and process group, and SIGKILL when the gateway dies.
+
+    PR_SET_PDEATHSIG fires when the thread that forked exits; the runtime forks from the event
+    loop thread, which lives as long as the gateway. If the gateway died between fork and prctl,
+    the signal would never come, so the child checks its parent and kills itself.
+    """
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setup() -> None:
+        os.setsid()
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return setup
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the child binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def probe(port: int, path: str | None, limit: float) -> bool:
+    """True when 127.0.0.1:port accepts a connection and, with ``path``, answers GET path with 2xx/3xx."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(limit):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if path is None:
+                return True
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+                "User-Agent: mcp-gateway-probe\r\n\r\n".encode()
+            )
+            await writer.drain()
+            status_line = await reader.readline()
+            parts = status_line.split()
+            return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in (b"2", b"3")
+    except (OSError, TimeoutError, ValueError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(process group, start time in clock ticks) of a live process, from /proc/<pid>/stat."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # The command name is in parentheses and may contain spaces: split after the last ')'.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None
+    return int(fields[2]), int(fields[19])
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (tells a pid from a reused one)."""
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[1]
+
+
+def _carries_marker(pid: int, marker: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{OWNER_ENV}={marker}".encode() in environ.split(b"\0")
+
+
+def find_owned_processes(marker: str) -> list[int]:
+    """Live processes (not this one) whose environment carries our owner marker.
+
+    The marker is what proves ownership: a pid recorded by a gateway that was killed may have
+    been reused since by an unrelated process, and replicas' own children may have left the
+    replica's process group, but both keep the environment they were started with.
+    """
+    me = os.getpid()
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != me and _carries_marker(int(entry.name), marker):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_owned_processes(marker: str) -> list[int]:
+    """SIGKILL every process carrying our marker (leftovers of a killed gateway); return their pids."""
+    killed = []
+    for pid in find_owned_processes(marker):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
+
+
+def tail_lines(path: Path, count: int, *, block: int = 64 * 1024) -> str:
+    """The last ``count`` lines of a text file, reading backwards from its end."""
+    if count <= 0:
+        return ""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            data = b""
+            pos = end
+            while pos > 0 and data.count(b"\n") <= count:
+                step = min(block, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+    except FileNotFoundError:
+        return ""
+    lines = data.splitlines(keepends=True)[-count:]
+    return b"".join(lines).decode("utf-8", errors="replace")

@@ -1,0 +1,594 @@
+"""The local runtime: every replica is a child process of the gateway on a free loopback port.
+
+How it works (Linux; asyncio or uvloop):
+
+* **Images.** ``imageName:imageVersion`` resolves through the image catalog (``images.toml`` beside
+  this module, overlaid by the user catalog of setting ``image_catalog``) to a command line. An
+  image no catalog knows starts nothing: status reports ``ImageNotFound`` and ``deployed()`` still
+  counts the generation as applied, so the reconciler does not retry in a loop.
+* **Replicas.** Replica ``i`` of adapter ``N`` runs as ``N-i`` with a minimal environment (PATH,
+  HOME, locale, TZ, VIRTUAL_ENV, PYTHONPATH; never the gateway's ``MCPGW_*`` settings or
+  secrets), then the catalog's env, the adapter's ``environmentVariables``, and ``HOST``,
+  ``PORT``, ``MCP_REPLICA_ID``. Output goes to ``<data_dir>/logs/N-i.log``, appended across
+  restarts with a marker line per start and exit.
+* **Readiness.** HTTP GET of the catalog's ``ready_path`` (else a TCP connect) until it answers or
+  ``local_ready_timeout`` passes; later probes every few seconds take a stuck replica out. Only
+  ready replicas are endpoints; listeners hear of every change; ``endpoints()`` reads memory.
+* **Crashes.** A crashed replica leaves the endpoints at once and restarts after a backoff that
+  doubles from 0.5 s up to ``local_restart_backoff_max``; restarts show in status, and a
+  replica failing twice in a row shows as ``CrashLoopBackOff``.
+* **Updates.** A spec change (image, command, env) replaces each ready replica by surge: the new
+  process starts on a new port, and when it is ready it takes the endpoint and the old one is
+  stopped. Replicas that were not ready are replaced at once. Scaling adds or stops replicas
+  from the highest index; ``replica_count`` 0 is allowed.
+* **No orphans.** Each child gets its own process group and ``PR_SET_PDEATHSIG = SIGKILL`` (the
+  kernel kills it when the gateway dies, however it dies). ``close()`` sends SIGTERM to each
+  group, then SIGKILL after a grace period. Every child carries ``MCP_GATEWAY_RUNTIME_OWNER``
+  (a hash of the data dir) in its environment; ``<data_dir>/runtime/replicas.pid`` lists what runs
+  and is removed on a clean close. When a runtime becomes leader it kills every process that
+  carries its marker (a grandchild that escaped a killed gateway, say): the marker, read from
+  ``/proc/<pid>/environ``, proves ownership, so a reused pid is never killed by mistake.
+* **Shared data dir: leader and followers.** Two gateways on one machine may share a data dir
+  (scale-out tests, a second gateway behind one Redis). The runtime that holds an flock on
+  ``<data_dir>/runtime/local.lock`` is the leader: it runs the processes and publishes endpoints
+  and status to ``<data_dir>/runtime/state.json`` (written whole, then renamed). Any other runtime
+  is a follower: it runs nothing, ``apply`` and ``remove`` do nothing, and ``deployed()``,
+  ``endpoints()``, ``status()`` and ``logs()`` answer from the leader's published state (re-read
+  when its mtime changes, polled every 0.25 s; listeners fire on changes). A follower retries the
+  lock every second; when it gets it (the leader closed or died), it kills the leader's leftovers
+  and becomes leader with nothing deployed, so its reconciler re-applies every adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.errors import RuntimeUnavailable
+from gateway.models import AdapterRecord, InstanceStatus
+from gateway.runtime._local_catalog import CatalogError, ImageCatalog
+from gateway.runtime._local_process import base_environment, kill_owned_processes, owner_marker, tail_lines
+from gateway.runtime._local_replica import LaunchSpec, Replica, ReplicaContext
+from gateway.runtime.base import Endpoint, EndpointListener, InstanceNotFound, RuntimeIssue, RuntimeStatus
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.runtime.local")
+
+FOLLOWER_POLL = 0.25
+"""Seconds between a follower's checks of the leader's state file."""
+LOCK_RETRY = 1.0
+"""Seconds between a follower's attempts to take the leader lock."""
+
+
+class IssueSnapshot(msgspec.Struct):
+    """A RuntimeIssue as published in state.json."""
+
+    reason: str
+    message: str
+
+
+class EndpointSnapshot(msgspec.Struct):
+    """An Endpoint as published in state.json."""
+
+    replica: str
+    uid: str
+    url: str
+
+
+class AdapterSnapshot(msgspec.Struct, kw_only=True):
+    """What the leader observes of one adapter; state.json holds one per adapter."""
+
+    generation: int
+    image: str
+    desired: int
+    ready: int
+    updated: int
+    available: int
+    progressing: bool
+    instances: list[InstanceStatus]
+    issues: list[IssueSnapshot]
+    endpoints: list[EndpointSnapshot]
+
+
+class SharedState(msgspec.Struct, kw_only=True):
+    """Contents of ``<data_dir>/runtime/state.json``."""
+
+    leader_pid: int
+    adapters: dict[str, AdapterSnapshot] = msgspec.field(default_factory=dict)
+
+
+class _Slot:
+    """Replica index ``i`` of an adapter: the serving replica and, during a rollout, its successor."""
+
+    __slots__ = ("current", "next")
+
+    def __init__(self, current: Replica | None = None) -> None:
+        self.current = current
+        self.next: Replica | None = None
+
+    def replicas(self) -> list[Replica]:
+        return [r for r in (self.current, self.next) if r is not None]
+
+
+class _Deployment:
+    """The leader's view of one adapter: what was applied and the replicas running it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.generation = 0
+        self.image = ""
+        self.desired = 0
+        self.spec: LaunchSpec | None = None
+        self.issue: RuntimeIssue | None = None
+        self.slots: dict[int, _Slot] = {}
+
+    def replicas(self) -> list[Replica]:
+        return [r for slot in self.slots.values() for r in slot.replicas()]
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return tuple(
+            slot.current.endpoint
+            for _, slot in sorted(self.slots.items())
+            if slot.current is not None and slot.current.ready
+        )
+
+    def snapshot(self) -> AdapterSnapshot:
+        instances = []
+        for i in range(max([self.desired, *(k + 1 for k in self.slots)])):
+            slot = self.slots.get(i)
+            r = slot.current if slot is not None else None
+            if r is None:
+                message = self.issue.message if self.issue is not None else ""
+                instances.append(
+                    InstanceStatus(instance=i, name=f"{self.name}-{i}", ready=False, state="Pending", message=message)
+                )
+                continue
+            message = r.message
+            nxt = slot.next if slot is not None else None
+            if nxt is not None:
+                extra = f"being replaced by generation {nxt.generation} ({nxt.state.lower()}"
+                extra += f": {nxt.message})" if nxt.message else ")"
+                message = f"{message}; {extra}" if message else extra
+            instances.append(
+                InstanceStatus(
+                    instance=i,
+                    name=r.name,
+                    ready=r.ready,
+                    state=r.state,
+                    restarts=r.restarts,
+                    generation=r.generation,
+                    message=message,
+                )
+            )
+        serving = [s.current for s in self.slots.values() if s.current is not None]
+        ready = sum(1 for r in serving if r.ready)
+        updated = 0
+        progressing = False
+        if self.spec is not None:
+            updated = sum(1 for s in self.slots.values() if any(r.spec == self.spec for r in s.replicas()))
+            progressing = (
+                any(
+                    s.next is not None
+                    or s.current is None
+                    or s.current.spec != self.spec
+                    or (not s.current.ready and s.current.restarts == 0)
+                    for s in self.slots.values()
+                )
+                or len(self.slots) < self.desired
+            )
+        issues = [IssueSnapshot(self.issue.reason, self.issue.message)] if self.issue is not None else []
+        for r in self.replicas():
+            if r.crash_looping:
+                issues.append(
+                    IssueSnapshot(
+                        "CrashLoopBackOff",
+                        f"replica {r.name} keeps failing ({r.restarts} restarts, last: {r.last_failure}); "
+                        f"see its logs (instance {r.index})",
+                    )
+                )
+        return AdapterSnapshot(
+            generation=self.generation,
+            image=self.image,
+            desired=self.desired,
+            ready=ready,
+            updated=updated,
+            available=ready,
+            progressing=progressing,
+            instances=instances,
+            issues=issues,
+            endpoints=[EndpointSnapshot(e.replica, e.uid, e.url) for e in self.endpoints()],
+        )
+
+
+def _status_from(snapshot: AdapterSnapshot) -> RuntimeStatus:
+    return RuntimeStatus(
+        observed_generation=snapshot.generation,
+        image=snapshot.image,
+        desired=snapshot.desired,
+        ready=snapshot.ready,
+        updated=snapshot.updated,
+        available=snapshot.available,
+        instances=tuple(snapshot.instances),
+        issues=tuple(RuntimeIssue(i.reason, i.message) for i in snapshot.issues),
+        progressing=snapshot.progressing,
+    )
+
+
+class LocalRuntime:
+    """Runs adapter replicas as child processes of this gateway (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._data_dir = settings.data_dir
+        self._log_dir = settings.data_dir / "logs"
+        self._run_dir = settings.data_dir / "runtime"
+        self._catalog = ImageCatalog(settings.image_catalog)
+        self._marker = ""
+        self._role: Literal["leader", "follower"] | None = None
+        self._lock_fd: int | None = None
+        self._deployments: dict[str, _Deployment] = {}
+        self._shared = SharedState(leader_pid=0)
+        self._shared_stamp: tuple[int, int, int] | None = None
+        self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
+        self._listeners: list[EndpointListener] = []
+        self._ctx: ReplicaContext | None = None
+        self._apply_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        self._follower_task: asyncio.Task[None] | None = None
+        self._publish_pending = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def role(self) -> Literal["leader", "follower"] | None:
+        """``leader`` (runs the processes), ``follower`` (mirrors a leader) or None (not started)."""
+        return self._role
+
+    async def start(self) -> None:
+        """Take the leader lock (or follow its holder) and clean up leftovers of a killed run."""
+        if self._role is not None:
+            return
+        try:
+            self._catalog.load()
+        except CatalogError as exc:
+            raise RuntimeUnavailable("local runtime", str(exc)) from None
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        self._marker = owner_marker(self._data_dir)
+        self._ctx = ReplicaContext(
+            log_dir=self._log_dir,
+            base_env=base_environment(os.environ),
+            marker=self._marker,
+            ready_timeout=self._settings.local_ready_timeout,
+            backoff_max=self._settings.local_restart_backoff_max,
+            on_change=self._replica_changed,
+        )
+        self._lock_fd = os.open(self._run_dir / "local.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        if self._try_lock():
+            self._become_leader()
+        else:
+            self._role = "follower"
+            log.info("local runtime: another gateway holds %s; following it", self._run_dir / "local.lock")
+            self._read_shared()
+            self._follower_task = asyncio.create_task(self._follow(), name="local-runtime-follower")
+
+    async def close(self) -> None:
+        """Stop every replica (SIGTERM, then SIGKILL after a grace period) and release the lock."""
+        if self._role is None:
+            return
+        if self._follower_task is not None:
+            self._follower_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower_task
+            self._follower_task = None
+        if self._role == "leader":
+            replicas = [r for d in self._deployments.values() for r in d.replicas()]
+            self._deployments.clear()
+            await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._role == "leader":
+            self._write_shared(SharedState(leader_pid=os.getpid()))
+            with contextlib.suppress(FileNotFoundError):
+                (self._run_dir / "replicas.pid").unlink()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+        self._endpoints.clear()
+        self._publish_pending = False
+        self._role = None
+
+    async def ping(self) -> None:
+        """Raise RuntimeUnavailable unless the runtime was started."""
+        if self._role is None:
+            raise RuntimeUnavailable("local runtime", "not started")
+
+    # --- desired state -------------------------------------------------------------------
+
+    def _resolve(self, record: AdapterRecord) -> tuple[LaunchSpec | None, RuntimeIssue | None]:
+        try:
+            entry = self._catalog.lookup(record.image)
+            known = sorted(self._catalog.load())
+        except CatalogError as exc:
+            return None, RuntimeIssue("InvalidImageCatalog", str(exc))
+        if entry is None:
+            where = (
+                "the built-in catalog"
+                if self._settings.image_catalog is None
+                else (f"the built-in catalog or {self._settings.image_catalog}")
+            )
+            return None, RuntimeIssue(
+                "ImageNotFound",
+                f"image {record.image} is not in {where}; known images: {', '.join(known) or 'none'}. "
+                "Add it to the catalog file named by MCPGW_IMAGE_CATALOG.",
+            )
+        env = dict(entry.env)
+        env.update(record.environment_variables)
+        spec = LaunchSpec(
+            image=record.image,
+            command=entry.command,
+            env=tuple(sorted(env.items())),
+            ready_path=entry.ready_path,
+            cwd=entry.cwd,
+        )
+        return spec, None
+
+    def _new_replica(self, name: str, index: int, spec: LaunchSpec, generation: int) -> Replica:
+        assert self._ctx is not None
+        replica = Replica(name, index, spec, generation, self._ctx)
+        replica.start()
+        return replica
+
+    async def apply(self, adapter: AdapterRecord) -> None:
+        """Converge the adapter's replicas to the record (idempotent; surges on spec change)."""
+        if self._role != "leader":
+            return
+        to_stop: list[Replica] = []
+        async with self._apply_lock:
+            spec, issue = self._resolve(adapter)
+            dep = self._deployments.get(adapter.name)
+            if dep is None:
+                dep = self._deployments[adapter.name] = _Deployment(adapter.name)
+            dep.generation, dep.image, dep.desired = adapter.generation, adapter.image, adapter.replica_count
+            dep.spec, dep.issue = spec, issue
+            for index in sorted(dep.slots):
+                if index >= adapter.replica_count:
+                    to_stop.extend(dep.slots.pop(index).replicas())
+            for index in range(adapter.replica_count):
+                slot = dep.slots.get(index)
+                if spec is None:
+                    # Unknown image: keep what still serves, start nothing.
+                    if slot is None:
+                        continue
+                    if slot.next is not None:
+                        to_stop.append(slot.next)
+                        slot.next = None
+                    if slot.current is not None and not slot.current.ready:
+                        to_stop.append(slot.current)
+                        slot.current = None
+                    if slot.current is None:
+                        del dep.slots[index]
+                    continue
+                if slot is None:
+                    dep.slots[index] = _Slot(self._new_replica(adapter.name, index, spec, adapter.generation))
+                    continue
+                if slot.current is not None and slot.current.spec == spec:
+                    slot.current.generation = adapter.generation
+                    if slot.next is not None:
+                        to_stop.append(slot.next)
+                        slot.next = None
+                elif slot.current is None or not slot.current.ready:
+                    # Nothing to keep serving: replace in place.
+                    to_stop.extend(slot.replicas())
+                    slot.current = self._new_replica(adapter.name, index, spec, adapter.generation)
+                    slot.next = None
+                elif slot.next is not None and slot.next.spec == spec:
+                    slot.next.generation = adapter.generation
+                else:
+                    if slot.next is not None:
+                        to_stop.append(slot.next)
+                    slot.next = self._new_replica(adapter.name, index, spec, adapter.generation)
+            self._refresh(adapter.name)
+        if to_stop:
+            await self._stop_all(to_stop)
+
+    async def _stop_all(self, replicas: list[Replica]) -> None:
+        # Shielded: a cancelled apply (the reconciler gave up on it) still finishes stopping.
+        task = asyncio.ensure_future(asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True))
+        self._track(task)
+        await asyncio.shield(task)
+
+    def _track(self, task: asyncio.Future[Any]) -> None:
+        async def wait() -> None:
+            with contextlib.suppress(Exception):
+                await task
+
+        bg = asyncio.ensure_future(wait())
+        self._background.add(bg)
+        bg.add_done_callback(self._background.discard)
+
+    async def remove(self, name: str) -> None:
+        """Stop every replica of the adapter and delete its log files (idempotent)."""
+        if self._role != "leader":
+            return
+        async with self._apply_lock:
+            dep = self._deployments.pop(name, None)
+            self._refresh(name)
+        if dep is None:
+            return
+        await self._stop_all(dep.replicas())
+        for index in set(dep.slots) | set(range(dep.desired)):
+            for suffix in (".log", ".log.1"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self._log_dir / f"{name}-{index}{suffix}").unlink()
+
+    async def deployed(self) -> dict[str, int]:
+        """Adapters and the generation last applied (the leader's, for a follower)."""
+        if self._role == "leader":
+            return {name: dep.generation for name, dep in self._deployments.items()}
+        return {name: snap.generation for name, snap in self._shared.adapters.items()}
+
+    # --- observation ---------------------------------------------------------------------
+
+    def _snapshot(self, name: str) -> AdapterSnapshot | None:
+        if self._role == "leader":
+            dep = self._deployments.get(name)
+            return None if dep is None else dep.snapshot()
+        return self._shared.adapters.get(name)
+
+    async def status(self, adapter: AdapterRecord) -> RuntimeStatus:
+        """What runs for the adapter now; an adapter never applied shows observed generation 0."""
+        snapshot = self._snapshot(adapter.name)
+        if snapshot is None:
+            return RuntimeStatus(
+                observed_generation=0,
+                image=adapter.image,
+                desired=adapter.replica_count,
+                ready=0,
+                updated=0,
+                available=0,
+                progressing=adapter.replica_count > 0,
+            )
+        return _status_from(snapshot)
+
+    async def logs(self, name: str, instance: int, tail: int) -> str:
+        """The last ``tail`` lines of replica ``instance``'s log file."""
+        snapshot = self._snapshot(name)
+        if snapshot is None or not 0 <= instance < max(snapshot.desired, len(snapshot.instances)):
+            count = 0 if snapshot is None else snapshot.desired
+            raise InstanceNotFound(f"adapter {name} has no replica {instance} (it has {count})")
+        return await asyncio.to_thread(tail_lines, self._log_dir / f"{name}-{instance}.log", tail)
+
+    def endpoints(self, name: str) -> tuple[Endpoint, ...]:
+        """Ready replicas of the adapter (memory only)."""
+        return self._endpoints.get(name, ())
+
+    def add_listener(self, listener: EndpointListener) -> None:
+        """Call ``listener(name)`` whenever the adapter's endpoints change."""
+        self._listeners.append(listener)
+
+    # --- change propagation --------------------------------------------------------------
+
+    def _replica_changed(self, replica: Replica) -> None:
+        dep = self._deployments.get(replica.adapter)
+        slot = dep.slots.get(replica.index) if dep is not None else None
+        if slot is not None and slot.next is replica and replica.ready:
+            # The successor is ready: it takes the endpoint, the old process goes.
+            old, slot.current, slot.next = slot.current, replica, None
+            if old is not None:
+                self._track(asyncio.ensure_future(old.stop()))
+        self._refresh(replica.adapter)
+
+    def _refresh(self, name: str) -> None:
+        """Recompute the adapter's endpoints, tell listeners if they changed, publish soon."""
+        dep = self._deployments.get(name)
+        self._set_endpoints(name, () if dep is None else dep.endpoints())
+        self._schedule_publish()
+
+    def _set_endpoints(self, name: str, endpoints: tuple[Endpoint, ...]) -> None:
+        if self._endpoints.get(name, ()) == endpoints:
+            return
+        if endpoints:
+            self._endpoints[name] = endpoints
+        else:
+            self._endpoints.pop(name, None)
+        for listener in list(self._listeners):
+            try:
+                listener(name)
+            except Exception:
+                log.exception("endpoint listener failed for adapter %s", name)
+
+    # --- leader: lock, leftovers, publishing ---------------------------------------------
+
+    def _try_lock(self) -> bool:
+        assert self._lock_fd is not None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _become_leader(self) -> None:
+        pid_file = self._run_dir / "replicas.pid"
+        if pid_file.exists():
+            log.warning("local runtime: the previous gateway on %s did not stop cleanly", self._data_dir)
+        killed = kill_owned_processes(self._marker)
+        if killed:
+            log.warning("local runtime: killed %d leftover replica process(es): %s", len(killed), killed)
+        self._role = "leader"
+        previous = self._shared
+        self._shared = SharedState(leader_pid=os.getpid())
+        for name in previous.adapters:
+            self._set_endpoints(name, ())
+        self._publish()
+        log.info("local runtime: leader for %s", self._data_dir)
+
+    def _schedule_publish(self) -> None:
+        if self._role != "leader" or self._publish_pending:
+            return
+        self._publish_pending = True
+        asyncio.get_running_loop().call_soon(self._publish)
+
+    def _publish(self) -> None:
+        self._publish_pending = False
+        if self._role != "leader":
+            return
+        state = SharedState(
+            leader_pid=os.getpid(), adapters={name: d.snapshot() for name, d in self._deployments.items()}
+        )
+        self._write_shared(state)
+        pids = "".join(f"{r.pid} {r.name} {r.uid}\n" for d in self._deployments.values() for r in d.replicas() if r.pid)
+        self._write_atomic(self._run_dir / "replicas.pid", f"# gateway {os.getpid()}\n{pids}".encode())
+
+    def _write_shared(self, state: SharedState) -> None:
+        self._write_atomic(self._run_dir / "state.json", msgspec.json.encode(state))
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("local runtime: cannot write %s: %s", path, exc)
+
+    # --- follower ------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_lock_try = loop.time() + LOCK_RETRY
+        while self._role == "follower":
+            await asyncio.sleep(FOLLOWER_POLL)
+            if loop.time() >= next_lock_try:
+                next_lock_try = loop.time() + LOCK_RETRY
+                if self._try_lock():
+                    self._become_leader()
+                    return
+            self._read_shared()
+
+    def _read_shared(self) -> None:
+        path = self._run_dir / "state.json"
+        try:
+            st = path.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if stamp == self._shared_stamp:
+                return
+            state = msgspec.json.decode(path.read_bytes(), type=SharedState)
+        except FileNotFoundError:
+            state, stamp = SharedState(leader_pid=0), (0, 0, 0)
+        except (OSError, msgspec.DecodeError) as exc:
+            log.warning("local runtime: cannot read the leader's state %s: %s", path, exc)
+            return
+        self._shared_stamp = stamp
+        old = self._shared
+        self._shared = state
+        for name in set(old.adapters) | set(state.adapters):
+            snap = state.adapters.get(name)
+            endpoints = () if snap is None else tuple(Endpoint(e.replica, e.uid, e.url) for e in snap.endpoints)
+            self._set_endpoints(name, endpoints)
