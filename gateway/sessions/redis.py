@@ -147,8 +147,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
 """
 
-_FIELDS = ("user_id", "adapter", "replica", "created", "last_used")
-
 
 class RedisSessionStore:
     """Session records in Redis (``redis.asyncio``), by URL with password/TLS or by Entra ID token.
