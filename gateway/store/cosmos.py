@@ -336,7 +336,7 @@ class CosmosAdapterStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         attempt = 0
-        last = "no attempt finished"
+        last = ""
         while True:
             attempt += 1
             remaining = deadline - loop.time()
@@ -367,15 +367,11 @@ class CosmosAdapterStore:
             except _Retry as retry:
                 last, hinted = retry.reason, retry.delay
             except TimeoutError:
-                if not idempotent:
-                    raise self._unavailable(
-                        f"no answer from {self._endpoint} within {self._timeout:g}s during a {op} "
-                        f"(last error: {last}); it may or may not have been applied; check that the account "
-                        "is reachable from the gateway (network rules, private endpoint, DNS)"
-                    ) from None
+                earlier = f" after {attempt - 1} failed attempt(s), last: {last}" if last else ""
+                applied = f" during a {op}, which may or may not have been applied" if not idempotent else ""
                 raise self._unavailable(
-                    f"no answer from {self._endpoint} within {self._timeout:g}s (last error: {last}); check "
-                    "that the account is reachable from the gateway (network rules, private endpoint, DNS)"
+                    f"no answer from {self._endpoint} within {self._timeout:g}s{applied}{earlier}; check that "
+                    "the account is reachable from the gateway (network rules, private endpoint, DNS)"
                 ) from None
             delay = (
                 hinted
