@@ -24,6 +24,7 @@ from gateway.control.problems import EXCEPTION_HANDLERS
 from gateway.control.reconciler import Reconciler
 from gateway.control.routes import AdapterController, healthz, readyz
 from gateway.control.service import AdapterService
+from gateway.errors import SessionStoreUnavailable
 from gateway.models import AdapterInput, Identity
 from gateway.proxy.app import McpProxy
 from gateway.proxy.hosts import HostPolicy
@@ -194,7 +195,10 @@ def create_litestar(c: Components) -> Litestar:
         async with contextlib.AsyncExitStack() as stack:
             await c.store.start()
             stack.push_async_callback(c.store.close)
-            await c.sessions.start()
+            try:
+                await c.sessions.start()
+            except SessionStoreUnavailable as exc:  # existing sessions route from their seals; retried per call
+                log.warning("session store unavailable at start: %s", exc.detail)
             stack.push_async_callback(c.sessions.close)
             await c.authenticator.start()
             stack.push_async_callback(c.authenticator.close)

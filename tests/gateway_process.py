@@ -164,10 +164,15 @@ def wait_ready(client: httpx.Client, name: str, replicas: int, timeout: float = 
 
 def replica_pids(data_dir: Path) -> dict[str, int]:
     """Running replica processes started for ``data_dir``: MCP_REPLICA_ID → pid (read from /proc)."""
+    return {name: pid for name, (pid, _) in replica_processes(data_dir).items()}
+
+
+def replica_processes(data_dir: Path) -> dict[str, tuple[int, int]]:
+    """Running replica processes started for ``data_dir``: MCP_REPLICA_ID → (pid, port)."""
     from gateway.runtime._local_process import OWNER_ENV, owner_marker
 
     marker = f"{OWNER_ENV}={owner_marker(data_dir)}".encode()
-    found: dict[str, int] = {}
+    found: dict[str, tuple[int, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -178,7 +183,7 @@ def replica_pids(data_dir: Path) -> dict[str, int]:
             continue
         if marker not in environ or ") Z " in stat:
             continue
-        for item in environ:
-            if item.startswith(b"MCP_REPLICA_ID="):
-                found[item.split(b"=", 1)[1].decode()] = int(entry.name)
+        values = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if b"MCP_REPLICA_ID" in values:
+            found[values[b"MCP_REPLICA_ID"].decode()] = (int(entry.name), int(values.get(b"PORT", b"0")))
     return found

@@ -77,6 +77,8 @@ def main() -> None:
     """Run the server on HOST:PORT."""
     host = os.environ.get("HOST", "0.0.0.0")
     port = int(os.environ.get("PORT", "8000"))
+    replica = os.environ.get("MCP_REPLICA_ID", socket.gethostname())
+    print(f"mcp-example replica {replica} serving on {host}:{port} (/mcp, /sse)", flush=True)
     uvicorn.run(build_app(), host=host, port=port, log_level="warning", access_log=False)
 
 
