@@ -119,10 +119,20 @@ ESCAPER = {
 """The example server, with a grandchild (sleep) that PDEATHSIG does not reach when the gateway dies."""
 
 
+SLEEPER = {"command": ["sleep", "300"]}
+"""An image that never listens on its port: never ready."""
+
+HTTP_SERVER = {"command": ["{python}", "-m", "http.server", "{port}", "--bind", "127.0.0.1"], "cwd": "{catalog_dir}"}
+"""Python's static file server, told its port by the {port} placeholder; readiness by TCP connect."""
+
+
 @pytest.fixture
 def test_catalog(tmp_path: Path) -> Path:
-    """A user catalog with the crashing and the escaping image."""
-    return write_catalog(tmp_path / "catalog.toml", {"crasher:1": CRASHER, "escaper:1": ESCAPER})
+    """A user catalog with the test images."""
+    return write_catalog(
+        tmp_path / "catalog.toml",
+        {"crasher:1": CRASHER, "escaper:1": ESCAPER, "sleeper:1": SLEEPER, "http-server:1": HTTP_SERVER},
+    )
 
 
 RuntimeFactory = Callable[..., Awaitable[LocalRuntime]]

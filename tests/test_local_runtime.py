@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.errors import RuntimeUnavailable
 from gateway.runtime import InstanceNotFound
+from gateway.runtime._local_catalog import ImageCatalog, ImageEntry
 from gateway.runtime.local import LocalRuntime
 from gateway.settings import Settings
 from tests.local_runtime_fixtures import (
@@ -25,6 +27,7 @@ from tests.local_runtime_fixtures import (
     replica_processes,
     test_catalog,
     wait_until,
+    write_catalog,
 )
 
 __all__ = ["make_runtime", "test_catalog"]  # fixtures used by name
@@ -211,10 +214,64 @@ async def test_unknown_image_reports_image_not_found_and_counts_as_applied(
     assert await runtime.logs("ghost", 1, 10) == ""
 
 
+async def test_replica_not_ready_in_time_is_killed_and_restarted(make_runtime: RuntimeFactory) -> None:
+    runtime = await make_runtime(local_ready_timeout=0.5, local_restart_backoff_max=0.5)
+    sleeper = record("sleepy", 1, image=("sleeper", "1"))
+    await runtime.apply(sleeper)
+
+    async def restarted() -> object:
+        status = await runtime.status(sleeper)
+        return status if status.instances[0].restarts >= 2 else None
+
+    status = await wait_until(restarted, within=10, what="2 restarts after readiness timeouts")
+    assert "not ready within 0.5s" in status.instances[0].message or any(
+        "not ready within 0.5s" in i.message for i in status.issues
+    )
+    assert runtime.endpoints("sleepy") == ()
+    assert "killed by SIGKILL" in await runtime.logs("sleepy", 0, 20)
+
+
+async def test_port_placeholder_and_tcp_readiness(make_runtime: RuntimeFactory, test_catalog: Path) -> None:
+    (test_catalog.parent / "hello.txt").write_text("hello from the catalog dir")
+    runtime = await make_runtime()
+    await runtime.apply(record("files", 2, image=("http-server", "1")))
+    endpoints = await wait_until(lambda: len(runtime.endpoints("files")) == 2 and runtime.endpoints("files"))
+    async with httpx.AsyncClient() as client:
+        for endpoint in endpoints:
+            response = await client.get(endpoint.url + "/hello.txt")
+            assert response.text == "hello from the catalog dir"
+
+
+def test_user_catalog_overrides_builtin_and_expands_placeholders(tmp_path: Path) -> None:
+    user = write_catalog(
+        tmp_path / "mine.toml",
+        {"mcp-example:1.0.0": {"command": ["{python}", "mine.py", "--port", "{port}"], "env": {"DIR": "{repo}"}}},
+    )
+    catalog = ImageCatalog(user)
+    entry = catalog.lookup("mcp-example:1.0.0")
+    assert entry is not None
+    assert entry.command == (sys.executable, "mine.py", "--port", "{port}")  # {port} is per process
+    assert dict(entry.env) == {"DIR": str(REPO)}
+    assert entry.cwd == str(tmp_path) and entry.ready_path is None
+    assert ImageCatalog(None).lookup("mcp-example:1.0.0") == _builtin_example()
+    assert catalog.lookup("nope:1") is None
+
+
+def _builtin_example() -> ImageEntry:
+    return ImageEntry(
+        command=(sys.executable, f"{REPO}/examples/mcp-example/server.py"),
+        env=(("PYTHONUNBUFFERED", "1"),),
+        ready_path="/healthz",
+        cwd=str(REPO),
+    )
+
+
 async def test_ping_needs_start_and_close_is_idempotent(tmp_path: Path) -> None:
     runtime = LocalRuntime(Settings(data_dir=tmp_path / "data"))
     with pytest.raises(RuntimeUnavailable, match="local runtime"):
         await runtime.ping()
+    with pytest.raises(RuntimeUnavailable):
+        await runtime.apply(record())
     await runtime.start()
     await runtime.ping()
     assert runtime.role == "leader"

@@ -307,8 +307,11 @@ class LocalRuntime:
 
     async def ping(self) -> None:
         """Raise RuntimeUnavailable unless the runtime was started."""
+        self._require_started()
+
+    def _require_started(self) -> None:
         if self._role is None:
-            raise RuntimeUnavailable("local runtime", "not started")
+            raise RuntimeUnavailable("local runtime", "not started (or already closed)")
 
     # --- desired state -------------------------------------------------------------------
 
@@ -348,6 +351,7 @@ class LocalRuntime:
 
     async def apply(self, adapter: AdapterRecord) -> None:
         """Converge the adapter's replicas to the record (idempotent; surges on spec change)."""
+        self._require_started()
         if self._role != "leader":
             return
         to_stop: list[Replica] = []
@@ -416,6 +420,7 @@ class LocalRuntime:
 
     async def remove(self, name: str) -> None:
         """Stop every replica of the adapter and delete its log files (idempotent)."""
+        self._require_started()
         if self._role != "leader":
             return
         async with self._apply_lock:
@@ -431,6 +436,7 @@ class LocalRuntime:
 
     async def deployed(self) -> dict[str, int]:
         """Adapters and the generation last applied (the leader's, for a follower)."""
+        self._require_started()
         if self._role == "leader":
             return {name: dep.generation for name, dep in self._deployments.items()}
         return {name: snap.generation for name, snap in self._shared.adapters.items()}
@@ -445,6 +451,7 @@ class LocalRuntime:
 
     async def status(self, adapter: AdapterRecord) -> RuntimeStatus:
         """What runs for the adapter now; an adapter never applied shows observed generation 0."""
+        self._require_started()
         snapshot = self._snapshot(adapter.name)
         if snapshot is None:
             return RuntimeStatus(
@@ -460,6 +467,7 @@ class LocalRuntime:
 
     async def logs(self, name: str, instance: int, tail: int) -> str:
         """The last ``tail`` lines of replica ``instance``'s log file."""
+        self._require_started()
         snapshot = self._snapshot(name)
         if snapshot is None or not 0 <= instance < max(snapshot.desired, len(snapshot.instances)):
             count = 0 if snapshot is None else snapshot.desired
