@@ -79,6 +79,8 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
         timeout_keep_alive=75,
         backlog=4096,
+        proxy_headers=False,
+        server_header=False,
     )
     server = uvicorn.Server(config)
     server.run()
