@@ -1,0 +1,235 @@
+"""The Kubernetes objects of one adapter, as plain manifests, and the drift check against live ones.
+
+Per adapter the gateway owns exactly two objects, both named after the adapter:
+
+- a StatefulSet, so replicas have stable names (``<name>-0`` …) that sessions can be pinned to;
+- a headless Service (``clusterIP: None``), the StatefulSet's ``serviceName``, which gives each pod
+  the DNS name ``<pod>.<name>.<namespace>.svc.<cluster domain>``.
+
+Both carry ``app.kubernetes.io/managed-by=mcp-gateway`` and ``mcp-gateway/adapter=<name>`` (the
+gateway lists, deletes and watches only by these) and two annotations: the adapter generation they
+were applied at, and the exact spec the gateway sent (``mcp-gateway/applied-spec``). A live object
+whose spec no longer contains the applied spec was edited out of band, and is re-applied.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from gateway.models import AdapterRecord
+from gateway.settings import Settings
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "mcp-gateway"
+ADAPTER_LABEL = "mcp-gateway/adapter"
+GENERATION_ANNOTATION = "mcp-gateway/generation"
+APPLIED_SPEC_ANNOTATION = "mcp-gateway/applied-spec"
+WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
+CONTAINER_NAME = "mcp"
+CONTAINER_PORT = 8000
+REPLICA_ID_ENV = "MCP_REPLICA_ID"
+
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+Manifest = dict[str, Any]
+
+
+def adapter_selector(name: str) -> str:
+    """The label selector of one adapter's objects."""
+    return f"{MANAGED_SELECTOR},{ADAPTER_LABEL}={name}"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels every object and pod of the adapter carries (and the StatefulSet selects on)."""
+    return {MANAGED_BY_LABEL: MANAGED_BY, ADAPTER_LABEL: name}
+
+
+def is_managed(obj: Manifest, name: str | None = None) -> bool:
+    """True when ``obj`` carries the gateway's labels (for adapter ``name``, when given)."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or not labels.get(ADAPTER_LABEL):
+        return False
+    return name is None or labels.get(ADAPTER_LABEL) == name
+
+
+def image_reference(adapter: AdapterRecord, settings: Settings) -> str:
+    """``<registry>/<imageName>:<imageVersion>``, without the registry when none is configured."""
+    registry = settings.kube_registry.strip().rstrip("/")
+    return f"{registry}/{adapter.image}" if registry else adapter.image
+
+
+def _metadata(adapter: AdapterRecord, settings: Settings, spec: Manifest) -> Manifest:
+    return {
+        "name": adapter.name,
+        "namespace": settings.kube_namespace,
+        "labels": selector_labels(adapter.name),
+        "annotations": {
+            GENERATION_ANNOTATION: str(adapter.generation),
+            APPLIED_SPEC_ANNOTATION: json.dumps(spec, sort_keys=True, separators=(",", ":")),
+        },
+    }
+
+
+def _env(adapter: AdapterRecord) -> list[Manifest]:
+    env: list[Manifest] = [
+        {"name": key, "value": value} for key, value in sorted(adapter.environment_variables.items())
+    ]
+    if REPLICA_ID_ENV not in adapter.environment_variables:
+        # The replica's own name, so a server can say which replica answered (the example's whoami).
+        env.append({"name": REPLICA_ID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    return env
+
+
+def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest:
+    """The StatefulSet running the adapter's replicas."""
+    pod_labels = selector_labels(adapter.name)
+    if adapter.use_workload_identity:
+        pod_labels[WORKLOAD_IDENTITY_LABEL] = "true"
+    container: Manifest = {
+        "name": CONTAINER_NAME,
+        "image": image_reference(adapter, settings),
+        "imagePullPolicy": settings.kube_image_pull_policy,
+        "env": _env(adapter),
+        "ports": [{"name": "mcp", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        # "The MCP port answers": a TCP probe works for any image; not every server has a health path.
+        "readinessProbe": {
+            "tcpSocket": {"port": CONTAINER_PORT},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "tcpSocket": {"port": CONTAINER_PORT},
+            "initialDelaySeconds": 15,
+            "periodSeconds": 20,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "resources": {
+            "requests": {"cpu": settings.kube_cpu_request, "memory": settings.kube_memory_request},
+            "limits": {"cpu": settings.kube_cpu_limit, "memory": settings.kube_memory_limit},
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    spec: Manifest = {
+        "replicas": adapter.replica_count,
+        "serviceName": adapter.name,
+        # Replicas are independent servers: start and stop them together, not one by one.
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "RollingUpdate"},
+        "selector": {"matchLabels": selector_labels(adapter.name)},
+        "template": {
+            "metadata": {"labels": pod_labels},
+            "spec": {
+                "serviceAccountName": (
+                    settings.kube_workload_service_account
+                    if adapter.use_workload_identity
+                    else settings.kube_service_account
+                ),
+                "automountServiceAccountToken": adapter.use_workload_identity,
+                "enableServiceLinks": False,
+                "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [container],
+            },
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(adapter, settings, spec),
+        "spec": spec,
+    }
+
+
+def service_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest:
+    """The headless Service giving the adapter's pods their DNS names."""
+    spec: Manifest = {
+        "clusterIP": "None",
+        "selector": selector_labels(adapter.name),
+        "ports": [{"name": "mcp", "port": CONTAINER_PORT, "targetPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "publishNotReadyAddresses": False,
+    }
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(adapter, settings, spec), "spec": spec}
+
+
+def applied_generation(live: Manifest) -> int:
+    """The generation a live object was applied at; 0 when it drifted from what the gateway sent.
+
+    Drift: the spec annotation is missing or unreadable, the generation annotation is not a number,
+    or the live spec no longer contains the applied spec (the API server's defaults may add fields;
+    they may not change or remove ours, nor add list items such as env vars or containers).
+    """
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    try:
+        generation = int(annotations.get(GENERATION_ANNOTATION, ""))
+        applied = json.loads(annotations[APPLIED_SPEC_ANNOTATION])
+    except (KeyError, ValueError, TypeError):
+        return 0
+    return generation if contains(live.get("spec"), applied) else 0
+
+
+def contains(live: Any, wanted: Any, *, quantities: bool = False) -> bool:
+    """True when ``live`` holds everything in ``wanted``: maps may have extra keys, lists may not."""
+    if isinstance(wanted, dict):
+        if not isinstance(live, dict):
+            return False
+        return all(
+            key in live and contains(live[key], value, quantities=quantities or key == "resources")
+            for key, value in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(wanted)
+            and all(contains(a, b, quantities=quantities) for a, b in zip(live, wanted, strict=True))
+        )
+    if quantities and isinstance(live, str) and isinstance(wanted, str) and live != wanted:
+        a, b = parse_quantity(live), parse_quantity(wanted)
+        return a is not None and a == b
+    return bool(live == wanted)
+
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[a-zA-Z]*)$")
+_SUFFIXES = {
+    "": Decimal(1),
+    "m": Decimal("0.001"),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+}
+
+
+def parse_quantity(text: str) -> Decimal | None:
+    """A Kubernetes quantity (``500m``, ``1``, ``128Mi``, ``1e3``) as a number, or None.
+
+    The API server rewrites quantities canonically (``1000m`` → ``1``); comparing numbers keeps
+    such rewrites from looking like drift.
+    """
+    match = _QUANTITY.match(text.strip())
+    if not match:
+        return None
+    number, suffix = match.groups()
+    try:
+        value = Decimal(number)
+    except InvalidOperation:
+        return None
+    if suffix[:1] in ("e", "E"):
+        return value * Decimal(10) ** int(suffix[1:])
+    factor = _SUFFIXES.get(suffix)
+    return None if factor is None else value * factor

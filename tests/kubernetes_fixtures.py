@@ -1,0 +1,588 @@
+"""A Kubernetes API stand-in for the kubernetes runtime tests, built on the kmock emulator.
+
+kmock (PyPI) serves the HTTP side: routing, discovery, Kubernetes-shaped errors, and reactions a test
+can inject (``cluster["put ..."][:1] << 409``). Its built-in object store is a plain dict merger, so
+``ClusterEmulator`` replaces that store with one that behaves like a kube-apiserver where the runtime
+depends on it. Each gap of kmock 0.8 it closes (see shared/research/feasibility.md):
+
+- ``watch=True`` (what kubernetes_asyncio sends) is a watch; kmock only recognises ``watch=true``;
+- ``labelSelector`` filters lists and watches (kmock returns every object);
+- objects get ``uid``, ``resourceVersion``, ``creationTimestamp`` and ``generation``;
+- ``PUT`` replaces an object, honouring ``metadata.resourceVersion`` (409 on a stale one); kmock has no PUT;
+- watches resume from ``resourceVersion`` out of an event history, answer ``410 Gone`` once the history
+  was compacted past it, and can be cut (``drop_watches``) to play a dropped connection;
+- deleting an owner deletes its dependents (``ownerReferences``), as the garbage collector does;
+- ``pods/log`` returns what the test stored, with the apiserver's 400 while the container is waiting.
+
+The workarounds live here, in the tests, never in gateway code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+
+from gateway.models import AdapterRecord
+from gateway.runtime.kubernetes import KubernetesRuntime
+from gateway.settings import Settings
+
+NAMESPACE = "adapter"
+MANAGED = {"app.kubernetes.io/managed-by": "mcp-gateway"}
+
+KINDS = {
+    ("", "v1", "pods"): "Pod",
+    ("", "v1", "services"): "Service",
+    ("apps", "v1", "statefulsets"): "StatefulSet",
+}
+
+ResourceId = tuple[str, str, str]  # group, version, plural
+ObjectKey = tuple[ResourceId, str | None, str]  # resource, namespace, name
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(code: int, reason: str, message: str) -> kmock.KubernetesError:
+    # Raised, not returned: kmock renders it as a Kubernetes Status with this code. (A returned
+    # kmock.Response would leave its status on the shared reaction, leaking into later responses.)
+    return kmock.KubernetesError(status=code, reason=reason, message=message, details={})
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: null deletes, objects merge, everything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
+    """Equality-based label selectors: ``a=b``, ``a==b``, ``a!=b``, ``a``, ``!a``, comma-joined."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+class _Dropped(Exception):
+    """Ends a watch stream, as a broken connection would."""
+
+
+class ClusterEmulator(kmock.KubernetesScaffold):
+    """kmock's Kubernetes scaffold with an apiserver-like object store (see the module docstring)."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.store: dict[ObjectKey, dict[str, Any]] = {}
+        self.history: list[tuple[int, ResourceId, dict[str, Any]]] = []
+        self.pod_logs: dict[tuple[str, str], str] = {}
+        self.revision = 100
+        self.compacted = 0
+        self.stamp_uids = True  # False: leave metadata.uid empty, as plain kmock does
+        self._watchers: set[asyncio.Queue[tuple[ResourceId, dict[str, Any]] | str]] = set()
+        for resource in KINDS:
+            self.resources["/".join(p for p in resource if p)] = {"kind": KINDS[resource], "namespaced": True}
+        (self.fallback**1)[self._handles] << self._serve
+
+    # --- test helpers -------------------------------------------------------------------------
+    def objects_of(self, plural: str, namespace: str = NAMESPACE) -> dict[str, dict[str, Any]]:
+        """Stored objects of one kind in a namespace, by name (deep copies)."""
+        return {
+            name: copy.deepcopy(obj)
+            for (res, ns, name), obj in self.store.items()
+            if res[2] == plural and ns == namespace
+        }
+
+    def get(self, plural: str, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+        """One stored object (a deep copy), or None."""
+        obj = self.objects_of(plural, namespace).get(name)
+        return obj
+
+    def put_object(self, plural: str, obj: dict[str, Any], namespace: str = NAMESPACE) -> dict[str, Any]:
+        """Create or replace an object from the test (the kubelet's and other controllers' writes)."""
+        res = self._resource_id(plural)
+        key: ObjectKey = (res, namespace, obj["metadata"]["name"])
+        old = self.store.get(key)
+        new = copy.deepcopy(obj)
+        new.setdefault("metadata", {})["namespace"] = namespace
+        if old is None:
+            self._stamp_new(res, new)
+            self.store[key] = new
+            self._emit(res, "ADDED", new)
+        else:
+            meta = new["metadata"]
+            if "uid" in old["metadata"]:
+                meta["uid"] = old["metadata"]["uid"]
+            meta["creationTimestamp"] = old["metadata"]["creationTimestamp"]
+            meta["generation"] = old["metadata"].get("generation", 1)
+            if new.get("spec") != old.get("spec"):
+                meta["generation"] += 1
+            self._bump(new)
+            self.store[key] = new
+            self._emit(res, "MODIFIED", new)
+        return copy.deepcopy(new)
+
+    def patch_object(self, plural: str, name: str, patch: dict[str, Any], namespace: str = NAMESPACE) -> None:
+        """Merge-patch an object from the test (an out-of-band edit, a status change)."""
+        res = self._resource_id(plural)
+        key: ObjectKey = (res, namespace, name)
+        old = self.store[key]
+        new = _merge_patch(old, patch)
+        if new.get("spec") != old.get("spec"):
+            new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        self._bump(new)
+        self.store[key] = new
+        self._emit(res, "MODIFIED", new)
+
+    def delete_object(self, plural: str, name: str, namespace: str = NAMESPACE) -> None:
+        """Delete an object from the test (and its dependents)."""
+        self._delete((self._resource_id(plural), namespace, name))
+
+    def compact(self) -> None:
+        """Forget the event history, so that resuming from any older resourceVersion answers 410 Gone."""
+        self.history.clear()
+        self.compacted = self.revision
+
+    def drop_watches(self, *, abrupt: bool = False) -> int:
+        """End every open watch stream (``abrupt``: close the TCP connection mid-stream); returns how many."""
+        count = len(self._watchers)
+        for queue in list(self._watchers):
+            queue.put_nowait("abort" if abrupt else "end")
+        return count
+
+    @property
+    def open_watches(self) -> int:
+        """How many watch streams are open now."""
+        return len(self._watchers)
+
+    # --- the apiserver side -------------------------------------------------------------------
+    @staticmethod
+    def _resource_id(plural: str) -> ResourceId:
+        for res in KINDS:
+            if res[2] == plural:
+                return res
+        raise KeyError(plural)
+
+    @staticmethod
+    def _handles(request: kmock.Request) -> bool:
+        res = request.resource
+        return res is not None and (res.group, res.version, res.plural) in KINDS
+
+    def _bump(self, obj: dict[str, Any]) -> None:
+        self.revision += 1
+        obj["metadata"]["resourceVersion"] = str(self.revision)
+
+    def _stamp_new(self, res: ResourceId, obj: dict[str, Any]) -> None:
+        meta = obj.setdefault("metadata", {})
+        if self.stamp_uids:
+            meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        meta["generation"] = 1
+        obj["apiVersion"] = f"{res[0]}/{res[1]}" if res[0] else res[1]
+        obj["kind"] = KINDS[res]
+        self._bump(obj)
+
+    def _emit(self, res: ResourceId, kind: str, obj: dict[str, Any]) -> None:
+        event = {"type": kind, "object": copy.deepcopy(obj)}
+        self.history.append((self.revision, res, event))
+        for queue in self._watchers:
+            queue.put_nowait((res, event))
+
+    def _delete(self, key: ObjectKey) -> dict[str, Any]:
+        obj = self.store.pop(key)
+        self._bump(obj)
+        self._emit(key[0], "DELETED", obj)
+        uid = obj["metadata"].get("uid")
+        for other_key, other in list(self.store.items()):
+            owners = other["metadata"].get("ownerReferences") or []
+            if uid and other_key in self.store and any(o.get("uid") == uid for o in owners):
+                self._delete(other_key)
+        return obj
+
+    def _serve(self, request: kmock.Request) -> Any:
+        assert request.resource is not None
+        res: ResourceId = (request.resource.group, request.resource.version, request.resource.plural)
+        params = {k: v for k, v in request.params.items()}
+        method = request.method.value
+        ns, name, sub = request.namespace, request.name, request.subresource
+        if method == "GET" and params.get("watch", "").lower() in ("true", "1"):
+            return self._watch(res, ns, name, params, request)
+        if method == "GET" and name is None:
+            return self._list(res, ns, params)
+        if method == "POST" and name is None:
+            return self._create(res, ns, request.data)
+        if name is None:
+            return _status(405, "MethodNotAllowed", f"{method} on a collection is not served here")
+        key: ObjectKey = (res, ns, name)
+        current = self.store.get(key)
+        if current is None:
+            return _status(404, "NotFound", f'{KINDS[res].lower()}s "{name}" not found')
+        if method == "GET" and sub == "log":
+            return self._log(current, params)
+        if method == "GET":
+            return copy.deepcopy(current)
+        if method == "DELETE":
+            return copy.deepcopy(self._delete(key))
+        if method == "PUT":
+            return self._replace(key, current, request.data, sub)
+        if method == "PATCH":
+            return self._patch(key, current, request.data, sub)
+        return _status(405, "MethodNotAllowed", method)
+
+    def _list(self, res: ResourceId, ns: str | None, params: dict[str, str]) -> dict[str, Any]:
+        selector = params.get("labelSelector", "")
+        items = [
+            copy.deepcopy(obj)
+            for (r, o_ns, _), obj in sorted(self.store.items(), key=lambda kv: kv[0][2])
+            if r == res and (ns is None or o_ns == ns)
+            if _selector_matches(selector, obj["metadata"].get("labels") or {})
+        ]
+        api_version = f"{res[0]}/{res[1]}" if res[0] else res[1]
+        return {
+            "kind": KINDS[res] + "List",
+            "apiVersion": api_version,
+            "metadata": {"resourceVersion": str(self.revision)},
+            "items": items,
+        }
+
+    def _create(self, res: ResourceId, ns: str | None, data: Any) -> Any:
+        if not isinstance(data, dict) or not (data.get("metadata") or {}).get("name"):
+            return _status(422, "Invalid", "metadata.name: Required value")
+        obj = copy.deepcopy(data)
+        name = obj["metadata"]["name"]
+        key: ObjectKey = (res, ns, name)
+        if key in self.store:
+            return _status(409, "AlreadyExists", f'{KINDS[res].lower()}s "{name}" already exists')
+        obj["metadata"]["namespace"] = ns
+        self._stamp_new(res, obj)
+        self.store[key] = obj
+        self._emit(res, "ADDED", obj)
+        return copy.deepcopy(obj)  # a real apiserver says 201; clients accept 200 alike
+
+    def _replace(self, key: ObjectKey, current: dict[str, Any], data: Any, sub: str | None) -> Any:
+        if not isinstance(data, dict):
+            return _status(400, "BadRequest", "the body must be an object")
+        wanted_rv = (data.get("metadata") or {}).get("resourceVersion")
+        if key[0][2] == "services" and not wanted_rv:
+            return _status(
+                422, "Invalid", "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+            )
+        if wanted_rv and wanted_rv != current["metadata"]["resourceVersion"]:
+            return _status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {key[0][2]} "{key[2]}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+            )
+        if sub == "status":
+            new = copy.deepcopy(current)
+            new["status"] = copy.deepcopy(data.get("status"))
+        else:
+            new = copy.deepcopy(data)
+            meta = new.setdefault("metadata", {})
+            for field in ("uid", "creationTimestamp", "namespace", "generation"):
+                meta[field] = current["metadata"].get(field)
+            if "status" in current:
+                new["status"] = copy.deepcopy(current["status"])  # status only changes through /status
+            if new.get("spec") != current.get("spec"):
+                meta["generation"] = current["metadata"].get("generation", 1) + 1
+            new["apiVersion"], new["kind"] = current["apiVersion"], current["kind"]
+        self._bump(new)
+        self.store[key] = new
+        self._emit(key[0], "MODIFIED", new)
+        return copy.deepcopy(new)
+
+    def _patch(self, key: ObjectKey, current: dict[str, Any], data: Any, sub: str | None) -> Any:
+        if not isinstance(data, dict):
+            return _status(400, "BadRequest", "only merge patches are served here")
+        new = _merge_patch(current, {"status": data.get("status")} if sub == "status" else data)
+        if new.get("spec") != current.get("spec"):
+            new["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
+        self._bump(new)
+        self.store[key] = new
+        self._emit(key[0], "MODIFIED", new)
+        return copy.deepcopy(new)
+
+    def _log(self, pod: dict[str, Any], params: dict[str, str]) -> Any:
+        meta = pod["metadata"]
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        started = any(set(s.get("state") or {}) & {"running", "terminated"} for s in statuses)
+        if not started:
+            container = pod["spec"]["containers"][0]["name"] if pod.get("spec") else "main"
+            reason = "ContainerCreating"
+            for s in statuses:
+                reason = ((s.get("state") or {}).get("waiting") or {}).get("reason", reason)
+            return _status(
+                400,
+                "BadRequest",
+                f'container "{container}" in pod "{meta["name"]}" is waiting to start: {reason}',
+            )
+        text = self.pod_logs.get((meta["namespace"], meta["name"]), "")
+        tail = params.get("tailLines")
+        if tail is not None:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-int(tail) :]) if int(tail) > 0 else ""
+        return text.encode()
+
+    async def _watch(
+        self, res: ResourceId, ns: str | None, name: str | None, params: dict[str, str], request: kmock.Request
+    ) -> AsyncIterator[Any]:
+        selector = params.get("labelSelector", "")
+
+        def wanted(event: dict[str, Any]) -> bool:
+            meta = event["object"]["metadata"]
+            return (
+                (ns is None or meta.get("namespace") == ns)
+                and (name is None or meta.get("name") == name)
+                and _selector_matches(selector, meta.get("labels") or {})
+            )
+
+        rv_text = params.get("resourceVersion", "")
+        queue: asyncio.Queue[tuple[ResourceId, dict[str, Any]] | str] = asyncio.Queue()
+        backlog: list[dict[str, Any]] = []
+        if rv_text in ("", "0"):
+            backlog = [
+                {"type": "ADDED", "object": copy.deepcopy(obj)} for (r, _, _), obj in self.store.items() if r == res
+            ]
+        elif int(rv_text) < self.compacted:
+            yield b""
+            yield {
+                "type": "ERROR",
+                "object": {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": f"too old resource version: {rv_text} ({self.compacted})",
+                    "reason": "Expired",
+                    "code": 410,
+                },
+            }
+            return
+        else:
+            backlog = [copy.deepcopy(e) for rv, r, e in self.history if r == res and rv > int(rv_text)]
+        self._watchers.add(queue)  # no await since the backlog was taken: nothing is lost in between
+        timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
+        try:
+            yield b""
+            for event in backlog:
+                if wanted(event):
+                    yield event
+            async with asyncio.timeout(timeout):
+                while True:
+                    item = await queue.get()
+                    if item == "abort":
+                        raw = request._raw_request
+                        if raw is not None and raw.transport is not None:
+                            raw.transport.close()
+                        return
+                    if isinstance(item, str):
+                        return
+                    if item[0] == res and wanted(item[1]):
+                        yield item[1]
+        except TimeoutError:
+            return
+        finally:
+            self._watchers.discard(queue)
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(port: int | None = None) -> AsyncIterator[ClusterEmulator]:
+    """Start a ClusterEmulator on 127.0.0.1 (a free port unless given); stop it on exit."""
+    emulator = ClusterEmulator()
+    async with emulator, kmock.Server(emulator, port=port or free_port()):
+        try:
+            yield emulator
+        finally:
+            emulator.drop_watches()
+
+
+def write_kubeconfig(path: Path, url: str, namespace: str = NAMESPACE) -> Path:
+    """A kubeconfig file pointing at ``url`` with a dummy bearer token."""
+    path.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters:
+- name: emulator
+  cluster:
+    server: {url.rstrip("/")}
+users:
+- name: tester
+  user:
+    token: test-token
+contexts:
+- name: emulator
+  context:
+    cluster: emulator
+    user: tester
+    namespace: {namespace}
+current-context: emulator
+"""
+    )
+    return path
+
+
+def kube_settings(kubeconfig: Path, **overrides: Any) -> Settings:
+    """Settings of a gateway in kubernetes mode talking to the emulator."""
+    values: dict[str, Any] = {"runtime": "kubernetes", "kubeconfig": kubeconfig, "kube_registry": "registry.test"}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def pod(
+    adapter: str,
+    index: int,
+    *,
+    ip: str | None = None,
+    ready: bool = True,
+    waiting: str | None = None,
+    waiting_message: str = "",
+    unschedulable: str | None = None,
+    restarts: int = 0,
+    owner_uid: str | None = None,
+    revision: str | None = None,
+) -> dict[str, Any]:
+    """A pod of ``adapter`` as the StatefulSet controller and the kubelet would write it."""
+    name = f"{adapter}-{index}"
+    labels = {
+        **MANAGED,
+        "mcp-gateway/adapter": adapter,
+        "statefulset.kubernetes.io/pod-name": name,
+        "apps.kubernetes.io/pod-index": str(index),
+    }
+    if revision:
+        labels["controller-revision-hash"] = revision
+    meta: dict[str, Any] = {"name": name, "labels": labels}
+    if owner_uid:
+        meta["ownerReferences"] = [
+            {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": adapter, "uid": owner_uid, "controller": True}
+        ]
+    if waiting:
+        state: dict[str, Any] = {"waiting": {"reason": waiting, "message": waiting_message}}
+    elif unschedulable:
+        state = {}
+    else:
+        state = {"running": {"startedAt": _now()}}
+    conditions = [{"type": "Ready", "status": "True" if ready and not waiting else "False"}]
+    if unschedulable:
+        conditions = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}]
+    status: dict[str, Any] = {
+        "phase": "Running" if state.get("running") else "Pending",
+        "conditions": conditions,
+        "containerStatuses": []
+        if unschedulable
+        else [
+            {
+                "name": "mcp",
+                "ready": bool(ready and not waiting),
+                "restartCount": restarts,
+                "state": state,
+                "image": "registry.test/x:1",
+                "imageID": "",
+                "started": bool(state.get("running")),
+            }
+        ],
+    }
+    if ip and not unschedulable:
+        status["podIP"] = ip
+        status["startTime"] = _now()
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "mcp", "image": "registry.test/x:1"}]},
+        "status": status,
+    }
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[ClusterEmulator]:
+    """A running ClusterEmulator (kmock underneath) on a free port."""
+    async with running_cluster() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def kubeconfig(cluster: ClusterEmulator, tmp_path: Path) -> Path:
+    """A kubeconfig file for ``cluster``."""
+    return write_kubeconfig(tmp_path / "kubeconfig", str(cluster.url))
+
+
+def iter_managed(cluster: ClusterEmulator, plural: str) -> Iterator[dict[str, Any]]:
+    """Objects of a kind carrying the gateway's managed-by label."""
+    for obj in cluster.objects_of(plural).values():
+        if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "mcp-gateway":
+            yield obj
+
+
+@pytest.fixture
+async def runtime(kubeconfig: Path) -> AsyncIterator[KubernetesRuntime]:
+    """A started KubernetesRuntime talking to ``cluster``; closed after the test."""
+    rt = KubernetesRuntime(kube_settings(kubeconfig))
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+def record(name: str = "ex", generation: int = 1, **fields: Any) -> AdapterRecord:
+    """An adapter record as the store would hand it to the runtime."""
+    values: dict[str, Any] = {"image_name": "mcp-example", "image_version": "1.0.0", "replica_count": 2}
+    values.update(fields)
+    return AdapterRecord(name=name, generation=generation, **values)
+
+
+def requests_to(cluster: ClusterEmulator, method: str, path_part: str, **params: str) -> list[kmock.Request]:
+    """Requests the emulator received with this method, path fragment and query parameters."""
+    return [
+        r
+        for r in list(cluster)
+        if r.method.value == method and path_part in r.url.path and all(r.params.get(k) == v for k, v in params.items())
+    ]
+
+
+async def wait_for(predicate: Callable[[], bool], limit: float = 5.0, what: str = "condition") -> float:
+    """Poll ``predicate`` every 10 ms; return the seconds it took, fail after ``limit`` seconds."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        if loop.time() - start > limit:
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
+        await asyncio.sleep(0.01)
+    return loop.time() - start
