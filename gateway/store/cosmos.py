@@ -122,6 +122,10 @@ def _from_item(item: Mapping[str, Any]) -> AdapterRecord:
     return msgspec.convert(fields, AdapterRecord)
 
 
+async def _connected_already(container: ContainerProxy) -> None:
+    """The operation of start(): connecting is all it does."""
+
+
 class CosmosAdapterStore:
     """Adapter records in a Cosmos DB container (partition key ``/id``).
 
@@ -146,7 +150,7 @@ class CosmosAdapterStore:
 
     async def start(self) -> None:
         """Connect, and check or create the database and container."""
-        await self._connected()
+        await self._call("connect", _connected_already, idempotent=True)
 
     async def close(self) -> None:
         """Close the client and the credential."""
@@ -157,16 +161,16 @@ class CosmosAdapterStore:
 
     async def ping(self) -> None:
         """Read the container's properties; raise StoreUnavailable when that fails."""
-        container = await self._connected()
-        await self._call("ping", container.read, idempotent=True)
+        await self._call("ping", lambda container: container.read(), idempotent=True)
 
     # --- records ----------------------------------------------------------------------------
 
     async def create(self, record: AdapterRecord) -> AdapterRecord:
         """Insert the record; AdapterExists when the name is taken."""
-        container = await self._connected()
         try:
-            item = await self._call("create", lambda: container.create_item(body=_to_item(record)), idempotent=False)
+            item = await self._call(
+                "create", lambda container: container.create_item(body=_to_item(record)), idempotent=False
+            )
         except CosmosHttpResponseError as exc:
             if exc.status_code == 409:
                 raise AdapterExists(record.name) from None
@@ -175,9 +179,10 @@ class CosmosAdapterStore:
 
     async def get(self, name: str) -> AdapterRecord | None:
         """Point read by name; None when absent."""
-        container = await self._connected()
         try:
-            item = await self._call("read", lambda: container.read_item(item=name, partition_key=name), idempotent=True)
+            item = await self._call(
+                "read", lambda container: container.read_item(item=name, partition_key=name), idempotent=True
+            )
         except CosmosHttpResponseError as exc:
             if exc.status_code == 404:
                 return None
@@ -188,14 +193,13 @@ class CosmosAdapterStore:
         """Up to ``limit`` records ordered by name, after the name ``after``."""
         if limit < 1:
             return []
-        container = await self._connected()
         where = "WHERE c.id > @after " if after is not None else ""
         query = f"SELECT TOP @limit * FROM c {where}ORDER BY c.id ASC"
         parameters: list[dict[str, Any]] = [{"name": "@limit", "value": limit}]
         if after is not None:
             parameters.append({"name": "@after", "value": after})
 
-        async def page() -> list[dict[str, Any]]:
+        async def page(container: ContainerProxy) -> list[dict[str, Any]]:
             items = container.query_items(query, parameters=parameters, max_item_count=limit)
             return [item async for item in items]
 
@@ -204,11 +208,10 @@ class CosmosAdapterStore:
 
     async def replace(self, record: AdapterRecord, *, etag: str) -> AdapterRecord:
         """Overwrite if the stored etag is ``etag``; EtagMismatch if not, KeyError if gone."""
-        container = await self._connected()
         try:
             item = await self._call(
                 "replace",
-                lambda: container.replace_item(
+                lambda container: container.replace_item(
                     item=record.name,
                     body=_to_item(record),
                     etag=etag,
@@ -226,14 +229,13 @@ class CosmosAdapterStore:
 
     async def delete(self, name: str, *, etag: str | None = None) -> bool:
         """Remove the record (only at ``etag`` when given); False when it was absent."""
-        container = await self._connected()
         conditions: dict[str, Any] = {}
         if etag is not None:
             conditions = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
         try:
             await self._call(
                 "delete",
-                lambda: container.delete_item(item=name, partition_key=name, **conditions),
+                lambda container: container.delete_item(item=name, partition_key=name, **conditions),
                 idempotent=False,
             )
         except CosmosHttpResponseError as exc:
@@ -248,13 +250,12 @@ class CosmosAdapterStore:
 
     async def _connected(self) -> ContainerProxy:
         """The container client, connecting first when there is none (at start or after a failure)."""
-        if self._container is not None:
-            return self._container
-        async with self._connect_lock:
-            if self._container is None:
-                await self._call("connect", self._connect, idempotent=True)
-            assert self._container is not None
-            return self._container
+        if self._container is None:
+            async with self._connect_lock:
+                if self._container is None:
+                    await self._connect()
+        assert self._container is not None
+        return self._container
 
     async def _connect(self) -> None:
         s = self._settings
@@ -327,8 +328,10 @@ class CosmosAdapterStore:
     def _unavailable(self, detail: str) -> StoreUnavailable:
         return StoreUnavailable(DEPENDENCY, detail, retry_after=self._retry_after)
 
-    async def _call(self, op: str, fn: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
+    async def _call(self, op: str, fn: Callable[[ContainerProxy], Awaitable[T]], *, idempotent: bool) -> T:
         """Run one Cosmos operation within the ``cosmos_timeout`` budget, retrying what is safe.
+
+        Connecting (when there is no client yet, or the last attempt failed) is part of the budget.
 
         Returns the result, re-raises CosmosHttpResponseError for statuses the caller maps
         (404, 409, 412, ...), and turns everything else into StoreUnavailable.
@@ -340,19 +343,20 @@ class CosmosAdapterStore:
         while True:
             attempt += 1
             remaining = deadline - loop.time()
+            connected = self._container is not None  # else this attempt connects first: nothing written yet
             try:
                 if remaining <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(remaining):
                     try:
-                        return await fn()
+                        return await fn(await self._connected())
                     except CosmosHttpResponseError as exc:
                         raise self._classify(exc, idempotent) from None
                     except ServiceRequestError:
                         # Nothing was sent (DNS, refused, TLS handshake): safe to resend.
                         raise _Retry(f"cannot connect to {self._endpoint}", None) from None
                     except ServiceResponseError:
-                        if not idempotent:
+                        if connected and not idempotent:
                             raise self._unavailable(
                                 f"the connection to {self._endpoint} broke during a {op}; it may or may not "
                                 "have been applied, read the adapter again before retrying"
@@ -368,7 +372,9 @@ class CosmosAdapterStore:
                 last, hinted = retry.reason, retry.delay
             except TimeoutError:
                 earlier = f" after {attempt - 1} failed attempt(s), last: {last}" if last else ""
-                applied = f" during a {op}, which may or may not have been applied" if not idempotent else ""
+                applied = (
+                    f" during a {op}, which may or may not have been applied" if connected and not idempotent else ""
+                )
                 raise self._unavailable(
                     f"no answer from {self._endpoint} within {self._timeout:g}s{applied}{earlier}; check that "
                     "the account is reachable from the gateway (network rules, private endpoint, DNS)"
