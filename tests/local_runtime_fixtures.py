@@ -46,7 +46,7 @@ def record(
     )
 
 
-async def wait_until(check: Callable[[], Awaitable[Any] | Any], within: float = 15.0, what: str = "") -> Any:
+async def wait_until(check: Callable[[], Awaitable[Any] | Any], within: float = 30.0, what: str = "") -> Any:
     """Poll ``check`` (sync or async) until it returns something truthy; fail after ``within`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within

@@ -51,9 +51,9 @@ async def test_three_replicas_ready_then_scale_down_to_zero_and_remove_leave_no_
 
     started = time.monotonic()
     await runtime.apply(record("demo", 3))
-    await wait_until(lambda: len(runtime.endpoints("demo")) == 3, within=20, what="3 ready replicas")
+    await wait_until(lambda: len(runtime.endpoints("demo")) == 3, what="3 ready replicas")
     ready_after = time.monotonic() - started
-    assert ready_after < 15, f"3 replicas took {ready_after:.1f}s"
+    assert ready_after < 20, f"3 replicas took {ready_after:.1f}s"  # about 3 s on an idle 2-CPU machine
 
     endpoints = runtime.endpoints("demo")
     assert [e.replica for e in endpoints] == ["demo-0", "demo-1", "demo-2"]
@@ -127,9 +127,7 @@ async def test_env_change_rolls_replica_and_removed_variable_is_gone(
     await runtime.apply(record("envy", 1, env={"KEEP": "2"}, generation=2))
     rolling = await runtime.status(record("envy", 1, env={"KEEP": "2"}, generation=2))
     assert rolling.progressing and rolling.ready == 1
-    [new] = await wait_until(
-        lambda: [e for e in runtime.endpoints("envy") if e.uid != old.uid], within=20, what="the replacement"
-    )
+    [new] = await wait_until(lambda: [e for e in runtime.endpoints("envy") if e.uid != old.uid], what="the replacement")
     assert new.replica == "envy-0" and new.url != old.url
     assert await call_tool(new.url, "get_env", {"name": "KEEP"}) == "2"
     assert await call_tool(new.url, "get_env", {"name": "DROP"}) is None
@@ -157,7 +155,7 @@ async def test_killed_replica_leaves_endpoints_at_once_and_restarts(
     [first] = await wait_until(lambda: runtime.endpoints("phoenix"), what="replica ready")
     os.kill(pids_of(tmp_path / "data")["phoenix-0"], signal.SIGKILL)
     await wait_until(lambda: runtime.endpoints("phoenix") == (), within=1, what="endpoint removed")
-    [second] = await wait_until(lambda: runtime.endpoints("phoenix"), within=20, what="restarted replica")
+    [second] = await wait_until(lambda: runtime.endpoints("phoenix"), what="restarted replica")
     assert second.replica == first.replica and second.uid != first.uid
     status = await runtime.status(record("phoenix", 1))
     assert status.instances[0].restarts == 1 and status.instances[0].state == "Running"

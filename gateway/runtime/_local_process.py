@@ -38,18 +38,18 @@ def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def child_setup(parent_pid: int) -> Callable[[], None]:
-    """A preexec_fn: own session and process group, and SIGKILL when the gateway dies.
+    """A preexec_fn: SIGKILL this child when the gateway dies (pair it with start_new_session=True).
 
     PR_SET_PDEATHSIG fires when the thread that forked exits; the runtime forks from the event
     loop thread, which lives as long as the gateway. If the gateway died between fork and prctl,
-    the signal would never come, so the child checks its parent and kills itself.
+    the signal would never come, so the child checks its parent and kills itself. The function
+    does as little as possible: it runs between fork and exec.
     """
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def setup() -> None:
-        os.setsid()
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -204,6 +204,7 @@ class Replica:
                 env=self._environment(),
                 cwd=self.spec.cwd,
                 preexec_fn=child_setup(os.getpid()),
+                start_new_session=True,  # own session and process group: signalled as one
                 close_fds=True,
             )
         except (OSError, ValueError) as exc:
