@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import uuid
@@ -336,7 +337,28 @@ def load_stack_config(stack: str, overrides: Mapping[str, Any] | None = None) ->
         pulumi.runtime.set_all_config(config, secret_keys)
         from infra.config import load_config
 
-        return load_config()
+        loaded: dict[str, Any] = {}
+
+        @pulumi.runtime.test
+        def read() -> None:
+            loaded["config"] = load_config()
+
+        read()
+        return loaded["config"]
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+@functools.cache
+def stack_run(stack: str) -> StackRun:
+    """The run of a committed stack plus the documented user config, built once per test session."""
+    return run_stack(stack)
+
+
+def settings_env(run: StackRun) -> dict[str, str]:
+    """The gateway's environment: its ConfigMap and Secret, as the pods get them via envFrom."""
+    gateway_ns = run.outputs["gatewayNamespace"]
+    config_map = run.k8s("ConfigMap", "mcp-gateway", gateway_ns)
+    secret = run.k8s("Secret", "mcp-gateway", gateway_ns)
+    return {**config_map["data"], **secret["stringData"]}

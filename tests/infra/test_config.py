@@ -1,0 +1,97 @@
+"""Stack configuration: every key documented with its default, and clear errors for bad values."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from infra.config import KEYS, ConfigError
+from tests.infra.stack_fixtures import ROOT, load_stack_config
+
+README = (ROOT / "infra" / "README.md").read_text()
+
+
+def documented_rows() -> dict[str, str]:
+    rows = {}
+    for line in README.splitlines():
+        match = re.match(r"^\| `([A-Za-z]+)` \| (.*?) \| .* \|$", line)
+        if match:
+            rows[match.group(1)] = match.group(2).replace("`", "")
+    return rows
+
+
+def test_every_config_key_is_documented_with_its_default() -> None:
+    rows = documented_rows()
+    assert set(rows) == {key.name for key in KEYS}
+    for key in KEYS:
+        assert key.documented_default.replace("`", "") == rows[key.name], key.name
+
+
+def test_stack_files_use_only_known_keys() -> None:
+    known = {key.name for key in KEYS}
+    for stack in ("local", "dev", "prod"):
+        doc = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())
+        used = {k.split(":", 1)[1] for k in doc["config"] if k.startswith("mcp-gateway:")}
+        assert used <= known, (stack, used - known)
+        assert all(k.startswith("mcp-gateway:") for k in doc["config"]), stack
+
+
+def test_pulumi_project_points_at_the_infra_package_and_the_stacks_folder() -> None:
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    assert project["name"] == "mcp-gateway"
+    assert project["runtime"]["name"] == "python"
+    assert project["main"] == "infra/"
+    assert project["stackConfigDir"] == "stacks"
+    assert (ROOT / "infra" / "__main__.py").is_file()
+
+
+def test_stacks_load_with_their_platform_defaults() -> None:
+    local = load_stack_config("local")
+    assert local.platform == "local" and local.gateway.replicas == 1 and local.azure is None
+    dev = load_stack_config("dev")
+    assert dev.platform == "azure" and dev.gateway.replicas >= 2
+    assert dev.azure is not None and dev.azure.backend_request_timeout_seconds == 3600
+    assert dev.azure.resource_group_name == "mcpgw-dev"
+
+
+def test_azure_stack_without_entra_client_id_says_how_to_set_it() -> None:
+    with pytest.raises(ConfigError, match=r"pulumi config set entraClientId .* -s dev"):
+        load_stack_config("dev", {"entraClientId": None})
+
+
+def test_local_stack_refuses_more_than_one_gateway_on_sqlite() -> None:
+    with pytest.raises(ConfigError, match="SQLite"):
+        load_stack_config("local", {"gatewayReplicas": 2})
+
+
+def test_azure_stack_refuses_a_single_gateway_replica() -> None:
+    with pytest.raises(ConfigError, match="at least 2"):
+        load_stack_config("dev", {"gatewayReplicas": 1})
+
+
+def test_https_listener_needs_exactly_one_certificate_source() -> None:
+    with pytest.raises(ConfigError, match="exactly one certificate source"):
+        load_stack_config("dev", {"tlsCertificate": None, "tlsCertificatePassword": None})
+    with pytest.raises(ConfigError, match="exactly one certificate source"):
+        load_stack_config("prod", {"tlsCertificate": "cGZ4"})
+
+
+def test_network_policy_engine_must_enforce_policies() -> None:
+    with pytest.raises(ConfigError, match="NetworkPolicies must be enforced"):
+        load_stack_config("dev", {"aksNetworkPolicy": "none"})
+
+
+def test_overlapping_or_misplaced_addresses_are_refused() -> None:
+    with pytest.raises(ConfigError, match="overlap"):
+        load_stack_config("dev", {"appGatewaySubnetPrefix": "10.10.0.0/24"})
+    with pytest.raises(ConfigError, match="gatewayPrivateIp"):
+        load_stack_config("dev", {"gatewayPrivateIp": "10.10.4.10"})
+
+
+def test_secret_settings_cannot_be_set_through_plain_gateway_env() -> None:
+    with pytest.raises(ConfigError, match="MCPGW_SESSION_KEYS is a secret setting"):
+        load_stack_config("local", {"gatewayEnv": {"MCPGW_SESSION_KEYS": "abc"}})
+    extra = load_stack_config("local", {"gatewayEnv": {"MCPGW_SESSION_TTL": "600"}})
+    assert extra.gateway.extra_env == {"MCPGW_SESSION_TTL": "600"}
