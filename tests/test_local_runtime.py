@@ -264,6 +264,24 @@ def _builtin_example() -> ImageEntry:
     )
 
 
+async def test_update_to_unknown_image_keeps_ready_replica_serving(make_runtime: RuntimeFactory) -> None:
+    runtime = await make_runtime()
+    await runtime.apply(record("steady", 1, image=("http-server", "1")))
+    [serving] = await wait_until(lambda: runtime.endpoints("steady"), what="replica ready")
+
+    await runtime.apply(record("steady", 1, image=("typo-server", "1"), generation=2))
+    status = await runtime.status(record("steady", 1, image=("typo-server", "1"), generation=2))
+    assert [i.reason for i in status.issues] == ["ImageNotFound"]
+    assert (status.observed_generation, status.ready, status.updated) == (2, 1, 0)
+    assert runtime.endpoints("steady") == (serving,)
+
+    # Back to the known image: the same process stays, the issue goes.
+    await runtime.apply(record("steady", 1, image=("http-server", "1"), generation=3))
+    status = await runtime.status(record("steady", 1, image=("http-server", "1"), generation=3))
+    assert not status.issues and not status.progressing and (status.ready, status.updated) == (1, 1)
+    assert runtime.endpoints("steady") == (serving,)
+
+
 async def test_ping_needs_start_and_close_is_idempotent(tmp_path: Path) -> None:
     runtime = LocalRuntime(Settings(data_dir=tmp_path / "data"))
     with pytest.raises(RuntimeUnavailable, match="local runtime"):

@@ -366,42 +366,52 @@ class LocalRuntime:
                 if index >= adapter.replica_count:
                     to_stop.extend(dep.slots.pop(index).replicas())
             for index in range(adapter.replica_count):
-                slot = dep.slots.get(index)
-                if spec is None:
-                    # Unknown image: keep what still serves, start nothing.
-                    if slot is None:
-                        continue
-                    if slot.next is not None:
-                        to_stop.append(slot.next)
-                        slot.next = None
-                    if slot.current is not None and not slot.current.ready:
-                        to_stop.append(slot.current)
-                        slot.current = None
-                    if slot.current is None:
-                        del dep.slots[index]
-                    continue
-                if slot is None:
-                    dep.slots[index] = _Slot(self._new_replica(adapter.name, index, spec, adapter.generation))
-                    continue
-                if slot.current is not None and slot.current.spec == spec:
-                    slot.current.generation = adapter.generation
-                    if slot.next is not None:
-                        to_stop.append(slot.next)
-                        slot.next = None
-                elif slot.current is None or not slot.current.ready:
-                    # Nothing to keep serving: replace in place.
-                    to_stop.extend(slot.replicas())
-                    slot.current = self._new_replica(adapter.name, index, spec, adapter.generation)
-                    slot.next = None
-                elif slot.next is not None and slot.next.spec == spec:
-                    slot.next.generation = adapter.generation
-                else:
-                    if slot.next is not None:
-                        to_stop.append(slot.next)
-                    slot.next = self._new_replica(adapter.name, index, spec, adapter.generation)
+                to_stop.extend(self._converge_slot(dep, index))
             self._refresh(adapter.name)
         if to_stop:
             await self._stop_all(to_stop)
+
+    def _converge_slot(self, dep: _Deployment, index: int) -> list[Replica]:
+        """Bring replica ``index`` towards the deployment's spec; return the replicas to stop."""
+        spec, generation = dep.spec, dep.generation
+        slot = dep.slots.get(index)
+        to_stop: list[Replica] = []
+        if spec is None:
+            # Unknown image: keep what still serves, start nothing.
+            if slot is not None:
+                if slot.next is not None:
+                    to_stop.append(slot.next)
+                    slot.next = None
+                if slot.current is not None and not slot.current.ready:
+                    to_stop.append(slot.current)
+                    slot.current = None
+                if slot.current is None:
+                    del dep.slots[index]
+            return to_stop
+        if slot is None:
+            dep.slots[index] = _Slot(self._new_replica(dep.name, index, spec, generation))
+        elif slot.current is not None and slot.current.spec == spec:
+            # Same spec (a scale change, or a rollback mid-rollout): keep the process.
+            slot.current.generation = generation
+            if slot.next is not None:
+                to_stop.append(slot.next)
+                slot.next = None
+        elif slot.current is None or not slot.current.ready:
+            # Nothing to keep serving: replace in place (by the successor, if it is already right).
+            to_stop.extend([slot.current] if slot.current is not None else [])
+            if slot.next is not None and slot.next.spec == spec:
+                slot.current, slot.next = slot.next, None
+                slot.current.generation = generation
+            else:
+                to_stop.extend([slot.next] if slot.next is not None else [])
+                slot.current, slot.next = self._new_replica(dep.name, index, spec, generation), None
+        elif slot.next is not None and slot.next.spec == spec:
+            slot.next.generation = generation
+        else:
+            # Surge: the successor takes over in _replica_changed once it is ready.
+            to_stop.extend([slot.next] if slot.next is not None else [])
+            slot.next = self._new_replica(dep.name, index, spec, generation)
+        return to_stop
 
     async def _stop_all(self, replicas: list[Replica]) -> None:
         # Shielded: a cancelled apply (the reconciler gave up on it) still finishes stopping.
