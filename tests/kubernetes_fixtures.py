@@ -22,13 +22,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime
+import hashlib
+import inspect
+import json
+import os
+import random
 import socket
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kmock
 import pytest
 
@@ -111,6 +120,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         self.store: dict[ObjectKey, dict[str, Any]] = {}
         self.history: list[tuple[int, ResourceId, dict[str, Any]]] = []
         self.pod_logs: dict[tuple[str, str], str] = {}
+        self.pod_log_files: dict[tuple[str, str], Path] = {}  # written by a process (the kubelet's pods)
         self.revision = 100
         self.compacted = 0
         self.stamp_uids = True  # False: leave metadata.uid empty, as plain kmock does
@@ -352,7 +362,9 @@ class ClusterEmulator(kmock.KubernetesScaffold):
                 "BadRequest",
                 f'container "{container}" in pod "{meta["name"]}" is waiting to start: {reason}',
             )
-        text = self.pod_logs.get((meta["namespace"], meta["name"]), "")
+        key = (meta["namespace"], meta["name"])
+        text = self.pod_log_files[key].read_text(errors="replace") if key in self.pod_log_files else ""
+        text = self.pod_logs.get(key, text)
         tail = params.get("tailLines")
         if tail is not None:
             lines = text.splitlines(keepends=True)
@@ -586,3 +598,309 @@ async def wait_for(predicate: Callable[[], bool], limit: float = 5.0, what: str 
             raise AssertionError(f"timed out after {limit} s waiting for {what}")
         await asyncio.sleep(0.01)
     return loop.time() - start
+
+
+# --- a kubelet for end-to-end tests -----------------------------------------------------------
+
+EXAMPLE_SERVER = Path(__file__).resolve().parent.parent / "examples" / "mcp-example" / "server.py"
+
+
+@dataclasses.dataclass
+class _PodProcess:
+    name: str
+    owner_uid: str
+    revision: str
+    ip: str
+    log_path: Path
+    proc: asyncio.subprocess.Process
+    phase: str = "starting"  # starting → ready → dead
+
+
+class Kubelet:
+    """Plays the StatefulSet controller and the kubelet against a ClusterEmulator.
+
+    It watches StatefulSets over the API, runs one example-server process per replica on its own
+    loopback address (``127.x.0.N``, port 8000, ``HOST``/``PORT``/``MCP_REPLICA_ID`` and the pod
+    template's env), and writes Pod objects as a kubelet would: created with a pod IP and a waiting
+    container, then Running and Ready once the port accepts connections, then not Ready (container
+    terminated, CrashLoopBackOff) when the process exits. It keeps each StatefulSet's status
+    (ready/updated/available replicas, revisions) current. Whatever image is named, the example
+    server runs.
+    """
+
+    def __init__(self, cluster: ClusterEmulator, log_dir: Path, *, namespace: str = NAMESPACE) -> None:
+        self.cluster = cluster
+        self.log_dir = log_dir
+        self.namespace = namespace
+        self.pods: dict[str, _PodProcess] = {}
+        self._subnet = random.randint(100, 250)
+        self._next_host = 2
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def process_of(self, pod_name: str) -> asyncio.subprocess.Process:
+        """The process running a pod."""
+        return self.pods[pod_name].proc
+
+    async def run(self) -> None:
+        """Watch StatefulSets and keep pods and processes in line, until cancelled."""
+        watcher = asyncio.create_task(self._watch_statefulsets())
+        try:
+            while True:
+                await self.reconcile()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):
+                        await self._wake.wait()
+                self._wake.clear()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await self.stop_all()
+
+    async def _watch_statefulsets(self) -> None:
+        url = str(self.cluster.url).rstrip("/") + f"/apis/apps/v1/namespaces/{self.namespace}/statefulsets"
+        async with aiohttp.ClientSession() as http:
+            while True:
+                try:
+                    async with http.get(url) as listing:
+                        rv = (await listing.json())["metadata"]["resourceVersion"]
+                    self._wake.set()
+                    async with http.get(url, params={"watch": "true", "resourceVersion": rv}) as stream:
+                        async for _line in stream.content:
+                            self._wake.set()
+                except (aiohttp.ClientError, KeyError, ValueError):
+                    await asyncio.sleep(0.2)
+
+    def _allocate_ip(self) -> str:
+        while True:
+            ip = f"127.{self._subnet}.0.{self._next_host}"
+            self._next_host += 1
+            with socket.socket() as s:
+                try:
+                    s.bind((ip, 8000))
+                except OSError:
+                    continue  # someone else's replica lives there
+                return ip
+
+    async def reconcile(self) -> None:
+        """One pass: pods for every StatefulSet, readiness of starting pods, deaths, StatefulSet status."""
+        async with self._lock:
+            sets = self.cluster.objects_of("statefulsets", self.namespace)
+            wanted: dict[str, tuple[dict[str, Any], int, str]] = {}
+            for sts in sets.values():
+                revision = hashlib.sha256(json.dumps(sts["spec"]["template"], sort_keys=True).encode()).hexdigest()[:10]
+                for index in range(int(sts["spec"].get("replicas", 1))):
+                    wanted[f"{sts['metadata']['name']}-{index}"] = (sts, index, revision)
+            for name, pp in list(self.pods.items()):
+                want = wanted.get(name)
+                if want is None or want[0]["metadata"]["uid"] != pp.owner_uid or want[2] != pp.revision:
+                    await self._stop_pod(name)
+            for name, (sts, index, revision) in wanted.items():
+                if name not in self.pods:
+                    await self._start_pod(sts, index, revision)
+            for pp in list(self.pods.values()):
+                await self._observe(pp)
+            for sts in sets.values():
+                self._write_statefulset_status(sts)
+
+    async def _start_pod(self, sts: dict[str, Any], index: int, revision: str) -> None:
+        name = f"{sts['metadata']['name']}-{index}"
+        template = sts["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MCPGW_")}
+        for item in container.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = item["value"]
+            elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+                env[item["name"]] = name
+        ip = self._allocate_ip()
+        env.update({"HOST": ip, "PORT": "8000", "MCP_REPLICA_ID": env.get("MCP_REPLICA_ID", name)})
+        log_path = self.log_dir / f"{name}-{revision}.log"
+        with open(log_path, "ab") as log:  # noqa: ASYNC230 - a local file, opened once per pod
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(EXAMPLE_SERVER), env=env, stdout=log, stderr=log, start_new_session=True
+            )
+        self.pods[name] = _PodProcess(name, sts["metadata"]["uid"], revision, ip, log_path, proc)
+        self.cluster.pod_log_files[(self.namespace, name)] = log_path
+        labels = {
+            **(template["metadata"].get("labels") or {}),
+            "statefulset.kubernetes.io/pod-name": name,
+            "apps.kubernetes.io/pod-index": str(index),
+            "controller-revision-hash": revision,
+        }
+        owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"]}
+        owner |= {"uid": sts["metadata"]["uid"], "controller": True}
+        self.cluster.put_object(
+            "pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "labels": labels, "ownerReferences": [owner]},
+                "spec": copy.deepcopy(template["spec"]),
+                "status": {
+                    "phase": "Pending",
+                    "podIP": ip,
+                    "conditions": [{"type": "Ready", "status": "False"}],
+                    "containerStatuses": [
+                        {
+                            "name": container["name"],
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {"waiting": {"reason": "ContainerCreating"}},
+                            "image": container["image"],
+                            "imageID": "",
+                        }
+                    ],
+                },
+            },
+            self.namespace,
+        )
+
+    async def _observe(self, pp: _PodProcess) -> None:
+        if pp.proc.returncode is not None and pp.phase != "dead":
+            pp.phase = "dead"
+            self._write_pod_status(
+                pp,
+                ready=False,
+                state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}},
+                last={"terminated": {"exitCode": pp.proc.returncode, "reason": "Error"}},
+            )
+        elif pp.phase == "starting":
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(pp.ip, 8000), 0.2)
+            except (OSError, TimeoutError):
+                return
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            pp.phase = "ready"
+            self._write_pod_status(pp, ready=True, state={"running": {"startedAt": _now()}})
+
+    def _write_pod_status(
+        self, pp: _PodProcess, *, ready: bool, state: dict[str, Any], last: dict[str, Any] | None = None
+    ) -> None:
+        current = self.cluster.get("pods", pp.name, self.namespace)
+        if current is None:
+            return
+        container = current["status"]["containerStatuses"][0]
+        container.update({"ready": ready, "state": state, "started": "running" in state})
+        if last:
+            container["lastState"] = last
+        self.cluster.patch_object(
+            "pods",
+            pp.name,
+            {
+                "status": {
+                    "phase": "Running",
+                    "startTime": current["status"].get("startTime") or _now(),
+                    "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                    "containerStatuses": [container],
+                }
+            },
+            self.namespace,
+        )
+
+    def _write_statefulset_status(self, sts: dict[str, Any]) -> None:
+        name = sts["metadata"]["name"]
+        revision = hashlib.sha256(json.dumps(sts["spec"]["template"], sort_keys=True).encode()).hexdigest()[:10]
+        mine = [pp for pp in self.pods.values() if pp.owner_uid == sts["metadata"]["uid"]]
+        ready = sum(pp.phase == "ready" for pp in mine)
+        updated = sum(pp.revision == revision for pp in mine)
+        status = {
+            "observedGeneration": sts["metadata"].get("generation", 1),
+            "replicas": len(mine),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "currentReplicas": updated,
+            "updatedReplicas": updated,
+            "currentRevision": revision,
+            "updateRevision": revision,
+        }
+        if sts.get("status") != status:
+            self.cluster.patch_object("statefulsets", name, {"status": status}, self.namespace)
+
+    async def _stop_pod(self, name: str) -> None:
+        pp = self.pods.pop(name)
+        await _kill(pp.proc)
+        if self.cluster.get("pods", name, self.namespace) is not None:
+            self.cluster.delete_object("pods", name, self.namespace)
+        self.cluster.pod_log_files.pop((self.namespace, name), None)
+
+    async def stop_all(self) -> None:
+        """Kill every pod process."""
+        for name in list(self.pods):
+            pp = self.pods.pop(name)
+            await _kill(pp.proc)
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    await proc.wait()
+
+
+class ClusterThread:
+    """A ClusterEmulator and a Kubelet on their own event loop in a thread.
+
+    A gateway process talks to the emulator while the test blocks or awaits on its own loop;
+    ``call(fn, ...)`` runs a function on the cluster's loop (the emulator is not thread-safe).
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.url = ""
+        self.cluster: ClusterEmulator | None = None
+        self.kubelet: Kubelet | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="cluster", daemon=True)
+
+    def __enter__(self) -> ClusterThread:
+        self._thread.start()
+        if not self._started.wait(30) or self._error is not None:
+            raise RuntimeError(f"the cluster thread did not start: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by __enter__ or visible in the test
+            self._error = exc
+            self._started.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with running_cluster() as cluster:
+            self.cluster = cluster
+            self.url = str(cluster.url).rstrip("/")
+            self.kubelet = Kubelet(cluster, self.log_dir)
+            task = asyncio.create_task(self.kubelet.run())
+            self._started.set()
+            try:
+                await self._stop.wait()
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` (awaited when it returns an awaitable) on the cluster's loop; return its result."""
+        assert self._loop is not None
+
+        async def run() -> Any:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
