@@ -24,7 +24,7 @@ from gateway.control.problems import EXCEPTION_HANDLERS
 from gateway.control.reconciler import Reconciler
 from gateway.control.routes import AdapterController, healthz, readyz
 from gateway.control.service import AdapterService
-from gateway.errors import SessionStoreUnavailable
+from gateway.errors import SessionStoreUnavailable, StoreUnavailable
 from gateway.models import AdapterInput, Identity
 from gateway.proxy.app import McpProxy
 from gateway.proxy.hosts import HostPolicy
@@ -193,7 +193,10 @@ def create_litestar(c: Components) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            await c.store.start()
+            try:
+                await c.store.start()
+            except StoreUnavailable as exc:  # start not ready; the store reconnects on its next call
+                log.error("adapter store unavailable at start: %s", exc.detail)
             stack.push_async_callback(c.store.close)
             try:
                 await c.sessions.start()

@@ -106,6 +106,25 @@ def write_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_markdown() -> str:
+    """Every setting as a Markdown table: variable, flag, default, meaning."""
+    rows = ["| variable | flag | default | meaning |", "|---|---|---|---|"]
+    for f in setting_fields():
+        default = f.default
+        shown = "—" if default is None or default == () or default == "" else f"`{default}`"
+        if f.metadata["secret"] and default:
+            shown = "(secret)"
+        envs = f"`{env_name(f)}`" + (f" / `{f.metadata['env']}`" if f.metadata["env"] else "")
+        rows.append(f"| {envs} | `{flag_name(f)}` | {shown} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
+
+
+def print_settings(args: argparse.Namespace) -> int:
+    """Print the settings table (docs/limits.md embeds it)."""
+    print(settings_markdown(), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mcp-gateway`` console script."""
     parser = argparse.ArgumentParser(prog="mcp-gateway", description="MCP Gateway: host and route MCP servers.")
@@ -120,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     openapi_parser = commands.add_parser("openapi", help="write the OpenAPI document of the control plane")
     openapi_parser.add_argument("--output", default=str(OPENAPI_PATH), help=f"file to write (default {OPENAPI_PATH})")
     openapi_parser.set_defaults(handler=write_openapi)
+    settings_parser = commands.add_parser("settings", help="print every setting as a Markdown table")
+    settings_parser.set_defaults(handler=print_settings)
     args = parser.parse_args(argv)
     result: int = args.handler(args)
     return result

@@ -133,9 +133,6 @@ class Settings:
     cosmos_verify_tls: bool = setting(True, "Verify the Cosmos endpoint's TLS certificate.")
     cosmos_ca_file: Path | None = setting(None, "CA bundle for the Cosmos endpoint (emulator certificates).")
     cosmos_timeout: float = setting(10.0, "Seconds one Cosmos operation may take, retries included.")
-    cosmos_refresh_interval: float = setting(
-        5.0, "Seconds between refreshes of the in-memory adapter view the data plane routes from."
-    )
     azure_client_id: str | None = setting(
         None, "Client id of a user-assigned managed identity for Cosmos and Redis.", env="AZURE_CLIENT_ID"
     )
@@ -335,7 +332,6 @@ def _check_settings(s: Settings) -> None:
         "session_max_age",
         "local_ready_timeout",
         "cosmos_timeout",
-        "cosmos_refresh_interval",
     ):
         if getattr(s, name) <= 0:
             _fail(name, f"must be greater than 0, got {getattr(s, name)}")

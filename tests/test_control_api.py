@@ -12,9 +12,16 @@ import pytest
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with start_gateway(tmp_path_factory.mktemp("control") / "data", {"MCPGW_MAX_REPLICAS": "5"}) as g:
+@pytest.fixture(scope="module", params=["sqlite", "cosmos"])
+def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """The same API tests run with the SQLite store and with Cosmos DB (a Cosmos-protocol server)."""
+    env = {"MCPGW_MAX_REPLICAS": "5"}
+    if request.param == "cosmos":
+        from tests.cosmos_fixtures import shared_cosmos_emulator
+
+        emulator = shared_cosmos_emulator()
+        env.update(emulator.env(emulator.settings()))
+    with start_gateway(tmp_path_factory.mktemp(f"control-{request.param}") / "data", env) as g:
         yield g
 
 
@@ -99,9 +106,11 @@ def test_unknown_adapter_is_404_everywhere(alice: httpx.Client) -> None:
 def test_access_rules_of_reader_writer_admin_and_stranger(gw: GatewayProcess, alice: httpx.Client) -> None:
     created = alice.post("/adapters", json=example_adapter("owned", replicas=0, requiredRoles=["readers"]))
     assert created.status_code == 201
-    with gw.client("bob") as stranger, gw.client("carol", roles="readers") as reader, gw.client(
-        "root", roles="mcp.admin"
-    ) as admin:
+    with (
+        gw.client("bob") as stranger,
+        gw.client("carol", roles="readers") as reader,
+        gw.client("root", roles="mcp.admin") as admin,
+    ):
         problem(stranger.get("/adapters/owned"), 403)
         problem(stranger.get("/adapters/owned/status"), 403)
         problem(stranger.delete("/adapters/owned"), 403)
@@ -226,3 +235,10 @@ def test_checked_in_openapi_matches_the_app() -> None:
     assert json.loads(path.read_text()) == json.loads(json.dumps(openapi_document())), (
         "openapi/mcp-gateway.openapi.json is stale: run `mcp-gateway openapi`"
     )
+
+
+def test_limits_doc_lists_every_setting() -> None:
+    from gateway.cli import settings_markdown
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "limits.md").read_text()
+    assert settings_markdown() in doc, "docs/limits.md is stale: regenerate its table with `mcp-gateway settings`"
