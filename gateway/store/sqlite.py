@@ -36,7 +36,7 @@ class SqliteAdapterStore:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(AdapterRecord)
@@ -51,6 +51,8 @@ class SqliteAdapterStore:
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable("SQLite store", f"{self._path}: {exc}") from exc
 
+        if self._executor is None:
+            raise StoreUnavailable("SQLite store", "not started")
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def start(self) -> None:
@@ -65,6 +67,8 @@ class SqliteAdapterStore:
             conn.isolation_level = "DEFERRED"
             self._conn = conn
 
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, open_db)
         except sqlite3.Error as exc:
@@ -78,8 +82,10 @@ class SqliteAdapterStore:
                 self._conn.close()
                 self._conn = None
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, close_db)
-        self._executor.shutdown(wait=False)
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, close_db)
+            executor.shutdown(wait=False)
 
     async def ping(self) -> None:
         """Run a trivial query."""
