@@ -20,7 +20,9 @@ import collections
 import dataclasses
 import hashlib
 import hmac
+import html
 import json
+import re
 import socket
 import threading
 import time
@@ -31,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import httpx
 import jwt
 import pytest
 import uvicorn
@@ -42,6 +45,7 @@ CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 OIDC_REALM_PATH = "/realms/test"
 OIDC_AUDIENCE = "mcp-gateway"
 WELL_KNOWN_OPENID = "/.well-known/openid-configuration"
+HTML_KEY = "__html__"
 
 
 def b64url(data: bytes) -> str:
@@ -103,13 +107,18 @@ class OidcServer:
         self.hits: collections.Counter[str] = collections.Counter()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.device_pending_polls = 0
+        self.device_declined = False
         self.token_lifetime = 3600
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._device_polls: collections.Counter[str] = collections.Counter()
+        self._device_scopes: dict[str, str] = {}
         self._refresh_tokens: dict[str, dict[str, Any]] = {}
         self._codes: dict[str, dict[str, str]] = {}
+        #: The origin the provider names in documents and tokens; default its own URL. MSAL only talks
+        #: to https authorities, so its tests set https://login.microsoftonline.com and map it here.
+        self.public_base: str | None = None
         #: The user the /authorize endpoint signs in (no login page: the test is the user).
         self.authorize_user = "browser-user"
 
@@ -142,12 +151,17 @@ class OidcServer:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    @property
+    def base(self) -> str:
+        """The origin used in issuers and endpoint URLs (``public_base`` or ``url``)."""
+        return self.public_base or self.url
+
     # --- issuers and tokens ------------------------------------------------------------
 
     @property
     def entra_issuer(self) -> str:
         """The v2 issuer of the tenant, as the gateway expects with MCPGW_ENTRA_AUTHORITY=url."""
-        return f"{self.url}/{self.tenant_id}/v2.0"
+        return f"{self.base}/{self.tenant_id}/v2.0"
 
     @property
     def entra_v1_issuer(self) -> str:
@@ -157,7 +171,7 @@ class OidcServer:
     @property
     def oidc_issuer(self) -> str:
         """The generic OIDC issuer."""
-        return self.url + OIDC_REALM_PATH
+        return self.base + OIDC_REALM_PATH
 
     @property
     def jwks_hits(self) -> int:
@@ -228,10 +242,10 @@ class OidcServer:
     # --- request handling (server thread) ----------------------------------------------
 
     def _discovery(self, prefix: str) -> dict[str, Any]:
-        issuer = self.url + prefix
+        issuer = self.base + prefix
         return {
             "issuer": issuer,
-            "jwks_uri": f"{self.url}/jwks",
+            "jwks_uri": f"{self.base}/jwks",
             "authorization_endpoint": f"{issuer}/authorize",
             "token_endpoint": f"{issuer}/token",
             "device_authorization_endpoint": f"{issuer}/devicecode",
@@ -247,8 +261,8 @@ class OidcServer:
             "id_token_signing_alg_values_supported": ["RS256"],
         }
 
-    def _issue(self, prefix: str, client_id: str, scope: str, oid: str) -> dict[str, Any]:
-        issuer = self.url + prefix
+    def _issue(self, prefix: str, client_id: str, scope: str, oid: str, nonce: str | None = None) -> dict[str, Any]:
+        issuer = self.base + prefix
         now = int(time.time())
         resource = next((s.rsplit("/", 1)[0] for s in scope.split() if s.startswith("api://")), f"api://{client_id}")
         access = self.mint(
@@ -263,6 +277,7 @@ class OidcServer:
                 "tid": self.tenant_id,
                 "scp": "access",
                 "azp": client_id,
+                "uti": uuid.uuid4().hex,
             }
         )
         id_token = self.mint(
@@ -275,14 +290,16 @@ class OidcServer:
                 "oid": oid,
                 "tid": self.tenant_id,
                 "preferred_username": f"{oid}@example.test",
+                **({"nonce": nonce} if nonce else {}),
             }
         )
         refresh = uuid.uuid4().hex
         self._refresh_tokens[refresh] = {"client_id": client_id, "scope": scope, "oid": oid, "prefix": prefix}
         client_info = b64url(json.dumps({"uid": oid, "utid": self.tenant_id}).encode())
+        granted = " ".join(s for s in scope.split() if s not in ("openid", "profile", "offline_access"))
         return {
             "token_type": "Bearer",
-            "scope": scope,
+            "scope": granted,
             "expires_in": self.token_lifetime,
             "ext_expires_in": self.token_lifetime,
             "access_token": access,
@@ -297,7 +314,17 @@ class OidcServer:
             return 400, {"error": "invalid_request", "error_description": "code flow with S256 PKCE only"}, {}
         code = uuid.uuid4().hex
         self._codes[code] = {**query, "prefix": prefix}
-        back = {"code": code, "state": query.get("state", ""), "iss": self.url + prefix}
+        back = {"code": code, "state": query.get("state", ""), "iss": self.base + prefix}
+        if query.get("response_mode") == "form_post":
+            # As Entra ID answers MSAL: a page whose script posts the code to the redirect URI.
+            fields = "".join(
+                f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}"/>' for k, v in back.items()
+            )
+            page = (
+                f'<html><body><form method="post" action="{html.escape(query["redirect_uri"])}">{fields}</form>'
+                "<script>document.forms[0].submit()</script></body></html>"
+            )
+            return 200, {HTML_KEY: page}, {}
         return 302, {}, {"Location": f"{query['redirect_uri']}?{urlencode(back)}"}
 
     def _redeem(self, prefix: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -307,7 +334,9 @@ class OidcServer:
         verifier = form.get("code_verifier", "")
         if b64url(hashlib.sha256(verifier.encode()).digest()) != grant["code_challenge"]:
             return 400, {"error": "invalid_grant", "error_description": "PKCE verifier does not match"}
-        return 200, self._issue(prefix, grant["client_id"], grant.get("scope", ""), self.authorize_user)
+        return 200, self._issue(
+            prefix, grant["client_id"], grant.get("scope", ""), self.authorize_user, grant.get("nonce")
+        )
 
     def _handle(
         self, method: str, path: str, form: dict[str, str], query: dict[str, str]
@@ -326,17 +355,26 @@ class OidcServer:
             self.requests.append((method, path, form))
         if method == "GET" and path == "/jwks":
             return 200, {"keys": [k.public_jwk() for k in list(self.keys)]}
+        if method == "GET" and path == "/common/discovery/instance":
+            # Entra's instance discovery, which MSAL asks for the host aliases of cached accounts.
+            host = urlsplit(self.base).netloc
+            return 200, {
+                "tenant_discovery_endpoint": f"{self.base}/common/v2.0/.well-known/openid-configuration",
+                "api-version": "1.1",
+                "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
+            }
         if method == "GET" and path.endswith(WELL_KNOWN_OPENID):
             return 200, self._discovery(path.removesuffix(WELL_KNOWN_OPENID))
         if method == "POST" and path.endswith("/devicecode"):
             code = uuid.uuid4().hex
+            self._device_scopes[code] = form.get("scope", "")
             return 200, {
                 "device_code": code,
                 "user_code": "ABCD-EFGH",
-                "verification_uri": f"{self.url}/device",
+                "verification_uri": f"{self.base}/device",
                 "expires_in": 900,
                 "interval": 1,
-                "message": f"To sign in, open {self.url}/device and enter the code ABCD-EFGH.",
+                "message": f"To sign in, open {self.base}/device and enter the code ABCD-EFGH.",
             }
         if method == "POST" and path.endswith("/token"):
             prefix = path.removesuffix("/token")
@@ -346,9 +384,12 @@ class OidcServer:
                 with self._lock:
                     self._device_polls[code] += 1
                     polls = self._device_polls[code]
+                if self.device_declined:
+                    return 400, {"error": "authorization_declined", "error_description": "the user declined"}
                 if polls <= self.device_pending_polls:
                     return 400, {"error": "authorization_pending", "error_description": "waiting for the user"}
-                return 200, self._issue(prefix, form.get("client_id", ""), form.get("scope", ""), "device-user")
+                scope = self._device_scopes.get(code, "")
+                return 200, self._issue(prefix, form.get("client_id", ""), scope, "device-user")
             if grant == "authorization_code":
                 return self._redeem(prefix, form)
             if grant == "refresh_token":
@@ -374,11 +415,12 @@ def _handler_for(server: OidcServer) -> type[BaseHTTPRequestHandler]:
             form = {k: v[0] for k, v in parse_qs(body).items()}
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
             status, doc, headers = server._handle(method, parts.path, form, query)
-            payload = json.dumps(doc).encode()
+            is_html = HTML_KEY in doc
+            payload = (doc[HTML_KEY] if is_html else json.dumps(doc)).encode()
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/html" if is_html else "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -428,3 +470,21 @@ async def serve_asgi(app: Any, sock: socket.socket) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+
+
+def browser_visit(url: str, rewrite: tuple[str, str] | None = None) -> httpx.Response:
+    """What a browser does with an authorization URL when the user is already signed in.
+
+    Follows the provider's redirect, or submits its form_post page, to the client's redirect URI.
+    ``rewrite`` maps a public authority to the local provider. (No browser runs here.)
+    """
+    if rewrite is not None:
+        url = url.replace(*rewrite)
+    with httpx.Client(timeout=10) as client:
+        r = client.get(url)
+        if r.is_redirect:
+            return client.get(r.headers["location"])
+        form = re.search(r'<form method="post" action="([^"]+)">(.*?)</form>', r.text)
+        assert form is not None, f"unexpected authorization page: {r.status_code} {r.text[:200]}"
+        fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(2)))
+        return client.post(html.unescape(form.group(1)), data={k: html.unescape(v) for k, v in fields.items()})
