@@ -190,7 +190,7 @@ class McpProxy:
             query = scope.get("query_string", b"")
             url = endpoint.url + "/mcp" + (f"?{query.decode('latin-1')}" if query else "")
             status = await self._forward(
-                scope, receive, send, endpoint, url, identity, upstream_session=claims.upstream, claims=claims
+                scope, receive, send, endpoint, url, identity, headers, upstream_session=claims.upstream, claims=claims
             )
             if (scope["method"] == "DELETE" and (200 <= status < 300 or status in (404, 405))) or status == 404:
                 await self._sessions.revoke(claims)
@@ -198,7 +198,7 @@ class McpProxy:
         endpoint = self._choose(name)
         query = scope.get("query_string", b"")
         url = endpoint.url + "/mcp" + (f"?{query.decode('latin-1')}" if query else "")
-        await self._forward(scope, receive, send, endpoint, url, identity, upstream_session=None, claims=None)
+        await self._forward(scope, receive, send, endpoint, url, identity, headers, upstream_session=None, claims=None)
 
     async def _check_session(self, token: str, kind: str, name: str, identity: Identity) -> SessionClaims:
         try:
@@ -228,14 +228,15 @@ class McpProxy:
         endpoint: Endpoint,
         url: str,
         identity: Identity,
+        request_headers: dict[str, str],
         *,
         upstream_session: str | None,
         claims: SessionClaims | None,
     ) -> int:
         """Send the request to ``url`` and stream the answer back; returns the upstream status."""
         assert self._client is not None
-        out_headers = self._upstream_headers(scope, identity, upstream_session)
-        body, body_done = await self._request_body(scope, receive)
+        out_headers = self._upstream_headers(scope, identity, upstream_session, request_headers)
+        body, body_done = await self._request_body(scope, receive, request_headers)
         self._balancer.begin(endpoint)
         try:
             async with _cancel_on_disconnect(receive, body_done):
@@ -284,8 +285,13 @@ class McpProxy:
             self.open_streams += 1
         try:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
-            async for chunk in response.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            content = response.content
+            while chunk := await content.readany():
+                # A chunk that ends the body is sent as the last one: one write instead of two.
+                last = content.at_eof()
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                if last:
+                    return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError, TimeoutError) as exc:
             log.info("upstream stream ended early: %s", exc)
@@ -295,10 +301,10 @@ class McpProxy:
                 self.open_streams -= 1
 
     def _upstream_headers(
-        self, scope: Scope, identity: Identity, upstream_session: str | None
+        self, scope: Scope, identity: Identity, upstream_session: str | None, request_headers: dict[str, str]
     ) -> list[tuple[str, str]]:
         client = scope.get("client")
-        host = _header_map(scope["headers"]).get("host", "")
+        host = request_headers.get("host", "")
         return upstream_headers(
             scope["headers"],
             client_ip=client[0] if client else "unknown",
@@ -309,14 +315,16 @@ class McpProxy:
             session_id=upstream_session,
         )
 
-    async def _request_body(self, scope: Scope, receive: Receive) -> tuple[bytes | AsyncIterator[bytes], bool]:
+    async def _request_body(
+        self, scope: Scope, receive: Receive, request_headers: dict[str, str]
+    ) -> tuple[bytes | AsyncIterator[bytes], bool]:
         """The request body: bytes when it came in one piece, else a size-checked stream.
 
         The flag says whether the whole body has been read (so disconnects can be watched).
         """
         if scope["method"] in ("GET", "DELETE", "HEAD"):
             return b"", True
-        length = _header_map(scope["headers"]).get("content-length")
+        length = request_headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             raise BodyTooLarge()
         message = await receive()
@@ -350,7 +358,7 @@ class McpProxy:
         endpoint = self._choose(name)
         query = scope.get("query_string", b"")
         url = endpoint.url + "/sse" + (f"?{query.decode('latin-1')}" if query else "")
-        out_headers = self._upstream_headers(scope, identity, None)
+        out_headers = self._upstream_headers(scope, identity, None, headers)
         claims: SessionClaims | None = None
         self._balancer.begin(endpoint)
         try:
@@ -433,7 +441,9 @@ class McpProxy:
         claims = await self._check_session(token, "sse", name, identity)
         endpoint = self._pinned(claims)
         url = endpoint.url + claims.upstream
-        await self._forward(scope, receive, send, endpoint, url, identity, upstream_session=None, claims=claims)
+        await self._forward(
+            scope, receive, send, endpoint, url, identity, headers, upstream_session=None, claims=claims
+        )
 
 
 def headers_token(scope: Scope) -> bytes:
