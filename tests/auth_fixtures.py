@@ -472,19 +472,27 @@ async def serve_asgi(app: Any, sock: socket.socket) -> AsyncIterator[str]:
         sock.close()
 
 
-def browser_visit(url: str, rewrite: tuple[str, str] | None = None) -> httpx.Response:
+def browser_visit(url: str, rewrite: tuple[str, str] | None = None, *, deliver: bool = True) -> str:
     """What a browser does with an authorization URL when the user is already signed in.
 
-    Follows the provider's redirect, or submits its form_post page, to the client's redirect URI.
-    ``rewrite`` maps a public authority to the local provider. (No browser runs here.)
+    Follows the provider's redirect, or submits its form_post page, to the client's redirect URI
+    (``deliver=False`` stops before that, for clients without a listener). Returns the redirect
+    URL (with the code in its query for redirects). ``rewrite`` maps a public authority to the
+    local provider. No browser runs here; this is the part of one that the flows need.
     """
     if rewrite is not None:
         url = url.replace(*rewrite)
     with httpx.Client(timeout=10) as client:
         r = client.get(url)
         if r.is_redirect:
-            return client.get(r.headers["location"])
+            location = r.headers["location"]
+            if deliver:
+                client.get(location)
+            return str(location)
         form = re.search(r'<form method="post" action="([^"]+)">(.*?)</form>', r.text)
         assert form is not None, f"unexpected authorization page: {r.status_code} {r.text[:200]}"
-        fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(2)))
-        return client.post(html.unescape(form.group(1)), data={k: html.unescape(v) for k, v in fields.items()})
+        action = html.unescape(form.group(1))
+        fields = {k: html.unescape(v) for k, v in re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(2))}
+        if deliver:
+            client.post(action, data=fields)
+        return action
