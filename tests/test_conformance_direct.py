@@ -7,6 +7,8 @@ server's tools over Streamable HTTP and legacy SSE.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from tests.conformance_fixtures import (  # noqa: F401 - pytest fixtures
     run_inspector,
     start_conformance_server,
 )
+from tests.redis_fixtures import RedisServer, redis_server  # noqa: F401 - pytest fixture
 
 
 @pytest.mark.parametrize("requirements", REQUIREMENT_SETS)
@@ -147,3 +150,46 @@ def test_dns_rebinding_protection_is_on_alone_and_off_behind_the_gateway(
     with start_conformance_server(env=env, log_dir=tmp_path) as behind_gateway:
         reply = _reply(_call_2026(behind_gateway.base_url, "whoami", headers=foreign))
     assert reply["result"]["content"][0]["text"] == "behind-gateway"
+
+
+def _listen_frames(base_url: str, trigger: Callable[[], None], wanted: str, timeout: float = 10.0) -> list[str]:
+    """Open a 2026 ``subscriptions/listen`` stream, run ``trigger`` once it is acknowledged, and
+    collect the JSON-RPC methods of its frames until ``wanted`` arrives."""
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "subscriptions/listen",
+        "params": {"_meta": meta, "notifications": {"toolsListChanged": True}},
+    }
+    headers = {**STATELESS_HEADERS, "Mcp-Method": "subscriptions/listen"}
+    methods: list[str] = []
+    with httpx.stream("POST", f"{base_url}/mcp", json=body, headers=headers, timeout=timeout) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            methods.append(json.loads(line[5:]).get("method", ""))
+            if methods[-1] == "notifications/subscriptions/acknowledged":
+                trigger()
+            if methods[-1] == wanted:
+                break
+    return methods
+
+
+def test_list_changes_reach_listen_streams_on_other_replicas_over_redis(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    env = {"MCP_SUBSCRIPTION_REDIS_URL": redis_server.url, "MCP_SUBSCRIPTION_CHANNEL": f"test-{tmp_path.name}"}
+    with (
+        start_conformance_server(env=env, log_dir=tmp_path) as listening,
+        start_conformance_server(env=env, log_dir=tmp_path) as changing,
+    ):
+
+        def change_tools_elsewhere() -> None:
+            assert "result" in _reply(_call_2026(changing.base_url, "test_trigger_tool_change"))
+
+        methods = _listen_frames(listening.base_url, change_tools_elsewhere, "notifications/tools/list_changed")
+    assert methods[0] == "notifications/subscriptions/acknowledged"
+    assert methods[-1] == "notifications/tools/list_changed"

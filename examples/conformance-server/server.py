@@ -16,6 +16,9 @@ Settings (command line wins over the environment):
 * ``MCP_REQUEST_STATE_KEYS``: comma-separated secrets (at least 32 bytes each; the first seals,
   all unseal) protecting the ``requestState`` of input-required round trips. Replicas behind one
   adapter must share them, because a retry may land on another replica. Unset: a per-process key;
+* ``MCP_SUBSCRIPTION_REDIS_URL``: fan ``subscriptions/listen`` events (tools/prompts list changed)
+  out across replicas over Redis pub/sub (channel ``MCP_SUBSCRIPTION_CHANNEL``). Unset: in-process,
+  so a listen stream only hears changes made on its own replica;
 * ``MCP_REPLICA_ID``: reported by the ``whoami`` tool (default ``hostname:port``).
 """
 
@@ -34,7 +37,7 @@ import struct
 import warnings
 import wave
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -45,6 +48,14 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.prompts.base import Message, UserMessage
 from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from mcp.server.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    SubscriptionBus,
+    ToolsListChanged,
+)
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.types import (
@@ -103,6 +114,8 @@ class FixtureSettings:
     extra_allowed_hosts: tuple[str, ...] = ()
     request_state_keys: tuple[str, ...] = ()
     replica_id: str = ""
+    subscription_redis_url: str = ""
+    subscription_channel: str = "mcp-conformance-fixture:events"
     # Milliseconds a client waits before reconnecting a closed SSE stream (SEP-1699 polling).
     sse_retry_ms: int = 100
 
@@ -119,6 +132,8 @@ class FixtureSettings:
             extra_allowed_hosts=_split(env.get("MCP_ALLOWED_HOSTS", "")),
             request_state_keys=_split(env.get("MCP_REQUEST_STATE_KEYS", "")),
             replica_id=env.get("MCP_REPLICA_ID") or f"{socket.gethostname()}:{port}",
+            subscription_redis_url=env.get("MCP_SUBSCRIPTION_REDIS_URL", ""),
+            subscription_channel=env.get("MCP_SUBSCRIPTION_CHANNEL") or cls.subscription_channel,
         )
 
 
@@ -207,6 +222,97 @@ class BoundedEventStore(EventStore):
             if sequence > after and message is not None:
                 await send_callback(EventMessage(message, f"{stream_id}/{sequence}"))
         return stream_id
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-replica subscriptions/listen fan-out
+
+
+def _event_to_json(event: ServerEvent) -> str:
+    if isinstance(event, ResourceUpdated):
+        return json.dumps({"kind": "resource-updated", "uri": event.uri})
+    return json.dumps({"kind": type(event).__name__})
+
+
+def _event_from_json(payload: str | bytes) -> ServerEvent | None:
+    data = json.loads(payload)
+    kind = data.get("kind")
+    if kind == "resource-updated":
+        return ResourceUpdated(uri=str(data.get("uri", "")))
+    simple: dict[str, ServerEvent] = {
+        "ToolsListChanged": ToolsListChanged(),
+        "PromptsListChanged": PromptsListChanged(),
+        "ResourcesListChanged": ResourcesListChanged(),
+    }
+    return simple.get(str(kind))
+
+
+class RedisSubscriptionBus:
+    """A ``SubscriptionBus`` over Redis pub/sub: a change on any replica reaches every listen stream.
+
+    ``publish`` only sends to Redis; every replica (the publisher too) delivers what comes back on
+    the channel to its local listeners, so each event is delivered exactly once per stream.
+    """
+
+    def __init__(self, url: str, channel: str) -> None:
+        import redis.asyncio  # only needed when configured
+
+        self._redis = redis.asyncio.Redis.from_url(url)
+        self._channel = channel
+        self._listeners: dict[object, Callable[[ServerEvent], None]] = {}
+
+    async def publish(self, event: ServerEvent) -> None:
+        """Send ``event`` to every replica on the channel."""
+        await self._redis.publish(self._channel, _event_to_json(event))
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        """Register a local listener; returns its idempotent unsubscribe."""
+        token = object()
+        self._listeners[token] = listener
+
+        def unsubscribe() -> None:
+            self._listeners.pop(token, None)
+
+        return unsubscribe
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Relay the channel to local listeners while the server runs."""
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(self._channel)
+        relay = asyncio.create_task(self._relay(pubsub))
+        try:
+            yield
+        finally:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
+            await self._redis.aclose()
+
+    def _deliver(self, event: ServerEvent) -> None:
+        for listener in list(self._listeners.values()):
+            try:
+                listener(event)
+            except Exception:  # one bad listener must not starve the others
+                log.exception("subscription listener raised")
+
+    async def _relay(self, pubsub: Any) -> None:
+        while True:
+            try:
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    event = _event_from_json(message["data"])
+                    if event is not None:
+                        self._deliver(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: keep trying, listen streams stay open
+                log.warning("subscription relay lost Redis (%s); retrying in 1s", exc)
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    await pubsub.subscribe(self._channel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +430,7 @@ async def _emit_three_logs(ctx: Context) -> None:
         await ctx.info(text)
 
 
-def build_server(settings: FixtureSettings) -> MCPServer:
+def build_server(settings: FixtureSettings, subscriptions: SubscriptionBus | None = None) -> MCPServer:
     """The fixture ``MCPServer`` with every tool, resource, prompt and handler the suite calls."""
     keys = list(settings.request_state_keys)
     server = MCPServer(
@@ -334,6 +440,7 @@ def build_server(settings: FixtureSettings) -> MCPServer:
         log_level="WARNING",
         tools=[_json_schema_2020_12_tool()],
         request_state_security=RequestStateSecurity(keys=keys) if keys else None,
+        subscriptions=subscriptions,
         cache_hints={
             "tools/list": CacheHint(ttl_ms=5_000, scope="public"),
             "prompts/list": CacheHint(ttl_ms=5_000, scope="public"),
@@ -728,7 +835,12 @@ def _register_protocol_handlers(server: MCPServer) -> None:
 
 def build_app(settings: FixtureSettings) -> Starlette:
     """Streamable HTTP at ``/mcp`` (both protocol eras) and ``/healthz``."""
-    server = build_server(settings)
+    bus = (
+        RedisSubscriptionBus(settings.subscription_redis_url, settings.subscription_channel)
+        if settings.subscription_redis_url
+        else None
+    )
+    server = build_server(settings, bus)
     streamable = server.streamable_http_app(
         streamable_http_path="/mcp",
         event_store=BoundedEventStore(),
@@ -739,7 +851,10 @@ def build_app(settings: FixtureSettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with server.session_manager.run():
+        async with contextlib.AsyncExitStack() as stack:
+            if bus is not None:
+                await stack.enter_async_context(bus.running())
+            await stack.enter_async_context(server.session_manager.run())
             yield
 
     async def healthz(_: Request) -> PlainTextResponse:
@@ -762,6 +877,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         extra_allowed_hosts=defaults.extra_allowed_hosts,
         request_state_keys=defaults.request_state_keys,
         replica_id=os.environ.get("MCP_REPLICA_ID") or f"{socket.gethostname()}:{args.port}",
+        subscription_redis_url=defaults.subscription_redis_url,
+        subscription_channel=defaults.subscription_channel,
     )
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # h11, not httptools: httptools keeps trailing whitespace in header values, and RFC 9110 §5.5
