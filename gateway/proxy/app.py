@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -37,6 +38,7 @@ from gateway.proxy.sessions import SessionRejected, SessionRouter
 from gateway.proxy.sse import EndpointRewriter, upstream_path
 from gateway.runtime.base import Endpoint, Runtime
 from gateway.store.view import AdapterView
+from gateway.telemetry.requests import RequestTelemetry
 
 log = logging.getLogger("gateway.proxy")
 
@@ -85,6 +87,7 @@ class McpProxy:
         read_timeout: float,
         pool_size: int,
         www_authenticate: Callable[[str, str | None, str | None], str],
+        telemetry: RequestTelemetry | None = None,
     ) -> None:
         self._auth = authenticator
         self._view = view
@@ -96,6 +99,7 @@ class McpProxy:
         self._read_timeout = read_timeout
         self._pool_size = pool_size
         self._www_authenticate = www_authenticate
+        self._telemetry = telemetry or RequestTelemetry.disabled()
         self._balancer = Balancer()
         self._client: aiohttp.ClientSession | None = None
         self.open_streams = 0
@@ -128,6 +132,7 @@ class McpProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, name: str, route: str) -> None:
         """Serve one request to ``/adapters/{name}/{route}``."""
+        send = self._telemetry.request_started(scope, send, name, route)
         started = False
 
         async def tracked_send(message: Message) -> None:
@@ -155,6 +160,8 @@ class McpProxy:
             log.exception("proxy failure on %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 await _error(send, ProxyError(502, -32603, "the gateway could not complete the upstream request"))
+        finally:
+            self._telemetry.request_finished(scope)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, name: str, route: str) -> None:
         method: str = scope["method"]
@@ -239,7 +246,8 @@ class McpProxy:
         body, body_done = await self._request_body(scope, receive, request_headers)
         self._balancer.begin(endpoint)
         try:
-            async with _cancel_on_disconnect(receive, body_done):
+            async with _DisconnectWatch(receive, body_done):
+                sent = time.perf_counter()
                 try:
                     response = await self._client.request(
                         scope["method"], url, headers=out_headers, data=body, allow_redirects=False
@@ -251,6 +259,7 @@ class McpProxy:
                 except aiohttp.ClientError as exc:
                     raise ProxyError(502, -32003, f"replica {endpoint.replica} failed: {exc}") from None
                 async with response:
+                    self._telemetry.upstream_answered(scope, endpoint.replica, sent)
                     headers = downstream_headers(response.raw_headers)
                     upstream_id = response.headers.get("mcp-session-id")
                     if upstream_id and claims is None:
@@ -305,7 +314,7 @@ class McpProxy:
     ) -> list[tuple[str, str]]:
         client = scope.get("client")
         host = request_headers.get("host", "")
-        return upstream_headers(
+        out = upstream_headers(
             scope["headers"],
             client_ip=client[0] if client else "unknown",
             scheme=scope.get("scheme", "http"),
@@ -314,6 +323,8 @@ class McpProxy:
             roles=identity.roles,
             session_id=upstream_session,
         )
+        self._telemetry.upstream_request(scope, out, identity.user_id)
+        return out
 
     async def _request_body(
         self, scope: Scope, receive: Receive, request_headers: dict[str, str]
@@ -362,7 +373,8 @@ class McpProxy:
         claims: SessionClaims | None = None
         self._balancer.begin(endpoint)
         try:
-            async with _cancel_on_disconnect(receive, True):
+            async with _DisconnectWatch(receive, True):
+                sent = time.perf_counter()
                 try:
                     response = await self._client.get(url, headers=out_headers, allow_redirects=False)
                 except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
@@ -370,6 +382,7 @@ class McpProxy:
                 except TimeoutError:
                     raise ProxyError(504, -32004, f"replica {endpoint.replica} did not answer in time") from None
                 async with response:
+                    self._telemetry.upstream_answered(scope, endpoint.replica, sent)
                     if response.status != 200 or response.content_type != "text/event-stream":
                         await self._stream_response(send, response, downstream_headers(response.raw_headers))
                         return
@@ -467,35 +480,45 @@ def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
 
 
-@contextlib.asynccontextmanager
-async def _cancel_on_disconnect(receive: Receive, watch: bool) -> AsyncIterator[None]:
-    """Cancel the enclosed work when the client disconnects (after the body was read)."""
-    if not watch:
-        yield
-        return
-    current = asyncio.current_task()
-    assert current is not None
-    disconnected = False
+class _DisconnectWatch:
+    """Cancel the enclosed work when the client disconnects (after the body was read).
 
-    async def watcher() -> None:
-        nonlocal disconnected
+    A class rather than an ``asynccontextmanager``: this runs on every request, and a plain
+    ``__aenter__``/``__aexit__`` pair costs a fraction of a generator-based context manager.
+    """
+
+    __slots__ = ("_disconnected", "_receive", "_task", "_watch", "_watcher")
+
+    def __init__(self, receive: Receive, watch: bool) -> None:
+        self._receive = receive
+        self._watch = watch
+        self._disconnected = False
+        self._task: asyncio.Task[Any] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        if self._watch:
+            self._task = asyncio.current_task()
+            assert self._task is not None
+            self._watcher = asyncio.create_task(self._watch_disconnect())
+
+    async def _watch_disconnect(self) -> None:
         while True:
-            message = await receive()
+            message = await self._receive()
             if message["type"] == "http.disconnect":
-                disconnected = True
-                current.cancel()
+                self._disconnected = True
+                assert self._task is not None
+                self._task.cancel()
                 return
 
-    task = asyncio.create_task(watcher())
-    try:
-        yield
-    except asyncio.CancelledError:
-        if disconnected:
-            current.uncancel()
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if self._watcher is None:
+            return
+        self._watcher.cancel()
+        if self._disconnected and exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            assert self._task is not None
+            self._task.uncancel()
             raise ClientDisconnected() from None
-        raise
-    finally:
-        task.cancel()
 
 
 async def _error(send: Send, exc: ProxyError) -> None:
