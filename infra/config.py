@@ -333,9 +333,10 @@ def load_config(config: pulumi.Config | None = None, stack: str | None = None) -
     """Read and check every key of the current stack (``pulumi.Config()`` of the project)."""
     config = config or pulumi.Config()
     stack = stack or pulumi.get_stack()
-    platform = config.get("platform") or "azure"
-    if platform not in ("azure", "local"):
-        raise ConfigError(f"platform: expected azure or local, got {platform!r}")
+    chosen = config.get("platform") or "azure"
+    if chosen not in ("azure", "local"):
+        raise ConfigError(f"platform: expected azure or local, got {chosen!r}")
+    platform: Platform = "azure" if chosen == "azure" else "local"
     values = {key.name: _read(config, key, platform) for key in KEYS if key.scope in ("all", platform)}
     if platform == "azure":
         entra = config.get("entraClientId")

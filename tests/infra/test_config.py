@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -95,3 +97,47 @@ def test_secret_settings_cannot_be_set_through_plain_gateway_env() -> None:
         load_stack_config("local", {"gatewayEnv": {"MCPGW_SESSION_KEYS": "abc"}})
     extra = load_stack_config("local", {"gatewayEnv": {"MCPGW_SESSION_TTL": "600"}})
     assert extra.gateway.extra_env == {"MCPGW_SESSION_TTL": "600"}
+
+
+ENTRY_POINT_PROBE = """
+import asyncio, os, runpy, sys
+import pulumi
+
+# As Pulumi's Python host runs `main: infra/`: the folder as a script, the repository root NOT importable.
+root = os.path.dirname(os.getcwd())
+sys.path = [p for p in sys.path if os.path.abspath(p or os.getcwd()) not in (root, os.getcwd())]
+
+class Mocks(pulumi.runtime.Mocks):
+    types = []
+    def new_resource(self, args):
+        self.types.append(args.typ)
+        return args.name + "-id", {**args.inputs, "result": "generated", "base64": "Z2VuZXJhdGVk"}
+    def call(self, args):
+        return {}
+
+mocks = Mocks()
+asyncio.set_event_loop(asyncio.new_event_loop())
+pulumi.runtime.set_mocks(mocks, project="mcp-gateway", stack="local", preview=False)
+pulumi.runtime.set_all_config({"mcp-gateway:platform": "local"})
+
+@pulumi.runtime.test
+def program():
+    runpy.run_path(".", run_name="__main__")
+
+program()
+print(sorted(set(mocks.types)))
+"""
+
+
+def test_pulumi_can_run_the_infra_folder_as_its_program() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", ENTRY_POINT_PROBE],
+        cwd=ROOT / "infra",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "kubernetes:apps/v1:Deployment" in result.stdout
+    assert "mcp-gateway:kubernetes:Gateway" in result.stdout
