@@ -35,6 +35,7 @@ from gateway.sessions.base import SessionStore
 from gateway.settings import Settings
 from gateway.store.base import AdapterStore
 from gateway.store.view import AdapterView
+from gateway.telemetry.setup import Telemetry, metrics_route
 
 log = logging.getLogger("gateway")
 
@@ -113,30 +114,39 @@ class Components:
     service: AdapterService
     router: SessionRouter
     proxy: McpProxy
+    telemetry: Telemetry
 
 
-def build_components(settings: Settings) -> Components:
-    """Construct (not start) every component."""
+def build_components(settings: Settings, telemetry: Telemetry | None = None) -> Components:
+    """Construct (not start) every component; ``telemetry`` defaults to what settings ask for."""
     from gateway.auth.metadata import www_authenticate
+
+    telemetry = telemetry or Telemetry.from_settings(settings, version=VERSION)
 
     store = build_store(settings)
     sessions = build_sessions(settings)
     runtime = build_runtime(settings)
     authenticator = build_authenticator(settings)
     view = AdapterView()
-    reconciler = Reconciler(store, runtime, view, sessions, interval=settings.reconcile_interval)
+    # Control plane and session router see instrumented dependencies; Components keep the raw ones.
+    i_store, i_sessions = telemetry.instrument_store(store), telemetry.instrument_sessions(sessions)
+    i_runtime = telemetry.instrument_runtime(runtime)
+    reconciler = Reconciler(
+        i_store, i_runtime, view, i_sessions, interval=settings.reconcile_interval, tracing=telemetry.tracing
+    )
     service = AdapterService(
-        store=store,
-        runtime=runtime,
-        sessions=sessions,
+        store=i_store,
+        runtime=i_runtime,
+        sessions=i_sessions,
         view=view,
         reconciler=reconciler,
         max_replicas=settings.max_replicas,
         list_max_limit=settings.list_max_limit,
         workload_identity_roles=settings.workload_identity_roles,
+        tracing=telemetry.tracing,
     )
     router = SessionRouter(
-        sessions,
+        i_sessions,
         session_sealer(settings),
         ttl=settings.session_ttl,
         max_age=settings.session_max_age,
@@ -158,7 +168,9 @@ def build_components(settings: Settings) -> Components:
         read_timeout=settings.upstream_read_timeout,
         pool_size=settings.upstream_pool_size,
         www_authenticate=lambda path, error, detail: www_authenticate(settings, path, error, detail),
+        telemetry=telemetry.requests,
     )
+    telemetry.observe(view=view, runtime=runtime, router=router, proxy=proxy, reconciler=reconciler)
     return Components(
         settings=settings,
         store=store,
@@ -170,6 +182,7 @@ def build_components(settings: Settings) -> Components:
         service=service,
         router=router,
         proxy=proxy,
+        telemetry=telemetry,
     )
 
 
@@ -193,6 +206,7 @@ def create_litestar(c: Components) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(c.telemetry.close)
             try:
                 await c.store.start()
             except StoreUnavailable as exc:  # start not ready; the store reconnects on its next call
@@ -232,7 +246,13 @@ def create_litestar(c: Components) -> Litestar:
         "www_authenticate": lambda path, error, detail: www_authenticate(c.settings, path, error, detail),
     }
     return Litestar(
-        route_handlers=[AdapterController, healthz, readyz, protected_resource_router(c.settings)],
+        route_handlers=[
+            AdapterController,
+            healthz,
+            readyz,
+            protected_resource_router(c.settings),
+            *([metrics_route(c.telemetry)] if c.settings.metrics_enabled else []),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         state=State(state),

@@ -18,6 +18,7 @@ from gateway.runtime.base import Runtime
 from gateway.sessions.base import SessionStore
 from gateway.store.base import AdapterStore
 from gateway.store.view import AdapterView, read_all
+from gateway.telemetry.tracing import DISABLED, Tracing, traced
 
 log = logging.getLogger("gateway.reconciler")
 
@@ -33,12 +34,14 @@ class Reconciler:
         sessions: SessionStore,
         *,
         interval: float,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
         self._runtime = runtime
         self._view = view
         self._sessions = sessions
         self._interval = interval
+        self._tracing = tracing or DISABLED
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._applying: dict[str, asyncio.Task[None]] = {}
@@ -79,6 +82,7 @@ class Reconciler:
             self._wake.clear()
             await self.run_once()
 
+    @traced("reconcile.pass")
     async def run_once(self) -> None:
         """One pass: read desired state, compare, act. Never raises."""
         self.passes += 1
@@ -108,6 +112,7 @@ class Reconciler:
         task = asyncio.create_task(self._apply(record), name=f"apply:{record.name}")
         self._applying[record.name] = task
 
+    @traced("reconcile.apply")
     async def _apply(self, record: AdapterRecord) -> None:
         try:
             log.info("applying adapter %s generation %d", record.name, record.generation)
@@ -122,6 +127,7 @@ class Reconciler:
         if current is None or current.generation != record.generation:
             self.kick()
 
+    @traced("reconcile.remove")
     async def _remove(self, name: str) -> None:
         self.actions += 1
         try:

@@ -19,6 +19,7 @@ from gateway.runtime.base import InstanceNotFound, Runtime
 from gateway.sessions.base import SessionStore
 from gateway.store.base import AdapterExists, AdapterStore, EtagMismatch
 from gateway.store.view import AdapterView
+from gateway.telemetry.tracing import DISABLED, Tracing, traced
 
 log = logging.getLogger("gateway.control")
 
@@ -39,6 +40,7 @@ class AdapterService:
         max_replicas: int,
         list_max_limit: int,
         workload_identity_roles: tuple[str, ...],
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -49,6 +51,7 @@ class AdapterService:
         self._list_max_limit = list_max_limit
         self._wi_roles = workload_identity_roles
         self._clock = ConditionClock()
+        self._tracing = tracing or DISABLED
 
     async def _readable(self, identity: Identity, name: str) -> AdapterRecord:
         validate_name(name)
@@ -59,6 +62,7 @@ class AdapterService:
             raise Forbidden(f"you may not read adapter {name!r}")
         return record
 
+    @traced("adapter.create")
     async def create(self, identity: Identity, data: AdapterInput) -> AdapterRecord:
         """Store a new adapter; the reconciler deploys it."""
         validate_input(data, max_replicas=self._max_replicas)
@@ -88,10 +92,12 @@ class AdapterService:
         log.info("adapter %s created by %s", stored.name, identity.user_id)
         return stored
 
+    @traced("adapter.get")
     async def get(self, identity: Identity, name: str) -> AdapterRecord:
         """One adapter the caller may read."""
         return await self._readable(identity, name)
 
+    @traced("adapter.list")
     async def list(self, identity: Identity, *, limit: int | None, cursor: str | None) -> AdapterPage:
         """A page of the adapters the caller may read."""
         if limit is None:
@@ -113,6 +119,7 @@ class AdapterService:
             if len(page) < batch:
                 return AdapterPage(items=items, next_cursor=None)
 
+    @traced("adapter.update")
     async def update(
         self, identity: Identity, name: str, data: AdapterInput, *, if_match: str | None = None
     ) -> AdapterRecord:
@@ -155,6 +162,7 @@ class AdapterService:
             raise Forbidden(f"only the creator of adapter {name!r} or mcp.admin may change it")
         return record
 
+    @traced("adapter.delete")
     async def delete(self, identity: Identity, name: str) -> None:
         """Delete the record first, then replicas and sessions (the reconciler finishes any crash)."""
         record = await self._readable_or_writable(identity, name)
@@ -169,11 +177,13 @@ class AdapterService:
         self._clock.forget(name)
         log.info("adapter %s deleted by %s", name, identity.user_id)
 
+    @traced("adapter.status")
     async def status(self, identity: Identity, name: str) -> AdapterStatus:
         """Conditions and replica counts."""
         record = await self._readable(identity, name)
         return build_status(record, await self._runtime.status(record), self._clock)
 
+    @traced("adapter.logs")
     async def logs(self, identity: Identity, name: str, *, instance: int, tail: int) -> str:
         """The last lines of one replica's output."""
         record = await self._readable(identity, name)

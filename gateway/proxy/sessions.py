@@ -110,6 +110,16 @@ class SessionRouter:
         if self._background:
             await asyncio.wait(self._background, timeout=2)
 
+    def active_sessions(self) -> dict[tuple[str, str], int]:
+        """Sessions this gateway has cached and seen used within the idle TTL, by (adapter, replica)."""
+        cutoff = time.time() - self._ttl
+        counts: dict[tuple[str, str], int] = {}
+        for record, _ in list(self._cache.values()):
+            if record.adapter and record.last_used > cutoff:
+                key = (record.adapter, record.replica)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     async def _record(self, sid: str) -> SessionRecord | None:
         mono = time.monotonic()
         cached = self._cache.get(sid)

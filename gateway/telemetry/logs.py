@@ -1,21 +1,65 @@
-"""Logging setup: readable text in embedded mode, one JSON object per line otherwise."""
+"""Logging setup: readable text in embedded mode, one JSON object per line otherwise.
+
+Rules every log line follows, whichever module writes it:
+
+* user-controlled values are sanitized (no control characters, bounded length) by the formatters;
+* bearer tokens, JWTs, keys in connection strings and URL passwords are masked by the formatters
+  as a last line of defence — code never passes them, nor session ids, to a log call;
+* users appear as ``hash_user(user_id)``, never by id, in per-request lines.
+
+Per proxied request the data plane writes one line to the ``gateway.access`` logger at INFO with
+``request_id``, ``adapter``, ``era``, ``method``, ``replica``, ``user`` (hash), ``status``,
+``duration_ms`` and ``upstream_ms``. ``MCPGW_LOG_LEVEL=warning`` turns it off.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import sys
 import time
+from typing import Any
 
 from gateway.settings import Settings
 
-_CONTROL = str.maketrans({chr(c): " " for c in range(32)})
+_CONTROL = str.maketrans({chr(c): " " for c in range(32)} | {"\x7f": " "})
+_SECRETS = re.compile(
+    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"  # Authorization values
+    r"|eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # JWTs anywhere
+    r"|((?:instrumentationkey|accountkey|sharedaccesskey|password|secret|client_secret|token|key)=)[^;&\s]+"
+    r"|(://[^/:@\s]*:)[^@/\s]+(@)"  # user:password@ in URLs
+)
+ACCESS_LOGGER = "gateway.access"
 
 
 def sanitize(value: object, limit: int = 300) -> str:
     """A user-controlled value made safe for one log line (no control characters, bounded)."""
     text = str(value).translate(_CONTROL)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def redact(text: str) -> str:
+    """``text`` with tokens, keys and URL passwords masked as ``***``."""
+    if "=" not in text and "eyJ" not in text and "earer" not in text and "@" not in text:
+        return text
+    return _SECRETS.sub(_mask, text)
+
+
+def _mask(match: re.Match[str]) -> str:
+    if match.group(1):
+        return match.group(1) + "***"
+    if match.group(2):
+        return match.group(2) + "***"
+    if match.group(3):
+        return match.group(3) + "***" + match.group(4)
+    return "***"
+
+
+def hash_user(user_id: str) -> str:
+    """A stable pseudonym of a user id for logs and spans (first 16 hex digits of SHA-256)."""
+    return hashlib.sha256(user_id.encode()).hexdigest()[:16]
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,14 +72,28 @@ class JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": sanitize(record.getMessage(), 2000),
+            "message": redact(sanitize(record.getMessage(), 2000)),
         }
         for key, value in vars(record).items():
             if key not in self._standard and not key.startswith("_"):
-                payload[key] = value
+                payload[key] = redact(sanitize(value, 2000)) if isinstance(value, str) else value
         if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
+            payload["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(payload, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``HH:MM:SS LEVEL logger: message`` with the message sanitized and secrets masked."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = redact(sanitize(record.message, 2000))
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return redact(super().formatException(ei))
 
 
 def configure_logging(settings: Settings) -> None:
@@ -44,10 +102,7 @@ def configure_logging(settings: Settings) -> None:
     if fmt == "auto":
         fmt = "text" if settings.embedded else "json"
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

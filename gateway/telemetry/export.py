@@ -1,0 +1,62 @@
+"""Exporters chosen by settings: Azure Monitor, OTLP, both, or none.
+
+* ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set → traces and metrics to Application Insights
+  through the exporters of ``azure-monitor-opentelemetry``. They are attached to the gateway's own
+  providers; ``configure_azure_monitor()`` is not called because it installs process-wide
+  providers and instruments libraries (httpx, requests, ASGI …) behind the gateway's back.
+* ``OTEL_EXPORTER_OTLP_ENDPOINT`` set → traces and metrics over OTLP/gRPC (``http://host:4317``
+  for plain text, ``https://`` for TLS). The exporter also honours the standard
+  ``OTEL_EXPORTER_OTLP_HEADERS`` / ``_CERTIFICATE`` / ``_TIMEOUT`` variables.
+* neither → nothing: no span is created on the data plane, metrics are only kept for ``/metrics``.
+
+Imports happen only for the exporter in use, so an unused one costs nothing at start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from gateway.settings import Settings
+
+METRIC_EXPORT_INTERVAL_MS = 60_000
+
+
+class _PeriodicReader(PeriodicExportingMetricReader):
+    """A periodic reader that starts no thread in a forked child (see ``metrics._MeterProvider``)."""
+
+    def _at_fork_reinit(self) -> None:
+        pass
+
+
+def span_exporters(settings: Settings) -> Sequence[SpanExporter]:
+    """The span exporters settings ask for (empty: tracing stays off)."""
+    out: list[SpanExporter] = []
+    if settings.applicationinsights_connection_string:
+        from azure.monitor.opentelemetry.exporter import AzureMonitorTraceExporter
+
+        out.append(AzureMonitorTraceExporter(connection_string=settings.applicationinsights_connection_string))
+    if settings.otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        out.append(OTLPSpanExporter(endpoint=settings.otlp_endpoint))
+    return out
+
+
+def metric_readers(settings: Settings, interval_ms: int = METRIC_EXPORT_INTERVAL_MS) -> Sequence[MetricReader]:
+    """Periodic readers pushing metrics to the exporters settings ask for."""
+    out: list[MetricReader] = []
+    if settings.applicationinsights_connection_string:
+        from azure.monitor.opentelemetry.exporter import AzureMonitorMetricExporter
+
+        exporter = AzureMonitorMetricExporter(connection_string=settings.applicationinsights_connection_string)
+        out.append(_PeriodicReader(exporter, export_interval_millis=interval_ms))
+    if settings.otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        out.append(
+            _PeriodicReader(OTLPMetricExporter(endpoint=settings.otlp_endpoint), export_interval_millis=interval_ms)
+        )
+    return out

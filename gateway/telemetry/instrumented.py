@@ -1,0 +1,213 @@
+"""Instrumented stand-ins for the store, session store and runtime protocols.
+
+``gateway/app.py`` hands these to the control plane, the reconciler and the session router, so
+every call to a dependency gets a latency sample, an error count and (when tracing) a child span
+of the request or operation in progress, without touching the implementations. Outcomes that
+are answers, not failures (``AdapterExists``, ``EtagMismatch``, ``KeyError``,
+``InstanceNotFound``), are not counted as errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry.trace import SpanKind
+
+from gateway.models import AdapterRecord
+from gateway.runtime.base import Endpoint, EndpointListener, InstanceNotFound, Runtime, RuntimeStatus
+from gateway.sessions.base import SessionRecord, SessionStore
+from gateway.store.base import AdapterExists, AdapterStore, EtagMismatch
+from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.tracing import Tracing
+
+_ANSWERS = (AdapterExists, EtagMismatch, KeyError, InstanceNotFound)
+
+
+class _Calls:
+    """Times calls of one dependency into a histogram/counter pair and opens child spans."""
+
+    def __init__(self, prefix: str, histogram: Any, errors: Any, tracing: Tracing) -> None:
+        self._prefix = prefix
+        self._histogram = histogram
+        self._errors = errors
+        self._tracing = tracing
+        self._attrs: dict[str, dict[str, str]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, operation: str, adapter: str | None = None) -> Iterator[None]:
+        attrs = self._attrs.get(operation)
+        if attrs is None:
+            attrs = self._attrs[operation] = {"operation": operation}
+        start = time.perf_counter()
+        try:
+            if self._tracing.enabled:
+                span_attrs = {"mcpgw.adapter": adapter} if adapter else None
+                with self._tracing.span(f"{self._prefix}.{operation}", span_attrs, SpanKind.CLIENT):
+                    yield
+            else:
+                yield
+        except _ANSWERS:
+            raise
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self._errors.add(1, attrs)
+            raise
+        finally:
+            self._histogram.record(time.perf_counter() - start, attrs)
+
+
+class InstrumentedAdapterStore:
+    """An ``AdapterStore`` that reports every call (``store.*`` spans, ``mcpgw_store_*``)."""
+
+    def __init__(self, inner: AdapterStore, metrics: GatewayMetrics, tracing: Tracing) -> None:
+        self.inner = inner
+        self._call = _Calls("store", metrics.store_latency, metrics.store_errors, tracing)
+
+    async def start(self) -> None:
+        """Start the wrapped store."""
+        await self.inner.start()
+
+    async def close(self) -> None:
+        """Close the wrapped store."""
+        await self.inner.close()
+
+    async def ping(self) -> None:
+        """Ping the wrapped store."""
+        with self._call("ping"):
+            await self.inner.ping()
+
+    async def create(self, record: AdapterRecord) -> AdapterRecord:
+        """See ``AdapterStore.create``."""
+        with self._call("create", record.name):
+            return await self.inner.create(record)
+
+    async def get(self, name: str) -> AdapterRecord | None:
+        """See ``AdapterStore.get``."""
+        with self._call("get", name):
+            return await self.inner.get(name)
+
+    async def list(self, *, limit: int, after: str | None = None) -> list[AdapterRecord]:
+        """See ``AdapterStore.list``."""
+        with self._call("list"):
+            return await self.inner.list(limit=limit, after=after)
+
+    async def replace(self, record: AdapterRecord, *, etag: str) -> AdapterRecord:
+        """See ``AdapterStore.replace``."""
+        with self._call("replace", record.name):
+            return await self.inner.replace(record, etag=etag)
+
+    async def delete(self, name: str, *, etag: str | None = None) -> bool:
+        """See ``AdapterStore.delete``."""
+        with self._call("delete", name):
+            return await self.inner.delete(name, etag=etag)
+
+
+class InstrumentedSessionStore:
+    """A ``SessionStore`` that reports every call (``session_store.*`` spans, ``mcpgw_session_store_*``)."""
+
+    def __init__(self, inner: SessionStore, metrics: GatewayMetrics, tracing: Tracing) -> None:
+        self.inner = inner
+        self._call = _Calls("session_store", metrics.session_store_latency, metrics.session_store_errors, tracing)
+
+    async def start(self) -> None:
+        """Start the wrapped store."""
+        await self.inner.start()
+
+    async def close(self) -> None:
+        """Close the wrapped store."""
+        await self.inner.close()
+
+    async def ping(self) -> None:
+        """Ping the wrapped store."""
+        with self._call("ping"):
+            await self.inner.ping()
+
+    async def put(self, record: SessionRecord, ttl: float) -> None:
+        """See ``SessionStore.put``."""
+        with self._call("put", record.adapter):
+            await self.inner.put(record, ttl)
+
+    async def get(self, sid: str) -> SessionRecord | None:
+        """See ``SessionStore.get``."""
+        with self._call("get"):
+            return await self.inner.get(sid)
+
+    async def touch(self, sid: str, last_used: float, ttl: float) -> None:
+        """See ``SessionStore.touch``."""
+        with self._call("touch"):
+            await self.inner.touch(sid, last_used, ttl)
+
+    async def revoke(self, sid: str) -> None:
+        """See ``SessionStore.revoke``."""
+        with self._call("revoke"):
+            await self.inner.revoke(sid)
+
+    async def revoke_adapter(self, adapter: str) -> int:
+        """See ``SessionStore.revoke_adapter``."""
+        with self._call("revoke_adapter", adapter):
+            return await self.inner.revoke_adapter(adapter)
+
+    async def count(self, adapter: str | None = None) -> int:
+        """See ``SessionStore.count``."""
+        with self._call("count", adapter):
+            return await self.inner.count(adapter)
+
+
+class InstrumentedRuntime:
+    """A ``Runtime`` that reports its slow calls (``runtime.*`` spans, ``mcpgw_runtime_*``).
+
+    ``endpoints`` and ``add_listener`` pass straight through: they are in-memory reads.
+    """
+
+    def __init__(self, inner: Runtime, metrics: GatewayMetrics, tracing: Tracing) -> None:
+        self.inner = inner
+        self._call = _Calls("runtime", metrics.runtime_latency, metrics.runtime_errors, tracing)
+
+    async def start(self) -> None:
+        """Start the wrapped runtime."""
+        await self.inner.start()
+
+    async def close(self) -> None:
+        """Close the wrapped runtime."""
+        await self.inner.close()
+
+    async def ping(self) -> None:
+        """Ping the wrapped runtime."""
+        with self._call("ping"):
+            await self.inner.ping()
+
+    async def apply(self, adapter: AdapterRecord) -> None:
+        """See ``Runtime.apply``."""
+        with self._call("apply", adapter.name):
+            await self.inner.apply(adapter)
+
+    async def remove(self, name: str) -> None:
+        """See ``Runtime.remove``."""
+        with self._call("remove", name):
+            await self.inner.remove(name)
+
+    async def deployed(self) -> dict[str, int]:
+        """See ``Runtime.deployed``."""
+        with self._call("deployed"):
+            return await self.inner.deployed()
+
+    async def status(self, adapter: AdapterRecord) -> RuntimeStatus:
+        """See ``Runtime.status``."""
+        with self._call("status", adapter.name):
+            return await self.inner.status(adapter)
+
+    async def logs(self, name: str, instance: int, tail: int) -> str:
+        """See ``Runtime.logs``."""
+        with self._call("logs", name):
+            return await self.inner.logs(name, instance, tail)
+
+    def endpoints(self, name: str) -> tuple[Endpoint, ...]:
+        """See ``Runtime.endpoints`` (not instrumented: hot path, memory only)."""
+        return self.inner.endpoints(name)
+
+    def add_listener(self, listener: EndpointListener) -> None:
+        """See ``Runtime.add_listener``."""
+        self.inner.add_listener(listener)

@@ -1,0 +1,327 @@
+"""Metrics: OpenTelemetry instruments, and their Prometheus text exposition for ``GET /metrics``.
+
+Every metric is an OpenTelemetry instrument on the gateway's own ``MeterProvider`` (no global
+provider), so the same numbers reach ``/metrics`` and, when configured, Azure Monitor or OTLP.
+
+The request counter is the one instrument touched on every proxied request. The SDK's
+synchronous ``Counter.add`` cleans and hashes its attributes on every call (measured at 4-20 µs
+with four labels), so requests are counted in a plain dict and reported through an
+``ObservableCounter`` when a reader collects. Latency histograms keep the SDK's synchronous
+``Histogram`` with a single, pre-built ``adapter`` attribute set.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    MetricReader,
+    MetricsData,
+    NumberDataPoint,
+    Sum,
+)
+from opentelemetry.sdk.resources import Resource
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+MAX_METHOD_LABELS = 100
+"""Distinct ``method`` label values per process; later new values are counted as ``other``."""
+_METHOD = re.compile(r"^[a-z][a-zA-Z0-9_/.-]{0,63}$")
+UNKNOWN = "unknown"
+
+
+class PrometheusReader(MetricReader):
+    """A pull reader: ``render()`` collects now and returns the Prometheus text exposition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._latest: MetricsData | None = None
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        self._latest = metrics_data
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Nothing to release."""
+
+    def render(self) -> str:
+        """Collect every instrument and format the result."""
+        self._latest = None
+        self.collect()
+        return render_prometheus(self._latest)
+
+
+def render_prometheus(data: MetricsData | None) -> str:
+    """Prometheus text format 0.0.4 of cumulative OpenTelemetry metrics data."""
+    families: dict[str, tuple[str, str, list[str]]] = {}
+    if data is not None:
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    name = _metric_name(metric.name)
+                    point_data = metric.data
+                    if isinstance(point_data, Sum) and point_data.is_monotonic:
+                        kind, name = "counter", name if name.endswith("_total") else name + "_total"
+                    elif isinstance(point_data, Sum | Gauge):
+                        kind = "gauge"
+                    elif isinstance(point_data, Histogram):
+                        kind = "histogram"
+                    else:  # exponential histograms are not configured
+                        continue
+                    family = families.setdefault(name, (kind, metric.description or "", []))
+                    lines = family[2]
+                    for point in point_data.data_points:
+                        if isinstance(point, HistogramDataPoint):
+                            lines.extend(_histogram_lines(name, point))
+                        elif isinstance(point, NumberDataPoint):
+                            lines.append(f"{name}{_labels(point.attributes)} {_number(point.value)}")
+    out: list[str] = []
+    for name, (kind, description, lines) in families.items():
+        if description:
+            out.append(f"# HELP {name} {_escape_help(description)}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(lines)
+    return "\n".join(out) + "\n"
+
+
+def _histogram_lines(name: str, point: HistogramDataPoint) -> Iterator[str]:
+    cumulative = 0
+    for bound, count in zip(point.explicit_bounds, point.bucket_counts, strict=False):
+        cumulative += count
+        yield f"{name}_bucket{_labels(point.attributes, ('le', _number(bound)))} {cumulative}"
+    yield f"{name}_bucket{_labels(point.attributes, ('le', '+Inf'))} {point.count}"
+    yield f"{name}_sum{_labels(point.attributes)} {_number(point.sum)}"
+    yield f"{name}_count{_labels(point.attributes)} {point.count}"
+
+
+def _metric_name(name: str) -> str:
+    cleaned = re.sub(r"[^a-zA-Z0-9_:]", "_", name)
+    return cleaned if not cleaned[:1].isdigit() else "_" + cleaned
+
+
+def _labels(attributes: Any, extra: tuple[str, str] | None = None) -> str:
+    pairs = [(re.sub(r"[^a-zA-Z0-9_]", "_", str(k)), str(v)) for k, v in (attributes or {}).items()]
+    if extra is not None:
+        pairs.append(extra)
+    if not pairs:
+        return ""
+    inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in pairs)
+    return "{" + inner + "}"
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return repr(float(value))
+
+
+class _MeterProvider(MeterProvider):
+    """A ``MeterProvider`` that does nothing in a forked child.
+
+    The SDK re-detects resources in a thread pool after ``fork``. The local runtime starts
+    replicas with a ``preexec_fn``, which runs at-fork handlers between fork and exec, where a
+    thread pool deadlocks the child. The gateway never forks without exec, so there is nothing
+    to re-initialise.
+    """
+
+    def _handle_fork(self) -> None:
+        pass
+
+
+class GatewayMetrics:
+    """Every instrument of the gateway, on one ``MeterProvider``.
+
+    Gauges that describe state (active sessions, open streams, replicas ready, reconciler
+    counters) are observed from their owners when a reader collects; ``observe`` hands them in.
+    """
+
+    def __init__(self, readers: Sequence[MetricReader], resource: Resource) -> None:
+        self.provider = _MeterProvider(
+            metric_readers=list(readers),
+            resource=resource,
+            exemplar_filter=AlwaysOffExemplarFilter(),
+            shutdown_on_exit=False,
+        )
+        meter = self.provider.get_meter("mcp-gateway")
+        self._requests: dict[tuple[str, str, str, int], int] = {}
+        self._methods: set[str] = set()
+        self._adapter_attrs: dict[str, dict[str, str]] = {}
+        self._sources: dict[str, Callable[[], Iterable[tuple[float, dict[str, str]]]]] = {}
+        meter.create_observable_counter(
+            "mcpgw_requests",
+            [self._observe_requests],
+            unit="1",
+            description="Proxied MCP requests by adapter, era (modern, session, legacy-sse, unknown), "
+            "method (Mcp-Method header, else the HTTP method) and status.",
+        )
+        self.upstream_latency = meter.create_histogram(
+            "mcpgw_upstream_latency_seconds",
+            unit="s",
+            description="Time from sending a request to a replica to receiving its response headers.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.gateway_latency = meter.create_histogram(
+            "mcpgw_gateway_overhead_seconds",
+            unit="s",
+            description="Latency the gateway adds to a proxied request: time to the response headers "
+            "minus the upstream latency.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.session_store_latency = meter.create_histogram(
+            "mcpgw_session_store_latency_seconds",
+            unit="s",
+            description="Session store calls by operation.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.session_store_errors = meter.create_counter(
+            "mcpgw_session_store_errors", unit="1", description="Failed session store calls by operation."
+        )
+        self.store_latency = meter.create_histogram(
+            "mcpgw_store_latency_seconds",
+            unit="s",
+            description="Adapter store calls by operation.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.store_errors = meter.create_counter(
+            "mcpgw_store_errors", unit="1", description="Failed adapter store calls by operation."
+        )
+        self.runtime_latency = meter.create_histogram(
+            "mcpgw_runtime_latency_seconds",
+            unit="s",
+            description="Runtime calls (apply, remove, deployed, status, logs) by operation.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.runtime_errors = meter.create_counter(
+            "mcpgw_runtime_errors", unit="1", description="Failed runtime calls by operation."
+        )
+        for name, kind, description in (
+            ("mcpgw_sessions_active", "gauge", "Sessions this gateway routed and saw used within the idle TTL, "
+             "by adapter and the replica they are pinned to."),
+            ("mcpgw_open_streams", "gauge", "SSE responses being streamed through this gateway now."),
+            ("mcpgw_replicas_ready", "gauge", "Ready replicas per adapter, as the data plane routes to them."),
+            ("mcpgw_reconcile_passes", "counter", "Reconciler passes."),
+            ("mcpgw_reconcile_actions", "counter", "Apply and remove actions started by the reconciler."),
+            ("mcpgw_reconcile_failures", "counter", "Reconciler passes skipped and actions failed."),
+            ("mcpgw_session_store_outages", "counter",
+             "Session store calls of the data plane that failed and were served from sealed ids."),
+        ):  # fmt: skip
+            callback = self._observer(name)
+            if kind == "gauge":
+                meter.create_observable_gauge(name, [callback], unit="1", description=description)
+            else:
+                meter.create_observable_counter(name, [callback], unit="1", description=description)
+
+    # --- hot path ----------------------------------------------------------------------------
+
+    def count_request(self, adapter: str, era: str, method: str, status: int) -> None:
+        """One finished proxied request."""
+        key = (adapter, era, method, status)
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
+
+    def method_label(self, method: str) -> str:
+        """A bounded label for a client-supplied method name."""
+        if method in self._methods:
+            return method
+        if len(self._methods) < MAX_METHOD_LABELS and _METHOD.match(method):
+            self._methods.add(method)
+            return method
+        return "other"
+
+    def adapter_attributes(self, adapter: str) -> dict[str, str]:
+        """The attribute dict of one adapter, built once (the SDK reads it on every record)."""
+        attrs = self._adapter_attrs.get(adapter)
+        if attrs is None:
+            attrs = self._adapter_attrs[adapter] = {"adapter": adapter}
+        return attrs
+
+    # --- observed state ----------------------------------------------------------------------
+
+    def set_source(self, name: str, source: Callable[[], Iterable[tuple[float, dict[str, str]]]]) -> None:
+        """Where an observable instrument reads its values (``observe`` in setup wires these)."""
+        self._sources[name] = source
+
+    def _observer(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            source = self._sources.get(name)
+            if source is None:
+                return []
+            return [Observation(value, attrs) for value, attrs in source()]
+
+        return callback
+
+    def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(count, {"adapter": a, "era": e, "method": m, "status": str(s)})
+            for (a, e, m, s), count in list(self._requests.items())
+        ]
+
+    def shutdown(self) -> None:
+        """Flush and stop every reader (exporters send what they hold)."""
+        self.provider.shutdown()
+
+
+class Timer:
+    """``with Timer(histogram, attrs, errors):`` records the duration, and counts an error when
+    the block raises an exception that ``is_error`` accepts."""
+
+    __slots__ = ("_attrs", "_errors", "_histogram", "_is_error", "_start")
+
+    def __init__(
+        self,
+        histogram: Any,
+        attrs: dict[str, str],
+        errors: Any,
+        is_error: Callable[[BaseException], bool],
+    ) -> None:
+        self._histogram = histogram
+        self._attrs = attrs
+        self._errors = errors
+        self._is_error = is_error
+        self._start = 0.0
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._histogram.record(time.perf_counter() - self._start, self._attrs)
+        if exc is not None and self._is_error(exc):
+            self._errors.add(1, self._attrs)

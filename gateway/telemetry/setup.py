@@ -1,0 +1,154 @@
+"""``Telemetry``: the metrics, tracing and per-request reporting of one gateway, built from settings.
+
+``gateway/app.py`` builds one with ``Telemetry.from_settings(settings)``, wraps the store,
+session store and runtime with ``instrument_*`` before handing them to the control plane and the
+session router, gives ``telemetry.requests`` to the proxy and ``telemetry.tracing`` to the
+service and the reconciler, calls ``observe(...)`` once everything exists, serves
+``metrics_route(telemetry)`` when metrics are enabled, and awaits ``close()`` at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from litestar import Response, get
+from litestar.handlers import HTTPRouteHandler
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from gateway.runtime.base import Runtime
+from gateway.sessions.base import SessionStore
+from gateway.settings import Settings
+from gateway.store.base import AdapterStore
+from gateway.telemetry.export import metric_readers, span_exporters
+from gateway.telemetry.instrumented import InstrumentedAdapterStore, InstrumentedRuntime, InstrumentedSessionStore
+from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, GatewayMetrics, PrometheusReader
+from gateway.telemetry.requests import RequestTelemetry
+from gateway.telemetry.tracing import Tracing
+
+
+class _View(Protocol):
+    def get(self, name: str) -> object | None: ...
+    def names(self) -> list[str]: ...
+
+
+class _Router(Protocol):
+    store_errors: int
+
+    def active_sessions(self) -> dict[tuple[str, str], int]: ...
+
+
+class _Proxy(Protocol):
+    open_streams: int
+
+
+class _Reconciler(Protocol):
+    passes: int
+    actions: int
+    failures: int
+
+
+class Telemetry:
+    """Metrics (``/metrics`` and exporters), tracing and the data plane's per-request reporting."""
+
+    def __init__(
+        self,
+        *,
+        metrics_enabled: bool = True,
+        span_exporters: Sequence[SpanExporter] = (),
+        metric_readers: Sequence[MetricReader] = (),
+        batch_spans: bool = True,
+        version: str = "0",
+    ) -> None:
+        resource = Resource(
+            {"service.name": "mcp-gateway", "service.version": version, "service.instance.id": socket.gethostname()}
+        )
+        self.prometheus = PrometheusReader() if metrics_enabled else None
+        readers = [*([self.prometheus] if self.prometheus is not None else []), *metric_readers]
+        self.metrics = GatewayMetrics(readers, resource) if readers else None
+        self.tracing = Tracing(span_exporters, resource, batch=batch_spans)
+        self._view: _View | None = None
+        self.requests = RequestTelemetry(self.metrics, self.tracing, self._known_adapter)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, version: str = "0") -> Telemetry:
+        """Telemetry as settings ask: ``/metrics`` per metrics_enabled, exporters per export.py."""
+        return cls(
+            metrics_enabled=settings.metrics_enabled,
+            span_exporters=span_exporters(settings),
+            metric_readers=metric_readers(settings),
+            version=version,
+        )
+
+    def _known_adapter(self, name: str) -> bool:
+        return self._view is not None and self._view.get(name) is not None
+
+    # --- wiring ---------------------------------------------------------------------------
+
+    def instrument_store(self, store: AdapterStore) -> AdapterStore:
+        """The store, reporting each call (unchanged when nothing records)."""
+        if self.metrics is None:
+            return store
+        return InstrumentedAdapterStore(store, self.metrics, self.tracing)
+
+    def instrument_sessions(self, sessions: SessionStore) -> SessionStore:
+        """The session store, reporting each call (unchanged when nothing records)."""
+        if self.metrics is None:
+            return sessions
+        return InstrumentedSessionStore(sessions, self.metrics, self.tracing)
+
+    def instrument_runtime(self, runtime: Runtime) -> Runtime:
+        """The runtime, reporting each slow call (unchanged when nothing records)."""
+        if self.metrics is None:
+            return runtime
+        return InstrumentedRuntime(runtime, self.metrics, self.tracing)
+
+    def observe(
+        self, *, view: _View, runtime: Runtime, router: _Router, proxy: _Proxy, reconciler: _Reconciler
+    ) -> None:
+        """Point the state gauges at their owners."""
+        self._view = view
+        metrics = self.metrics
+        if metrics is None:
+            return
+
+        def sessions_active() -> Iterable[tuple[float, dict[str, str]]]:
+            return [
+                (count, {"adapter": adapter, "replica": replica})
+                for (adapter, replica), count in router.active_sessions().items()
+            ]
+
+        def replicas_ready() -> Iterable[tuple[float, dict[str, str]]]:
+            return [(len(runtime.endpoints(name)), {"adapter": name}) for name in view.names()]
+
+        metrics.set_source("mcpgw_sessions_active", sessions_active)
+        metrics.set_source("mcpgw_replicas_ready", replicas_ready)
+        metrics.set_source("mcpgw_open_streams", lambda: [(proxy.open_streams, {})])
+        metrics.set_source("mcpgw_reconcile_passes", lambda: [(reconciler.passes, {})])
+        metrics.set_source("mcpgw_reconcile_actions", lambda: [(reconciler.actions, {})])
+        metrics.set_source("mcpgw_reconcile_failures", lambda: [(reconciler.failures, {})])
+        metrics.set_source("mcpgw_session_store_outages", lambda: [(router.store_errors, {})])
+
+    def render_metrics(self) -> str:
+        """The Prometheus text exposition (empty when metrics are disabled)."""
+        return self.prometheus.render() if self.prometheus is not None else ""
+
+    async def close(self) -> None:
+        """Flush exporters and stop (in a thread: exporters may block on the network)."""
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.shutdown)
+        await asyncio.to_thread(self.tracing.shutdown)
+
+
+def metrics_route(telemetry: Telemetry) -> HTTPRouteHandler:
+    """``GET /metrics``: Prometheus text, unauthenticated like ``/healthz``, not in the OpenAPI document."""
+
+    @get("/metrics", include_in_schema=False, sync_to_thread=False)
+    def metrics() -> Response[str]:
+        return Response(telemetry.render_metrics(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return metrics
