@@ -412,12 +412,15 @@ def test_app_gateway_serves_https_redirects_http_and_keeps_streams_open(stack: s
 def test_backend_timeout_defaults_to_3600_and_follows_config() -> None:
     from tests.infra.stack_fixtures import run_stack
 
-    run = run_stack("dev", {"backendRequestTimeoutSeconds": None, "appGatewayWaf": True})
+    # stacks/Pulumi.dev.yaml leaves the timeout at its default.
+    assert "mcp-gateway:backendRequestTimeoutSeconds" not in stack_run("dev").config
+    assert only(stack_run("dev"), "ApplicationGateway")["backendHttpSettingsCollection"][0]["requestTimeout"] == 3600
+    run = run_stack("dev", {"backendRequestTimeoutSeconds": 900, "appGatewayWaf": True})
     agw = only(run, "ApplicationGateway")
-    assert agw["backendHttpSettingsCollection"][0]["requestTimeout"] == 3600
+    assert agw["backendHttpSettingsCollection"][0]["requestTimeout"] == 900
     assert agw["sku"]["name"] == "WAF_v2"
-    run = run_stack("dev", {"backendRequestTimeoutSeconds": 900})
-    assert only(run, "ApplicationGateway")["backendHttpSettingsCollection"][0]["requestTimeout"] == 900
+    # The WAF inspects bodies, so it needs request buffering; responses still stream.
+    assert agw["globalConfiguration"] == {"enableRequestBuffering": True, "enableResponseBuffering": False}
 
 
 def test_dev_certificate_comes_from_config_as_a_secret() -> None:
