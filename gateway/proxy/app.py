@@ -259,9 +259,9 @@ class McpProxy:
                 except aiohttp.ClientError as exc:
                     raise ProxyError(502, -32003, f"replica {endpoint.replica} failed: {exc}") from None
                 async with response:
-                    self._telemetry.upstream_answered(scope, endpoint.replica, sent)
                     headers = downstream_headers(response.raw_headers)
                     upstream_id = response.headers.get("mcp-session-id")
+                    self._telemetry.upstream_answered(scope, endpoint.replica, sent, opened_session=bool(upstream_id))
                     if upstream_id and claims is None:
                         token, _ = await self._open_session("mcp", endpoint, upstream_id, scope, identity)
                         headers.append((b"mcp-session-id", token.encode()))

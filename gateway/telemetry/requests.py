@@ -158,8 +158,6 @@ class RequestTelemetry:
             if message["type"] == "http.response.start" and not req.status:
                 req.status = message["status"]
                 req.responded = time.perf_counter()
-                if req.era is None and any(k == b"mcp-session-id" for k, _ in message["headers"]):
-                    req.era = "session"
             await send(message)
 
         return observed_send
@@ -176,12 +174,19 @@ class RequestTelemetry:
             headers[:] = [(k, v) for k, v in headers if k.lower() not in ("traceparent", "tracestate")]
             headers.extend(carrier.items())
 
-    def upstream_answered(self, scope: dict[str, Any], replica: str, sent: float) -> None:
-        """Response headers arrived from ``replica``; ``sent`` is ``time.perf_counter()`` at send."""
+    def upstream_answered(
+        self, scope: dict[str, Any], replica: str, sent: float, *, opened_session: bool = False
+    ) -> None:
+        """Response headers arrived from ``replica``; ``sent`` is ``time.perf_counter()`` at send.
+
+        ``opened_session``: the response carries an ``Mcp-Session-Id`` (a 2025-era session).
+        """
         req: _Request | None = scope.get(SCOPE_KEY)
         if req is not None:
             req.upstream = time.perf_counter() - sent
             req.replica = replica
+            if opened_session and req.era is None:
+                req.era = "session"
 
     def request_finished(self, scope: dict[str, Any]) -> None:
         """The request is over (response sent, error answered, or client gone)."""
