@@ -35,12 +35,12 @@ RUNTIME_RULES: list[dict[str, Any]] = [
     {
         "api_groups": ["apps"],
         "resources": ["statefulsets"],
-        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+        "verbs": ["get", "list", "create", "update", "delete"],
     },
     {
         "api_groups": [""],
         "resources": ["services"],
-        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+        "verbs": ["get", "list", "create", "update", "delete"],
     },
     {"api_groups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"api_groups": [""], "resources": ["pods/log"], "verbs": ["get"]},

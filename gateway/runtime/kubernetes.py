@@ -53,6 +53,14 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 DEPENDENCY = "Kubernetes API"
+RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("apps", "statefulsets", ("get", "list", "create", "update", "delete")),
+    ("", "services", ("get", "list", "create", "update", "delete")),
+    ("", "pods", ("get", "list", "watch")),
+    ("", "pods/log", ("get",)),
+)
+"""(API group, resource, verbs): every call this runtime makes in the adapter namespace, nothing more.
+The Pulumi Role (infra/gateway_k8s.py) and docs/kubernetes.md are tested against it."""
 REQUEST_TIMEOUT = 15.0
 """Seconds one API call (not a watch) may take."""
 WATCH_TIMEOUT = 300

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.runtime.kubernetes import RBAC_RULES as KUBERNETES_RBAC_RULES
 from gateway.settings import load_settings
 from tests.infra.stack_fixtures import (
     DEPLOYER,
@@ -26,12 +27,8 @@ from tests.infra.stack_fixtures import (
 
 AZURE_STACKS = ["dev", "prod"]
 ALL_STACKS = ["local", "dev", "prod"]
-RUNTIME_RULES = {
-    ("apps", "statefulsets"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "pods/log"): {"get"},
-}
+# The Role must grant exactly what the Kubernetes runtime calls.
+RUNTIME_RULES = {(group, resource): set(verbs) for group, resource, verbs in KUBERNETES_RBAC_RULES}
 
 
 def azure(run: StackRun, kind: str) -> list[Registration]:
@@ -519,3 +516,13 @@ def test_local_stack_runs_one_gateway_on_sqlite_with_in_cluster_redis_and_no_azu
     ]
     assert run.k8s("Service", "mcp-gateway", "mcp-gateway")["spec"]["type"] == "ClusterIP"
     assert "annotations" not in run.k8s("ServiceAccount", "mcp-gateway", "mcp-gateway")["metadata"]
+
+
+def test_docs_show_exactly_the_role_the_runtime_needs() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md").read_text()
+    block = doc[doc.index("kind: Role\n") : doc.index("---", doc.index("kind: Role\n"))]
+    role = yaml.safe_load("kind: Role\n" + block.split("kind: Role\n", 1)[1])
+    documented = {(r["apiGroups"][0], r["resources"][0]): set(r["verbs"]) for r in role["rules"]}
+    assert documented == RUNTIME_RULES
