@@ -29,12 +29,19 @@ _ANSWERS = (AdapterExists, EtagMismatch, KeyError, InstanceNotFound)
 class _Calls:
     """Times calls of one dependency into a histogram/counter pair and opens child spans."""
 
-    def __init__(self, prefix: str, histogram: Any, errors: Any, tracing: Tracing) -> None:
+    def __init__(self, prefix: str, histogram: Any | None, errors: Any | None, tracing: Tracing) -> None:
         self._prefix = prefix
         self._histogram = histogram
         self._errors = errors
         self._tracing = tracing
         self._attrs: dict[str, dict[str, str]] = {}
+
+    @classmethod
+    def of(cls, prefix: str, metrics: GatewayMetrics | None, histogram: str, errors: str, tracing: Tracing) -> _Calls:
+        """Calls reported to the named instruments of ``metrics`` (none when metrics are off)."""
+        if metrics is None:
+            return cls(prefix, None, None, tracing)
+        return cls(prefix, getattr(metrics, histogram), getattr(metrics, errors), tracing)
 
     @contextlib.contextmanager
     def __call__(self, operation: str, adapter: str | None = None) -> Iterator[None]:
@@ -51,20 +58,21 @@ class _Calls:
                 yield
         except _ANSWERS:
             raise
-        except BaseException as exc:
-            if isinstance(exc, Exception):
+        except Exception:
+            if self._errors is not None:
                 self._errors.add(1, attrs)
             raise
         finally:
-            self._histogram.record(time.perf_counter() - start, attrs)
+            if self._histogram is not None:
+                self._histogram.record(time.perf_counter() - start, attrs)
 
 
 class InstrumentedAdapterStore:
     """An ``AdapterStore`` that reports every call (``store.*`` spans, ``mcpgw_store_*``)."""
 
-    def __init__(self, inner: AdapterStore, metrics: GatewayMetrics, tracing: Tracing) -> None:
+    def __init__(self, inner: AdapterStore, metrics: GatewayMetrics | None, tracing: Tracing) -> None:
         self.inner = inner
-        self._call = _Calls("store", metrics.store_latency, metrics.store_errors, tracing)
+        self._call = _Calls.of("store", metrics, "store_latency", "store_errors", tracing)
 
     async def start(self) -> None:
         """Start the wrapped store."""
@@ -108,9 +116,9 @@ class InstrumentedAdapterStore:
 class InstrumentedSessionStore:
     """A ``SessionStore`` that reports every call (``session_store.*`` spans, ``mcpgw_session_store_*``)."""
 
-    def __init__(self, inner: SessionStore, metrics: GatewayMetrics, tracing: Tracing) -> None:
+    def __init__(self, inner: SessionStore, metrics: GatewayMetrics | None, tracing: Tracing) -> None:
         self.inner = inner
-        self._call = _Calls("session_store", metrics.session_store_latency, metrics.session_store_errors, tracing)
+        self._call = _Calls.of("session_store", metrics, "session_store_latency", "session_store_errors", tracing)
 
     async def start(self) -> None:
         """Start the wrapped store."""
@@ -162,9 +170,9 @@ class InstrumentedRuntime:
     ``endpoints`` and ``add_listener`` pass straight through: they are in-memory reads.
     """
 
-    def __init__(self, inner: Runtime, metrics: GatewayMetrics, tracing: Tracing) -> None:
+    def __init__(self, inner: Runtime, metrics: GatewayMetrics | None, tracing: Tracing) -> None:
         self.inner = inner
-        self._call = _Calls("runtime", metrics.runtime_latency, metrics.runtime_errors, tracing)
+        self._call = _Calls.of("runtime", metrics, "runtime_latency", "runtime_errors", tracing)
 
     async def start(self) -> None:
         """Start the wrapped runtime."""

@@ -90,20 +90,20 @@ class Telemetry:
     # --- wiring ---------------------------------------------------------------------------
 
     def instrument_store(self, store: AdapterStore) -> AdapterStore:
-        """The store, reporting each call (unchanged when nothing records)."""
-        if self.metrics is None:
+        """The store, reporting each call (unchanged when nothing records or traces)."""
+        if self.metrics is None and not self.tracing.enabled:
             return store
         return InstrumentedAdapterStore(store, self.metrics, self.tracing)
 
     def instrument_sessions(self, sessions: SessionStore) -> SessionStore:
         """The session store, reporting each call (unchanged when nothing records)."""
-        if self.metrics is None:
+        if self.metrics is None and not self.tracing.enabled:
             return sessions
         return InstrumentedSessionStore(sessions, self.metrics, self.tracing)
 
     def instrument_runtime(self, runtime: Runtime) -> Runtime:
         """The runtime, reporting each slow call (unchanged when nothing records)."""
-        if self.metrics is None:
+        if self.metrics is None and not self.tracing.enabled:
             return runtime
         return InstrumentedRuntime(runtime, self.metrics, self.tracing)
 
