@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import shutil
 import signal
 import socket
 from collections.abc import Callable, Mapping
@@ -54,6 +55,23 @@ def child_setup(parent_pid: int) -> Callable[[], None]:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return setup
+
+
+SETPRIV = shutil.which("setpriv")
+
+
+def launch(command: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """The argv and preexec_fn that start ``command`` so that it dies with the gateway.
+
+    With util-linux's ``setpriv --pdeathsig KILL`` no Python code runs between fork and exec.
+    That matters: a preexec_fn makes CPython run every library's at-fork hooks in the child, and
+    a hook that touches a lock or a thread pool (OpenTelemetry's MeterProvider does) can hang the
+    forked child of a threaded gateway forever, before it ever execs. Without setpriv (not a
+    util-linux system), the preexec_fn is the fallback.
+    """
+    if SETPRIV is not None:
+        return [SETPRIV, "--pdeathsig", "KILL", "--", *command], None
+    return command, child_setup(os.getpid())
 
 
 def free_port() -> int:

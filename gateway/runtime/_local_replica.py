@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.runtime._local_catalog import expand_process
-from gateway.runtime._local_process import OWNER_ENV, child_setup, free_port, probe, signal_group
+from gateway.runtime._local_process import OWNER_ENV, free_port, launch, probe, signal_group
 from gateway.runtime.base import Endpoint
 
 log = logging.getLogger("gateway.runtime.local")
@@ -196,14 +196,15 @@ class Replica:
                 f"----- mcp-gateway {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {self.name} starting "
                 f"{self.spec.image} generation {self.generation} on port {self.port} (uid {self.uid}) -----\n".encode(),
             )
+            argv, preexec = launch(command)
             process = await asyncio.create_subprocess_exec(
-                *command,
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=fd,
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._environment(),
                 cwd=self.spec.cwd,
-                preexec_fn=child_setup(os.getpid()),
+                preexec_fn=preexec,
                 start_new_session=True,  # own session and process group: signalled as one
                 close_fds=True,
             )
