@@ -20,11 +20,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import aiohttp
 import msgspec
 
 from gateway.auth.base import Authenticator, can_read
@@ -36,6 +35,7 @@ from gateway.proxy.hosts import HostPolicy
 from gateway.proxy.sealing import SessionClaims
 from gateway.proxy.sessions import SessionRejected, SessionRouter
 from gateway.proxy.sse import EndpointRewriter, upstream_path
+from gateway.proxy.upstream import UpstreamPool, UpstreamProtocolError, UpstreamResponse
 from gateway.runtime.base import Endpoint, Runtime
 from gateway.store.view import AdapterView
 from gateway.telemetry.requests import RequestTelemetry
@@ -101,25 +101,13 @@ class McpProxy:
         self._www_authenticate = www_authenticate
         self._telemetry = telemetry or RequestTelemetry.disabled()
         self._balancer = Balancer()
-        self._client: aiohttp.ClientSession | None = None
+        self._client: UpstreamPool | None = None
         self.open_streams = 0
 
     async def start(self) -> None:
         """Open the upstream connection pool."""
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=self._pool_size, keepalive_timeout=30, enable_cleanup_closed=True
-        )
-        self._client = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=self._connect_timeout,
-                sock_connect=self._connect_timeout,
-                sock_read=self._read_timeout,
-            ),
-            cookie_jar=aiohttp.DummyCookieJar(),
+        self._client = UpstreamPool(
+            connect_timeout=self._connect_timeout, read_timeout=self._read_timeout, max_per_host=self._pool_size
         )
 
     async def close(self) -> None:
@@ -249,18 +237,16 @@ class McpProxy:
             async with _DisconnectWatch(receive, body_done):
                 sent = time.perf_counter()
                 try:
-                    response = await self._client.request(
-                        scope["method"], url, headers=out_headers, data=body, allow_redirects=False
-                    )
-                except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+                    response = await self._client.request(scope["method"], url, out_headers, body)
+                except ConnectionError as exc:
                     raise ProxyError(502, -32003, f"replica {endpoint.replica} is unreachable: {exc}") from None
                 except TimeoutError:
                     raise ProxyError(504, -32004, f"replica {endpoint.replica} did not answer in time") from None
-                except aiohttp.ClientError as exc:
+                except UpstreamProtocolError as exc:
                     raise ProxyError(502, -32003, f"replica {endpoint.replica} failed: {exc}") from None
                 async with response:
                     headers = downstream_headers(response.raw_headers)
-                    upstream_id = response.headers.get("mcp-session-id")
+                    upstream_id = response.header("mcp-session-id")
                     self._telemetry.upstream_answered(scope, endpoint.replica, sent, opened_session=bool(upstream_id))
                     if upstream_id and claims is None:
                         token, _ = await self._open_session("mcp", endpoint, upstream_id, scope, identity)
@@ -288,21 +274,20 @@ class McpProxy:
         except SessionStoreUnavailable as exc:
             raise ProxyError(503, -32005, f"cannot open a session: {exc.detail}", {"Retry-After": "5"}) from None
 
-    async def _stream_response(self, send: Send, response: aiohttp.ClientResponse, headers: list[Any]) -> None:
+    async def _stream_response(self, send: Send, response: UpstreamResponse, headers: list[Any]) -> None:
         streaming = response.content_type == "text/event-stream"
         if streaming:
             self.open_streams += 1
         try:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
-            content = response.content
-            while chunk := await content.readany():
+            while chunk := await response.read_chunk():
                 # A chunk that ends the body is sent as the last one: one write instead of two.
-                last = content.at_eof()
+                last = response.at_eof()
                 await send({"type": "http.response.body", "body": chunk, "more_body": not last})
                 if last:
                     return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError, TimeoutError) as exc:
+        except (ConnectionError, TimeoutError, UpstreamProtocolError) as exc:
             log.info("upstream stream ended early: %s", exc)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -328,7 +313,7 @@ class McpProxy:
 
     async def _request_body(
         self, scope: Scope, receive: Receive, request_headers: dict[str, str]
-    ) -> tuple[bytes | AsyncIterator[bytes], bool]:
+    ) -> tuple[bytes, bool]:
         """The request body: bytes when it came in one piece, else a size-checked stream.
 
         The flag says whether the whole body has been read (so disconnects can be watched).
@@ -376,8 +361,8 @@ class McpProxy:
             async with _DisconnectWatch(receive, True):
                 sent = time.perf_counter()
                 try:
-                    response = await self._client.get(url, headers=out_headers, allow_redirects=False)
-                except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+                    response = await self._client.request("GET", url, out_headers, b"")
+                except ConnectionError as exc:
                     raise ProxyError(502, -32003, f"replica {endpoint.replica} is unreachable: {exc}") from None
                 except TimeoutError:
                     raise ProxyError(504, -32004, f"replica {endpoint.replica} did not answer in time") from None
@@ -398,10 +383,10 @@ class McpProxy:
                     await send({"type": "http.response.body", "body": rewriter[0], "more_body": True})
                     self.open_streams += 1
                     try:
-                        async for chunk in response.content.iter_any():
+                        while chunk := await response.read_chunk():
                             await send({"type": "http.response.body", "body": chunk, "more_body": True})
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+                    except (ConnectionError, UpstreamProtocolError) as exc:
                         log.info("upstream SSE stream ended early: %s", exc)
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                     finally:
@@ -413,7 +398,7 @@ class McpProxy:
                     await asyncio.shield(self._sessions.revoke(claims))
 
     async def _sse_preamble(
-        self, scope: Scope, name: str, endpoint: Endpoint, identity: Identity, response: aiohttp.ClientResponse
+        self, scope: Scope, name: str, endpoint: Endpoint, identity: Identity, response: UpstreamResponse
     ) -> tuple[bytes, SessionClaims]:
         """Read up to the endpoint event, open the session, return the rewritten bytes and the claims."""
         tokens: list[str] = []
@@ -426,14 +411,15 @@ class McpProxy:
             return path
 
         buffered = b""
-        async for chunk in response.content.iter_any():
+        while True:
+            chunk = await response.read_chunk()
+            if not chunk:
+                raise ProxyError(502, -32003, f"replica {endpoint.replica} closed the SSE stream before its endpoint")
             buffered += chunk
             if _has_endpoint_event(buffered):
                 break
             if len(buffered) > 64 * 1024:
                 raise ProxyError(502, -32003, f"replica {endpoint.replica} sent no SSE endpoint event")
-        else:
-            raise ProxyError(502, -32003, f"replica {endpoint.replica} closed the SSE stream before its endpoint")
         probe = EndpointRewriter(lambda upstream, absolute: upstream)
         probe.feed(buffered)
         if probe.upstream_endpoint is None:
