@@ -466,27 +466,38 @@ def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
 
 
+DISCONNECT_WATCH_DELAY = 0.01
+"""Seconds before a request starts watching for its client to disconnect (see _DisconnectWatch)."""
+
+
 class _DisconnectWatch:
     """Cancel the enclosed work when the client disconnects (after the body was read).
 
-    A class rather than an ``asynccontextmanager``: this runs on every request, and a plain
-    ``__aenter__``/``__aexit__`` pair costs a fraction of a generator-based context manager.
+    Watching takes a task that waits on ``receive()``. Most proxied calls are over in a few
+    milliseconds, so the task is only started after ``DISCONNECT_WATCH_DELAY``: a timer costs a
+    tenth of a task, and a client that leaves in the first 10 ms is noticed 10 ms later at most.
+    A class rather than an ``asynccontextmanager``, which costs several times more per request.
     """
 
-    __slots__ = ("_disconnected", "_receive", "_task", "_watch", "_watcher")
+    __slots__ = ("_disconnected", "_receive", "_task", "_timer", "_watch", "_watcher")
 
     def __init__(self, receive: Receive, watch: bool) -> None:
         self._receive = receive
         self._watch = watch
         self._disconnected = False
         self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> None:
         if self._watch:
             self._task = asyncio.current_task()
             assert self._task is not None
-            self._watcher = asyncio.create_task(self._watch_disconnect())
+            self._timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_DELAY, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        self._watcher = asyncio.create_task(self._watch_disconnect())
 
     async def _watch_disconnect(self) -> None:
         while True:
@@ -498,6 +509,9 @@ class _DisconnectWatch:
                 return
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._watcher is None:
             return
         self._watcher.cancel()
