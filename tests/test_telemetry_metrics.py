@@ -23,7 +23,7 @@ JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJl"
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    env = {"MCPGW_IMAGE_CATALOG": str(CATALOG), "MCPGW_LOG_FORMAT": "json"}
+    env = {"MCPGW_IMAGE_CATALOG": str(CATALOG), "MCPGW_LOG_FORMAT": "json", "MCPGW_ACCESS_LOG": "all"}
     with start_gateway(tmp_path_factory.mktemp("telemetry") / "data", env) as g:
         with g.client() as api:
             for body in (
@@ -191,6 +191,11 @@ def test_session_store_errors_are_counted(tmp_path: Path) -> None:
         series = scrape(g.url)
         assert value(series, "mcpgw_session_store_errors_total", operation="put") >= 1
         assert value(series, "mcpgw_requests_total", adapter="rec", era="session", method="POST", status="503") == 1
+        assert post(g).status_code == 200
+        # the default access log keeps failures only
+        logged = wait_for(lambda: [line for line in access_lines(g) if line["status"] == 503], timeout=5, what="503")
+        assert logged[0]["era"] == "session" and logged[0]["replica"] == "rec-0"
+        assert not [line for line in access_lines(g) if line["status"] == 200]
 
 
 def test_metrics_can_be_disabled(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from gateway.telemetry.logs import ACCESS_LOGGER, hash_user, sanitize
+from gateway.telemetry.logs import ACCESS_LOGGER, FIELDS, hash_user, sanitize
 from gateway.telemetry.metrics import UNKNOWN, GatewayMetrics
 from gateway.telemetry.tracing import DISABLED, PROPAGATOR, Tracing
 
@@ -82,17 +82,18 @@ class RequestTelemetry:
         tracing: Tracing,
         known_adapter: Callable[[str], bool],
         *,
-        access_log: bool = True,
+        access_log: str = "errors",
     ) -> None:
         self._metrics = metrics
         self._tracing = tracing
         self._known = known_adapter
-        self._access_log = access_log
+        self._access_log = access_log != "off"
+        self._access_errors_only = access_log == "errors"
 
     @classmethod
     def disabled(cls) -> RequestTelemetry:
         """Reports nothing at all (no metrics, no spans, no access log)."""
-        return cls(None, DISABLED, lambda name: False, access_log=False)
+        return cls(None, DISABLED, lambda name: False, access_log="off")
 
     def request_started(self, scope: dict[str, Any], send: Send, name: str, route: str) -> Send:
         """Begin a request; returns the ``send`` the proxy must use from now on."""
@@ -150,7 +151,7 @@ class RequestTelemetry:
             req.request_id = format(span.get_span_context().trace_id, "032x")
         if request_id is not None:
             req.request_id = sanitize(request_id.decode("latin-1"), 64)
-        elif not req.request_id:
+        elif not req.request_id and logging_on:
             req.request_id = os.urandom(8).hex()
         scope[SCOPE_KEY] = req
 
@@ -204,21 +205,26 @@ class RequestTelemetry:
         if metrics is not None:
             metrics.count_request(adapter, era, req.method, status)
             if req.upstream is not None and overhead is not None:
-                attrs = metrics.adapter_attributes(adapter)
-                metrics.upstream_latency.record(req.upstream, attrs)
-                metrics.gateway_latency.record(overhead, attrs)
+                metrics.record_latency(adapter, req.upstream, overhead)
         duration_ms = round((end - req.started) * 1000, 2)
-        if self._access_log and access_log.isEnabledFor(logging.INFO):
-            access_log.info(
+        log_it = self._access_log and (status >= 400 or not self._access_errors_only)
+        if log_it and access_log.isEnabledFor(logging.INFO):
+            # makeRecord + handle: the same handlers and filters as .info(), without the caller lookup
+            record = access_log.makeRecord(
+                ACCESS_LOGGER,
+                logging.INFO,
+                "",
+                0,
                 "%s /adapters/%s/%s %d %.1fms",
-                scope["method"],
-                req.adapter,
-                req.route,
-                status,
-                duration_ms,
-                extra={
+                (scope["method"], req.adapter, req.route, status, duration_ms),
+                None,
+            )
+            setattr(
+                record,
+                FIELDS,
+                {
                     "request_id": req.request_id,
-                    "adapter": req.adapter,
+                    "adapter": sanitize(req.adapter, 100),
                     "route": req.route,
                     "era": era,
                     "method": req.method,
@@ -229,6 +235,7 @@ class RequestTelemetry:
                     "upstream_ms": round(req.upstream * 1000, 2) if req.upstream is not None else None,
                 },
             )
+            access_log.handle(record)
         span = req.span
         if span is not None:
             span.set_attribute("http.response.status_code", status)

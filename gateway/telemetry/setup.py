@@ -62,6 +62,7 @@ class Telemetry:
         span_exporters: Sequence[SpanExporter] = (),
         metric_readers: Sequence[MetricReader] = (),
         batch_spans: bool = True,
+        access_log: str = "errors",
         version: str = "0",
     ) -> None:
         resource = Resource(
@@ -69,10 +70,10 @@ class Telemetry:
         )
         self.prometheus = PrometheusReader() if metrics_enabled else None
         readers = [*([self.prometheus] if self.prometheus is not None else []), *metric_readers]
-        self.metrics = GatewayMetrics(readers, resource) if readers else None
+        self.metrics = GatewayMetrics(readers, resource, export=bool(metric_readers)) if readers else None
         self.tracing = Tracing(span_exporters, resource, batch=batch_spans)
         self._view: _View | None = None
-        self.requests = RequestTelemetry(self.metrics, self.tracing, self._known_adapter)
+        self.requests = RequestTelemetry(self.metrics, self.tracing, self._known_adapter, access_log=access_log)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, version: str = "0") -> Telemetry:
@@ -81,6 +82,7 @@ class Telemetry:
             metrics_enabled=settings.metrics_enabled,
             span_exporters=span_exporters(settings),
             metric_readers=metric_readers(settings),
+            access_log=settings.access_log,
             version=version,
         )
 
@@ -135,7 +137,10 @@ class Telemetry:
 
     def render_metrics(self) -> str:
         """The Prometheus text exposition (empty when metrics are disabled)."""
-        return self.prometheus.render() if self.prometheus is not None else ""
+        if self.prometheus is None or self.metrics is None:
+            return ""
+        local = self.metrics.local
+        return self.prometheus.render(frozenset(h.name for h in local)) + self.metrics.render_local()
 
     async def close(self) -> None:
         """Flush exporters and stop (in a thread: exporters may block on the network)."""
