@@ -69,6 +69,7 @@ async def test_span_tree_and_traceparent_reach_the_upstream(tmp_path: Path) -> N
     assert first.attributes is not None
     assert first.attributes["mcp.method.name"] == "tools/call" and first.attributes["mcpgw.era"] == "modern"
     assert first.attributes["http.response.status_code"] == 200 and first.attributes["mcpgw.replica"] == "rec-0"
+    assert 0 < float(first.attributes["mcpgw.upstream_ms"]) < (first.end_time - first.start_time) / 1e6  # type: ignore[operator]
     # the upstream received our span as its parent, not the client's
     assert seen.startswith(f"00-{TRACE_ID}-{format(first.context.span_id, '016x')}-")
 

@@ -242,6 +242,8 @@ class RequestTelemetry:
             span.set_attribute("mcpgw.era", era)
             if req.replica:
                 span.set_attribute("mcpgw.replica", req.replica)
+            if req.upstream is not None:
+                span.set_attribute("mcpgw.upstream_ms", round(req.upstream * 1000, 3))
             if req.user is not None:
                 span.set_attribute("enduser.hash", hash_user(req.user))
             if status >= 500:
