@@ -19,6 +19,7 @@ from gateway.runtime.base import InstanceNotFound, Runtime
 from gateway.sessions.base import SessionStore
 from gateway.store.base import AdapterExists, AdapterStore, EtagMismatch
 from gateway.store.view import AdapterView
+from gateway.telemetry.logs import hash_user
 from gateway.telemetry.tracing import DISABLED, Tracing, traced
 
 log = logging.getLogger("gateway.control")
@@ -89,7 +90,7 @@ class AdapterService:
             raise Conflict(f"adapter {data.name!r} already exists", field="name") from None
         self._view.put(stored)
         self._reconciler.kick()
-        log.info("adapter %s created by %s", stored.name, identity.user_id)
+        log.info("adapter %s created by user %s", stored.name, hash_user(identity.user_id))
         return stored
 
     @traced("adapter.get")
@@ -153,7 +154,7 @@ class AdapterService:
         self._view.put(stored)
         if stored.generation != current.generation:
             self._reconciler.kick()
-        log.info("adapter %s updated by %s (generation %d)", name, identity.user_id, stored.generation)
+        log.info("adapter %s updated by user %s (generation %d)", name, hash_user(identity.user_id), stored.generation)
         return stored
 
     async def _readable_or_writable(self, identity: Identity, name: str) -> AdapterRecord:
@@ -175,7 +176,7 @@ class AdapterService:
         await self._runtime.remove(name)
         await self._sessions.revoke_adapter(name)
         self._clock.forget(name)
-        log.info("adapter %s deleted by %s", name, identity.user_id)
+        log.info("adapter %s deleted by user %s", name, hash_user(identity.user_id))
 
     @traced("adapter.status")
     async def status(self, identity: Identity, name: str) -> AdapterStatus:
