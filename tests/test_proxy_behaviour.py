@@ -196,3 +196,28 @@ def test_replica_dying_mid_request_is_502_and_the_gateway_keeps_serving(gw: Gate
         wait_ready(api, "rec-other", 1, timeout=30)
     assert report(post(gw, adapter="rec-other"))["replica"] == "rec-other-0"
     assert "Traceback" not in gw.log_text()
+
+
+def test_browser_clients_get_cors_for_accepted_origins_only(gw: GatewayProcess) -> None:
+    url = f"{gw.url}/adapters/rec/mcp"
+    preflight = httpx.options(
+        url,
+        headers={
+            "Origin": "http://localhost:6274",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, mcp-session-id, mcp-protocol-version",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "http://localhost:6274"
+    assert preflight.headers["access-control-allow-methods"] == "POST, GET, DELETE"
+    assert "mcp-session-id" in preflight.headers["access-control-allow-headers"]
+    jsonrpc_error(httpx.options(url, headers={"Origin": "http://evil.example.com"}), 403)
+
+    opened = post(gw, headers={"Origin": "http://localhost:6274", "x-test-session": "s-1"})
+    assert opened.headers["access-control-allow-origin"] == "http://localhost:6274"
+    assert "Mcp-Session-Id" in opened.headers["access-control-expose-headers"]
+    assert "WWW-Authenticate" in opened.headers["access-control-expose-headers"]
+    missing = post(gw, adapter="missing", headers={"Origin": "http://localhost:6274"})
+    assert missing.status_code == 404 and missing.headers["access-control-allow-origin"] == "http://localhost:6274"
+    assert "access-control-allow-origin" not in post(gw).headers

@@ -30,6 +30,7 @@ from gateway.auth.base import Authenticator, can_read
 from gateway.errors import GatewayError, SessionStoreUnavailable, Unauthenticated
 from gateway.models import Identity
 from gateway.proxy.balancer import Balancer
+from gateway.proxy.cors import preflight_headers, request_origin, with_cors
 from gateway.proxy.headers import downstream_headers, upstream_headers
 from gateway.proxy.hosts import HostPolicy
 from gateway.proxy.sealing import SessionClaims
@@ -121,6 +122,14 @@ class McpProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send, name: str, route: str) -> None:
         """Serve one request to ``/adapters/{name}/{route}``."""
         send = self._telemetry.request_started(scope, send, name, route)
+        origin = request_origin(scope["headers"])
+        if origin is not None:
+            if scope["method"] == "OPTIONS":
+                await self._preflight(scope, send, route, origin)
+                self._telemetry.request_finished(scope)
+                return
+            if self._hosts.check(None, origin.decode("latin-1")) is None:
+                send = with_cors(send, origin)
         started = False
 
         async def tracked_send(message: Message) -> None:
@@ -150,6 +159,17 @@ class McpProxy:
                 await _error(send, ProxyError(502, -32603, "the gateway could not complete the upstream request"))
         finally:
             self._telemetry.request_finished(scope)
+
+    async def _preflight(self, scope: Scope, send: Send, route: str, origin: bytes) -> None:
+        """Answer a CORS preflight: 204 for an accepted origin, else 403."""
+        headers = _header_map(scope["headers"])
+        problem = self._hosts.check(headers.get("host"), origin.decode("latin-1"))
+        if problem is not None:
+            await _error(send, ProxyError(problem[0], -32600, problem[1]))
+            return
+        out = preflight_headers(origin, ALLOWED_METHODS[route], headers.get("access-control-request-headers"))
+        await send({"type": "http.response.start", "status": 204, "headers": out})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, name: str, route: str) -> None:
         method: str = scope["method"]
