@@ -161,9 +161,12 @@ def test_access_log_is_one_json_object_per_request_without_secrets(gw: GatewayPr
 
     def logged() -> list[dict[str, Any]]:
         lines = access_lines(gw)
-        return lines if any(line.get("request_id") == "req-42" for line in lines) else []
+        both = any(line.get("request_id") == "req-42" for line in lines) and any(
+            "injected" in str(line.get("adapter")) for line in lines
+        )
+        return lines if both else []
 
-    lines = wait_for(logged, timeout=5, what="the access log line")
+    lines = wait_for(logged, timeout=5, what="both access log lines")
     line = next(line for line in lines if line.get("request_id") == "req-42")
     assert line["logger"] == "gateway.access" and line["level"] == "info"
     assert line["adapter"] == "rec" and line["era"] == "session" and line["replica"] == "rec-0"
