@@ -91,7 +91,9 @@ class Settings:
     upstream_read_timeout: float = setting(
         300.0, "Seconds an upstream may stay silent (between chunks) before 504; streams have no total limit."
     )
-    upstream_pool_size: int = setting(256, "Keep-alive connections kept per replica.")
+    upstream_pool_size: int = setting(
+        1024, "Most connections open at once to one replica; every open stream holds one (then 504)."
+    )
     allowed_hosts: tuple[str, ...] = setting(
         (),
         "Host header values accepted (host or host:port, '*' for any). Loopback forms and the public URL's "
