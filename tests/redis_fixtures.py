@@ -36,6 +36,8 @@ from urllib.parse import quote
 import pytest
 import redis
 
+from tests.tls_fixtures import write_tls_files
+
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 
@@ -83,7 +85,7 @@ class RedisServer:
         self.ca_file = self.dir / "ca.pem"
         self.process: subprocess.Popen[bytes] | None = None
         if tls:
-            _write_tls_files(self.dir)
+            write_tls_files(self.dir)
 
     @property
     def url(self) -> str:
@@ -123,7 +125,12 @@ class RedisServer:
         if self.tls:
             args[2] = "0"  # no plain-text port
             args += ["--tls-port", str(self.port), "--tls-auth-clients", "no"]
-            args += ["--tls-cert-file", str(self.dir / "server.pem"), "--tls-key-file", str(self.dir / "server.key")]
+            args += [
+                "--tls-cert-file",
+                str(self.dir / "server.pem"),
+                "--tls-key-file",
+                str(self.dir / "server-key.pem"),
+            ]
             args += ["--tls-ca-cert-file", str(self.ca_file)]
         args += self.extra_args
         self.process = subprocess.Popen(
@@ -206,54 +213,6 @@ class RedisServer:
             return False
         # +PONG, or -NOAUTH when a password is required: either way the server is serving.
         return reply.startswith((b"+PONG", b"-NOAUTH"))
-
-
-def _write_tls_files(folder: Path) -> None:
-    """A test CA (ca.pem) and a server certificate for localhost/127.0.0.1 it signed (server.pem/.key)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mcp-gateway test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
 
 
 @pytest.fixture
