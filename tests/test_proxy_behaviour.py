@@ -90,6 +90,8 @@ def test_client_credentials_and_identity_claims_never_reach_the_upstream(gw: Gat
     assert seen["mcp-protocol-version"] == "2026-07-28"
     assert seen["traceparent"].startswith("00-0af7651916cd43dd")
     assert "x-dev-user-id" not in seen and "connection" not in seen
+    # the gateway checked Origin itself; the upstream's own rebinding check must not see a browser origin
+    assert "origin" not in report(post(gw, headers={"Origin": "http://localhost:6274"}))["headers"]
 
 
 def test_upstream_status_headers_and_body_pass_through_unchanged(gw: GatewayProcess) -> None:

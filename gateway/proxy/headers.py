@@ -38,6 +38,7 @@ STRIPPED_UPSTREAM = HOP_BY_HOP | {
     b"mcp-session-id",
     b"content-length",
     b"expect",
+    b"origin",  # checked by the gateway; upstream DNS-rebinding checks would refuse a browser's origin
 }
 STRIPPED_DOWNSTREAM = HOP_BY_HOP | {b"mcp-session-id", b"content-length", b"server", b"date"}
 
