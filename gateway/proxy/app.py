@@ -406,7 +406,7 @@ class McpProxy:
                         while chunk := await response.read_chunk():
                             await send({"type": "http.response.body", "body": chunk, "more_body": True})
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    except (ConnectionError, UpstreamProtocolError) as exc:
+                    except (ConnectionError, TimeoutError, UpstreamProtocolError) as exc:
                         log.info("upstream SSE stream ended early: %s", exc)
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                     finally:
