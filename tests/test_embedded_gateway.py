@@ -80,7 +80,15 @@ def test_put_changes_env_and_replicas_and_removed_env_is_gone(gateway: GatewayPr
         assert updated.status_code == 200 and updated.json()["generation"] == 2
         status = wait_ready(api, "envy", 2)
         assert status["observedGeneration"] == 2
-        assert all(i["generation"] == 2 for i in status["instances"])
+
+        def rolled() -> dict[str, Any] | None:
+            current: dict[str, Any] = api.get("/adapters/envy/status").json()
+            instances = current["instances"]
+            progressing = next(c for c in current["conditions"] if c["type"] == "Progressing")
+            done = len(instances) == 2 and all(i["generation"] == 2 and i["ready"] for i in instances)
+            return current if done and progressing["status"] == "False" else None
+
+        wait_for(rolled, timeout=30, what="both replicas on generation 2 and the rollout complete")
 
     async def every_replica() -> None:
         seen: dict[str, tuple[Any, Any]] = {}
