@@ -14,21 +14,36 @@ import pytest
 
 from tests.conformance_fixtures import ServerProcess, run_conformance, run_inspector, start_conformance_server
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_ready
+from tests.redis_fixtures import RedisServer, redis_server_session  # noqa: F401
 
 CATALOG = Path(__file__).with_name("upstreams") / "images.toml"
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gw(tmp_path_factory: pytest.TempPathFactory, redis_server_session: RedisServer) -> Iterator[GatewayProcess]:  # noqa: F811
     with start_gateway(tmp_path_factory.mktemp("clients") / "data", {"MCPGW_IMAGE_CATALOG": str(CATALOG)}) as g:
         with g.client() as api:
             api.post("/adapters", json=example_adapter("example", replicas=2))
-            # One replica: the suite's list-changed checks subscribe on one request and change the
-            # list on another; across replicas that needs a shared subscription bus in the server.
             conformance = example_adapter("conformance", replicas=1, imageName="conformance-server", imageVersion="1.0")
             api.post("/adapters", json=conformance)
+            # Two replicas: stateless requests spread over both. The suite's list-changed checks
+            # subscribe on one request and change the list on another, so the replicas share a
+            # subscription bus over Redis (MRTR request state keys are shared by the image's env).
+            bus = {
+                "MCP_SUBSCRIPTION_REDIS_URL": redis_server_session.url,
+                "MCP_SUBSCRIPTION_CHANNEL": f"conformance-{g.port}",
+            }
+            scaled = example_adapter(
+                "conformance-ha",
+                replicas=2,
+                imageName="conformance-server",
+                imageVersion="1.0",
+                environmentVariables=bus,
+            )
+            api.post("/adapters", json=scaled)
             wait_ready(api, "example", 2, timeout=40)
             wait_ready(api, "conformance", 1, timeout=40)
+            wait_ready(api, "conformance-ha", 2, timeout=40)
         yield g
 
 
@@ -50,6 +65,16 @@ def test_conformance_suite_passes_the_same_checks_through_the_gateway(
     assert not missing, f"checks passing directly but not through the gateway: {sorted(missing)}"
     assert set(straight.scored_scenarios) <= set(proxied.scenarios)
     assert proxied.count("SUCCESS", scored_only=True) >= 40
+
+
+def test_conformance_2026_passes_through_the_gateway_over_two_replicas(
+    gw: GatewayProcess, direct: ServerProcess, tmp_path: Path
+) -> None:
+    straight = run_conformance(direct.mcp_url, "2026-07-28", tmp_path / "direct")
+    proxied = run_conformance(f"http://localhost:{gw.port}/adapters/conformance-ha/mcp", "2026-07-28", tmp_path / "gw")
+    assert proxied.exit_code == 0, proxied.summary() + "\n" + proxied.output[-3000:]
+    missing = straight.passed() - proxied.passed()
+    assert not missing, f"checks passing directly but not through the gateway over 2 replicas: {sorted(missing)}"
 
 
 def test_inspector_lists_and_calls_tools_over_streamable_http(gw: GatewayProcess) -> None:
