@@ -39,6 +39,7 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 TENANT_ID = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
@@ -496,3 +497,23 @@ def browser_visit(url: str, rewrite: tuple[str, str] | None = None, *, deliver: 
         if deliver:
             client.post(action, data=fields)
         return action
+
+
+class MemoryTokenStorage:
+    """TokenStorage for the SDK client: a pre-registered public client, as Entra ID needs."""
+
+    def __init__(self, client_info: OAuthClientInformationFull) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client_info: OAuthClientInformationFull | None = client_info
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client_info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client_info = client_info

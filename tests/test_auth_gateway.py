@@ -18,9 +18,9 @@ import pytest
 from mcp import Client
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata
 
-from tests.auth_fixtures import CLIENT_ID, TENANT_ID, OidcServer, browser_visit
+from tests.auth_fixtures import CLIENT_ID, TENANT_ID, MemoryTokenStorage, OidcServer, browser_visit
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_ready
 
 CATALOG = Path(__file__).with_name("upstreams") / "images.toml"
@@ -301,26 +301,6 @@ def test_streamable_session_replayed_with_another_users_token_is_404(gw: Gateway
 # --- MCP OAuth discovery ------------------------------------------------------------------
 
 
-class MemoryTokenStorage:
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = OAuthClientInformationFull(
-            client_id=CLIENT_ID, redirect_uris=["http://127.0.0.1:9/callback"], token_endpoint_auth_method="none"
-        )
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
-
-
 def test_mcp_sdk_client_finds_the_metadata_from_a_401_signs_in_and_calls_tools(
     gw: GatewayProcess, idp: OidcServer
 ) -> None:
@@ -340,7 +320,11 @@ def test_mcp_sdk_client_finds_the_metadata_from_a_401_signs_in_and_calls_tools(
         client_metadata=OAuthClientMetadata(
             redirect_uris=["http://127.0.0.1:9/callback"], token_endpoint_auth_method="none", client_name="test"
         ),
-        storage=MemoryTokenStorage(),
+        storage=MemoryTokenStorage(
+            OAuthClientInformationFull(
+                client_id=CLIENT_ID, redirect_uris=["http://127.0.0.1:9/callback"], token_endpoint_auth_method="none"
+            )
+        ),
         redirect_handler=redirect_handler,
         callback_handler=callback_handler,
     )

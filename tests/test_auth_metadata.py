@@ -13,7 +13,7 @@ import pytest
 from litestar import Litestar, Request, Response, post
 from litestar.params import FromPath
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
-from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata
 
 from gateway.auth.base import Authenticator
 from gateway.auth.factory import build_authenticator
@@ -25,6 +25,7 @@ from tests.auth_fixtures import (
     CLIENT_ID,
     OIDC_AUDIENCE,
     TENANT_ID,
+    MemoryTokenStorage,
     OidcServer,
     bound_socket,
     oidc_server,  # noqa: F401
@@ -199,26 +200,6 @@ async def test_401_carries_the_challenge_with_error_and_description(oidc_server:
             f"{url}/adapters/a/mcp", json={}, headers={"Authorization": f"Bearer {oidc_server.entra_token('u9')}"}
         )
         assert ok.status_code == 200 and ok.json()["user"] == "u9"
-
-
-class MemoryTokenStorage:
-    """TokenStorage for the SDK client: a pre-registered public client, as Entra ID needs."""
-
-    def __init__(self, client_info: OAuthClientInformationFull) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = client_info
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
 
 
 @pytest.mark.parametrize("mode", ["entra", "oidc"])
