@@ -271,8 +271,8 @@ class McpProxy:
                     if upstream_id and claims is None:
                         token, _ = await self._open_session("mcp", endpoint, upstream_id, scope, identity)
                         headers.append((b"mcp-session-id", token.encode()))
-                    elif upstream_id and claims is not None:
-                        headers.append((b"mcp-session-id", headers_token(scope)))
+                    elif upstream_id and "mcp-session-id" in request_headers:  # echo the client's sealed id
+                        headers.append((b"mcp-session-id", request_headers["mcp-session-id"].encode("latin-1")))
                     await self._stream_response(send, response, headers)
                     return response.status
         finally:
@@ -391,7 +391,7 @@ class McpProxy:
                     if response.status != 200 or response.content_type != "text/event-stream":
                         await self._stream_response(send, response, downstream_headers(response.raw_headers))
                         return
-                    rewriter = await self._sse_preamble(scope, name, endpoint, identity, response)
+                    rewriter = await self._sse_preamble(scope, name, endpoint, identity, response, headers)
                     claims = rewriter[1]
                     await send(
                         {
@@ -418,36 +418,37 @@ class McpProxy:
                     await asyncio.shield(self._sessions.revoke(claims))
 
     async def _sse_preamble(
-        self, scope: Scope, name: str, endpoint: Endpoint, identity: Identity, response: UpstreamResponse
+        self,
+        scope: Scope,
+        name: str,
+        endpoint: Endpoint,
+        identity: Identity,
+        response: UpstreamResponse,
+        request_headers: dict[str, str],
     ) -> tuple[bytes, SessionClaims]:
         """Read up to the endpoint event, open the session, return the rewritten bytes and the claims."""
-        tokens: list[str] = []
-
-        def gateway_url(upstream: str, absolute: bool) -> str:
-            path = f"/adapters/{name}/messages?{urlencode({'session_id': tokens[0]})}"
-            if absolute:
-                headers = _header_map(scope["headers"])
-                return f"{scope.get('scheme', 'http')}://{headers.get('host', '')}{path}"
-            return path
-
+        probe = EndpointRewriter(lambda upstream, absolute: upstream)
         buffered = b""
-        while True:
+        while not probe.done:
             chunk = await response.read_chunk()
             if not chunk:
                 raise ProxyError(502, -32003, f"replica {endpoint.replica} closed the SSE stream before its endpoint")
             buffered += chunk
-            if _has_endpoint_event(buffered):
-                break
-            if len(buffered) > 64 * 1024:
-                raise ProxyError(502, -32003, f"replica {endpoint.replica} sent no SSE endpoint event")
-        probe = EndpointRewriter(lambda upstream, absolute: upstream)
-        probe.feed(buffered)
-        if probe.upstream_endpoint is None:
-            raise ProxyError(502, -32003, f"replica {endpoint.replica} sent no SSE endpoint event")
+            try:
+                probe.feed(chunk)
+            except ValueError:
+                raise ProxyError(502, -32003, f"replica {endpoint.replica} sent no SSE endpoint event") from None
+        assert probe.upstream_endpoint is not None
         token, claims = await self._open_session(
             "sse", endpoint, upstream_path(probe.upstream_endpoint), scope, identity
         )
-        tokens.append(token)
+
+        def gateway_url(upstream: str, absolute: bool) -> str:
+            path = f"/adapters/{name}/messages?{urlencode({'session_id': token})}"
+            if absolute:
+                return f"{scope.get('scheme', 'http')}://{request_headers.get('host', '')}{path}"
+            return path
+
         return EndpointRewriter(gateway_url).feed(buffered), claims
 
     async def _messages(
@@ -463,23 +464,6 @@ class McpProxy:
         await self._forward(
             scope, receive, send, endpoint, url, identity, headers, upstream_session=None, claims=claims
         )
-
-
-def headers_token(scope: Scope) -> bytes:
-    """The client's own session id, echoed back when the upstream repeats its id."""
-    for name, value in scope["headers"]:
-        if name.lower() == b"mcp-session-id":
-            return bytes(value)
-    return b""
-
-
-def _has_endpoint_event(buffered: bytes) -> bool:
-    probe = EndpointRewriter(lambda upstream, absolute: upstream)
-    try:
-        probe.feed(buffered)
-    except ValueError:
-        return False
-    return probe.done
 
 
 def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
