@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 
-from gateway.errors import GatewayError
 from gateway.models import AdapterRecord
 from gateway.runtime.base import Runtime
 from gateway.sessions.base import SessionStore
@@ -117,7 +116,7 @@ class Reconciler:
         try:
             log.info("applying adapter %s generation %d", record.name, record.generation)
             await self._runtime.apply(record)
-        except (GatewayError, OSError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # the next pass retries; a background task must not die unnoticed
             self.failures += 1
             log.warning("apply of adapter %s failed: %s", record.name, exc)
         finally:
