@@ -253,7 +253,7 @@ def create_litestar(c: Components) -> Litestar:
             healthz,
             readyz,
             protected_resource_router(c.settings),
-            *([metrics_route(c.telemetry)] if c.settings.metrics_enabled else []),
+            *([metrics_route(c.telemetry, c.settings.metrics_token)] if c.settings.metrics_enabled else []),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

@@ -185,6 +185,12 @@ class Settings:
 
     # --- telemetry -----------------------------------------------------------------------
     metrics_enabled: bool = setting(True, "Serve Prometheus metrics at GET /metrics.")
+    metrics_token: str | None = setting(
+        None,
+        "Bearer token GET /metrics requires (Authorization: Bearer <token>); unset → /metrics answers "
+        "anyone who reaches the gateway. The Azure stacks set a random one.",
+        secret=True,
+    )
     access_log: AccessLog = setting(
         "errors",
         "One log line per proxied request: all, errors (status 400 and above, or the client left) or off. "

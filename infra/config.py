@@ -20,7 +20,13 @@ Scope = Literal["all", "azure", "local"]
 
 # Settings that carry credentials; they only ever reach the gateway through its Kubernetes Secret.
 SECRET_ENV = frozenset(
-    {"MCPGW_SESSION_KEYS", "MCPGW_REDIS_URL", "MCPGW_COSMOS_KEY", "APPLICATIONINSIGHTS_CONNECTION_STRING"}
+    {
+        "MCPGW_SESSION_KEYS",
+        "MCPGW_METRICS_TOKEN",
+        "MCPGW_REDIS_URL",
+        "MCPGW_COSMOS_KEY",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    }
 )
 
 

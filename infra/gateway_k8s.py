@@ -116,6 +116,7 @@ class GatewayOnKubernetes(pulumi.ComponentResource):
     deployment: k8s.apps.v1.Deployment
     service: k8s.core.v1.Service
     session_key: random.RandomBytes
+    metrics_token: random.RandomPassword
 
     def __init__(self, name: str, args: GatewayOnKubernetesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mcp-gateway:kubernetes:Gateway", name, None, opts)
@@ -182,8 +183,14 @@ class GatewayOnKubernetes(pulumi.ComponentResource):
         self.session_key = random.RandomBytes(
             f"{name}-session-key", length=32, opts=pulumi.ResourceOptions(parent=self)
         )
+        # /metrics is reachable wherever the gateway is (the App Gateway forwards every path): a
+        # scrape needs this token (kubectl get secret mcp-gateway -o jsonpath='{.data.MCPGW_METRICS_TOKEN}').
+        self.metrics_token = random.RandomPassword(
+            f"{name}-metrics-token", length=40, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
         secret_data: dict[str, pulumi.Input[str]] = {
             "MCPGW_SESSION_KEYS": pulumi.Output.secret(self.session_key.base64),
+            "MCPGW_METRICS_TOKEN": pulumi.Output.secret(self.metrics_token.result),
             **args.secret_settings,
         }
         overlap = set(args.settings) & set(secret_data)

@@ -206,3 +206,20 @@ def test_metrics_can_be_disabled(tmp_path: Path) -> None:
         assert httpx.get(g.url + "/metrics").status_code == 404
         assert httpx.get(g.url + "/healthz").status_code == 200
         assert "/metrics" not in json.dumps(httpx.get(g.url + "/openapi/openapi.json").json()["paths"])
+
+
+def test_metrics_token_is_required_when_set_and_never_shown(tmp_path: Path) -> None:
+    token = "metrics-Token_0123456789abcdef"
+    with start_gateway(tmp_path / "data", {"MCPGW_METRICS_TOKEN": token, "MCPGW_LOG_LEVEL": "debug"}) as g:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            refused = httpx.get(g.url + "/metrics", headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.headers["content-type"].startswith("application/problem+json")
+            assert refused.headers["www-authenticate"] == 'Bearer realm="metrics"'
+            assert "MCPGW_METRICS_TOKEN" in refused.json()["detail"] and token not in refused.text
+        allowed = httpx.get(g.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert allowed.status_code == 200
+        assert "mcpgw_reconcile_passes" in allowed.text
+        assert httpx.get(g.url + "/healthz").status_code == 200
+        logs = g.log_text()
+    assert logs and token not in logs

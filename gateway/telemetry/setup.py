@@ -10,11 +10,12 @@ service and the reconciler, calls ``observe(...)`` once everything exists, serve
 from __future__ import annotations
 
 import asyncio
+import hmac
 import socket
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.handlers import HTTPRouteHandler
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
@@ -149,11 +150,27 @@ class Telemetry:
         await asyncio.to_thread(self.tracing.shutdown)
 
 
-def metrics_route(telemetry: Telemetry) -> HTTPRouteHandler:
-    """``GET /metrics``: Prometheus text, unauthenticated like ``/healthz``, not in the OpenAPI document."""
+def metrics_route(telemetry: Telemetry, token: str | None = None) -> HTTPRouteHandler:
+    """``GET /metrics``: Prometheus text, not in the OpenAPI document.
+
+    With ``token`` (``MCPGW_METRICS_TOKEN``) a scrape must send ``Authorization: Bearer <token>``
+    (compared in constant time), else 401; without, it answers anyone, like ``/healthz``.
+    """
+    from gateway.control.problems import problem_response
+
+    expected = f"Bearer {token}".encode() if token else None
 
     @get("/metrics", include_in_schema=False, sync_to_thread=False)
-    def metrics() -> Response[str]:
+    def metrics(request: Request[Any, Any, Any]) -> Response[str] | Response[bytes]:
+        if expected is not None:
+            given = request.headers.get("authorization", "").encode("latin-1", "replace")
+            if not hmac.compare_digest(given, expected):
+                return problem_response(
+                    401,
+                    "Unauthorized",
+                    "GET /metrics needs the metrics token: Authorization: Bearer <MCPGW_METRICS_TOKEN>",
+                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
         return Response(telemetry.render_metrics(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     return metrics

@@ -153,6 +153,7 @@ def test_in_the_cluster_secrets_live_only_in_secret_objects(stack: str) -> None:
     env = settings_env(run)
     expected = {
         "MCPGW_SESSION_KEYS",
+        "MCPGW_METRICS_TOKEN",
         "MCPGW_REDIS_URL" if stack == "local" else "APPLICATIONINSIGHTS_CONNECTION_STRING",
     }
     for name in expected:
