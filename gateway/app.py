@@ -135,6 +135,10 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     reconciler = Reconciler(
         i_store, i_runtime, view, i_sessions, interval=settings.reconcile_interval, tracing=telemetry.tracing
     )
+    from gateway.runtime.local import LocalRuntime
+
+    if isinstance(runtime, LocalRuntime):  # a follower taking over re-applies every adapter now
+        runtime.on_leadership(reconciler.kick)
     service = AdapterService(
         store=i_store,
         runtime=i_runtime,

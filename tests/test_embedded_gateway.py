@@ -158,6 +158,24 @@ def test_sigterm_and_sigkill_leave_no_replica_and_restart_restores(tmp_path: Pat
     wait_for(lambda: replica_pids(data_dir) == {}, timeout=10, what="no replicas after SIGTERM")
 
 
+def test_a_follower_sharing_the_data_dir_takes_over_and_redeploys_at_once(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = {"MCPGW_RECONCILE_INTERVAL": "600"}  # only the takeover itself can redeploy within the test
+    with start_gateway(data_dir, env) as leader:
+        with leader.client() as api:
+            assert api.post("/adapters", json=example_adapter("relay", replicas=1)).status_code == 201
+            wait_ready(api, "relay", 1)
+        with start_gateway(data_dir, env) as follower, follower.client() as api:
+            wait_ready(api, "relay", 1, timeout=10)  # mirrored from the leader
+            old = replica_pids(data_dir)["relay-0"]
+            leader.stop(signal.SIGTERM)
+            wait_for(lambda: not alive(old), timeout=10, what="the leader's replica stops with it")
+            status = wait_ready(api, "relay", 1, timeout=30)
+            assert status["readyReplicas"] == 1
+            assert replica_pids(data_dir)["relay-0"] != old
+            assert anyio.run(call, follower.url + "/adapters/relay/mcp", "whoami") == "relay-0"
+
+
 def test_example_adapter_is_registered_at_start_by_default(tmp_path: Path) -> None:
     with start_gateway(tmp_path / "data", {"MCPGW_EXAMPLE_ADAPTER": "true"}) as gw, gw.client() as api:
         resource = api.get("/adapters/mcp-example").json()

@@ -356,6 +356,8 @@ async def test_follower_mirrors_leader_and_takes_over_when_it_closes(
     assert (leader.role, follower.role) == ("leader", "follower")
     heard: list[str] = []
     follower.add_listener(heard.append)
+    took_over: list[bool] = []
+    follower.on_leadership(lambda: took_over.append(True))
 
     await leader.apply(record("shared", 1))
     await follower.apply(record("shared", 5))  # a follower runs nothing
@@ -370,6 +372,7 @@ async def test_follower_mirrors_leader_and_takes_over_when_it_closes(
 
     await leader.close()
     await wait_until(lambda: follower.role == "leader", within=5, what="takeover")
+    assert took_over == [True]
     assert follower.endpoints("shared") == ()
     assert await follower.deployed() == {}
     await follower.apply(record("shared", 1))

@@ -36,7 +36,8 @@ How it works (Linux; asyncio or uvloop):
   ``endpoints()``, ``status()`` and ``logs()`` answer from the leader's published state (re-read
   when its mtime changes, polled every 0.25 s; listeners fire on changes). A follower retries the
   lock every second; when it gets it (the leader closed or died), it kills the leader's leftovers
-  and becomes leader with nothing deployed, so its reconciler re-applies every adapter.
+  and becomes leader with nothing deployed, and tells ``on_leadership`` callbacks (the gateway
+  kicks its reconciler, which re-applies every adapter at once).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import contextlib
 import fcntl
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -238,6 +240,7 @@ class LocalRuntime:
         self._shared_stamp: tuple[int, int, int] | None = None
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self._listeners: list[EndpointListener] = []
+        self._leadership_listeners: list[Callable[[], None]] = []
         self._ctx: ReplicaContext | None = None
         self._apply_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
@@ -488,6 +491,10 @@ class LocalRuntime:
         """Ready replicas of the adapter (memory only)."""
         return self._endpoints.get(name, ())
 
+    def on_leadership(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when this follower takes over as leader (with nothing deployed)."""
+        self._leadership_listeners.append(callback)
+
     def add_listener(self, listener: EndpointListener) -> None:
         """Call ``listener(name)`` whenever the adapter's endpoints change."""
         self._listeners.append(listener)
@@ -587,6 +594,8 @@ class LocalRuntime:
                 next_lock_try = loop.time() + LOCK_RETRY
                 if self._try_lock():
                     self._become_leader()
+                    for callback in list(self._leadership_listeners):
+                        callback()
                     return
             self._read_shared()
 
