@@ -233,7 +233,7 @@ class McpProxy:
         endpoints = self._runtime.endpoints(name)
         if not endpoints:
             raise ProxyError(503, -32002, f"adapter {name!r} has no ready replica", {"Retry-After": "2"})
-        return self._balancer.pick(endpoints)
+        return self._balancer.pick(name, endpoints)
 
     async def _forward(
         self,

@@ -1,4 +1,4 @@
-"""Replica choice: least outstanding requests, ties broken round-robin."""
+"""Replica choice: least outstanding requests, ties broken round-robin per adapter."""
 
 from __future__ import annotations
 
@@ -12,18 +12,23 @@ class Balancer:
 
     def __init__(self) -> None:
         self._outstanding: dict[str, int] = {}
-        self._turn = 0
+        self._turns: dict[str, int] = {}
 
-    def pick(self, endpoints: Sequence[Endpoint]) -> Endpoint:
-        """The endpoint with the fewest requests in flight (``endpoints`` is not empty)."""
-        self._turn += 1
+    def pick(self, adapter: str, endpoints: Sequence[Endpoint]) -> Endpoint:
+        """The endpoint of ``adapter`` with the fewest requests in flight (``endpoints`` is not empty).
+
+        Each adapter has its own round-robin turn, so traffic to one adapter cannot steer which
+        replica of another gets the ties.
+        """
+        turn = self._turns.get(adapter, -1) + 1
+        self._turns[adapter] = turn
         count = len(endpoints)
-        best = endpoints[self._turn % count]
+        best = endpoints[turn % count]
         best_load = self._outstanding.get(best.uid, 0)
         if best_load == 0:
             return best
         for offset in range(1, count):
-            candidate = endpoints[(self._turn + offset) % count]
+            candidate = endpoints[(turn + offset) % count]
             load = self._outstanding.get(candidate.uid, 0)
             if load < best_load:
                 best, best_load = candidate, load
