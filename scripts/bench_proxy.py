@@ -254,6 +254,20 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
+def cpu_busy_fraction(seconds: float) -> float:
+    """How busy all CPUs were over ``seconds`` (0..1), from /proc/stat."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return idle, sum(fields[:8])
+
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid``."""
     found: list[int] = []
@@ -708,6 +722,12 @@ def bench(args: argparse.Namespace) -> int:
             load = " ".join(f"{x:.2f}" for x in os.getloadavg())
             print(f"workdir {workdir}; fd limit {nofile}; {reps} x {seconds:g}s per cell; {os.cpu_count()} CPUs")
             print(f"load average before start: {load} (other work on the machine skews every ratio)")
+            busy = cpu_busy_fraction(1.0)
+            if busy > 0.15:
+                print(
+                    f"warning: the CPUs were {busy:.0%} busy before start: other work is running; the example-server "
+                    "ratios need an idle machine (docs/performance.md)"
+                )
             env = {**os.environ, "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
             stub_port, example_port = free_port(), free_port()
             stub = procs.start("stub", [PYTHON, __file__, "stub"], env | {"PORT": str(stub_port)})
