@@ -170,9 +170,13 @@ def test_a_follower_sharing_the_data_dir_takes_over_and_redeploys_at_once(tmp_pa
             old = replica_pids(data_dir)["relay-0"]
             leader.stop(signal.SIGTERM)
             wait_for(lambda: not alive(old), timeout=10, what="the leader's replica stops with it")
-            status = wait_ready(api, "relay", 1, timeout=30)
-            assert status["readyReplicas"] == 1
-            assert replica_pids(data_dir)["relay-0"] != old
+            # Until it takes the lock (within about a second) the follower still mirrors the old state.
+            wait_for(
+                lambda: replica_pids(data_dir).get("relay-0") not in (None, old),
+                timeout=30,
+                what="a replica started by the new leader",
+            )
+            assert wait_ready(api, "relay", 1, timeout=30)["readyReplicas"] == 1
             assert anyio.run(call, follower.url + "/adapters/relay/mcp", "whoami") == "relay-0"
 
 
