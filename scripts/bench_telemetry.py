@@ -168,7 +168,7 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> float:
             data = json.loads(line[len("RESULT ") :])
             if data["errors"]:
                 raise RuntimeError(f"wrk saw {data['errors']} errors against {url}")
-            return float(data["requests"]) / (data["duration_us"] / 1e6)
+            return float(data["requests"]) / (float(data["duration_us"]) / 1e6)
     raise RuntimeError(f"wrk gave no result:\n{out}")
 
 

@@ -26,7 +26,7 @@ bash scripts/install_node_tools.sh
 
 echo "== ruff check"; .venv/bin/ruff check .
 echo "== ruff format --check"; .venv/bin/ruff format --check .
-echo "== mypy (strict on gateway/)"; .venv/bin/mypy
+echo "== mypy (strict on gateway/ and scripts/)"; .venv/bin/mypy
 echo "== pytest"
 # Pulumi programs run in their own process: their event loop must not meet pytest-asyncio's.
 .venv/bin/python -m pytest tests/infra -q "$@"
