@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from opentelemetry.trace import SpanKind
 
@@ -67,25 +67,43 @@ class _Calls:
                 self._histogram.record(time.perf_counter() - start, attrs)
 
 
-class InstrumentedAdapterStore:
-    """An ``AdapterStore`` that reports every call (``store.*`` spans, ``mcpgw_store_*``)."""
+class _Lifecycle(Protocol):
+    async def start(self) -> None: ...
 
-    def __init__(self, inner: AdapterStore, metrics: GatewayMetrics | None, tracing: Tracing) -> None:
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+
+_Inner = TypeVar("_Inner", bound=_Lifecycle)
+
+
+class _Instrumented(Generic[_Inner]):
+    """What the three wrappers share: the wrapped dependency, its call timer, start/close/ping."""
+
+    def __init__(self, inner: _Inner, kind: str, metrics: GatewayMetrics | None, tracing: Tracing) -> None:
         self.inner = inner
-        self._call = _Calls.of("store", metrics, "store_latency", "store_errors", tracing)
+        self._call = _Calls.of(kind, metrics, f"{kind}_latency", f"{kind}_errors", tracing)
 
     async def start(self) -> None:
-        """Start the wrapped store."""
+        """Start the wrapped dependency."""
         await self.inner.start()
 
     async def close(self) -> None:
-        """Close the wrapped store."""
+        """Close the wrapped dependency."""
         await self.inner.close()
 
     async def ping(self) -> None:
-        """Ping the wrapped store."""
+        """Ping the wrapped dependency."""
         with self._call("ping"):
             await self.inner.ping()
+
+
+class InstrumentedAdapterStore(_Instrumented[AdapterStore]):
+    """An ``AdapterStore`` that reports every call (``store.*`` spans, ``mcpgw_store_*``)."""
+
+    def __init__(self, inner: AdapterStore, metrics: GatewayMetrics | None, tracing: Tracing) -> None:
+        super().__init__(inner, "store", metrics, tracing)
 
     async def create(self, record: AdapterRecord) -> AdapterRecord:
         """See ``AdapterStore.create``."""
@@ -113,25 +131,11 @@ class InstrumentedAdapterStore:
             return await self.inner.delete(name, etag=etag)
 
 
-class InstrumentedSessionStore:
+class InstrumentedSessionStore(_Instrumented[SessionStore]):
     """A ``SessionStore`` that reports every call (``session_store.*`` spans, ``mcpgw_session_store_*``)."""
 
     def __init__(self, inner: SessionStore, metrics: GatewayMetrics | None, tracing: Tracing) -> None:
-        self.inner = inner
-        self._call = _Calls.of("session_store", metrics, "session_store_latency", "session_store_errors", tracing)
-
-    async def start(self) -> None:
-        """Start the wrapped store."""
-        await self.inner.start()
-
-    async def close(self) -> None:
-        """Close the wrapped store."""
-        await self.inner.close()
-
-    async def ping(self) -> None:
-        """Ping the wrapped store."""
-        with self._call("ping"):
-            await self.inner.ping()
+        super().__init__(inner, "session_store", metrics, tracing)
 
     async def put(self, record: SessionRecord, ttl: float) -> None:
         """See ``SessionStore.put``."""
@@ -164,28 +168,14 @@ class InstrumentedSessionStore:
             return await self.inner.count(adapter)
 
 
-class InstrumentedRuntime:
+class InstrumentedRuntime(_Instrumented[Runtime]):
     """A ``Runtime`` that reports its slow calls (``runtime.*`` spans, ``mcpgw_runtime_*``).
 
     ``endpoints`` and ``add_listener`` pass straight through: they are in-memory reads.
     """
 
     def __init__(self, inner: Runtime, metrics: GatewayMetrics | None, tracing: Tracing) -> None:
-        self.inner = inner
-        self._call = _Calls.of("runtime", metrics, "runtime_latency", "runtime_errors", tracing)
-
-    async def start(self) -> None:
-        """Start the wrapped runtime."""
-        await self.inner.start()
-
-    async def close(self) -> None:
-        """Close the wrapped runtime."""
-        await self.inner.close()
-
-    async def ping(self) -> None:
-        """Ping the wrapped runtime."""
-        with self._call("ping"):
-            await self.inner.ping()
+        super().__init__(inner, "runtime", metrics, tracing)
 
     async def apply(self, adapter: AdapterRecord) -> None:
         """See ``Runtime.apply``."""
