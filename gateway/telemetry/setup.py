@@ -21,6 +21,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from gateway.control.problems import problem_response
 from gateway.runtime.base import Runtime
 from gateway.sessions.base import SessionStore
 from gateway.settings import Settings
@@ -156,8 +157,6 @@ def metrics_route(telemetry: Telemetry, token: str | None = None) -> HTTPRouteHa
     With ``token`` (``MCPGW_METRICS_TOKEN``) a scrape must send ``Authorization: Bearer <token>``
     (compared in constant time), else 401; without, it answers anyone, like ``/healthz``.
     """
-    from gateway.control.problems import problem_response
-
     expected = f"Bearer {token}".encode() if token else None
 
     @get("/metrics", include_in_schema=False, sync_to_thread=False)
