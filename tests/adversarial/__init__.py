@@ -1,0 +1,1 @@
+"""Hostile clients, upstreams and inputs: the permanent adversarial suite (docs/security.md)."""
