@@ -53,6 +53,10 @@ class Settings:
     # --- process -------------------------------------------------------------------------
     host: str = setting("127.0.0.1", "Address the gateway listens on.")
     port: int = setting(8000, "Port the gateway listens on.")
+    drain_delay: float = setting(5.0, "Seconds a stopping gateway still accepts requests after reporting not-ready.")
+    drain_timeout: float = setting(
+        20.0, "Seconds a stopping gateway waits for in-flight requests before it closes open streams."
+    )
     data_dir: Path = setting(
         Path(".mcp-gateway"), "Folder for the SQLite store, replica logs and the embedded session key."
     )

@@ -58,6 +58,7 @@ RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("", "services", ("get", "list", "create", "update", "delete")),
     ("", "pods", ("get", "list", "watch")),
     ("", "pods/log", ("get",)),
+    ("coordination.k8s.io", "leases", ("get", "create", "update")),
 )
 """(API group, resource, verbs): every call this runtime makes in the adapter namespace, nothing more.
 The Pulumi Role (infra/gateway_k8s.py) and docs/kubernetes.md are tested against it."""

@@ -22,6 +22,7 @@ from typing import Any
 import pulumi
 import yaml
 from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "mcp-gateway"
@@ -68,6 +69,12 @@ class Registration:
     inputs: dict[str, Any]
     provider: str
     outputs: dict[str, Any]
+    urn: str = ""
+    parent: str = ""
+    dependencies: tuple[str, ...] = ()
+    """URNs the engine was told this resource waits for: explicit ``depends_on`` plus every resource
+    whose output flowed into its inputs (what orders creation in a real ``pulumi up``)."""
+    ignore_changes: tuple[str, ...] = ()
 
     @property
     def plain(self) -> dict[str, Any]:
@@ -100,6 +107,25 @@ def plaintext_strings(value: Any) -> Iterator[str]:
         yield value
 
 
+class RecordingMonitor(MockMonitor):
+    """The mock engine, also keeping what ``Mocks.new_resource`` is not told: the URN, the parent,
+    the dependencies and ``ignore_changes`` of each registration (RegisterResourceRequest fields)."""
+
+    def __init__(self, mocks: AzureMocks) -> None:
+        super().__init__(mocks)
+        self.azure_mocks = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        # Registrations run on several threads: key what new_resource will be told by (type, name).
+        self.azure_mocks.pending[(request.type, request.name)] = {
+            "urn": self.make_urn(request.parent, request.type, request.name),
+            "parent": request.parent,
+            "dependencies": tuple(request.dependencies),
+            "ignore_changes": tuple(request.ignoreChanges),
+        }
+        return super().RegisterResource(request)
+
+
 class AzureMocks(pulumi.runtime.Mocks):
     """Engine + provider stand-in answering like Azure and Kubernetes would."""
 
@@ -107,6 +133,7 @@ class AzureMocks(pulumi.runtime.Mocks):
         self.registrations: list[Registration] = []
         self.secret_values: set[str] = set()
         self.calls: list[str] = []
+        self.pending: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _secret(self, value: str) -> str:
         self.secret_values.add(value)
@@ -166,7 +193,9 @@ class AzureMocks(pulumi.runtime.Mocks):
                 out["result"] = seed.hex()[:6]
         else:
             rid = f"{name}-id"
-        self.registrations.append(Registration(typ, name, inputs, args.provider or "", out))
+        self.registrations.append(
+            Registration(typ, name, inputs, args.provider or "", out, **self.pending.pop((typ, name), {}))
+        )
         return rid, out
 
     def _azure_outputs(self, kind: str, name: str, out: dict[str, Any]) -> None:
@@ -254,6 +283,34 @@ class StackRun:
         assert len(found) == 1, f"expected one {typ} {name or ''}, found {[r.name for r in found]}"
         return found[0]
 
+    def by_urn(self, urn: str) -> Registration:
+        """The registration with this URN."""
+        return next(r for r in self.registrations if r.urn == urn)
+
+    def waits_for(self, registration: Registration) -> set[str]:
+        """Every URN ``registration`` is created after: its dependencies, theirs, and so on, plus
+        what its parents wait for (a component's ``depends_on`` holds for its children)."""
+        seen: set[str] = set()
+        todo = list(registration.dependencies)
+        parent = registration.parent
+        while parent:
+            owner = next((r for r in self.registrations if r.urn == parent), None)
+            if owner is None:
+                break
+            todo.extend(owner.dependencies)
+            parent = owner.parent
+        while todo:
+            urn = todo.pop()
+            if urn in seen:
+                continue
+            seen.add(urn)
+            found = next((r for r in self.registrations if r.urn == urn), None)
+            if found is not None:
+                todo.extend(found.dependencies)
+                # Waiting for a component means waiting for all of its children.
+                todo.extend(r.urn for r in self.registrations if r.parent == urn)
+        return seen
+
     def kubernetes_objects(self) -> list[Registration]:
         """Every Kubernetes object (not the providers)."""
         return [r for r in self.registrations if r.typ.startswith("kubernetes:")]
@@ -307,7 +364,7 @@ def run_stack(stack: str, overrides: Mapping[str, Any] | None = None) -> StackRu
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
+        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks))
         pulumi.runtime.set_all_config(config, secret_keys)
 
         @pulumi.runtime.test
