@@ -24,6 +24,8 @@ from infra.config import StackConfig, load_config
 from infra.cosmos import Cosmos, CosmosArgs
 from infra.gateway_k8s import (
     ADAPTER_SERVICE_ACCOUNT,
+    DRAIN_DELAY_SECONDS,
+    DRAIN_TIMEOUT_SECONDS,
     GATEWAY_PORT,
     GATEWAY_SERVICE_ACCOUNT,
     WORKLOAD_SERVICE_ACCOUNT,
@@ -37,9 +39,27 @@ from infra.network import AKS_SUBNET, Network, NetworkArgs
 from infra.redis import InClusterRedis, InClusterRedisArgs, ManagedRedis, ManagedRedisArgs
 from infra.registry import Registry, RegistryArgs
 
+# The Azure load balancer drops a TCP flow idle this long (minutes; Azure allows 4 to 100, and the App
+# Gateway's public IP at most 30). An idle SSE stream carries the gateway's keep-alive comment every
+# SSE_KEEPALIVE_SECONDS (15 s), so neither comes close; the longest value keeps quiet non-SSE
+# connections (a slow tool call) alive too.
+LB_IDLE_TIMEOUT_MINUTES = 30
+# The gateway's default MCP body limit (Settings.max_body_bytes); the WAF is set not to refuse less.
+GATEWAY_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def drain_settings(cfg: StackConfig) -> tuple[float, float]:
+    """The gateway's (drain_delay, drain_timeout): gatewayEnv overrides, else the Settings defaults."""
+    env = cfg.gateway.extra_env
+    return (
+        float(env.get("MCPGW_DRAIN_DELAY", DRAIN_DELAY_SECONDS)),
+        float(env.get("MCPGW_DRAIN_TIMEOUT", DRAIN_TIMEOUT_SECONDS)),
+    )
+
 
 def _common_settings(cfg: StackConfig, public_url: pulumi.Input[str], registry: pulumi.Input[str]) -> dict:
     gw = cfg.gateway
+    drain_delay, drain_timeout = drain_settings(cfg)
     return {
         "MCPGW_HOST": "0.0.0.0",
         "MCPGW_PORT": str(GATEWAY_PORT),
@@ -54,6 +74,9 @@ def _common_settings(cfg: StackConfig, public_url: pulumi.Input[str], registry: 
         "MCPGW_KUBE_WORKLOAD_SERVICE_ACCOUNT": WORKLOAD_SERVICE_ACCOUNT,
         "MCPGW_MAX_REPLICAS": str(gw.max_adapter_replicas),
         "MCPGW_SESSIONS": "redis",
+        # Stated explicitly: terminationGracePeriodSeconds is computed from exactly these.
+        "MCPGW_DRAIN_DELAY": f"{drain_delay:g}",
+        "MCPGW_DRAIN_TIMEOUT": f"{drain_timeout:g}",
     }
 
 
@@ -99,6 +122,9 @@ def wire_local(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
             data_volume="pvc" if local.storage == "pvc" else "emptyDir",
             data_volume_size=local.storage_size,
             await_ready=gw.await_ready,
+            adapter_egress_cidrs=gw.adapter_egress_cidrs,
+            drain_delay=drain_settings(cfg)[0],
+            drain_timeout=drain_settings(cfg)[1],
         ),
         opts=pulumi.ResourceOptions(depends_on=[redis]),
     )
@@ -141,16 +167,22 @@ def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
         "aks",
         AksArgs(
             **where,
+            resource_group_id=rg.id,
             cluster_name=f"{prefix}-{stack}-aks",
             subnet_id=net.aks_subnet_id,
             workspace_id=monitoring.workspace_id,
             tenant_id=client.tenant_id,
             subscription_id=client.subscription_id,
             deployer_object_id=client.object_id,
+            deployer_principal_type=az.deployer_principal_type,
+            kube_login=az.kube_login,
             kubernetes_version=az.aks_kubernetes_version,
             vm_size=az.aks_vm_size,
             min_nodes=az.aks_min_nodes,
             max_nodes=az.aks_max_nodes,
+            adapter_vm_size=az.aks_adapter_vm_size,
+            adapter_min_nodes=az.aks_adapter_min_nodes,
+            adapter_max_nodes=az.aks_adapter_max_nodes,
             availability_zones=az.aks_availability_zones,
             tier=az.aks_tier,
             network_policy=az.aks_network_policy,
@@ -205,6 +237,9 @@ def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
             sku=az.redis_sku,
             high_availability=az.redis_high_availability,
             gateway_principal_id=identities.gateway.principal_id,
+            private_endpoint=az.redis_private_endpoint,
+            private_endpoint_subnet_id=net.private_endpoint_subnet_id,
+            vnet_id=net.vnet_id,
         ),
     )
     app_gateway = AppGateway(
@@ -221,6 +256,8 @@ def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
             workspace_id=monitoring.workspace_id,
             host_name=az.host_name,
             request_timeout_seconds=az.backend_request_timeout_seconds,
+            idle_timeout_minutes=LB_IDLE_TIMEOUT_MINUTES,
+            max_body_bytes=int(gw.extra_env.get("MCPGW_MAX_BODY_BYTES", GATEWAY_MAX_BODY_BYTES)),
             min_capacity=az.app_gateway_min_capacity,
             max_capacity=az.app_gateway_max_capacity,
             zones=az.app_gateway_zones,
@@ -249,7 +286,13 @@ def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
         "AZURE_CLIENT_ID": identities.gateway.client_id,
         **gw.extra_env,
     }
-    provider = k8s.Provider("aks", kubeconfig=aks.kubeconfig, enable_server_side_apply=True)
+    # Every Kubernetes call waits for the deployer's cluster-admin grant (made before the cluster).
+    provider = k8s.Provider(
+        "aks",
+        kubeconfig=aks.kubeconfig,
+        enable_server_side_apply=True,
+        opts=pulumi.ResourceOptions(depends_on=[aks.deployer_admin]),
+    )
     GatewayOnKubernetes(
         "gateway",
         GatewayOnKubernetesArgs(
@@ -272,10 +315,15 @@ def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
                     "service.beta.kubernetes.io/azure-load-balancer-internal": "true",
                     "service.beta.kubernetes.io/azure-load-balancer-internal-subnet": AKS_SUBNET,
                     "service.beta.kubernetes.io/azure-load-balancer-ipv4": az.gateway_private_ip,
+                    "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout": str(LB_IDLE_TIMEOUT_MINUTES),
                 },
             ),
             data_volume="emptyDir",
             await_ready=gw.await_ready,
+            max_replicas=az.gateway_max_replicas,
+            adapter_egress_cidrs=gw.adapter_egress_cidrs,
+            drain_delay=drain_settings(cfg)[0],
+            drain_timeout=drain_settings(cfg)[1],
         ),
         opts=pulumi.ResourceOptions(depends_on=[cosmos, redis]),
     )

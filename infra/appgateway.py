@@ -44,6 +44,10 @@ class AppGatewayArgs:
     workspace_id: pulumi.Input[str]
     host_name: str = ""
     request_timeout_seconds: int = 3600
+    idle_timeout_minutes: int = 30
+    """TCP idle timeout of the frontend public IP (4 to 30 minutes)."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """The gateway's own body limit (Settings.max_body_bytes): the WAF must not refuse less."""
     min_capacity: int = 1
     max_capacity: int = 3
     zones: list[str] = field(default_factory=list)
@@ -54,6 +58,33 @@ class AppGatewayArgs:
     tls_key_vault_secret_id: str = ""
     tls_key_vault_id: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+
+
+# With DRS 2.1 / CRS 3.2+ the WAF inspects request bodies up to 2000 KB.
+WAF_INSPECT_LIMIT_KB = 2000
+
+
+def waf_policy_settings(mode: str, max_body_bytes: int) -> dict[str, Any]:
+    """WAF policy settings that never refuse a body the gateway accepts (decided 2026-11-30, issue 14).
+
+    The gateway accepts MCP bodies up to 4 MiB (Settings.max_body_bytes) and answers larger ones
+    with its own 413; the WAF's largest enforced body limit is 2000 KB, so with enforcement on,
+    Prevention mode would answer 413 to valid MCP requests between 2000 KB and 4 MiB. So: the WAF
+    still inspects the first 2000 KB of every body (request_body_check), but does not enforce a size
+    (request_body_enforcement off); the gateway enforces it. Should the gateway's limit ever fall to
+    2000 KB or less, enforcement comes back on at that size.
+    """
+    limit_kb = max_body_bytes // 1024
+    enforce = limit_kb <= WAF_INSPECT_LIMIT_KB
+    return {
+        "state": "Enabled",
+        "mode": mode,
+        "request_body_check": True,
+        "request_body_enforcement": enforce,
+        "request_body_inspect_limit_in_kb": min(limit_kb, WAF_INSPECT_LIMIT_KB),
+        "max_request_body_size_in_kb": min(limit_kb, WAF_INSPECT_LIMIT_KB),
+        "file_upload_limit_in_mb": 100,
+    }
 
 
 class AppGateway(pulumi.ComponentResource):
@@ -76,6 +107,7 @@ class AppGateway(pulumi.ComponentResource):
             public_ip_allocation_method="Static",
             public_ip_address_version="IPv4",
             dns_settings={"domain_name_label": args.dns_label},
+            idle_timeout_in_minutes=args.idle_timeout_minutes,
             zones=args.zones or None,
             opts=child,
         )
@@ -108,13 +140,7 @@ class AppGateway(pulumi.ComponentResource):
             policy = network.WebApplicationFirewallPolicy(
                 f"{name}-waf",
                 **common,
-                policy_settings={
-                    "state": "Enabled",
-                    "mode": args.waf_mode,
-                    "request_body_check": True,
-                    "max_request_body_size_in_kb": 128,
-                    "file_upload_limit_in_mb": 100,
-                },
+                policy_settings=waf_policy_settings(args.waf_mode, args.max_body_bytes),
                 managed_rules={
                     "managed_rule_sets": [{"rule_set_type": "Microsoft_DefaultRuleSet", "rule_set_version": "2.1"}]
                 },

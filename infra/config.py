@@ -98,6 +98,14 @@ KEYS: tuple[Key, ...] = (
     Key("logLevel", "info", "Gateway log level (MCPGW_LOG_LEVEL): debug, info, warning or error."),
     Key("maxAdapterReplicas", 10, "Largest replicaCount an adapter may ask for (MCPGW_MAX_REPLICAS)."),
     Key(
+        "adapterEgressCidrs",
+        ["0.0.0.0/0"],
+        "Where adapter pods may connect besides cluster DNS (a list of CIDRs). Instance metadata, the Azure "
+        "host (168.63.129.16) and link-local addresses are always excluded; so are private ranges (the "
+        "cluster, the VNet, the API server's in-cluster address) unless listed here themselves.",
+        default_text='["0.0.0.0/0"]',
+    ),
+    Key(
         "gatewayEnv",
         {},
         "Extra plain environment variables for the gateway (a map), e.g. MCPGW_SESSION_TTL. "
@@ -140,8 +148,16 @@ KEYS: tuple[Key, ...] = (
     Key("aksVmSize", "Standard_D4ds_v5", "VM size of the system node pool.", "azure"),
     Key("aksMinNodes", 2, "Smallest node count of the autoscaling system pool.", "azure"),
     Key("aksMaxNodes", 5, "Largest node count of the autoscaling system pool.", "azure"),
+    Key("aksAdapterVmSize", "Standard_D4ds_v5", "VM size of the adapter node pool (tainted: adapters only).", "azure"),
+    Key("aksAdapterMinNodes", 1, "Smallest node count of the autoscaling adapter pool.", "azure"),
+    Key("aksAdapterMaxNodes", 5, "Largest node count of the autoscaling adapter pool.", "azure"),
     Key("aksAvailabilityZones", [], 'Availability zones of the node pool, e.g. ["1","2","3"].', "azure"),
-    Key("aksTier", "Free", "AKS pricing tier: Free, Standard (uptime SLA) or Premium.", "azure"),
+    Key(
+        "aksTier",
+        "Free",
+        "AKS pricing tier: Free, Standard (uptime SLA) or Premium (which comes with the AKSLongTermSupport plan).",
+        "azure",
+    ),
     Key(
         "aksNetworkPolicy",
         "cilium",
@@ -151,7 +167,27 @@ KEYS: tuple[Key, ...] = (
     Key("aksPodCidr", "192.168.0.0/16", "Overlay CIDR of pod IPs.", "azure"),
     Key("aksServiceCidr", "172.16.0.0/16", "CIDR of Service IPs.", "azure"),
     Key("aksDnsServiceIp", "172.16.0.10", "Cluster DNS IP, inside aksServiceCidr.", "azure"),
-    Key("aksAuthorizedIpRanges", [], "CIDRs allowed to reach the Kubernetes API server; empty allows all.", "azure"),
+    Key(
+        "aksAuthorizedIpRanges",
+        [],
+        "CIDRs allowed to reach the Kubernetes API server; empty allows all. Required when a private endpoint "
+        "is on (cosmosPrivateEndpoint, redisPrivateEndpoint).",
+        "azure",
+    ),
+    Key(
+        "deployerPrincipalType",
+        "User",
+        "What runs `pulumi up`: User, ServicePrincipal (CI) or Group; it gets AKS RBAC Cluster Admin.",
+        "azure",
+    ),
+    Key(
+        "kubeLogin",
+        "azurecli",
+        "How the Kubernetes provider signs in to AKS (kubelogin --login): azurecli, spn (AZURE_CLIENT_ID and "
+        "AZURE_CLIENT_SECRET in the environment), workloadidentity (AZURE_FEDERATED_TOKEN_FILE, e.g. GitHub "
+        "OIDC), msi or azd.",
+        "azure",
+    ),
     Key("acrSku", "Standard", "Container registry SKU: Basic, Standard or Premium.", "azure"),
     Key(
         "cosmosServerless", True, "Serverless Cosmos DB account (else autoscale throughput on the container).", "azure"
@@ -170,6 +206,13 @@ KEYS: tuple[Key, ...] = (
     Key("cosmosContainer", "adapters", "Cosmos DB container, partition key /id (MCPGW_COSMOS_CONTAINER).", "azure"),
     Key("redisSku", "Balanced_B0", "Azure Managed Redis SKU.", "azure"),
     Key("redisHighAvailability", True, "Replicate Azure Managed Redis.", "azure"),
+    Key("redisPrivateEndpoint", False, "Reach Azure Managed Redis only through a private endpoint.", "azure"),
+    Key(
+        "gatewayMaxReplicas",
+        6,
+        "Largest gateway pod count the HorizontalPodAutoscaler may reach (it keeps at least gatewayReplicas).",
+        "azure",
+    ),
     Key("logRetentionDays", 30, "Log Analytics retention in days.", "azure"),
     Key("appGatewayMinCapacity", 1, "Smallest App Gateway instance count (autoscale).", "azure"),
     Key("appGatewayMaxCapacity", 3, "Largest App Gateway instance count (autoscale).", "azure"),
@@ -239,6 +282,7 @@ class GatewayConfig:
     max_adapter_replicas: int
     extra_env: Mapping[str, str]
     public_url: str
+    adapter_egress_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
 
 
 @dataclass(frozen=True)
@@ -258,6 +302,9 @@ class AzureConfig:
     aks_vm_size: str
     aks_min_nodes: int
     aks_max_nodes: int
+    aks_adapter_vm_size: str
+    aks_adapter_min_nodes: int
+    aks_adapter_max_nodes: int
     aks_availability_zones: list[str]
     aks_tier: str
     aks_network_policy: str
@@ -265,6 +312,8 @@ class AzureConfig:
     aks_service_cidr: str
     aks_dns_service_ip: str
     aks_authorized_ip_ranges: list[str]
+    deployer_principal_type: str
+    kube_login: str
     acr_sku: str
     cosmos_serverless: bool
     cosmos_autoscale_max_throughput: int
@@ -274,6 +323,8 @@ class AzureConfig:
     cosmos_container: str
     redis_sku: str
     redis_high_availability: bool
+    redis_private_endpoint: bool
+    gateway_max_replicas: int
     log_retention_days: int
     app_gateway_min_capacity: int
     app_gateway_max_capacity: int
@@ -331,6 +382,14 @@ def _read(config: pulumi.Config, key: Key, platform: Platform) -> Any:
 
 
 _PREFIX = re.compile(r"^[a-z][a-z0-9]{1,7}$")
+MAX_STACK_NAME = 16
+_STACK = re.compile(rf"^[a-z](?:[a-z0-9-]{{0,{MAX_STACK_NAME - 2}}}[a-z0-9])?$")
+AKS_TIERS = ("Free", "Standard", "Premium")
+PRINCIPAL_TYPES = ("User", "ServicePrincipal", "Group")
+KUBELOGIN_MODES = ("azurecli", "spn", "workloadidentity", "msi", "azd")
+SSE_KEEPALIVE_SECONDS = 15
+"""The gateway's keep-alive interval on idle SSE streams it proxies; every idle timeout on the path
+(App Gateway, its public IP, the internal load balancer) must stay well above it."""
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|k|M|G)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -393,7 +452,14 @@ def _build(stack: str, platform: Platform, v: Mapping[str, Any]) -> StackConfig:
         max_adapter_replicas=int(v["maxAdapterReplicas"]),
         extra_env=extra_env,
         public_url=v["publicUrl"],
+        adapter_egress_cidrs=_cidrs("adapterEgressCidrs", v["adapterEgressCidrs"]),
     )
+    image = gateway.image or f"<registry>/mcp-gateway:{gateway.image_tag}"
+    if "@sha256:" not in image and (image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]):
+        raise ConfigError(
+            f"gatewayImage/gatewayImageTag: {image!r} is a moving tag; give a release tag or a digest "
+            "(every pod must run the same image, docs/deploy-azure.md)"
+        )
     if gateway.namespace == gateway.adapter_namespace:
         raise ConfigError("gatewayNamespace and adapterNamespace must differ (adapters run untrusted images)")
     if platform == "local":
@@ -410,7 +476,29 @@ def _build(stack: str, platform: Platform, v: Mapping[str, Any]) -> StackConfig:
     return StackConfig(stack, platform, prefix, gateway, azure=_azure(stack, prefix, v), raw=v)
 
 
+def _cidrs(name: str, values: Any) -> list[str]:
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_network(str(value))))
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {value!r} is not a CIDR ({exc})") from None
+    return out
+
+
+def check_stack_name(stack: str) -> None:
+    """Azure stacks put the stack name into globally unique resource names (registry, Cosmos DB, Redis,
+    DNS label): keep it to what every one of them accepts once prefix and suffix are added."""
+    if not _STACK.match(stack) or "--" in stack:
+        raise ConfigError(
+            f"stack name {stack!r}: on Azure it becomes part of globally unique resource names, so use 1 to "
+            f"{MAX_STACK_NAME} lowercase letters, digits or single hyphens, starting with a letter and not "
+            "ending with a hyphen (e.g. dev, prod, staging-eu)"
+        )
+
+
 def _azure(stack: str, prefix: str, v: Mapping[str, Any]) -> AzureConfig:
+    check_stack_name(stack)
     net = ipaddress.ip_network(v["vnetAddressSpace"])
     subnets = {
         name: ipaddress.ip_network(v[name])
@@ -438,12 +526,34 @@ def _azure(stack: str, prefix: str, v: Mapping[str, Any]) -> AzureConfig:
         )
     if not 1 <= v["aksMinNodes"] <= v["aksMaxNodes"]:
         raise ConfigError("aksMinNodes must be at least 1 and at most aksMaxNodes")
+    if not 0 <= v["aksAdapterMinNodes"] <= v["aksAdapterMaxNodes"] or v["aksAdapterMaxNodes"] < 1:
+        raise ConfigError("aksAdapterMinNodes must be at least 0 and at most aksAdapterMaxNodes (at least 1)")
+    if v["aksTier"] not in AKS_TIERS:
+        raise ConfigError(f"aksTier: expected one of {', '.join(AKS_TIERS)}, got {v['aksTier']!r}")
+    if v["deployerPrincipalType"] not in PRINCIPAL_TYPES:
+        raise ConfigError(
+            f"deployerPrincipalType: expected one of {', '.join(PRINCIPAL_TYPES)} (ServicePrincipal for CI), "
+            f"got {v['deployerPrincipalType']!r}"
+        )
+    if v["kubeLogin"] not in KUBELOGIN_MODES:
+        raise ConfigError(f"kubeLogin: expected one of {', '.join(KUBELOGIN_MODES)}, got {v['kubeLogin']!r}")
+    if (v["cosmosPrivateEndpoint"] or v["redisPrivateEndpoint"]) and not v["aksAuthorizedIpRanges"]:
+        raise ConfigError(
+            "aksAuthorizedIpRanges: required when Cosmos DB or Redis sit behind a private endpoint, or the "
+            "Kubernetes API server (which holds the keys to both) stays open to the internet; set it with "
+            f"`pulumi config set --path 'aksAuthorizedIpRanges[0]' <your CIDR> -s {stack}`"
+        )
+    if v["gatewayMaxReplicas"] < v["gatewayReplicas"]:
+        raise ConfigError("gatewayMaxReplicas must be at least gatewayReplicas (the autoscaler's floor)")
     if not 1 <= v["appGatewayMinCapacity"] <= v["appGatewayMaxCapacity"]:
         raise ConfigError("appGatewayMinCapacity must be at least 1 and at most appGatewayMaxCapacity")
     if v["appGatewayWafMode"] not in ("Detection", "Prevention"):
         raise ConfigError(f"appGatewayWafMode: expected Detection or Prevention, got {v['appGatewayWafMode']!r}")
-    if not 1 <= v["backendRequestTimeoutSeconds"] <= 86400:
-        raise ConfigError("backendRequestTimeoutSeconds must be between 1 and 86400")
+    if not 4 * SSE_KEEPALIVE_SECONDS <= v["backendRequestTimeoutSeconds"] <= 86400:
+        raise ConfigError(
+            f"backendRequestTimeoutSeconds must be between {4 * SSE_KEEPALIVE_SECONDS} (well above the gateway's "
+            f"{SSE_KEEPALIVE_SECONDS} s SSE keep-alive) and 86400"
+        )
     has_pfx = v["tlsCertificate"] is not None
     has_kv = bool(v["tlsKeyVaultSecretId"])
     if has_pfx == has_kv:
@@ -468,13 +578,18 @@ def _azure(stack: str, prefix: str, v: Mapping[str, Any]) -> AzureConfig:
         aks_vm_size=v["aksVmSize"],
         aks_min_nodes=int(v["aksMinNodes"]),
         aks_max_nodes=int(v["aksMaxNodes"]),
+        aks_adapter_vm_size=v["aksAdapterVmSize"],
+        aks_adapter_min_nodes=int(v["aksAdapterMinNodes"]),
+        aks_adapter_max_nodes=int(v["aksAdapterMaxNodes"]),
         aks_availability_zones=[str(z) for z in v["aksAvailabilityZones"]],
         aks_tier=v["aksTier"],
         aks_network_policy=v["aksNetworkPolicy"],
         aks_pod_cidr=v["aksPodCidr"],
         aks_service_cidr=v["aksServiceCidr"],
         aks_dns_service_ip=v["aksDnsServiceIp"],
-        aks_authorized_ip_ranges=[str(r) for r in v["aksAuthorizedIpRanges"]],
+        aks_authorized_ip_ranges=_cidrs("aksAuthorizedIpRanges", v["aksAuthorizedIpRanges"]),
+        deployer_principal_type=v["deployerPrincipalType"],
+        kube_login=v["kubeLogin"],
         acr_sku=v["acrSku"],
         cosmos_serverless=bool(v["cosmosServerless"]),
         cosmos_autoscale_max_throughput=int(v["cosmosAutoscaleMaxThroughput"]),
@@ -484,6 +599,8 @@ def _azure(stack: str, prefix: str, v: Mapping[str, Any]) -> AzureConfig:
         cosmos_container=v["cosmosContainer"],
         redis_sku=v["redisSku"],
         redis_high_availability=bool(v["redisHighAvailability"]),
+        redis_private_endpoint=bool(v["redisPrivateEndpoint"]),
+        gateway_max_replicas=int(v["gatewayMaxReplicas"]),
         log_retention_days=int(v["logRetentionDays"]),
         app_gateway_min_capacity=int(v["appGatewayMinCapacity"]),
         app_gateway_max_capacity=int(v["appGatewayMaxCapacity"]),

@@ -9,9 +9,10 @@ from typing import Any
 
 import pulumi
 import pulumi_random as random
-from pulumi_azure_native import cosmosdb, network, privatedns
+from pulumi_azure_native import cosmosdb
 
 from infra.azure_roles import COSMOS_DATA_CONTRIBUTOR
+from infra.network import private_endpoint
 
 PRIVATE_DNS_ZONE = "privatelink.documents.azure.com"
 
@@ -106,40 +107,16 @@ class Cosmos(pulumi.ComponentResource):
         self.register_outputs({"endpoint": self.endpoint})
 
     def _private_endpoint(self, name: str, args: CosmosArgs, child: pulumi.ResourceOptions) -> None:
-        rg = args.resource_group_name
-        endpoint = network.PrivateEndpoint(
-            f"{name}-private-endpoint",
-            resource_group_name=rg,
+        assert args.private_endpoint_subnet_id is not None and args.vnet_id is not None
+        private_endpoint(
+            "cosmos",
+            resource_group_name=args.resource_group_name,
             location=args.location,
-            subnet={"id": args.private_endpoint_subnet_id},
-            private_link_service_connections=[
-                {"name": "cosmos-sql", "private_link_service_id": self.account.id, "group_ids": ["Sql"]}
-            ],
+            subnet_id=args.private_endpoint_subnet_id,
+            vnet_id=args.vnet_id,
+            target_id=self.account.id,
+            group_id="Sql",
+            zone_name=PRIVATE_DNS_ZONE,
             tags=args.tags,
-            opts=child,
-        )
-        zone = privatedns.PrivateZone(
-            f"{name}-private-dns",
-            resource_group_name=rg,
-            location="Global",
-            private_zone_name=PRIVATE_DNS_ZONE,
-            tags=args.tags,
-            opts=child,
-        )
-        privatedns.VirtualNetworkLink(
-            f"{name}-private-dns-link",
-            resource_group_name=rg,
-            location="Global",
-            private_zone_name=zone.name,
-            virtual_network={"id": args.vnet_id},
-            registration_enabled=False,
-            opts=child,
-        )
-        network.PrivateDnsZoneGroup(
-            f"{name}-private-dns-group",
-            resource_group_name=rg,
-            private_endpoint_name=endpoint.name,
-            private_dns_zone_group_name="cosmos",
-            private_dns_zone_configs=[{"name": "cosmos", "private_dns_zone_id": zone.id}],
             opts=child,
         )

@@ -4,7 +4,9 @@ Deployment and its Service, and the NetworkPolicies that keep adapter pods reach
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -44,7 +46,62 @@ RUNTIME_RULES: list[dict[str, Any]] = [
     },
     {"api_groups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"api_groups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    # The reconciler leader's Lease (DESIGN §8), in the adapter namespace.
+    {"api_groups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
 ]
+
+# Drain on SIGTERM (gateway/settings.py drain_delay, drain_timeout): the gateway reports not-ready at
+# once, keeps accepting for drain_delay (endpoints and the App Gateway probe notice), waits up to
+# drain_timeout for in-flight requests, then closes open streams. The defaults mirror Settings();
+# the stack sets both explicitly so the grace period below is computed from what the pods run.
+DRAIN_DELAY_SECONDS = 5.0
+DRAIN_TIMEOUT_SECONDS = 20.0
+# Time after the drain for closing streams and process exit before the kubelet sends SIGKILL.
+TERMINATION_MARGIN_SECONDS = 10
+# No preStop hook (decided 2026-11-30, issue 13): the gateway delays its own shutdown by drain_delay
+# after SIGTERM, which is what a preStop `sleep` would do; a hook would add its sleep on top (SIGTERM
+# only follows a finished preStop), and the native `sleep` action needs Kubernetes 1.30+ while an
+# exec `sleep` needs a shell the image does not have.
+
+
+def termination_grace_seconds(drain_delay: float, drain_timeout: float) -> int:
+    """terminationGracePeriodSeconds for a gateway pod with these drain settings."""
+    return math.ceil(drain_delay + drain_timeout) + TERMINATION_MARGIN_SECONDS
+
+
+# Adapter egress (issue 14): never the node's instance metadata service (it hands out the kubelet
+# identity's tokens), the Azure host (168.63.129.16) or anything link-local; by default nothing
+# private either (other adapters, the cluster, the VNet, the API server's Service address). DNS to
+# the cluster resolver is always allowed.
+ALWAYS_BLOCKED = ("169.254.0.0/16", "168.63.129.16/32")
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10")
+IMDS = "169.254.169.254/32"
+
+
+def egress_blocks(allowed: list[str]) -> list[dict[str, Any]]:
+    """NetworkPolicy ``to`` peers for each allowed CIDR, with every blocked range inside it excepted.
+
+    A listed private range is allowed as listed (an operator opening a private service on purpose);
+    the always-blocked ranges are excepted from every entry. Kubernetes refuses an ``except`` outside
+    its ``cidr``, so only the ranges inside each entry are listed.
+    """
+    peers = []
+    for cidr in allowed:
+        net = ipaddress.ip_network(cidr)
+        if any(_same(net, b) and net.subnet_of(ipaddress.ip_network(b)) for b in ALWAYS_BLOCKED):  # type: ignore[arg-type]
+            raise ValueError(f"adapter egress: {cidr} lies in a range adapters may never reach ({ALWAYS_BLOCKED})")
+        private = any(_same(net, p) and net.subnet_of(ipaddress.ip_network(p)) for p in PRIVATE_RANGES)  # type: ignore[arg-type]
+        blocked = ALWAYS_BLOCKED + (() if private else PRIVATE_RANGES)
+        inside = [b for b in blocked if _same(net, b) and ipaddress.ip_network(b).subnet_of(net)]  # type: ignore[arg-type]
+        block: dict[str, Any] = {"cidr": str(net)}
+        if inside:
+            block["except"] = inside
+        peers.append({"ip_block": block})
+    return peers
+
+
+def _same(net: ipaddress.IPv4Network | ipaddress.IPv6Network, other: str) -> bool:
+    return net.version == ipaddress.ip_network(other).version
 
 
 def pod_security(uid: int) -> dict[str, Any]:
@@ -100,6 +157,12 @@ class GatewayOnKubernetesArgs:
     data_volume: Literal["emptyDir", "pvc"] = "emptyDir"
     data_volume_size: str = "1Gi"
     await_ready: bool = True
+    max_replicas: int | None = None
+    """With a value, a HorizontalPodAutoscaler scales the Deployment between ``replicas`` and this
+    (and the Deployment leaves ``spec.replicas`` to it)."""
+    adapter_egress_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
+    drain_delay: float = DRAIN_DELAY_SECONDS
+    drain_timeout: float = DRAIN_TIMEOUT_SECONDS
 
 
 def _digest(values: Any) -> str:
@@ -232,13 +295,16 @@ class GatewayOnKubernetes(pulumi.ComponentResource):
             volumes.append({"name": "data", "persistent_volume_claim": {"claim_name": claim.metadata.name}})
         else:
             volumes.append({"name": "data", "empty_dir": {}})
-        deployment_annotations = {} if args.await_ready else {"pulumi.com/skipAwait": "true"}
+        # Until the images are pushed (after the first `up` made the registry), the pods cannot start:
+        # neither the Deployment nor the Service (ready endpoints, a load-balancer IP) may be waited on.
+        skip_await = {} if args.await_ready else {"pulumi.com/skipAwait": "true"}
         http_probe = {"http_get": {"path": "/healthz", "port": "http"}}
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={**meta, "annotations": deployment_annotations},
+            metadata={**meta, "annotations": skip_await},
             spec={
-                "replicas": args.replicas,
+                # With an autoscaler, spec.replicas belongs to it (Kubernetes' advice): not declared here.
+                **({} if args.max_replicas else {"replicas": args.replicas}),
                 "revision_history_limit": 5,
                 "selector": {"match_labels": GATEWAY_SELECTOR},
                 # One pod owning a ReadWriteOnce volume must stop before the next starts.
@@ -257,8 +323,10 @@ class GatewayOnKubernetes(pulumi.ComponentResource):
                         # The runtime talks to the Kubernetes API with this account's token.
                         "automount_service_account_token": True,
                         "enable_service_links": False,
-                        # Long enough for in-flight requests to finish after readiness drops.
-                        "termination_grace_period_seconds": 60,
+                        # Drain delay + drain timeout + a margin (see DRAIN_* above); no preStop hook.
+                        "termination_grace_period_seconds": termination_grace_seconds(
+                            args.drain_delay, args.drain_timeout
+                        ),
                         "security_context": pod_security(GATEWAY_UID),
                         "topology_spread_constraints": [
                             {
@@ -273,7 +341,9 @@ class GatewayOnKubernetes(pulumi.ComponentResource):
                             {
                                 "name": "gateway",
                                 "image": args.image,
-                                "image_pull_policy": "IfNotPresent",
+                                # A digest never moves; a tag might, so every pod start re-resolves it and
+                                # all replicas run the same image.
+                                "image_pull_policy": "IfNotPresent" if _pinned(args.image) else "Always",
                                 "ports": [{"name": "http", "container_port": GATEWAY_PORT, "protocol": "TCP"}],
                                 "env_from": [
                                     {"config_map_ref": {"name": config_map.metadata.name}},
@@ -310,9 +380,33 @@ class GatewayOnKubernetes(pulumi.ComponentResource):
             spec={"max_unavailable": 1, "selector": {"match_labels": GATEWAY_SELECTOR}},
             opts=in_gw,
         )
+        if args.max_replicas:
+            k8s.autoscaling.v2.HorizontalPodAutoscaler(
+                f"{name}-hpa",
+                metadata=meta,
+                spec={
+                    "scale_target_ref": {"api_version": "apps/v1", "kind": "Deployment", "name": GATEWAY_NAME},
+                    "min_replicas": args.replicas,
+                    "max_replicas": args.max_replicas,
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {"name": "cpu", "target": {"type": "Utilization", "average_utilization": 70}},
+                        }
+                    ],
+                    # Scale down one pod a minute: each one drains its streams first.
+                    "behavior": {
+                        "scale_down": {
+                            "stabilization_window_seconds": 300,
+                            "policies": [{"type": "Pods", "value": 1, "period_seconds": 60}],
+                        }
+                    },
+                },
+                opts=pulumi.ResourceOptions.merge(in_gw, pulumi.ResourceOptions(depends_on=[self.deployment])),
+            )
         self.service = k8s.core.v1.Service(
             f"{name}-service",
-            metadata={**meta, "annotations": dict(args.exposure.annotations)},
+            metadata={**meta, "annotations": {**args.exposure.annotations, **skip_await}},
             spec={
                 "type": args.exposure.type,
                 "selector": GATEWAY_SELECTOR,
@@ -344,7 +438,37 @@ class GatewayOnKubernetes(pulumi.ComponentResource):
             ],
             in_ad,
         )
+        self._adapter_egress(name, ad_ns, args.adapter_egress_cidrs, in_ad)
         self.register_outputs({"deployment": self.deployment.metadata.name, "service": self.service.metadata.name})
+
+    def _adapter_egress(self, name: str, namespace: str, allowed: list[str], opts: pulumi.ResourceOptions) -> None:
+        """Adapter pods: DNS to the cluster resolver, and ``allowed`` minus the blocked ranges."""
+        dns_ports = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-adapters-egress",
+            metadata={
+                "name": "adapters-egress",
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/part-of": "mcp-gateway"},
+            },
+            spec={
+                "pod_selector": {"match_labels": dict(ADAPTER_MANAGED_BY)},
+                "policy_types": ["Egress"],
+                "egress": [
+                    {
+                        "to": [
+                            {
+                                "namespace_selector": {"match_labels": {"kubernetes.io/metadata.name": "kube-system"}},
+                                "pod_selector": {"match_labels": {"k8s-app": "kube-dns"}},
+                            }
+                        ],
+                        "ports": dns_ports,
+                    },
+                    {"to": egress_blocks(allowed)},
+                ],
+            },
+            opts=opts,
+        )
 
     def _policy(
         self,
@@ -365,6 +489,10 @@ class GatewayOnKubernetes(pulumi.ComponentResource):
             spec=spec,
             opts=opts,
         )
+
+
+def _pinned(image: str | pulumi.Output[str]) -> bool:
+    return isinstance(image, str) and "@sha256:" in image
 
 
 def _tcp(port: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
-from pulumi_azure_native import network
+from pulumi_azure_native import network, privatedns
 
 AKS_SUBNET = "aks"
 APP_GATEWAY_SUBNET = "appgateway"
@@ -27,7 +27,9 @@ class NetworkArgs:
 
 
 def _rule(name: str, priority: int, source: str, ports: list[str], *, access: str = "Allow") -> dict[str, object]:
-    return {
+    """One inbound NSG rule. Azure accepts ``*`` (any port) only in the singular
+    ``destination_port_range``; the plural takes real ranges only (``SecurityRuleInvalidPortRange``)."""
+    rule: dict[str, object] = {
         "name": name,
         "priority": priority,
         "direction": "Inbound",
@@ -36,8 +38,14 @@ def _rule(name: str, priority: int, source: str, ports: list[str], *, access: st
         "source_address_prefix": source,
         "source_port_range": "*",
         "destination_address_prefix": "*",
-        "destination_port_ranges": ports,
     }
+    if len(ports) == 1:
+        rule["destination_port_range"] = ports[0]
+    else:
+        if "*" in ports:
+            raise ValueError(f"NSG rule {name}: '*' cannot be combined with other port ranges")
+        rule["destination_port_ranges"] = ports
+    return rule
 
 
 class Network(pulumi.ComponentResource):
@@ -111,3 +119,57 @@ class Network(pulumi.ComponentResource):
                 "privateEndpointSubnetId": self.private_endpoint_subnet_id,
             }
         )
+
+
+def private_endpoint(
+    name: str,
+    *,
+    resource_group_name: pulumi.Input[str],
+    location: pulumi.Input[str],
+    subnet_id: pulumi.Input[str],
+    vnet_id: pulumi.Input[str],
+    target_id: pulumi.Input[str],
+    group_id: str,
+    zone_name: str,
+    tags: Mapping[str, str],
+    opts: pulumi.ResourceOptions,
+) -> network.PrivateEndpoint:
+    """A private endpoint for ``target_id`` plus its private DNS zone, linked to the VNet, so the
+    service's usual host name resolves to the private address inside the VNet."""
+    endpoint = network.PrivateEndpoint(
+        f"{name}-private-endpoint",
+        resource_group_name=resource_group_name,
+        location=location,
+        subnet={"id": subnet_id},
+        private_link_service_connections=[
+            {"name": group_id.lower(), "private_link_service_id": target_id, "group_ids": [group_id]}
+        ],
+        tags=tags,
+        opts=opts,
+    )
+    zone = privatedns.PrivateZone(
+        f"{name}-private-dns",
+        resource_group_name=resource_group_name,
+        location="Global",
+        private_zone_name=zone_name,
+        tags=tags,
+        opts=opts,
+    )
+    privatedns.VirtualNetworkLink(
+        f"{name}-private-dns-link",
+        resource_group_name=resource_group_name,
+        location="Global",
+        private_zone_name=zone.name,
+        virtual_network={"id": vnet_id},
+        registration_enabled=False,
+        opts=opts,
+    )
+    network.PrivateDnsZoneGroup(
+        f"{name}-private-dns-group",
+        resource_group_name=resource_group_name,
+        private_endpoint_name=endpoint.name,
+        private_dns_zone_group_name=name,
+        private_dns_zone_configs=[{"name": name, "private_dns_zone_id": zone.id}],
+        opts=opts,
+    )
+    return endpoint

@@ -12,9 +12,15 @@ import pulumi_random as random
 from pulumi_azure_native import redisenterprise
 
 from infra.gateway_k8s import GATEWAY_SELECTOR, container_security, pod_security
+from infra.network import private_endpoint
 
 # Azure Managed Redis serves its database on this TLS port.
 MANAGED_REDIS_PORT = 10000
+PRIVATE_DNS_ZONE = "privatelink.redis.azure.net"
+# Session records and the indexes adapter deletion relies on must never be evicted: an evicting
+# policy silently revokes sessions when memory runs short (DESIGN §8). A full Redis answers
+# writes with OOM errors instead, which the gateway reports as a dependency failure.
+EVICTION_POLICY = "NoEviction"
 
 
 @dataclass
@@ -28,6 +34,9 @@ class ManagedRedisArgs:
     high_availability: bool
     gateway_principal_id: pulumi.Input[str]
     zones: list[str] = field(default_factory=list)
+    private_endpoint: bool = False
+    private_endpoint_subnet_id: pulumi.Input[str] | None = None
+    vnet_id: pulumi.Input[str] | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -51,7 +60,7 @@ class ManagedRedis(pulumi.ComponentResource):
             sku={"name": args.sku},
             minimum_tls_version="1.2",
             high_availability="Enabled" if args.high_availability else "Disabled",
-            public_network_access="Enabled",
+            public_network_access="Disabled" if args.private_endpoint else "Enabled",
             zones=args.zones or None,
             tags=args.tags,
             opts=child,
@@ -65,7 +74,7 @@ class ManagedRedis(pulumi.ComponentResource):
             port=MANAGED_REDIS_PORT,
             # One endpoint a plain (non-cluster) client can use.
             clustering_policy="NoCluster",
-            eviction_policy="VolatileLRU",
+            eviction_policy=EVICTION_POLICY,
             access_keys_authentication="Disabled",
             opts=child,
         )
@@ -79,6 +88,21 @@ class ManagedRedis(pulumi.ComponentResource):
             user={"object_id": args.gateway_principal_id},
             opts=child,
         )
+        if args.private_endpoint:
+            if args.private_endpoint_subnet_id is None or args.vnet_id is None:
+                raise ValueError("a Redis private endpoint needs the private-endpoint subnet and the VNet")
+            private_endpoint(
+                "redis",
+                resource_group_name=args.resource_group_name,
+                location=args.location,
+                subnet_id=args.private_endpoint_subnet_id,
+                vnet_id=args.vnet_id,
+                target_id=self.cluster.id,
+                group_id="redisEnterprise",
+                zone_name=PRIVATE_DNS_ZONE,
+                tags=args.tags,
+                opts=child,
+            )
         self.host = self.cluster.host_name
         self.url = pulumi.Output.concat("rediss://", self.host, f":{MANAGED_REDIS_PORT}/0")
         self.register_outputs({"host": self.host, "url": self.url})

@@ -34,12 +34,14 @@ SECRET_SIG = rpc._special_secret_sig  # how the engine marks a secret value on t
 SIG_KEY = rpc._special_sig_key
 
 # What a user sets with `pulumi config set` beyond the committed stack files (docs/deploy-azure.md).
-USER_CONFIG: dict[str, dict[str, str]] = {
+USER_CONFIG: dict[str, dict[str, Any]] = {
     "local": {},
     "dev": {"entraClientId": ENTRA_CLIENT_ID},
     "prod": {
         "entraClientId": ENTRA_CLIENT_ID,
         "hostName": "mcp.example.com",
+        # Required with private endpoints: the API server is not left open to the internet.
+        "aksAuthorizedIpRanges": ["203.0.113.0/24"],
         "tlsKeyVaultSecretId": "https://mcpgw-kv.vault.azure.net/secrets/gateway-tls",
         "tlsKeyVaultId": (
             f"/subscriptions/{SUBSCRIPTION}/resourceGroups/shared/providers/Microsoft.KeyVault/vaults/mcpgw-kv"

@@ -41,6 +41,13 @@ def only(run: StackRun, kind: str) -> dict[str, Any]:
     return found[0].plain
 
 
+def named(run: StackRun, kind: str, prefix: str) -> dict[str, Any]:
+    """The one ``kind`` whose logical name starts with ``prefix`` (``cosmos-private-endpoint``)."""
+    found = [r for r in azure(run, kind) if r.name.startswith(f"{prefix}-")]
+    assert len(found) == 1, f"expected one {kind} of {prefix}, found {[r.name for r in found]}"
+    return found[0].plain
+
+
 def output_of(run: StackRun, kind: str) -> dict[str, Any]:
     found = azure(run, kind)
     assert len(found) == 1
@@ -284,11 +291,11 @@ def test_cosmos_uses_entra_only_and_grants_the_gateway_data_access(stack: str) -
 def test_prod_cosmos_is_private() -> None:
     run = stack_run("prod")
     assert only(run, "DatabaseAccount")["publicNetworkAccess"] == "Disabled"
-    endpoint = only(run, "PrivateEndpoint")
+    endpoint = named(run, "PrivateEndpoint", "cosmos")
     assert endpoint["privateLinkServiceConnections"][0]["groupIds"] == ["Sql"]
-    assert only(run, "PrivateZone")["privateZoneName"] == "privatelink.documents.azure.com"
-    assert only(run, "VirtualNetworkLink")["registrationEnabled"] is False
-    assert only(run, "PrivateDnsZoneGroup")["privateDnsZoneConfigs"][0]["name"] == "cosmos"
+    assert named(run, "PrivateZone", "cosmos")["privateZoneName"] == "privatelink.documents.azure.com"
+    assert named(run, "VirtualNetworkLink", "cosmos")["registrationEnabled"] is False
+    assert named(run, "PrivateDnsZoneGroup", "cosmos")["privateDnsZoneConfigs"][0]["name"] == "cosmos"
     assert not azure(stack_run("dev"), "PrivateEndpoint")
 
 
@@ -479,7 +486,9 @@ def test_azure_gateway_settings_follow_the_contract(stack: str) -> None:
     assert env["MCPGW_KUBE_SERVICE_ACCOUNT"] == "mcp-adapter"
     image = run.k8s("Deployment", "mcp-gateway")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == f"{login_server}/mcp-gateway:0.1.0"
-    assert run.k8s("Deployment", "mcp-gateway")["spec"]["replicas"] >= 2
+    # The autoscaler owns the replica count, never below two.
+    assert "replicas" not in run.k8s("Deployment", "mcp-gateway")["spec"]
+    assert run.k8s("HorizontalPodAutoscaler", "mcp-gateway")["spec"]["minReplicas"] >= 2
     settings = load_settings(env)
     assert settings.store == "cosmos" and settings.auth == "entra" and settings.redis_entra
 
