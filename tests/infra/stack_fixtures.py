@@ -353,8 +353,10 @@ def stack_config(stack: str, overrides: Mapping[str, Any] | None = None) -> tupl
     return {k: text(v) for k, v in values.items()}, list(secrets)
 
 
-def run_stack(stack: str, overrides: Mapping[str, Any] | None = None) -> StackRun:
+def run_stack(stack: str, overrides: Mapping[str, Any] | None = None, *, stack_name: str | None = None) -> StackRun:
     """Run the program (``infra/__main__.py``'s wiring) for ``stack`` against the mocks.
+
+    ``stack_name`` runs the configuration of ``stacks/Pulumi.<stack>.yaml`` under another stack name.
 
     A fresh event loop per run: Pulumi's runtime binds futures to the loop current at creation,
     and pytest-asyncio tests elsewhere in the session leave theirs closed.
@@ -366,7 +368,9 @@ def run_stack(stack: str, overrides: Mapping[str, Any] | None = None) -> StackRu
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks))
+        pulumi.runtime.set_mocks(
+            mocks, project=PROJECT, stack=stack_name or stack, preview=False, monitor=RecordingMonitor(mocks)
+        )
         pulumi.runtime.set_all_config(config, secret_keys)
 
         @pulumi.runtime.test
