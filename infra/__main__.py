@@ -338,6 +338,9 @@ def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
         "entraTenantId": tenant_id,
         "entraClientId": az.entra_client_id,
         "resourceGroupName": rg.name,
+        # DNS for hostName: a CNAME to appGatewayFqdn (or an A record to appGatewayPublicIp).
+        "appGatewayFqdn": app_gateway.fqdn,
+        "appGatewayPublicIp": app_gateway.public_ip.ip_address,
         "aksClusterName": aks.cluster.name,
         "gatewayNamespace": gw.namespace,
         "adapterNamespace": gw.adapter_namespace,

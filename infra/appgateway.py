@@ -94,6 +94,8 @@ class AppGateway(pulumi.ComponentResource):
     app_gateway: network.ApplicationGateway
     host: pulumi.Output[str]
     """The public host name: hostName when set, else the public IP's Azure FQDN."""
+    fqdn: pulumi.Output[str]
+    """``<dnsLabel>.<location>.cloudapp.azure.com``: where a hostName's CNAME record points."""
 
     def __init__(self, name: str, args: AppGatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mcp-gateway:azure:AppGateway", name, None, opts)
@@ -253,6 +255,6 @@ class AppGateway(pulumi.ComponentResource):
             metrics=[{"category": "AllMetrics", "enabled": True}],
             opts=child,
         )
-        fqdn = self.public_ip.dns_settings.apply(lambda d: (d.fqdn or "") if d else "")
-        self.host = pulumi.Output.from_input(args.host_name) if args.host_name else fqdn
+        self.fqdn = self.public_ip.dns_settings.apply(lambda d: (d.fqdn or "") if d else "")
+        self.host = pulumi.Output.from_input(args.host_name) if args.host_name else self.fqdn
         self.register_outputs({"host": self.host, "publicIp": self.public_ip.ip_address})

@@ -611,3 +611,52 @@ def test_the_gateway_may_hold_its_reconciler_lease(stack: str) -> None:
     assert leases == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
     ]
+
+
+# --- 12. the walkthrough ------------------------------------------------------------------------
+
+DEPLOY_AZURE = (ROOT / "docs" / "deploy-azure.md").read_text()
+
+
+def shell_lines(doc: str) -> list[str]:
+    """Every command line inside the doc's ```bash blocks, continuation lines joined."""
+    lines: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", doc, re.DOTALL):
+        lines += [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    return lines
+
+
+def test_deploy_azure_walks_through_every_step_a_first_deployment_needs() -> None:
+    for needed in (
+        "scripts/azure_preflight.sh",  # resource providers
+        "PULUMI_CONFIG_PASSPHRASE",
+        "scripts/make_dev_cert.sh",  # dev certificate with SAN
+        "az keyvault certificate import",  # prod certificate
+        "ssl-cert update",  # the Key Vault grant propagation remedy
+        "dns record-set cname",  # DNS for hostName
+        "--cacert",  # verification against the self-signed certificate
+        "deployerPrincipalType ServicePrincipal",  # CI
+        "ARM_USE_OIDC",
+        "pulumi destroy -s dev",  # tear-down
+    ):
+        assert needed in DEPLOY_AZURE, needed
+
+
+def test_deploy_azure_never_relies_on_the_currently_selected_stack() -> None:
+    commands = shell_lines(DEPLOY_AZURE)
+    assert not [c for c in commands if c.startswith("pulumi stack select")]
+    stack_bound = [c for c in commands if re.match(r"pulumi (up|preview|destroy|config|stack output)\b", c)]
+    assert stack_bound
+    for command in stack_bound:
+        assert re.search(r"-s (dev|prod)\b", command), command
+    for command in shell_lines(DEPLOY_AZURE):
+        for inner in re.findall(r"\$\((pulumi [^)]*)\)", command):
+            assert re.search(r"-s (dev|prod)\b", inner), inner
+
+
+def test_deploy_azure_sets_only_known_config_keys() -> None:
+    from infra.config import KEYS
+
+    known = {key.name for key in KEYS}
+    used = set(re.findall(r"pulumi config (?:set|get)(?: --secret| --path)? '?([A-Za-z]+)", DEPLOY_AZURE))
+    assert used and used <= known, used - known
