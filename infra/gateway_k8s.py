@@ -59,9 +59,9 @@ DRAIN_TIMEOUT_SECONDS = 20.0
 # Time after the drain for closing streams and process exit before the kubelet sends SIGKILL.
 TERMINATION_MARGIN_SECONDS = 10
 # No preStop hook (decided 2026-11-30, issue 13): the gateway delays its own shutdown by drain_delay
-# after SIGTERM, which is what a preStop `sleep` would do; a hook would add its sleep on top (SIGTERM
-# only follows a finished preStop), and the native `sleep` action needs Kubernetes 1.30+ while an
-# exec `sleep` needs a shell the image does not have.
+# after SIGTERM, which is what a preStop `sleep` would do. A hook would only add its sleep on top
+# (the kubelet sends SIGTERM once preStop returns, and both count against the grace period), and the
+# native `sleep` action needs Kubernetes 1.30+ (an exec `sleep` would need the image's shell).
 
 
 def termination_grace_seconds(drain_delay: float, drain_timeout: float) -> int:

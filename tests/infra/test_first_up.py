@@ -9,6 +9,7 @@ and the drain/rollout settings. They run over the committed stacks (tests/infra/
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -242,9 +243,16 @@ def test_control_plane_identity_is_user_assigned_and_holds_network_contributor()
     assert grant["scope"].endswith("/subnets/aks")
 
 
+@functools.cache
+def ci_run() -> StackRun:
+    """dev as a CI pipeline deploys it: as a service principal, kubelogin in spn mode."""
+    return run_stack("dev", {"kubeLogin": "spn", "deployerPrincipalType": "ServicePrincipal"})
+
+
 @pytest.mark.parametrize("principal_type", ["User", "ServicePrincipal", "Group"])
 def test_deployer_principal_type_follows_config(principal_type: str) -> None:
-    run = stack_run("dev") if principal_type == "User" else run_stack("dev", {"deployerPrincipalType": principal_type})
+    runs = {"User": stack_run("dev"), "ServicePrincipal": ci_run()}
+    run = runs.get(principal_type) or run_stack("dev", {"deployerPrincipalType": principal_type})
     assert one(run, "RoleAssignment", "aks-deployer-cluster-admin").plain["principalType"] == principal_type
 
 
@@ -300,7 +308,7 @@ def test_kubeconfig_uses_the_configured_non_interactive_login(mode: str) -> None
 
 
 def test_ci_stack_signs_in_to_kubernetes_as_a_service_principal() -> None:
-    run = run_stack("dev", {"kubeLogin": "spn", "deployerPrincipalType": "ServicePrincipal"})
+    run = ci_run()
     kubeconfig = yaml.safe_load(run.one("pulumi:providers:kubernetes", "aks").plain["kubeconfig"])
     assert kubeconfig["users"][0]["user"]["exec"]["args"][:3] == ["get-token", "--login", "spn"]
     with pytest.raises(ConfigError, match="kubeLogin"):
@@ -514,7 +522,8 @@ def test_prod_keeps_redis_private_and_the_api_server_restricted() -> None:
 
 @pytest.mark.parametrize("tier", ["Free", "Standard", "Premium"])
 def test_premium_tier_comes_with_the_long_term_support_plan(tier: str) -> None:
-    run = run_stack("dev", {"aksTier": tier})
+    # dev runs Free, prod Standard (stacks/*.yaml).
+    run = {"Free": stack_run("dev"), "Standard": stack_run("prod")}.get(tier) or run_stack("dev", {"aksTier": tier})
     cluster = one(run, "ManagedCluster").plain
     assert cluster["sku"]["tier"] == tier
     assert cluster.get("supportPlan") == ("AKSLongTermSupport" if tier == "Premium" else None)
