@@ -6,13 +6,17 @@ field) reaches the mocks unchanged and would only fail in a real ``pulumi up``. 
 Pulumi SDKs declare every argument: the resource's ``<Type>Args`` class and the nested
 ``<Type>Args`` input types, each property with its wire (camelCase) name and type
 (``pulumi._types.input_type_types``). ``unknown_keys`` walks an input dict through those
-declarations, at every nesting level, and names every key the SDK does not declare.
+declarations, at every nesting level, and names every key the SDK does not declare, every object
+or list where the SDK declares something else, and every string outside a declared enum (unless
+listed in ``KNOWN_OUTSIDE_ENUMS``).
 """
 
 from __future__ import annotations
 
 import collections.abc
+import enum
 import importlib
+import re
 import typing
 from typing import Any
 
@@ -21,6 +25,15 @@ from pulumi.output import Output
 
 # The Pulumi engine adds these to every registration; they are not SDK arguments.
 ENGINE_KEYS = frozenset({"__defaults"})
+# Azure's enums are extensible (the SDK types them ``str | Enum``), so a string outside the enum is
+# not necessarily wrong; but most such strings are typos or a wrong case. These are the values used on
+# purpose that the SDK's enum does not list, with where Azure documents them.
+KNOWN_OUTSIDE_ENUMS = frozenset(
+    {
+        # learn.microsoft.com/azure/azure-monitor/containers/kubernetes-monitoring-enable (DCR for AKS)
+        ("streams", "Microsoft-ContainerInsights-Group-Default"),
+    }
+)
 
 
 def sdk_args_class(token: str) -> type | None:
@@ -110,6 +123,12 @@ def _check(value: Any, typ: Any, path: str) -> list[str]:
             return [f"{path}: a list where the SDK declares {typ}"]
         element = typing.get_args(sequences[0])[0] if typing.get_args(sequences[0]) else Any
         return [p for i, v in enumerate(value) for p in _check(v, element, f"{path}[{i}]")]
+    enums = [c for c in candidates if isinstance(c, type) and issubclass(c, enum.Enum)]
+    if isinstance(value, str) and enums:
+        allowed = {member.value for e in enums for member in e}
+        field = re.sub(r"\[\d+\]$", "", path).rsplit(".", 1)[-1]
+        if value not in allowed and (field, value) not in KNOWN_OUTSIDE_ENUMS:
+            return [f"{path}: {value!r} is not one of {sorted(allowed)}"]
     return []
 
 

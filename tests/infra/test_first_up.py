@@ -92,6 +92,13 @@ def test_the_sdk_check_finds_a_misplaced_key_deep_in_a_resource() -> None:
     dep_cls = sdk_args_class(deployment.typ)
     assert dep_cls is not None
     assert any("imagePullPolicyy" in p for p in unknown_keys(manifest, dep_cls))
+    # ...and a value outside an Azure enum (here: the wrong case).
+    nsg = one(run, "NetworkSecurityGroup", "network-appgateway-nsg")
+    rules = nsg.plain
+    rules["securityRules"][0]["direction"] = "inbound"
+    nsg_cls = sdk_args_class(nsg.typ)
+    assert nsg_cls is not None
+    assert any("securityRules[0].direction: 'inbound' is not one of" in p for p in unknown_keys(rules, nsg_cls))
 
 
 # --- Azure naming rules ------------------------------------------------------------------------
@@ -158,6 +165,24 @@ def test_stack_names_that_would_break_global_azure_names_are_refused(name: str) 
 @pytest.mark.parametrize("name", ["dev", "prod", "staging-eu", "a", "qa2"])
 def test_ordinary_stack_names_are_accepted(name: str) -> None:
     check_stack_name(name)
+
+
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_kubernetes_names_and_labels_follow_the_api_servers_rules(stack: str) -> None:
+    for obj in stack_run(stack).kubernetes_objects():
+        meta = obj.plain["metadata"]
+        rule = {"Namespace": DNS1123_LABEL, "Service": DNS1035_LABEL}.get(obj.plain["kind"], DNS1123_SUBDOMAIN)
+        assert re.match(rule, meta["name"]), f"{obj.plain['kind']} name {meta['name']!r}"
+        if "namespace" in meta:
+            assert re.match(DNS1123_LABEL, meta["namespace"])
+        for key, value in (meta.get("labels") or {}).items():
+            assert re.match(LABEL_VALUE, value), f"{obj.plain['kind']} {meta['name']} label {key}={value!r}"
 
 
 # --- 1. NSG rules ------------------------------------------------------------------------------
