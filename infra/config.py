@@ -435,6 +435,15 @@ def _build(stack: str, platform: Platform, v: Mapping[str, Any]) -> StackConfig:
             raise ConfigError(f"gatewayEnv: {name!r} is not an environment variable name")
         if name in SECRET_ENV:
             raise ConfigError(f"gatewayEnv: {name} is a secret setting; it is managed by the program, not config")
+    # The program computes from these (grace period, WAF body limit): they must be numbers.
+    for name in ("MCPGW_DRAIN_DELAY", "MCPGW_DRAIN_TIMEOUT", "MCPGW_MAX_BODY_BYTES"):
+        if name in extra_env:
+            try:
+                number = float(extra_env[name])
+            except ValueError:
+                number = -1.0
+            if number < 0 or (name == "MCPGW_MAX_BODY_BYTES" and not number.is_integer()):
+                raise ConfigError(f"gatewayEnv: {name} must be a non-negative number, got {extra_env[name]!r}")
     if v["logLevel"] not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"logLevel: expected debug, info, warning or error, got {v['logLevel']!r}")
     gateway = GatewayConfig(

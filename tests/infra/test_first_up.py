@@ -603,6 +603,11 @@ def test_grace_period_follows_drain_settings_set_for_the_stack() -> None:
     assert grace >= 8 + 50 + 5
 
 
+def test_drain_settings_that_are_not_numbers_are_refused() -> None:
+    with pytest.raises(ConfigError, match="MCPGW_DRAIN_TIMEOUT must be a non-negative number"):
+        load_stack_config("dev", {"gatewayEnv": {"MCPGW_DRAIN_TIMEOUT": "20s"}})
+
+
 @pytest.mark.parametrize("stack", AZURE_STACKS)
 def test_gateway_rolls_out_without_losing_capacity_across_nodes_and_zones(stack: str) -> None:
     run = stack_run(stack)
