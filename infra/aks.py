@@ -71,7 +71,9 @@ def kubeconfig_for(encoded: str, login: str = "azurecli") -> str:
     ``_SECRET`` or ``AZURE_CLIENT_ID``/``_SECRET``), ``workloadidentity`` (a federated token:
     ``AZURE_CLIENT_ID``, ``AZURE_TENANT_ID``, ``AZURE_FEDERATED_TOKEN_FILE``), ``msi`` or ``azd``.
     Only the server id, tenant and environment are kept from AKS's arguments: its ``--client-id``
-    is the device-code client, which would override the service principal's.
+    is the device-code client, which would override the service principal's. The admin credential
+    is not an option (decided 2026-11-30, issue 14): local accounts are off, so that every access
+    to the cluster is an Entra ID identity under Azure RBAC.
     """
     doc: dict[str, Any] = yaml.safe_load(base64.b64decode(encoded).decode())
     for user in doc.get("users") or []:
