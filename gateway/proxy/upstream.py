@@ -207,6 +207,8 @@ class _Connection(asyncio.Protocol):
             if end < 0 or end + 4 > limit:
                 if len(buf) > limit or end >= 0:
                     raise UpstreamHeadersTooLarge(f"the upstream's response head is larger than {limit} bytes")
+                if buf.count(b"\n") != buf.count(b"\r\n"):
+                    raise UpstreamProtocolError("the upstream's response head has a line break without CR")
                 if buf is not head:
                     head += buf
                 return
