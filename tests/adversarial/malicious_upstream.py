@@ -96,8 +96,8 @@ class RawServer:
                 await self.answer(request, writer)
                 with contextlib.suppress(ConnectionError):
                     await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            return  # (a cancelled handler re-raising makes 3.11's start_server log a traceback)
         finally:
             self._writers.discard(writer)
             writer.close()
