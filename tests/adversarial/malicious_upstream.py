@@ -238,6 +238,10 @@ async def evil_answer(request: Request, writer: asyncio.StreamWriter) -> None:
             os._exit(9)  # a replica killed mid-stream
         writer.close()
         return
+    if case == "sleep":
+        await asyncio.sleep(float(request.headers.get("x-sleep", b"1")))
+        writer.write(_json(200, {"jsonrpc": "2.0", "id": 1, "result": {"slept": True}}))
+        return
     if case == "json-cut-late":
         # A large JSON body (beyond what the gateway reads before answering) that then breaks off.
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400000\r\n\r\n")
