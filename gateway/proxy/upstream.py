@@ -106,7 +106,6 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.counted = True  # still counted in its target's connection count
         self.idle_since = 0.0
-        self.idle_timer: asyncio.TimerHandle | None = None
         self.reused = False
         self._parser: httptools.HttpResponseParser | None = None
         self._loop = asyncio.get_running_loop()
@@ -506,13 +505,15 @@ class UpstreamResponse:
 class _Target:
     """Connections to one ``scheme://host:port``: open ones counted, idle ones per identity."""
 
-    __slots__ = ("address", "count", "idle", "idle_count", "waiters")
+    __slots__ = ("address", "count", "idle", "lru", "waiters")
 
     def __init__(self, address: tuple[str, int, bool, bytes]) -> None:
         self.address = address
         self.count = 0
         self.idle: dict[str, list[_Connection]] = {}
-        self.idle_count = 0
+        """Idle connections per identity, newest last."""
+        self.lru: dict[_Connection, None] = {}
+        """Every idle connection, oldest first (eviction at the cap, expiry)."""
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
 
@@ -538,6 +539,7 @@ class UpstreamPool:
         self._targets: dict[str, _Target] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
+        self._sweep_timer: asyncio.TimerHandle | None = None
 
     async def request(
         self, method: str, url: str, headers: Sequence[tuple[bytes, bytes]], body: bytes, *, identity: str = ""
@@ -586,10 +588,12 @@ class UpstreamPool:
     async def close(self) -> None:
         """Close every idle connection; busy ones close when released."""
         self._closed = True
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         for target in list(self._targets.values()):
-            for conns in list(target.idle.values()):
-                for conn in list(conns):
-                    self._discard(target, conn)
+            for conn in list(target.lru):
+                self._discard(target, conn)
 
     def stats(self) -> dict[str, int]:
         """Targets, open connections, idle connections and identities with idle connections (tests, soak)."""
@@ -597,7 +601,7 @@ class UpstreamPool:
         return {
             "targets": len(targets),
             "connections": sum(t.count for t in targets),
-            "idle": sum(t.idle_count for t in targets),
+            "idle": sum(len(t.lru) for t in targets),
             "identities": sum(len(t.idle) for t in targets),
         }
 
@@ -613,19 +617,17 @@ class UpstreamPool:
             conns = target.idle.get(identity)
             if conns:
                 conn = conns.pop()
-                target.idle_count -= 1
+                del target.lru[conn]
                 if not conns:
                     del target.idle[identity]
-                if conn.idle_timer is not None:
-                    conn.idle_timer.cancel()
-                    conn.idle_timer = None
-                if conn.closed:
+                if conn.closed or time.monotonic() - conn.idle_since > self.keepalive_seconds:
+                    self._discard(target, conn, drop=False)
                     continue
                 conn.reused = True
                 return conn
-            if target.count >= self.max_per_host and target.idle_count:
+            if target.count >= self.max_per_host and target.lru:
                 # At the cap with idle connections of other identities: close the oldest one.
-                self._discard(target, self._oldest_idle(target), drop=False)
+                self._discard(target, next(iter(target.lru)), drop=False)
             if target.count < self.max_per_host:
                 break
             waiter = loop.create_future()
@@ -656,15 +658,6 @@ class UpstreamPool:
             self._wake_one(target)
             self._maybe_drop(key, target)
             raise
-
-    @staticmethod
-    def _oldest_idle(target: _Target) -> _Connection:
-        oldest: _Connection | None = None
-        for conns in target.idle.values():
-            if conns and (oldest is None or conns[0].idle_since < oldest.idle_since):
-                oldest = conns[0]
-        assert oldest is not None
-        return oldest
 
     async def _connect(
         self, key: str, address: tuple[str, int, bool, bytes], identity: str, budget: float
@@ -699,29 +692,35 @@ class UpstreamPool:
         if reusable and not self._closed:
             conn.idle_since = time.monotonic()
             target.idle.setdefault(conn.identity, []).append(conn)
-            target.idle_count += 1
-            conn.idle_timer = asyncio.get_running_loop().call_later(self.keepalive_seconds, self._expire, conn)
+            target.lru[conn] = None
+            if self._sweep_timer is None:
+                self._sweep_timer = asyncio.get_running_loop().call_later(self.keepalive_seconds, self._sweep)
             self._wake_one(target)
             return
         self._discard(target, conn)
 
-    def _expire(self, conn: _Connection) -> None:
-        conn.idle_timer = None
-        target = self._targets.get(conn.key)
-        if target is not None and conn.counted:
-            self._discard(target, conn)
+    def _sweep(self) -> None:
+        """Close idle connections older than keepalive_seconds (one timer per pool, not per request)."""
+        self._sweep_timer = None
+        now = time.monotonic()
+        next_due: float | None = None
+        for target in list(self._targets.values()):
+            for conn in list(target.lru):  # oldest first: stop at the first one still fresh
+                due = conn.idle_since + self.keepalive_seconds
+                if due > now:
+                    next_due = due if next_due is None else min(next_due, due)
+                    break
+                self._discard(target, conn)
+        if next_due is not None:
+            self._sweep_timer = asyncio.get_running_loop().call_later(next_due - now + 0.01, self._sweep)
 
     def _discard(self, target: _Target, conn: _Connection, *, drop: bool = True) -> None:
         """Close ``conn`` and free its slot now (not when the close completes)."""
-        conns = target.idle.get(conn.identity)
-        if conns is not None and conn in conns:
+        if target.lru.pop(conn, 0) is None:  # it was idle
+            conns = target.idle[conn.identity]
             conns.remove(conn)
-            target.idle_count -= 1
             if not conns:
                 del target.idle[conn.identity]
-        if conn.idle_timer is not None:
-            conn.idle_timer.cancel()
-            conn.idle_timer = None
         if conn.counted:
             conn.counted = False
             target.count -= 1

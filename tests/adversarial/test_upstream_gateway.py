@@ -54,7 +54,7 @@ def call(gw: GatewayProcess, evil: str = "", user: str = "dev", adapter: str = "
 
 
 def raw_call(gw: GatewayProcess, evil: str, adapter: str = "evil") -> bytes:
-    """Everything the gateway sends back on one connection, until it closes it (or 10 s)."""
+    """Everything the gateway sends back on one connection, until it closes it or ends the body cleanly."""
     body = json.dumps(CALL).encode()
     request = (
         f"POST /adapters/{adapter}/mcp HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nX-Dev-User-Id: dev\r\n"
@@ -66,6 +66,8 @@ def raw_call(gw: GatewayProcess, evil: str, adapter: str = "evil") -> bytes:
         sock.sendall(request)
         while chunk := sock.recv(65536):
             received += chunk
+            if received.endswith(b"\r\n0\r\n\r\n"):  # a clean end: the connection stays open
+                break
     return received
 
 
