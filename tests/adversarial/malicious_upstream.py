@@ -238,6 +238,15 @@ async def evil_answer(request: Request, writer: asyncio.StreamWriter) -> None:
             os._exit(9)  # a replica killed mid-stream
         writer.close()
         return
+    if case == "legacy-sse-cut":
+        # 2024-11-05 HTTP+SSE: the endpoint event, one message, then the stream breaks off.
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for event in (b"event: endpoint\ndata: /messages?session_id=abc\n\n", b'event: message\ndata: {"n": 0}\n\n'):
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.close()
+        return
     if case == "sleep":
         await asyncio.sleep(float(request.headers.get("x-sleep", b"1")))
         writer.write(_json(200, {"jsonrpc": "2.0", "id": 1, "result": {"slept": True}}))

@@ -53,11 +53,12 @@ def call(gw: GatewayProcess, evil: str = "", user: str = "dev", adapter: str = "
     return httpx.post(f"{gw.url}/adapters/{adapter}/mcp", json=CALL, headers=headers, timeout=10, **kw)
 
 
-def raw_call(gw: GatewayProcess, evil: str, adapter: str = "evil") -> bytes:
+def raw_call(gw: GatewayProcess, evil: str, adapter: str = "evil", route: str = "mcp") -> bytes:
     """Everything the gateway sends back on one connection, until it closes it or ends the body cleanly."""
-    body = json.dumps(CALL).encode()
+    body = json.dumps(CALL).encode() if route == "mcp" else b""
+    method = "POST" if route == "mcp" else "GET"
     request = (
-        f"POST /adapters/{adapter}/mcp HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nX-Dev-User-Id: dev\r\n"
+        f"{method} /adapters/{adapter}/{route} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nX-Dev-User-Id: dev\r\n"
         f"Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n"
         f"x-evil: {evil}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
@@ -115,6 +116,17 @@ def test_a_replica_killed_mid_stream_aborts_the_client_connection(gw: GatewayPro
     assert not received.endswith(b"0\r\n\r\n")
     with gw.client() as api:
         wait_ready(api, "evil-kill", 1, timeout=30)
+
+
+def test_legacy_sse_streams_use_the_same_rules(gw: GatewayProcess) -> None:
+    received = raw_call(gw, "legacy-sse-cut", route="sse")
+    assert received.startswith(b"HTTP/1.1 200") and b"/adapters/evil/messages?session_id=" in received
+    assert b'data: {"n": 0}' in received and not received.endswith(b"0\r\n\r\n")
+    response = httpx.get(
+        f"{gw.url}/adapters/evil/sse", headers={"Accept": "text/event-stream", "x-evil": "status-600"}, timeout=10
+    )
+    assert "sent an invalid response" in bad_gateway(response)
+    assert "Traceback" not in gw.log_text()
 
 
 @pytest.mark.parametrize(
