@@ -194,19 +194,19 @@ class _Connection(asyncio.Protocol):
         limit = self._pool.max_header_bytes
         head = self._head
         if head:
+            fresh = len(head)  # only the new bytes are searched: a dribbled head costs O(n), not O(n²)
             head += data
             buf: bytes | bytearray = head
-            start = max(0, len(head) - len(data) - 3)
         else:
-            buf, start = data, 0
+            buf, fresh = data, 0
         while True:
             if buf[:5] != _HTTP[: len(buf[:5])]:
                 raise UpstreamProtocolError(f"the upstream sent {bytes(buf[:16])!r} where a response head belongs")
-            end = buf.find(b"\r\n\r\n", start)
+            end = buf.find(b"\r\n\r\n", max(fresh - 3, 0))
             if end < 0 or end + 4 > limit:
                 if len(buf) > limit or end >= 0:
                     raise UpstreamHeadersTooLarge(f"the upstream's response head is larger than {limit} bytes")
-                if buf.count(b"\n") != buf.count(b"\r\n"):
+                if buf.count(b"\n", fresh) != buf.count(b"\r\n", max(fresh - 1, 0)):
                     raise UpstreamProtocolError("the upstream's response head has a line break without CR")
                 if buf is not head:
                     head += buf
@@ -230,7 +230,7 @@ class _Connection(asyncio.Protocol):
                     raise UpstreamProtocolError(f"the upstream sent more than {MAX_INTERIM} interim responses")
                 if not rest:
                     return
-                buf, start = rest, 0
+                buf, fresh = rest, 0
                 continue
             if not response.head_done:
                 raise UpstreamProtocolError("the upstream's response head did not parse")
@@ -353,15 +353,16 @@ class _Connection(asyncio.Protocol):
 
     def _timed_out(self, waiter: asyncio.Future[None], what: str) -> None:
         if not waiter.done():
-            waiter.set_exception(UpstreamTimeout(f"the upstream sent no {what} for {self._pool.read_timeout:g}s"))
+            waiter.set_exception(UpstreamTimeout(f"the upstream sent no {what} within {self._pool.read_timeout:g}s"))
 
-    async def wait(self, what: str) -> None:
-        """Wait for more from the upstream (at most read_timeout); raise what went wrong."""
+    async def wait(self, what: str, deadline: float | None = None) -> None:
+        """Wait for more from the upstream (at most read_timeout, or until ``deadline``); raise what went wrong."""
         if self._exc is not None:
             raise self._exc
         waiter = self._loop.create_future()
         self._waiter = waiter
-        timer = self._loop.call_later(self._pool.read_timeout, self._timed_out, waiter, what)
+        delay = self._pool.read_timeout if deadline is None else deadline - self._loop.time()
+        timer = self._loop.call_later(delay, self._timed_out, waiter, what)
         try:
             await waiter
         finally:
@@ -570,8 +571,11 @@ class UpstreamPool:
             response = UpstreamResponse(conn, method)
             try:
                 await conn.send(data, response)
+                # The whole head within read_timeout: a replica dribbling its head byte by byte
+                # cannot hold the request open for longer.
+                deadline = asyncio.get_running_loop().time() + self.read_timeout
                 while not response.head_done:
-                    await conn.wait("response")
+                    await conn.wait("complete response head", deadline)
                 return response
             except UpstreamUnreachable:
                 response.release()

@@ -21,6 +21,7 @@ from gateway.proxy.upstream import (
     UpstreamPoolExhausted,
     UpstreamProtocolError,
     UpstreamResponse,
+    UpstreamTimeout,
     UpstreamUnreachable,
 )
 from tests.adversarial.malicious_upstream import CASES, RawServer, Request, ok, reply
@@ -394,3 +395,23 @@ async def _first_head(pool: UpstreamPool, url: str, release: asyncio.Event) -> o
     await asyncio.sleep(0.05)
     release.set()
     return await task
+
+
+async def test_a_head_dribbled_byte_by_byte_gets_the_read_timeout_in_total() -> None:
+    pool = UpstreamPool(connect_timeout=1.0, read_timeout=0.5, max_per_host=2)
+
+    async def answer(request: Request, writer: asyncio.StreamWriter) -> None:
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.02)
+        except ConnectionError:
+            return
+
+    async with RawServer(answer) as server:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout, match="complete response head"):
+            await fetch(pool, server.url)
+        assert time.monotonic() - started < 1.0
+    await pool.close()
