@@ -11,7 +11,10 @@ Routes (DESIGN.md §2):
 
 Bodies stream both ways; upstream statuses and bodies pass through unchanged; a client
 disconnect cancels the upstream request. Errors the gateway itself makes are JSON-RPC error
-objects with a meaningful HTTP status.
+objects with a meaningful HTTP status (one map, ``_upstream_failure``, for every route). An
+upstream body that breaks off (early close, mis-framing, silence) before the client's response
+started is a 502; after, the client's connection is cut without the terminating chunk, so the
+client can tell (2026-11-30, issue 12; gateway/proxy/upstream.py says what "breaks off" means).
 """
 
 from __future__ import annotations
