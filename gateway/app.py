@@ -172,6 +172,9 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout,
         pool_size=settings.upstream_pool_size,
+        upstream_max_header_bytes=settings.upstream_max_header_bytes,
+        upstream_max_header_fields=settings.upstream_max_header_fields,
+        trusted_proxies=settings.trusted_proxies,
         www_authenticate=lambda path, error, detail: www_authenticate(settings, path, error, detail),
         telemetry=telemetry.requests,
     )

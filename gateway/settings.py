@@ -96,7 +96,20 @@ class Settings:
         300.0, "Seconds an upstream may stay silent (between chunks) before 504; streams have no total limit."
     )
     upstream_pool_size: int = setting(
-        1024, "Most connections open at once to one replica; every open stream holds one (then 504)."
+        1024,
+        "Most connections open at once to one replica, across users; every open stream holds one. "
+        "At the cap, idle connections of other users are closed; with none, 503 after the connect timeout.",
+    )
+    upstream_max_header_bytes: int = setting(
+        64 * 1024, "Largest response head (status line and headers) or trailer section a replica may send; then 502."
+    )
+    upstream_max_header_fields: int = setting(
+        100, "Most header fields in a replica's response head (and in its trailers); then 502."
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        "Addresses or CIDRs of proxies in front of the gateway. Only from these peers is the client's "
+        "X-Forwarded-For kept (and the peer appended); from any other peer it is replaced by the peer address.",
     )
     allowed_hosts: tuple[str, ...] = setting(
         (),
@@ -371,3 +384,15 @@ def _check_settings(s: Settings) -> None:
         )
     if s.sessions == "redis" and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         _fail("redis_url", "must start with redis://, rediss:// or unix://")
+    _check_upstream(s)
+
+
+def _check_upstream(s: Settings) -> None:
+    for name in ("upstream_max_header_bytes", "upstream_max_header_fields"):
+        if getattr(s, name) < 1:
+            _fail(name, f"must be at least 1, got {getattr(s, name)}")
+    for entry in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            _fail("trusted_proxies", f"{entry!r} is not an IP address or CIDR")

@@ -25,6 +25,13 @@ p50 and p99 latency, errors and the proxy's CPU time per request, then the ratio
 from the same repetition (medians over repetitions). Every timed run is preceded by one request
 with the same headers and body whose response is checked (200, the echoed text, no error).
 
+Then the many-users rows: stateless ``tools/call`` against the stub through the gateway at c64,
+from one user and from 64 and 1,000 distinct users (``X-Dev-User-Id`` rotating per request),
+back to back. The gateway keeps upstream connections per user (a replica cannot leak one user's
+bytes into another's response, gateway/proxy/upstream.py), so these rows show what that costs:
+with more users than concurrent requests, most requests open a new upstream connection.
+``--many-users-only`` runs just these rows (about 30 s).
+
 Finally it opens idle SSE streams through the gateway (``initialize``, then a GET stream with the
 session id, held by the stub) and reports how many one gateway process holds and its RSS.
 """
@@ -349,9 +356,14 @@ wrk.method = "POST"
 local n = 0
 local pre = {pre}
 local post = {post}
+local users = {users}
 function init(args) n = math.random(1, 1000000) * 1000 end
 function request()
   n = n + 1
+  if users > 0 then
+    wrk.headers["X-Dev-User-Id"] = "user-" .. (n % users)
+    wrk.headers["X-Dev-Roles"] = "{role}"
+  end
   return wrk.format(nil, nil, nil, pre .. n .. post)
 end
 function done(summary, latency, requests)
@@ -389,12 +401,17 @@ def call_body(mode: str, request_id: int | str) -> str:
     return body.replace('"id":0', f'"id":{request_id}', 1)
 
 
-def write_wrk_script(path: Path, mode: str, session_id: str | None) -> None:
+def write_wrk_script(path: Path, mode: str, session_id: str | None, users: int = 0) -> None:
+    """A wrk script for one cell; ``users`` > 0 rotates X-Dev-User-Id over that many users per request."""
     headers = "\n".join(
         f"wrk.headers[{lua_string(k)}] = {lua_string(v)}" for k, v in call_headers(mode, session_id).items()
     )
     pre, post = call_body(mode, "@@").split("@@")
-    path.write_text(WRK_SCRIPT.format(headers=headers, pre=lua_string(pre), post=lua_string(post)))
+    path.write_text(
+        WRK_SCRIPT.format(
+            headers=headers, pre=lua_string(pre), post=lua_string(post), users=users, role=MANY_USERS_ROLE
+        )
+    )
 
 
 def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, Any]:
@@ -534,6 +551,53 @@ def added_p50_ms(cells: dict[tuple[str, str, str, int], Cell], key: tuple[str, s
     direct = cells[(upstream, mode, "direct", c)].runs
     runs = zip(cells[key].runs, direct, strict=True)
     return float(statistics.median((float(r["p50_us"]) - float(d["p50_us"])) / 1000 for r, d in runs))
+
+
+# --- many users ---------------------------------------------------------------------------------
+
+MANY_USERS = (1, 64, 1000)
+MANY_USERS_CONCURRENCY = 64
+MANY_USERS_ROLE = "bench.user"
+
+
+def measure_many_users(target: Target, reps: int, seconds: float, workdir: Path) -> dict[int, Cell]:
+    """Stateless calls through the gateway at c64 from 1, 64 and 1,000 users, interleaved per repetition."""
+    scripts = {}
+    for users in MANY_USERS:
+        scripts[users] = workdir / f"wrk-many-users-{users}.lua"
+        write_wrk_script(scripts[users], "stateless", None, users=0 if users == 1 else users)
+    check_call(target.url, "stateless", None)
+    run_wrk(target.url, scripts[MANY_USERS[-1]], 16, 1)  # warm-up
+    cells: dict[int, Cell] = {}
+    print(f"  {'stub':8} many-users", end="", flush=True)
+    for rep in range(reps):
+        order = MANY_USERS[rep % len(MANY_USERS) :] + MANY_USERS[: rep % len(MANY_USERS)]
+        for users in order:
+            before = cpu_ticks(target.proxy_pids)
+            result = run_wrk(target.url, scripts[users], MANY_USERS_CONCURRENCY, seconds)
+            ticks = cpu_ticks(target.proxy_pids) - before
+            result["cpu_ms_per_req"] = ticks * 1000 / os.sysconf("SC_CLK_TCK") / max(result["requests"], 1)
+            cells.setdefault(users, Cell()).runs.append(result)
+            print(".", end="", flush=True)
+    print()
+    return cells
+
+
+def report_many_users(cells: dict[int, Cell]) -> None:
+    """The many-users table: what per-user upstream connections cost against one user."""
+    reps = len(cells[1].runs)
+    print(f"\nstub upstream through the gateway, stateless tools/call at c{MANY_USERS_CONCURRENCY}, by distinct users "
+          f"(medians of {reps})")  # fmt: skip
+    columns = f"{'users':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    print(f"{columns} {'gateway CPU ms/req':>18} {'rps vs 1 user':>13}")
+    for users, cell in cells.items():
+        errors = cell.total("err_socket") + cell.total("err_status") + cell.total("err_timeout")
+        per_rep = [r["rps"] / one["rps"] for r, one in zip(cell.runs, cells[1].runs, strict=True) if one["rps"]]
+        print(
+            f"{users:>6} {cell.median('rps'):>9.0f} {fmt_ms(cell.median('p50_us')):>8} "
+            f"{fmt_ms(cell.median('p99_us')):>8} {errors:>6} {cell.median('cpu_ms_per_req'):>18.3f} "
+            f"{statistics.median(per_rep) if per_rep else float('nan'):>13.3f}"
+        )
 
 
 # --- idle streams -------------------------------------------------------------------------------
@@ -754,6 +818,7 @@ def bench(args: argparse.Namespace) -> int:
             with httpx.Client(base_url=gw_url, timeout=30) as api:
                 for name, image, version in (("example", "mcp-example", "1.0.0"), ("stub", "bench-stub", "1.0")):
                     body = {"name": name, "imageName": image, "imageVersion": version, "replicaCount": 1}
+                    body["requiredRoles"] = [MANY_USERS_ROLE]  # the many-users rows' users may use it
                     r = api.post("/adapters", json=body)
                     if r.status_code != 201:
                         raise RuntimeError(f"POST /adapters {name}: {r.status_code} {r.text}")
@@ -795,7 +860,13 @@ def bench(args: argparse.Namespace) -> int:
             upstreams["stub"].append(Target("gateway", f"{gw_url}/adapters/stub/mcp", [gateway.pid]))
 
             print(f"set-up done in {time.monotonic() - started:.1f}s; measuring")
+            gateway_stub = upstreams["stub"][-1]
+            if args.many_users_only:
+                many = measure_many_users(gateway_stub, reps, seconds, workdir)
+                report_many_users(many)
+                return 0 if all(c.total("err_status") == 0 for c in many.values()) else 1
             cells = measure(upstreams, concurrencies, reps, seconds, workdir)
+            many = measure_many_users(gateway_stub, reps, seconds, workdir)
 
             streams = None
             if args.streams:
@@ -805,6 +876,7 @@ def bench(args: argparse.Namespace) -> int:
                 streams["stub_direct_open"] = held["open"]
 
             checks = report(cells, upstreams, concurrencies, streams)
+            report_many_users(many)
             if streams is not None:
                 print(
                     f"\nidle SSE streams through one gateway process: {streams['opened']}/{streams['requested']} "
@@ -831,6 +903,7 @@ def bench(args: argparse.Namespace) -> int:
                         for (u, m, p, c), cell in cells.items()
                     ],
                     "streams": streams,
+                    "many_users": {str(u): cell.runs for u, cell in many.items()},
                     "checks": [{"name": n, "passed": p, "value": d} for n, p, d in checks],
                 }
                 Path(args.json).write_text(json.dumps(out, indent=2))
@@ -848,6 +921,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=5000, help="idle SSE streams to hold (0: skip)")
     parser.add_argument("--hold", type=float, default=5.0, help="seconds to hold the idle streams")
     parser.add_argument("--json", help="also write every run to this JSON file")
+    parser.add_argument("--many-users-only", action="store_true", help="only the many-users rows (stub, gateway, c64)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, configs)")
     args = parser.parse_args()
     if args.mode == "stub":

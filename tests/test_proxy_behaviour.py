@@ -71,6 +71,9 @@ def test_client_credentials_and_identity_claims_never_reach_the_upstream(gw: Gat
         "X-Mcp-User-Id": "mallory",
         "X-Mcp-Roles": "mcp.admin",
         "X-Forwarded-For": "10.9.9.9",
+        "X-Real-IP": "10.8.8.8",
+        "X-Custom-Hop": "hop-only",
+        "X-Utf8": "café".encode(),
         "X-Dev-User-Id": "dev",
         "Mcp-Method": "tools/call",
         "Mcp-Name": "add",
@@ -82,7 +85,10 @@ def test_client_credentials_and_identity_claims_never_reach_the_upstream(gw: Gat
     seen = report(post(gw, headers=sent))["headers"]
     assert "authorization" not in seen and "cookie" not in seen
     assert seen["x-mcp-user-id"] == "dev" and seen["x-mcp-roles"] == ""
-    assert seen["x-forwarded-for"] == "10.9.9.9, 127.0.0.1"
+    # the peer is no trusted proxy: its X-Forwarded-For and X-Real-IP are not believed
+    assert seen["x-forwarded-for"] == "127.0.0.1" and "x-real-ip" not in seen
+    assert "x-custom-hop" not in seen  # named in Connection: hop-by-hop
+    assert seen["x-utf8"] == "café"  # header bytes pass unchanged (were latin-1 → UTF-8 double-encoded)
     assert seen["x-forwarded-proto"] == "http" and seen["x-forwarded-host"] == gw.url.removeprefix("http://")
     assert seen["host"] != gw.url.removeprefix("http://")  # the upstream's own address
     assert seen["mcp-method"] == "tools/call" and seen["mcp-name"] == "add"

@@ -11,17 +11,21 @@ Routes (DESIGN.md §2):
 
 Bodies stream both ways; upstream statuses and bodies pass through unchanged; a client
 disconnect cancels the upstream request. Errors the gateway itself makes are JSON-RPC error
-objects with a meaningful HTTP status.
+objects with a meaningful HTTP status (one map, ``_upstream_failure``, for every route). An
+upstream body that breaks off (early close, mis-framing, silence) before the client's response
+started is a 502; after, the client's connection is cut without the terminating chunk, so the
+client can tell (2026-11-30, issue 12; gateway/proxy/upstream.py says what "breaks off" means).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlencode
 
 import msgspec
@@ -36,7 +40,14 @@ from gateway.proxy.hosts import HostPolicy
 from gateway.proxy.sealing import SessionClaims
 from gateway.proxy.sessions import SessionRejected, SessionRouter
 from gateway.proxy.sse import EndpointRewriter, upstream_path
-from gateway.proxy.upstream import UpstreamPool, UpstreamProtocolError, UpstreamResponse
+from gateway.proxy.upstream import (
+    UpstreamClosed,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamPoolExhausted,
+    UpstreamProtocolError,
+    UpstreamResponse,
+)
 from gateway.runtime.base import Endpoint, Runtime
 from gateway.store.view import AdapterView
 from gateway.telemetry.requests import RequestTelemetry
@@ -72,6 +83,18 @@ class ClientDisconnected(Exception):
     """The client went away; the upstream request was cancelled."""
 
 
+class ResponseAborted(Exception):
+    """The upstream's body broke off after the client's response started: the client connection
+    must be closed without the terminating chunk, so the client sees a truncated response.
+
+    Raised out of the ASGI app on purpose: uvicorn then closes the transport (verified with a raw
+    socket in tests/adversarial/test_upstream_gateway.py). ``deliberate_abort`` lets the logging
+    filter in gateway/telemetry/logs.py drop uvicorn's traceback for it.
+    """
+
+    deliberate_abort = True
+
+
 class McpProxy:
     """Routes MCP requests to replicas; see the module docstring."""
 
@@ -89,6 +112,9 @@ class McpProxy:
         pool_size: int,
         www_authenticate: Callable[[str, str | None, str | None], str],
         telemetry: RequestTelemetry | None = None,
+        upstream_max_header_bytes: int = 64 * 1024,
+        upstream_max_header_fields: int = 100,
+        trusted_proxies: tuple[str, ...] = (),
     ) -> None:
         self._auth = authenticator
         self._view = view
@@ -103,12 +129,21 @@ class McpProxy:
         self._telemetry = telemetry or RequestTelemetry.disabled()
         self._balancer = Balancer()
         self._client: UpstreamPool | None = None
+        self._max_header_bytes = upstream_max_header_bytes
+        self._max_header_fields = upstream_max_header_fields
+        self._trusted = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
         self.open_streams = 0
+        self.upstream_aborts: dict[str, int] = {}
+        """Responses whose upstream body broke off, by reason (closed, protocol, timeout)."""
 
     async def start(self) -> None:
         """Open the upstream connection pool."""
         self._client = UpstreamPool(
-            connect_timeout=self._connect_timeout, read_timeout=self._read_timeout, max_per_host=self._pool_size
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            max_per_host=self._pool_size,
+            max_header_bytes=self._max_header_bytes,
+            max_header_fields=self._max_header_fields,
         )
 
     async def close(self) -> None:
@@ -148,6 +183,8 @@ class McpProxy:
                 await _error(send, _from_gateway_error(exc, self._www_authenticate, scope["path"]))
         except ClientDisconnected:
             return
+        except ResponseAborted:
+            raise  # uvicorn closes the client connection: no terminating chunk, the client sees the cut
         except BodyTooLarge:
             if not started:
                 await _error(send, ProxyError(413, -32600, f"request body is larger than {self._max_body} bytes"))
@@ -257,13 +294,11 @@ class McpProxy:
             async with _DisconnectWatch(receive, body_done):
                 sent = time.perf_counter()
                 try:
-                    response = await self._client.request(scope["method"], url, out_headers, body)
-                except ConnectionError as exc:
-                    raise ProxyError(502, -32003, f"replica {endpoint.replica} is unreachable: {exc}") from None
-                except TimeoutError:
-                    raise ProxyError(504, -32004, f"replica {endpoint.replica} did not answer in time") from None
-                except UpstreamProtocolError as exc:
-                    raise ProxyError(502, -32003, f"replica {endpoint.replica} failed: {exc}") from None
+                    response = await self._client.request(
+                        scope["method"], url, out_headers, body, identity=identity.user_id
+                    )
+                except UpstreamError as exc:
+                    raise _upstream_failure(exc, endpoint.replica) from None
                 async with response:
                     headers = downstream_headers(response.raw_headers)
                     upstream_id = response.header("mcp-session-id")
@@ -273,7 +308,7 @@ class McpProxy:
                         headers.append((b"mcp-session-id", token.encode()))
                     elif upstream_id and "mcp-session-id" in request_headers:  # echo the client's sealed id
                         headers.append((b"mcp-session-id", request_headers["mcp-session-id"].encode("latin-1")))
-                    await self._stream_response(send, response, headers)
+                    await self._stream_response(send, response, headers, endpoint.replica)
                     return response.status
         finally:
             self._balancer.end(endpoint)
@@ -294,36 +329,64 @@ class McpProxy:
         except SessionStoreUnavailable as exc:
             raise ProxyError(503, -32005, f"cannot open a session: {exc.detail}", {"Retry-After": "5"}) from None
 
-    async def _stream_response(self, send: Send, response: UpstreamResponse, headers: list[Any]) -> None:
+    async def _stream_response(self, send: Send, response: UpstreamResponse, headers: list[Any], replica: str) -> None:
+        """Stream the upstream's answer to the client; a body that breaks off aborts the client's response."""
         streaming = response.content_type == "text/event-stream"
         if streaming:
             self.open_streams += 1
         try:
+            first = b""
+            if not streaming:
+                # Read up to PREREAD_BYTES before answering: a JSON body that breaks off is then a
+                # clean 502, not a cut 200. Most answers arrive with their head: no extra wait.
+                try:
+                    first = await _preread(response)
+                except UpstreamError as exc:
+                    self._count_abort(exc)
+                    raise _upstream_failure(exc, replica) from None
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
-            while chunk := await response.read_chunk():
-                # A chunk that ends the body is sent as the last one: one write instead of two.
-                last = response.at_eof()
-                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
-                if last:
-                    return
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (ConnectionError, TimeoutError, UpstreamProtocolError) as exc:
-            log.info("upstream stream ended early: %s", exc)
+            try:
+                chunk = first or await response.read_chunk()
+                while chunk:
+                    # A chunk that ends the body is sent as the last one: one write instead of two.
+                    last = response.at_eof()
+                    await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                    if last:
+                        return
+                    chunk = await response.read_chunk()
+            except UpstreamError as exc:
+                self._abort(exc, replica)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if streaming:
                 self.open_streams -= 1
 
+    def _count_abort(self, exc: UpstreamError) -> str:
+        if isinstance(exc, UpstreamClosed):
+            reason = "closed"
+        elif isinstance(exc, TimeoutError):
+            reason = "timeout"
+        else:
+            reason = "protocol"
+        self.upstream_aborts[reason] = self.upstream_aborts.get(reason, 0) + 1
+        return reason
+
+    def _abort(self, exc: UpstreamError, replica: str) -> NoReturn:
+        """The response started and its upstream body broke off: count it, cut the client off."""
+        reason = self._count_abort(exc)
+        log.warning("aborting the response from replica %s (%s): %s", replica, reason, exc)
+        raise ResponseAborted(str(exc)) from None
+
     def _upstream_headers(
         self, scope: Scope, identity: Identity, upstream_session: str | None, request_headers: dict[str, str]
-    ) -> list[tuple[str, str]]:
+    ) -> list[tuple[bytes, bytes]]:
         client = scope.get("client")
-        host = request_headers.get("host", "")
+        peer = client[0] if client else "unknown"
         out = upstream_headers(
             scope["headers"],
-            client_ip=client[0] if client else "unknown",
+            client_ip=peer,
+            trusted_peer=bool(self._trusted) and _in_networks(peer, self._trusted),
             scheme=scope.get("scheme", "http"),
-            host=host,
             user_id=identity.user_id,
             roles=identity.roles,
             session_id=upstream_session,
@@ -381,17 +444,21 @@ class McpProxy:
             async with _DisconnectWatch(receive, True):
                 sent = time.perf_counter()
                 try:
-                    response = await self._client.request("GET", url, out_headers, b"")
-                except ConnectionError as exc:
-                    raise ProxyError(502, -32003, f"replica {endpoint.replica} is unreachable: {exc}") from None
-                except TimeoutError:
-                    raise ProxyError(504, -32004, f"replica {endpoint.replica} did not answer in time") from None
+                    response = await self._client.request("GET", url, out_headers, b"", identity=identity.user_id)
+                except UpstreamError as exc:
+                    raise _upstream_failure(exc, endpoint.replica) from None
                 async with response:
                     self._telemetry.upstream_answered(scope, endpoint.replica, sent)
                     if response.status != 200 or response.content_type != "text/event-stream":
-                        await self._stream_response(send, response, downstream_headers(response.raw_headers))
+                        await self._stream_response(
+                            send, response, downstream_headers(response.raw_headers), endpoint.replica
+                        )
                         return
-                    rewriter = await self._sse_preamble(scope, name, endpoint, identity, response, headers)
+                    try:
+                        rewriter = await self._sse_preamble(scope, name, endpoint, identity, response, headers)
+                    except UpstreamError as exc:
+                        self._count_abort(exc)
+                        raise _upstream_failure(exc, endpoint.replica) from None
                     claims = rewriter[1]
                     await send(
                         {
@@ -403,11 +470,11 @@ class McpProxy:
                     await send({"type": "http.response.body", "body": rewriter[0], "more_body": True})
                     self.open_streams += 1
                     try:
-                        while chunk := await response.read_chunk():
-                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    except (ConnectionError, TimeoutError, UpstreamProtocolError) as exc:
-                        log.info("upstream SSE stream ended early: %s", exc)
+                        try:
+                            while chunk := await response.read_chunk():
+                                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        except UpstreamError as exc:
+                            self._abort(exc, endpoint.replica)
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                     finally:
                         self.open_streams -= 1
@@ -464,6 +531,44 @@ class McpProxy:
         await self._forward(
             scope, receive, send, endpoint, url, identity, headers, upstream_session=None, claims=claims
         )
+
+
+PREREAD_BYTES = 64 * 1024
+"""A non-SSE upstream body up to this size is read whole before the client's response starts."""
+
+
+async def _preread(response: UpstreamResponse) -> bytes:
+    """The body's first bytes: all of it when it ends within PREREAD_BYTES (raises if it breaks off)."""
+    chunk = await response.read_chunk()
+    if not chunk or response.at_eof():
+        return chunk
+    chunks = [chunk]
+    size = len(chunk)
+    while size < PREREAD_BYTES and (chunk := await response.read_chunk()):
+        chunks.append(chunk)
+        size += len(chunk)
+        if response.at_eof():
+            break
+    return b"".join(chunks)
+
+
+def _upstream_failure(exc: UpstreamError, replica: str) -> ProxyError:
+    """The one map from an upstream failure before the response started to the client's error."""
+    if isinstance(exc, UpstreamPoolExhausted):
+        return ProxyError(503, -32002, f"replica {replica} is busy: {exc}", {"Retry-After": "1"})
+    if isinstance(exc, TimeoutError):
+        return ProxyError(504, -32004, f"replica {replica} did not answer in time: {exc}")
+    if isinstance(exc, UpstreamProtocolError):
+        return ProxyError(502, -32003, f"replica {replica} sent an invalid response: {exc}")
+    return ProxyError(502, -32003, f"replica {replica} is unreachable: {exc}")
+
+
+def _in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -161,3 +161,14 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
     for noisy in ("uvicorn.error", "uvicorn.access", "azure", "kubernetes_asyncio", "httpx", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("uvicorn.error").addFilter(drop_deliberate_aborts)
+
+
+def drop_deliberate_aborts(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's traceback for a response the proxy aborted on purpose (the proxy logged why).
+
+    The proxy raises out of the ASGI app to make uvicorn close a client connection without the
+    terminating chunk (gateway/proxy/app.py ``ResponseAborted``, marked ``deliberate_abort``).
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    return not getattr(exc, "deliberate_abort", False)

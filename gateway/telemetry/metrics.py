@@ -280,6 +280,9 @@ class GatewayMetrics:
             ("mcpgw_sessions_active", "gauge", "Sessions this gateway routed and saw used within the idle TTL, "
              "by adapter and the replica they are pinned to."),
             ("mcpgw_open_streams", "gauge", "SSE responses being streamed through this gateway now."),
+            ("mcpgw_upstream_truncated", "counter",
+             "Responses whose upstream body broke off (reason: closed early, protocol error, timeout): "
+             "aborted towards the client, or 502 when nothing was sent yet."),
             ("mcpgw_replicas_ready", "gauge", "Ready replicas per adapter, as the data plane routes to them."),
             ("mcpgw_reconcile_passes", "counter", "Reconciler passes."),
             ("mcpgw_reconcile_actions", "counter", "Apply and remove actions started by the reconciler."),

@@ -163,7 +163,7 @@ class RequestTelemetry:
 
         return observed_send
 
-    def upstream_request(self, scope: dict[str, Any], headers: list[tuple[str, str]], user_id: str) -> None:
+    def upstream_request(self, scope: dict[str, Any], headers: list[tuple[bytes, bytes]], user_id: str) -> None:
         """The request is about to go upstream with ``headers``: put our span in its traceparent."""
         req: _Request | None = scope.get(SCOPE_KEY)
         if req is None:
@@ -172,8 +172,8 @@ class RequestTelemetry:
         if req.span is not None:
             carrier: dict[str, str] = {}
             PROPAGATOR.inject(carrier, context=trace.set_span_in_context(req.span))
-            headers[:] = [(k, v) for k, v in headers if k.lower() not in ("traceparent", "tracestate")]
-            headers.extend(carrier.items())
+            headers[:] = [(k, v) for k, v in headers if k.lower() not in (b"traceparent", b"tracestate")]
+            headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items())
 
     def upstream_answered(
         self, scope: dict[str, Any], replica: str, sent: float, *, opened_session: bool = False

@@ -46,6 +46,7 @@ class _Router(Protocol):
 
 class _Proxy(Protocol):
     open_streams: int
+    upstream_aborts: dict[str, int]
 
 
 class _Reconciler(Protocol):
@@ -132,6 +133,10 @@ class Telemetry:
         metrics.set_source("mcpgw_sessions_active", sessions_active)
         metrics.set_source("mcpgw_replicas_ready", replicas_ready)
         metrics.set_source("mcpgw_open_streams", lambda: [(proxy.open_streams, {})])
+        metrics.set_source(
+            "mcpgw_upstream_truncated",
+            lambda: [(count, {"reason": reason}) for reason, count in list(proxy.upstream_aborts.items())],
+        )
         metrics.set_source("mcpgw_reconcile_passes", lambda: [(reconciler.passes, {})])
         metrics.set_source("mcpgw_reconcile_actions", lambda: [(reconciler.actions, {})])
         metrics.set_source("mcpgw_reconcile_failures", lambda: [(reconciler.failures, {})])
