@@ -11,10 +11,11 @@ request, and has no read timeouts either. This class keeps llhttp and adds, per 
 * **Head size and field count** (``max_header_bytes``, ``max_header_fields``): bytes are fed to
   the parser at most up to the room left in the head, so an oversized head is refused after
   ``max_header_bytes`` bytes whatever its shape (one huge value, a huge request target, many
-  small fields); the field count and the sizes the parser reports are checked in ``on_url`` /
-  ``on_header``. Trailers of a chunked request count as fields too, and the chunk framing plus
-  trailers of a body may not exceed its payload by more than ``max_header_bytes`` (otherwise a
-  huge trailer would be the same attack as a huge header). Over a limit → 431.
+  small fields); the field count is checked when the head is complete (the byte cap bounds the
+  work until then). A request pipelined in the same read as the end of the previous one has its
+  head added up from what the parser saw instead. The chunk framing plus trailer fields of a
+  request body may not exceed its payload by more than ``max_header_bytes`` (otherwise a huge
+  trailer would be the same attack as a huge header). Over a limit → 431.
 * **Header timeout** (``header_timeout``): from the first byte of a request head (or from the
   accept, for a new connection) the whole head must arrive within it. A connection that sent
   part of a head gets 408; a new connection that sent nothing is closed without an answer.
@@ -56,7 +57,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 if TYPE_CHECKING:
@@ -134,19 +134,6 @@ class _LimitExceeded(Exception):
         self.setting = setting
 
 
-class _EdgeFlow(FlowControl):
-    """uvicorn's flow control, telling the protocol when reading resumes (the body clock restarts)."""
-
-    def __init__(self, transport: asyncio.Transport, protocol: EdgeProtocol) -> None:
-        super().__init__(transport)
-        self._protocol = protocol
-
-    def resume_reading(self) -> None:
-        if self.read_paused:
-            self._protocol.reading_resumed()
-        super().resume_reading()
-
-
 class _RefusalLog:
     """At most one log line per kind of refusal every ``LOG_EVERY`` seconds, with a count."""
 
@@ -191,8 +178,9 @@ class EdgeProtocol(HttpToolsProtocol):
         self._last_read = 0.0
         self._head_started = 0.0
         self._head_bytes = 0  # bytes fed while in the head of the current request
-        self._head_size = 0  # what the parser reported of the head: target, names, values
-        self._fields = 0
+        self._url_size = 0
+        self._uncounted = False  # the head began in a read that ended another request: not all counted
+        self._was_paused = False  # the body timer saw reading paused by the gateway
         self._body_fed = 0  # bytes fed while in the body: payload, chunk framing, trailers
         self._body_payload = 0
         self._completed = 0  # requests fully received on this connection
@@ -203,7 +191,6 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.flow = _EdgeFlow(transport, self)
         self._last_read = self.loop.time()
         if len(self.connections) > self._max_connections:
             # Not counted as served: the cap is about the connections the gateway works for.
@@ -226,10 +213,6 @@ class EdgeProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
         super().connection_lost(exc)
-
-    def reading_resumed(self) -> None:
-        """The gateway resumed reading: the client's body clock starts again."""
-        self._last_read = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
@@ -256,7 +239,11 @@ class EdgeProtocol(HttpToolsProtocol):
             if not self._feed(piece):
                 return
             if self._completed != completed:
-                continue  # the piece ended a request; the next one's first bytes in it are not counted
+                # The piece ended a request. If the next one began in it, its first bytes are not
+                # counted here: on_headers_complete adds up its head instead.
+                if self._phase == _WAIT:
+                    self._uncounted = False
+                continue
             if self._phase == _HEAD:
                 self._head_bytes += len(piece)
             elif phase == _BODY:
@@ -296,29 +283,29 @@ class EdgeProtocol(HttpToolsProtocol):
     # --- parser callbacks ------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._phase != _HEAD:
+        if self._phase != _HEAD:  # a request pipelined in the read that ended the previous one
             self._phase = _HEAD
             self._head_started = self._last_read
-        self._head_size = 0
-        self._fields = 0
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
-        self._head_size += len(url)
-        if self._head_size > self._max_head:
+        self._url_size += len(url)
+        if self._url_size > self._max_head:
             raise _LimitExceeded(f"the request target is larger than {self._max_head} bytes", _HEADER_BYTES)
         super().on_url(url)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields += 1
-        self._head_size += len(name) + len(value) + 4
-        if self._fields > self._max_fields:
-            raise _LimitExceeded(f"the request has more than {self._max_fields} header fields", _HEADER_FIELDS)
-        if self._head_size > self._max_head:
-            raise _LimitExceeded(f"the request line and headers are larger than {self._max_head} bytes", _HEADER_BYTES)
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
+        headers = self.headers
+        if len(headers) > self._max_fields:
+            raise _LimitExceeded(f"the request has more than {self._max_fields} header fields", _HEADER_FIELDS)
+        if self._uncounted:
+            # Pipelined behind a request that ended in the same read: add up what the parser saw.
+            self._uncounted = False
+            size = self._url_size + sum(len(name) + len(value) + 4 for name, value in headers)
+            if size > self._max_head:
+                raise _LimitExceeded(
+                    f"the request line and headers are larger than {self._max_head} bytes", _HEADER_BYTES
+                )
         self._phase = _BODY
         self._body_fed = 0
         self._body_payload = 0
@@ -332,6 +319,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._phase = _WAIT
         self._completed += 1
         self._head_bytes = 0
+        self._url_size = 0
+        self._uncounted = True  # until data_received says the read ended here
         super().on_message_complete()
 
     # --- responses -------------------------------------------------------------------------------
@@ -360,7 +349,11 @@ class EdgeProtocol(HttpToolsProtocol):
             if self.cycle is None:  # a new connection that never sent a byte
                 self.transport.close()
             return  # between requests uvicorn's keep-alive timeout applies
-        if self.flow.read_paused:  # the gateway is not reading (a pipelined request waits): not the client's delay
+        if self.flow.read_paused or self._was_paused:
+            # The gateway paused reading (the application has not consumed the body yet, or a
+            # pipelined request waits its turn): not the client's delay. The clock restarts when
+            # reading has resumed.
+            self._was_paused = self.flow.read_paused
             self._head_started = self._last_read = now
             self._timer = self.loop.call_later(min(self._header_timeout, self._body_timeout), self._on_timer)
             return
@@ -392,7 +385,7 @@ class EdgeProtocol(HttpToolsProtocol):
         receiving_body = self._phase == _BODY
         self._phase = _REFUSED
         cycle = self.cycle
-        if receiving_body:
+        if receiving_body and cycle is not None:
             # The refused request is ``self.cycle``, whose body was being received.
             if cycle.response_started or self.pipeline:
                 # Its answer has begun (or is done), or it waits behind another response: no status

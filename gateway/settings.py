@@ -70,9 +70,7 @@ class Settings:
         "Largest request line plus header fields of one request (and chunk framing plus trailers of its body); "
         "larger → 431 and the connection is closed.",
     )
-    max_header_fields: int = setting(
-        100, "Most header fields (trailers included) in one request; more → 431 and the connection is closed."
-    )
+    max_header_fields: int = setting(100, "Most header fields in one request; more → 431 and the connection is closed.")
     header_timeout: float = setting(
         10.0,
         "Seconds a client has to send a whole request head from its first byte (and a new connection its "
