@@ -178,7 +178,6 @@ class EdgeProtocol(HttpToolsProtocol):
         self._last_read = 0.0
         self._head_started = 0.0
         self._head_bytes = 0  # bytes fed while in the head of the current request
-        self._url_size = 0
         self._uncounted = False  # the head began in a read that ended another request: not all counted
         self._was_paused = False  # the body timer saw reading paused by the gateway
         self._body_fed = 0  # bytes fed while in the body: payload, chunk framing, trailers
@@ -212,7 +211,7 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        super().connection_lost(exc)
+        HttpToolsProtocol.connection_lost(self, exc)
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
@@ -280,19 +279,13 @@ class EdgeProtocol(HttpToolsProtocol):
             return False
         return True
 
-    # --- parser callbacks ------------------------------------------------------------------------
+    # --- parser callbacks (per request: the base class is called directly, not through super()) --
 
     def on_message_begin(self) -> None:
         if self._phase != _HEAD:  # a request pipelined in the read that ended the previous one
             self._phase = _HEAD
             self._head_started = self._last_read
-        super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        self._url_size += len(url)
-        if self._url_size > self._max_head:
-            raise _LimitExceeded(f"the request target is larger than {self._max_head} bytes", _HEADER_BYTES)
-        super().on_url(url)
+        HttpToolsProtocol.on_message_begin(self)
 
     def on_headers_complete(self) -> None:
         headers = self.headers
@@ -301,7 +294,7 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._uncounted:
             # Pipelined behind a request that ended in the same read: add up what the parser saw.
             self._uncounted = False
-            size = self._url_size + sum(len(name) + len(value) + 4 for name, value in headers)
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in headers)
             if size > self._max_head:
                 raise _LimitExceeded(
                     f"the request line and headers are larger than {self._max_head} bytes", _HEADER_BYTES
@@ -309,19 +302,18 @@ class EdgeProtocol(HttpToolsProtocol):
         self._phase = _BODY
         self._body_fed = 0
         self._body_payload = 0
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
         self._body_payload += len(body)
-        super().on_body(body)
+        HttpToolsProtocol.on_body(self, body)
 
     def on_message_complete(self) -> None:
         self._phase = _WAIT
         self._completed += 1
         self._head_bytes = 0
-        self._url_size = 0
         self._uncounted = True  # until data_received says the read ended here
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
 
     # --- responses -------------------------------------------------------------------------------
 
@@ -332,7 +324,7 @@ class EdgeProtocol(HttpToolsProtocol):
             if not self.transport.is_closing():
                 self._send_and_linger(payload)
             return
-        super().on_response_complete()
+        HttpToolsProtocol.on_response_complete(self)
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "Bad Request", msg, None)

@@ -344,6 +344,13 @@ def test_malformed_request_pipelined_behind_a_slow_one_is_refused_after_its_answ
     assert result.closed
 
 
+def test_head_under_the_limit_pipelined_in_the_same_write_is_served(gw: GatewayProcess) -> None:
+    second = get(b"/readyz", extra=b"X-Big: " + b"v" * (64 * 1024 - 200) + b"\r\n")
+    with connect(gw) as sock:
+        result = exchange(sock, get(b"/healthz") + second, want=2)
+    assert [r.status for r in result.responses] == [200, 200], result
+
+
 def test_oversized_head_pipelined_behind_a_good_one_is_refused_after_its_answer(gw: GatewayProcess) -> None:
     result = one(gw, get(b"/healthz") + get(extra=b"X-Big: " + b"v" * 70_000 + b"\r\n"))
     assert [r.status for r in result.responses] == [200, 431], result
