@@ -341,11 +341,16 @@ class EdgeProtocol(HttpToolsProtocol):
             if self.cycle is None:  # a new connection that never sent a byte
                 self.transport.close()
             return  # between requests uvicorn's keep-alive timeout applies
-        if self.flow.read_paused or self._was_paused:
+        cycle = self.cycle
+        gateway_waits = self.flow.read_paused or (
+            phase == _BODY and cycle is not None and cycle.waiting_for_100_continue
+        )
+        if gateway_waits or self._was_paused:
             # The gateway paused reading (the application has not consumed the body yet, or a
-            # pipelined request waits its turn): not the client's delay. The clock restarts when
-            # reading has resumed.
-            self._was_paused = self.flow.read_paused
+            # pipelined request waits its turn), or has not yet asked for the body the client
+            # holds back for "Expect: 100-continue": not the client's delay. The clock restarts
+            # when the gateway reads again.
+            self._was_paused = gateway_waits
             self._head_started = self._last_read = now
             self._timer = self.loop.call_later(min(self._header_timeout, self._body_timeout), self._on_timer)
             return
