@@ -4,8 +4,13 @@ Usage (from the repository root, with the project's virtualenv; needs wrk)::
 
     python scripts/bench_edge.py                 # 5 rounds x 3 s per cell, about 2 minutes
     python scripts/bench_edge.py --rounds 3 --seconds 2
+    python scripts/bench_edge.py --micro         # in-process protocol cost only, about 20 s
 
-It starts four servers on free loopback ports, one process each, and leaves them all running:
+First, in process and without sockets (the least disturbed by other work on the machine), it
+feeds the same 1 KiB keep-alive POST to uvicorn's httptools protocol, to the edge protocol and to
+uvicorn's h11 protocol and prints the CPU time per request of each (``--micro``: only this).
+
+Then it starts four servers on free loopback ports, one process each, and leaves them all running:
 
 * ``bare``: a minimal ASGI app answering every request with a tiny JSON body (reading the
   request body first), so the protocol is most of the work — the worst case for the ratio;
@@ -23,6 +28,7 @@ per-round edge/plain ratios. On a machine with other work running, read the rati
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import shutil
@@ -107,6 +113,87 @@ def serve(protocol: str, app_name: str, port: int, data_dir: str) -> None:
     uvicorn.Server(config).run()
 
 
+# --- in-process: the protocol alone ------------------------------------------------------------
+
+
+class _NullTransport:
+    """Enough of a transport for a protocol to serve requests into nowhere."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+
+async def _protocol_cost(cls: type[Any], request: bytes, count: int) -> float:
+    """CPU microseconds per request of ``count`` keep-alive requests fed to one ``cls`` instance."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    config = Config(bare_app, lifespan="off", log_level="warning", access_log=False)
+    config.load()
+    state = ServerState()
+    protocol = cls(config=config, server_state=state, app_state={})
+    protocol.connection_made(_NullTransport())
+    start = time.process_time()
+    for _ in range(count):
+        protocol.data_received(request)
+        if state.tasks:
+            await asyncio.wait(set(state.tasks))
+    return (time.process_time() - start) / count * 1e6
+
+
+def micro(rounds: int) -> None:
+    """Feed the same POST to uvicorn's httptools and h11 protocols and to the edge protocol."""
+    import uvloop
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from gateway.edge import EdgeLimits, edge_protocol
+
+    head = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in HEADERS.items())
+    body = POST_LUA.split("'")[1].encode()
+    request = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    classes: dict[str, type[Any]] = {
+        "plain": HttpToolsProtocol,
+        "edge": edge_protocol(EdgeLimits()),
+        "h11": H11Protocol,
+    }
+    cost: dict[str, list[float]] = {name: [] for name in classes}
+
+    async def run() -> None:
+        for round_ in range(rounds):
+            names = list(classes) if round_ % 2 == 0 else list(reversed(classes))
+            for name in names:
+                cost[name].append(await _protocol_cost(classes[name], request, 5000 if name == "h11" else 20000))
+
+    uvloop.run(run())
+    plain = statistics.median(cost["plain"])
+    print(f"in-process, one keep-alive connection, {len(request)}-byte POST, medians of {rounds} rounds:")
+    for name in classes:
+        value = statistics.median(cost[name])
+        print(f"  {name:6} {value:6.2f} us CPU per request ({value - plain:+.2f} us, x{value / plain:.3f} of plain)")
+
+
 # --- measuring -----------------------------------------------------------------------------------
 
 
@@ -162,9 +249,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="A/B rounds per cell (default 5)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per wrk run (default 3)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    parser.add_argument(
+        "--micro", action="store_true", help="only the in-process protocol comparison (no sockets, no wrk)"
+    )
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO))  # this checkout's gateway package, not an installed one
+    if args.micro or args.mode == "bench":
+        micro(max(args.rounds, 3))
+        if args.micro:
+            return 0
     if args.mode == "serve":
-        sys.path.insert(0, str(REPO))  # this checkout's gateway package, not an installed one
         serve(args.protocol, args.app, args.port, args.data_dir)
         return 0
     if shutil.which("wrk") is None:
