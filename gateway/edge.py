@@ -88,7 +88,10 @@ _UPGRADED = 4  # handed to another protocol (WebSocket)
 
 @dataclass(frozen=True, slots=True)
 class EdgeLimits:
-    """The limits one gateway process applies to its client connections."""
+    """The limits one gateway process applies to its client connections.
+
+    The defaults are the settings' defaults, except ``max_connections`` (automatic there).
+    """
 
     max_header_bytes: int = 64 * 1024
     max_header_fields: int = 100
