@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import typing
 from pathlib import Path
@@ -61,18 +62,21 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.edge import EdgeLimits, edge_protocol
 
     try:
         app = create_app(settings)
     except ValueError as exc:
         print(f"mcp-gateway: cannot start: {exc}", file=sys.stderr)
         return 2
+    limits = EdgeLimits.from_settings(settings)
+    logging.getLogger("gateway.edge").info("edge limits: %s", limits)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=edge_protocol(limits),  # httptools with head limits, read timeouts and a connection cap
         lifespan="on",
         access_log=False,
         log_config=None,

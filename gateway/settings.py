@@ -68,6 +68,29 @@ class Settings:
     log_level: LogLevel = setting("info", "Log level: debug, info, warning or error.")
     log_format: LogFormat = setting("auto", "Log format: text, json, or auto (text in embedded mode, else json).")
 
+    # --- edge limits ---------------------------------------------------------------------
+    max_header_bytes: int = setting(
+        64 * 1024,
+        "Largest request line plus header fields of one request (and chunk framing plus trailers of its body); "
+        "larger → 431 and the connection is closed.",
+    )
+    max_header_fields: int = setting(100, "Most header fields in one request; more → 431 and the connection is closed.")
+    header_timeout: float = setting(
+        10.0,
+        "Seconds a client has to send a whole request head from its first byte (and a new connection its "
+        "first byte); then 408 (a new connection that sent nothing: closed) and the connection is closed.",
+    )
+    body_timeout: float = setting(
+        30.0,
+        "Seconds a request body may stall (no byte arrives while the gateway reads) before the connection is "
+        "closed, with 408 if no response was started. Responses and streams are not limited by it.",
+    )
+    max_connections: int = setting(
+        0,
+        "Most client connections served at once; beyond it a new connection gets 503 and is closed. "
+        "0: half the process's open-file limit less 256 (each proxied stream also holds one to its replica).",
+    )
+
     # --- components ----------------------------------------------------------------------
     store: StoreKind = setting("sqlite", "Adapter metadata store: sqlite (embedded) or cosmos.")
     sessions: SessionsKind = setting("memory", "Session record store: memory (embedded) or redis.")
@@ -349,9 +372,22 @@ def _require(settings: Settings, names: Sequence[str], when: str) -> None:
             _fail(name, f"is required when {when}")
 
 
+def _check_edge_limits(s: Settings) -> None:
+    if s.max_header_bytes < 1024:
+        _fail("max_header_bytes", f"must be at least 1024, got {s.max_header_bytes}")
+    if s.max_header_fields < 1:
+        _fail("max_header_fields", f"must be at least 1, got {s.max_header_fields}")
+    for name in ("header_timeout", "body_timeout"):
+        if getattr(s, name) <= 0:
+            _fail(name, f"must be greater than 0, got {getattr(s, name)}")
+    if s.max_connections < 0:
+        _fail("max_connections", f"must be 0 (automatic) or more, got {s.max_connections}")
+
+
 def _check_settings(s: Settings) -> None:
     if not 0 < s.port < 65536:
         _fail("port", f"must be between 1 and 65535, got {s.port}")
+    _check_edge_limits(s)
     for name in ("max_replicas", "max_body_bytes", "upstream_pool_size", "list_max_limit"):
         if getattr(s, name) < 1:
             _fail(name, f"must be at least 1, got {getattr(s, name)}")

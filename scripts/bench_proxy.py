@@ -13,7 +13,9 @@ It starts everything itself on free loopback ports and stops it all at the end:
   streams open without sending anything after a first comment line;
 * the example MCP server (``examples/mcp-example/server.py``), directly;
 * the gateway (``python -m gateway.cli serve``) with two adapters of one replica each: ``example``
-  (image ``mcp-example:1.0.0``) and ``stub`` (this stub, from a temporary image catalog);
+  (image ``mcp-example:1.0.0``) and ``stub`` (this stub, from a temporary image catalog); it runs
+  with its edge limits on (the defaults of gateway/edge.py; ``scripts/bench_edge.py`` measures
+  their cost A/B against uvicorn's plain httptools protocol);
 * nginx as a plain reverse proxy in front of the direct example server and the direct stub, when
   ``/usr/sbin/nginx`` exists (the configuration of docs/performance.md);
 * wrk (one thread) as the load generator.
