@@ -12,14 +12,15 @@ machine allows it (measured at start, never assumed):
 * **A sandbox** (``bwrap``, Debian ``bubblewrap``; setting ``local_sandbox``). Its own mount, pid,
   IPC and UTS namespaces (not the network: the replica listens on loopback): the root file system
   read-only; empty private ``/tmp`` and ``/var/tmp`` (the replica's working area: ``HOME`` and
-  ``TMPDIR`` point there); the data dir, the gateway user's home and ``XDG_RUNTIME_DIR`` replaced
-  by empty tmpfs; a ``/proc`` that shows only the sandbox's own processes. The paths the program
-  needs that would be hidden or unreachable for the replica user (the catalog's ``cwd``, absolute
-  paths in its command, the interpreter's prefix: ``{python}`` may live under ``/root``) are bound
-  back read-only, never the data dir. With root, bwrap sets up the mounts as root and keeps only
+  ``TMPDIR`` point there); the data dir, the gateway user's home, ``XDG_RUNTIME_DIR`` and
+  ``/run/secrets`` (Docker secrets, a pod's service-account token) replaced by empty tmpfs; a
+  ``/proc`` that shows only the sandbox's own processes. The paths the program needs that would
+  be hidden or unreachable for the replica user (the catalog's ``cwd``, absolute paths in its
+  command, the interpreter's prefix: ``{python}`` may live under ``/root``) are bound back
+  read-only, never the data dir. With root, bwrap sets up the mounts as root and keeps only
   CAP_SETUID/CAP_SETGID for the ``setpriv`` inside that drops to the replica user; without root it
-  uses an unprivileged user namespace (the replica then keeps the gateway's uid, but sees nothing
-  of the gateway's files beyond a read-only root file system).
+  uses an unprivileged user namespace (the replica then keeps the gateway's uid: it can read, not
+  write, what that user can outside the hidden folders).
 
 When neither is possible (a gateway that is not root, no working bwrap), replicas run as the
 gateway's user and ``LocalRuntime.start`` logs one WARNING saying what that means.
@@ -53,6 +54,10 @@ from gateway.runtime._local_process import SETPRIV, launch
 
 BWRAP_EXIT_SIGNAL_BASE = 128
 """bwrap exits with 128 + n when the program inside was killed by signal n."""
+
+
+SECRET_MOUNTS = ("/run/secrets", "/var/run/secrets")
+"""Where container runtimes mount the gateway's secrets; hidden in the sandbox when present."""
 
 
 class IsolationError(ValueError):
@@ -122,6 +127,9 @@ class Isolation:
         self.bwrap = bwrap
         self.setpriv = setpriv
         self._hidden = [p for p in (gateway_home, runtime_dir) if p is not None and p != Path("/")]
+        # Secrets a container runtime mounts for the gateway (Docker secrets, a pod's
+        # service-account token) are often world-readable: the sandbox shows them empty.
+        self._hidden += sorted({Path(os.path.realpath(p)) for p in SECRET_MOUNTS if os.path.isdir(p)})
         self._work_root: Path | None = None
 
     # --- what is in force ------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,9 @@ from typing import Any
 
 import pytest
 
-from gateway.runtime._local_isolation import bwrap_works
+from gateway.runtime import _local_isolation
+from gateway.runtime._local_isolation import bwrap_works, detect
+from gateway.runtime._local_process import SETPRIV
 from tests.gateway_process import GatewayProcess, example_adapter, replica_processes, start_gateway, wait_for
 from tests.local_runtime_fixtures import write_catalog
 
@@ -135,3 +138,29 @@ def assert_private(data: Path) -> None:
         assert mode in (0o600, 0o700), (name, oct(mode))
     for log in (data / "logs").iterdir():
         assert log.stat().st_mode & 0o777 == 0o600, log
+
+
+@pytest.mark.skipif(not BWRAP, reason="bubblewrap cannot create a sandbox on this machine")
+def test_sandbox_hides_container_secret_mounts_even_when_world_readable(
+    arena: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod's service-account token or a Docker secret is often 0644: the sandbox shows it empty."""
+    # Not under /tmp (the sandbox replaces all of /tmp anyway): a folder the sandbox would show.
+    secrets = Path(tempfile.mkdtemp(dir=REPO, prefix=".run-secrets-"))
+    try:
+        secrets.chmod(0o755)
+        (secrets / "token").write_text("eyJ-not-for-replicas")
+        (secrets / "token").chmod(0o644)
+        monkeypatch.setattr(_local_isolation, "SECRET_MOUNTS", (str(secrets),))
+        isolation, why = detect(data_dir=arena / "data", replica_user="nobody", sandbox="bwrap", setpriv=SETPRIV)
+        assert why is None
+        start = isolation.launch(["/bin/ls", "-A", str(secrets)], cwd="/", replica="probe")
+        listed = subprocess.run(start.argv, cwd=start.cwd, capture_output=True, text=True, check=True, timeout=10)
+        assert listed.stdout == ""
+        monkeypatch.setattr(_local_isolation, "SECRET_MOUNTS", ())
+        isolation, _ = detect(data_dir=arena / "data", replica_user="nobody", sandbox="bwrap", setpriv=SETPRIV)
+        start = isolation.launch(["/bin/ls", "-A", str(secrets)], cwd="/", replica="probe")
+        listed = subprocess.run(start.argv, cwd=start.cwd, capture_output=True, text=True, check=True, timeout=10)
+        assert listed.stdout == "token\n"  # the same folder, not declared secret: visible (the check is real)
+    finally:
+        shutil.rmtree(secrets, ignore_errors=True)
