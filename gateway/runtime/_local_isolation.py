@@ -25,8 +25,9 @@ machine allows it (measured at start, never assumed):
 When neither is possible (a gateway that is not root, no working bwrap), replicas run as the
 gateway's user and ``LocalRuntime.start`` logs one WARNING saying what that means.
 
-Outside the sandbox a replica gets a working dir of its own, ``<work root>/<replica>`` (a fresh
-``mkdtemp`` per runtime, 0711; the replica's dir 0700 and owned by the replica user), as ``HOME``
+Outside the sandbox a replica gets a working dir of its own, ``<work root>/<replica>`` (work root
+``/tmp/mcp-gateway-replicas-<hash of the data dir>``, 0711, emptied when a runtime first uses it
+and removed on close; the replica's dir 0700 and owned by the replica user), as ``HOME``
 and ``TMPDIR``; the log file is opened by the gateway and handed over as stdout/stderr, so the
 replica never needs to open the log dir.
 
@@ -41,9 +42,11 @@ survives the drop to the replica user because setpriv sets it after changing uid
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -158,9 +161,31 @@ class Isolation:
 
     # --- working dirs (outside the sandbox) -----------------------------------------------
 
+    def _open_work_root(self) -> Path:
+        """``/tmp/mcp-gateway-replicas-<hash of the data dir>``, emptied of a killed gateway's leftovers.
+
+        /tmp is shared: a folder of that name that is not a directory of ours (someone else made
+        it, or made it a symlink) is left alone and a random ``mkdtemp`` folder used instead.
+        """
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        root = Path(tempfile.gettempdir()) / f"mcp-gateway-replicas-{digest}"
+        try:
+            st = os.lstat(root)
+        except FileNotFoundError:
+            pass
+        else:
+            if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()):
+                return Path(tempfile.mkdtemp(prefix="mcp-gateway-replicas-"))
+            shutil.rmtree(root, ignore_errors=True)
+        try:
+            root.mkdir(mode=0o711)
+        except FileExistsError:
+            return Path(tempfile.mkdtemp(prefix="mcp-gateway-replicas-"))
+        return root
+
     def _work_dir(self, replica: str) -> Path:
         if self._work_root is None:
-            self._work_root = Path(tempfile.mkdtemp(prefix="mcp-gateway-replicas-"))
+            self._work_root = self._open_work_root()
             self._work_root.chmod(0o711)  # replicas may enter their own dir, not list the others
         path = self._work_root / replica
         shutil.rmtree(path, ignore_errors=True)

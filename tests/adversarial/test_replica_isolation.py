@@ -164,3 +164,18 @@ def test_sandbox_hides_container_secret_mounts_even_when_world_readable(
         assert listed.stdout == "token\n"  # the same folder, not declared secret: visible (the check is real)
     finally:
         shutil.rmtree(secrets, ignore_errors=True)
+
+
+def test_working_dirs_outside_the_sandbox_are_private_and_leftovers_go(arena: Path) -> None:
+    """Each replica's HOME is its own 0700 folder; a killed gateway's leftovers go on next use."""
+    first, _ = detect(data_dir=arena / "data", replica_user="nobody", sandbox="off", setpriv=SETPRIV)
+    home = Path(first.launch(["/bin/true"], cwd="/", replica="a-0").env["HOME"])
+    (home / "left-behind").write_text("x")  # the gateway is SIGKILLed: no cleanup()
+    assert home.stat().st_mode & 0o777 == 0o700 and home.parent.stat().st_mode & 0o777 == 0o711
+    if IS_ROOT:
+        assert home.stat().st_uid == 65534
+    second, _ = detect(data_dir=arena / "data", replica_user="nobody", sandbox="off", setpriv=SETPRIV)
+    again = Path(second.launch(["/bin/true"], cwd="/", replica="b-0").env["HOME"])
+    assert again.parent == home.parent and not home.exists()
+    second.cleanup()
+    assert not again.parent.exists()
