@@ -17,7 +17,8 @@ machine allows it (measured at start, never assumed):
   ``/proc`` that shows only the sandbox's own processes. The paths the program needs that would
   be hidden or unreachable for the replica user (the catalog's ``cwd``, absolute paths in its
   command, the interpreter's prefix: ``{python}`` may live under ``/root``) are bound back
-  read-only, never the data dir. With root, bwrap sets up the mounts as root and keeps only
+  read-only, never the data dir. With root, bwrap sets up the mounts as root, drops every
+  capability (bwrap run by root keeps them all unless told: measured, ``CapEff`` full) but
   CAP_SETUID/CAP_SETGID for the ``setpriv`` inside that drops to the replica user; without root it
   uses an unprivileged user namespace (the replica then keeps the gateway's uid: it can read, not
   write, what that user can outside the hidden folders).
@@ -270,8 +271,12 @@ class Isolation:
             argv += ["--ro-bind", str(path), str(path)]
         argv += ["--perms", "0700", "--tmpfs", str(self.data_dir)]  # last: hidden even inside an exposed path
         argv += ["--chdir", cwd or "/"]
-        if self.user is not None and os.geteuid() == 0:
-            argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        if os.geteuid() == 0:
+            # bwrap run by root keeps every capability unless told: drop them all, keep only what
+            # the setpriv inside needs to become the replica user (it loses those with the uid).
+            argv += ["--cap-drop", "ALL"]
+            if self.user is not None:
+                argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         return [*argv, "--"]
 
     def _exposures(self, command: Sequence[str], cwd: str | None, hidden: list[Path]) -> list[Path]:

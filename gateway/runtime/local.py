@@ -373,6 +373,13 @@ class LocalRuntime:
                 isolation.describe(),
                 sandbox_off or "MCPGW_LOCAL_SANDBOX=off",
             )
+        elif isolation.user is None and os.geteuid() == 0:
+            log.warning(
+                "local runtime: %s, but as root (MCPGW_LOCAL_REPLICA_USER is empty): they cannot see the data dir "
+                "or this gateway's environment, but can read root-only files elsewhere on this machine; see "
+                "docs/security.md, 'Local isolation'.",
+                isolation.describe(),
+            )
         else:
             log.info("local runtime: %s", isolation.describe())
 

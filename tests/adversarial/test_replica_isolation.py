@@ -101,6 +101,7 @@ def test_sandboxed_replica_reaches_no_secret_and_writes_only_its_own_area(arena:
     assert not list((arena / "data").glob("owned-by-*"))
     if IS_ROOT:
         assert attempts["whoami"].startswith("uid 65534 "), attempts
+    assert int(attempts["capabilities"], 16) == 0, attempts
     assert "in a bubblewrap sandbox" in gw.log_text()
     assert_private(arena / "data")
 
@@ -114,7 +115,7 @@ def test_replica_as_another_user_reaches_no_secret(arena: Path) -> None:
     """
     gw, attempts = run_hostile(arena, {"MCPGW_LOCAL_SANDBOX": "off"})
     assert refused(attempts, SECRETS) == {}, attempts
-    assert attempts["whoami"].startswith("uid 65534 "), attempts
+    assert attempts["whoami"].startswith("uid 65534 ") and int(attempts["capabilities"], 16) == 0, attempts
     assert attempts["write its own working area"].startswith("done"), attempts
     assert not list((arena / "data").glob("owned-by-*"))
     assert "without a sandbox (MCPGW_LOCAL_SANDBOX=off): they cannot read the data dir" in gw.log_text()
@@ -128,6 +129,19 @@ def test_without_isolation_the_gateway_warns_and_the_replica_reaches_everything(
     assert attempts["read the gateway's environ"].startswith("done"), attempts
     warning = [line for line in gw.log_text().splitlines() if "replicas are NOT isolated" in line]
     assert len(warning) == 1 and "WARNING" in warning[0] and "docs/security.md" in warning[0], gw.log_text()
+
+
+@pytest.mark.skipif(not (BWRAP and IS_ROOT), reason="needs root and a working bubblewrap")
+def test_root_replica_in_the_sandbox_has_no_capabilities_and_the_gateway_warns(arena: Path) -> None:
+    """MCPGW_LOCAL_REPLICA_USER='': the replica keeps uid 0 (bwrap would keep every capability)."""
+    gw, attempts = run_hostile(arena, {"MCPGW_LOCAL_SANDBOX": "bwrap", "MCPGW_LOCAL_REPLICA_USER": ""})
+    assert attempts["whoami"].startswith("uid 0 ") and int(attempts["capabilities"], 16) == 0, attempts
+    # As uid 0 it may write the empty tmpfs that stands in for the data dir: nothing reaches the host.
+    in_tmpfs = ["list the data dir", "create a file in the data dir"]
+    assert refused(attempts, [*(n for n in SECRETS if n not in in_tmpfs), "create a file outside"]) == {}, attempts
+    assert attempts["list the data dir"] == "done: []", attempts
+    assert not list((arena / "data").glob("owned-by-*")) and list((arena / "outside").iterdir()) == []
+    assert "but as root (MCPGW_LOCAL_REPLICA_USER is empty)" in gw.log_text()
 
 
 def assert_private(data: Path) -> None:

@@ -53,6 +53,8 @@ def main() -> None:
     outside = Path(os.environ["HOSTILE_OUTSIDE"])
     replica = os.environ.get("MCP_REPLICA_ID", "replica")
     report: dict[str, str] = {"whoami": f"uid {os.getuid()} gid {os.getgid()}"}
+    status = Path("/proc/self/status").read_text().splitlines()
+    report["capabilities"] = next(line.split()[1] for line in status if line.startswith("CapEff:"))
     attempt(report, "read session.key", lambda: len((data / "session.key").read_bytes()))
     attempt(report, "read gateway.db", lambda: len((data / "gateway.db").read_bytes()))
     attempt(report, "open gateway.db for writing", lambda: (data / "gateway.db").open("r+b").close())
