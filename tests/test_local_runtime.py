@@ -7,7 +7,9 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
+from hashlib import sha256
 from pathlib import Path
 
 import httpx
@@ -341,11 +343,17 @@ async def test_sigkilled_gateway_leaves_nothing_after_restart(
     )
     survivors = list(replica_processes(data))
 
+    work_root = (
+        Path(tempfile.gettempdir()) / f"mcp-gateway-replicas-{sha256(str(data.resolve()).encode()).hexdigest()[:16]}"
+    )
+    assert (work_root / "esc-0").is_dir()  # the killed gateway's replicas' working dirs
+
     runtime = await make_runtime(data)
     assert runtime.role == "leader"
     for pid in survivors:
         await wait_until(lambda pid=pid: not pid_alive(pid), within=5, what=f"leftover {pid} killed")
     assert replica_processes(data) == {}
+    assert not work_root.exists()
 
 
 @pytest.mark.skipif(not BWRAP_WORKS, reason="bubblewrap cannot create a sandbox on this machine")

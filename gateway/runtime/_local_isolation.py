@@ -168,21 +168,30 @@ class Isolation:
         /tmp is shared: a folder of that name that is not a directory of ours (someone else made
         it, or made it a symlink) is left alone and a random ``mkdtemp`` folder used instead.
         """
-        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
-        root = Path(tempfile.gettempdir()) / f"mcp-gateway-replicas-{digest}"
-        try:
-            st = os.lstat(root)
-        except FileNotFoundError:
-            pass
-        else:
-            if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()):
-                return Path(tempfile.mkdtemp(prefix="mcp-gateway-replicas-"))
-            shutil.rmtree(root, ignore_errors=True)
+        root = self._shared_work_root()
+        if not self.remove_leftovers():
+            return Path(tempfile.mkdtemp(prefix="mcp-gateway-replicas-"))
         try:
             root.mkdir(mode=0o711)
         except FileExistsError:
             return Path(tempfile.mkdtemp(prefix="mcp-gateway-replicas-"))
         return root
+
+    def _shared_work_root(self) -> Path:
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"mcp-gateway-replicas-{digest}"
+
+    def remove_leftovers(self) -> bool:
+        """Remove a killed gateway's work root for this data dir; False when that name is not ours."""
+        root = self._shared_work_root()
+        try:
+            st = os.lstat(root)
+        except FileNotFoundError:
+            return True
+        if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()):
+            return False
+        shutil.rmtree(root, ignore_errors=True)
+        return True
 
     def _work_dir(self, replica: str) -> Path:
         if self._work_root is None:

@@ -630,6 +630,8 @@ class LocalRuntime:
         killed = kill_owned_processes(self._marker)
         if killed:
             log.warning("local runtime: killed %d leftover replica process(es): %s", len(killed), killed)
+        if self._isolation is not None:
+            self._isolation.remove_leftovers()  # the working dirs of the previous leader's replicas
         self._role = "leader"
         previous = self._shared
         self._shared = SharedState(leader_pid=os.getpid())
