@@ -25,6 +25,7 @@ from gateway.control.problems import EXCEPTION_HANDLERS
 from gateway.control.reconciler import Reconciler
 from gateway.control.routes import AdapterController, healthz, readyz
 from gateway.control.service import AdapterService
+from gateway.envpolicy import EnvPolicy
 from gateway.errors import SessionStoreUnavailable, StoreUnavailable
 from gateway.models import AdapterInput, Identity
 from gateway.proxy.app import McpProxy
@@ -149,6 +150,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         list_max_limit=settings.list_max_limit,
         workload_identity_roles=settings.workload_identity_roles,
         tracing=telemetry.tracing,
+        env_policy=EnvPolicy(settings.env_deny),
     )
     router = SessionRouter(
         i_sessions,

@@ -44,6 +44,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "text", "json"]
 AccessLog = Literal["all", "errors", "off"]
 PodAddressing = Literal["ip", "dns"]
+LocalSandbox = Literal["auto", "bwrap", "off"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,20 @@ class Settings:
     )
     local_ready_timeout: float = setting(30.0, "Seconds a local replica may take to accept connections.")
     local_restart_backoff_max: float = setting(30.0, "Longest wait before restarting a crashed local replica.")
+    env_deny: tuple[str, ...] = setting(
+        (),
+        "Extra environment variable names or globs (case-insensitive) adapters may not set, on top of the "
+        "built-in deny-list (LD_*, PYTHON*, PATH, ...; docs/security.md). Both runtimes enforce it.",
+    )
+    local_replica_user: str = setting(
+        "nobody",
+        "User (name or uid) local replicas run as when the gateway runs as root; empty = root (not isolated).",
+    )
+    local_sandbox: LocalSandbox = setting(
+        "auto",
+        "Run each local replica in a bubblewrap sandbox (read-only root, private /tmp and /proc, data dir "
+        "hidden): auto (when bwrap works), bwrap (required: start fails without it) or off.",
+    )
 
     # --- data plane ----------------------------------------------------------------------
     max_body_bytes: int = setting(4 * MiB, "Largest MCP request body; larger requests get 413.")

@@ -22,7 +22,7 @@ import pytest
 from gateway.models import AdapterRecord
 from gateway.runtime._local_process import find_owned_processes, owner_marker
 from gateway.runtime.local import LocalRuntime
-from gateway.settings import Settings
+from gateway.settings import Settings, load_settings
 
 EXAMPLE_IMAGE = ("mcp-example", "1.0.0")
 
@@ -128,7 +128,12 @@ HTTP_SERVER = {"command": ["{python}", "-m", "http.server", "{port}", "--bind", 
 
 @pytest.fixture
 def test_catalog(tmp_path: Path) -> Path:
-    """A user catalog with the test images."""
+    """A user catalog with the test images.
+
+    Its folder is the http-server image's cwd: readable by the replica user (pytest makes
+    ``tmp_path`` 0700, and a root gateway runs replicas as ``nobody``).
+    """
+    tmp_path.chmod(0o755)
     return write_catalog(
         tmp_path / "catalog.toml",
         {"crasher:1": CRASHER, "escaper:1": ESCAPER, "sleeper:1": SLEEPER, "http-server:1": HTTP_SERVER},
@@ -168,7 +173,15 @@ async def make_runtime(tmp_path: Path, test_catalog: Path) -> AsyncIterator[Runt
 
 
 async def _serve(data_dir: Path, catalog: Path, specs: list[str]) -> None:
-    runtime = LocalRuntime(Settings(data_dir=data_dir, image_catalog=catalog))
+    isolation = load_settings(os.environ)  # MCPGW_LOCAL_SANDBOX / MCPGW_LOCAL_REPLICA_USER from the test
+    runtime = LocalRuntime(
+        Settings(
+            data_dir=data_dir,
+            image_catalog=catalog,
+            local_sandbox=isolation.local_sandbox,
+            local_replica_user=isolation.local_replica_user,
+        )
+    )
     await runtime.start()
     records = []
     for spec in specs:

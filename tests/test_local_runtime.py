@@ -7,7 +7,9 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
+from hashlib import sha256
 from pathlib import Path
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 from gateway.errors import RuntimeUnavailable
 from gateway.runtime import InstanceNotFound
 from gateway.runtime._local_catalog import ImageCatalog, ImageEntry
+from gateway.runtime._local_isolation import bwrap_works
 from gateway.runtime.local import LocalRuntime
 from gateway.settings import Settings
 from tests.local_runtime_fixtures import (
@@ -34,6 +37,7 @@ __all__ = ["make_runtime", "test_catalog"]  # fixtures used by name
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
+BWRAP_WORKS = bwrap_works()
 
 
 def pids_of(data_dir: Path) -> dict[str, int]:
@@ -308,6 +312,7 @@ async def test_broken_user_catalog_stops_start_with_its_path(tmp_path: Path) -> 
 async def test_sigkilled_gateway_leaves_nothing_after_restart(
     make_runtime: RuntimeFactory, tmp_path: Path, test_catalog: Path
 ) -> None:
+    """Without isolation: PDEATHSIG takes the children, the owner marker finds the escaped grandchild."""
     data = tmp_path / "data"
     child = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -319,6 +324,8 @@ async def test_sigkilled_gateway_leaves_nothing_after_restart(
         "esc:escaper:1",
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
+        # Not isolated: this pins PDEATHSIG and the marker, which no sandbox helps with.
+        env={**os.environ, "MCPGW_LOCAL_SANDBOX": "off", "MCPGW_LOCAL_REPLICA_USER": ""},
     )
     try:
         assert child.stdout is not None
@@ -336,10 +343,44 @@ async def test_sigkilled_gateway_leaves_nothing_after_restart(
     )
     survivors = list(replica_processes(data))
 
+    work_root = (
+        Path(tempfile.gettempdir()) / f"mcp-gateway-replicas-{sha256(str(data.resolve()).encode()).hexdigest()[:16]}"
+    )
+    assert (work_root / "esc-0").is_dir()  # the killed gateway's replicas' working dirs
+
     runtime = await make_runtime(data)
     assert runtime.role == "leader"
     for pid in survivors:
         await wait_until(lambda pid=pid: not pid_alive(pid), within=5, what=f"leftover {pid} killed")
+    assert replica_processes(data) == {}
+    assert not work_root.exists()
+
+
+@pytest.mark.skipif(not BWRAP_WORKS, reason="bubblewrap cannot create a sandbox on this machine")
+async def test_sigkilled_gateway_leaves_nothing_in_the_sandbox_either(tmp_path: Path, test_catalog: Path) -> None:
+    """With the sandbox the escaped grandchild lives in the replica's pid namespace: it dies with it."""
+    data = tmp_path / "data"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.local_runtime_fixtures",
+        str(data),
+        str(test_catalog),
+        "esc:escaper:1",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "MCPGW_LOCAL_SANDBOX": "bwrap"},
+    )
+    try:
+        assert child.stdout is not None
+        line = (await asyncio.wait_for(child.stdout.readline(), timeout=40)).decode()
+        assert line.startswith("READY"), line
+        before = {int(pid) for pid in json.loads(line.split(" ", 1)[1])}
+        assert {_command(pid) for pid in before} >= {"bwrap", "python", "sleep"}
+    finally:
+        child.kill()
+        await child.wait()
+    await wait_until(lambda: not any(pid_alive(pid) for pid in before), within=5, what="the whole sandbox gone")
     assert replica_processes(data) == {}
 
 

@@ -13,6 +13,7 @@ from gateway.auth.base import can_read, can_use_workload_identity, can_write
 from gateway.control.reconciler import Reconciler
 from gateway.control.status import ConditionClock, build_status
 from gateway.control.validation import validate_input, validate_name
+from gateway.envpolicy import DEFAULT_POLICY, EnvPolicy
 from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed
 from gateway.models import AdapterInput, AdapterPage, AdapterRecord, AdapterResource, AdapterStatus, Identity
 from gateway.runtime.base import InstanceNotFound, Runtime
@@ -42,6 +43,7 @@ class AdapterService:
         list_max_limit: int,
         workload_identity_roles: tuple[str, ...],
         tracing: Tracing | None = None,
+        env_policy: EnvPolicy = DEFAULT_POLICY,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -53,6 +55,7 @@ class AdapterService:
         self._wi_roles = workload_identity_roles
         self._clock = ConditionClock()
         self._tracing = tracing or DISABLED
+        self._env_policy = env_policy
 
     async def _readable(self, identity: Identity, name: str) -> AdapterRecord:
         validate_name(name)
@@ -66,7 +69,7 @@ class AdapterService:
     @traced("adapter.create")
     async def create(self, identity: Identity, data: AdapterInput) -> AdapterRecord:
         """Store a new adapter; the reconciler deploys it."""
-        validate_input(data, max_replicas=self._max_replicas)
+        validate_input(data, max_replicas=self._max_replicas, env_policy=self._env_policy)
         if data.use_workload_identity and not can_use_workload_identity(identity, self._wi_roles):
             raise Forbidden("useWorkloadIdentity requires the mcp.admin role", field="useWorkloadIdentity")
         now = datetime.now(UTC)
@@ -128,7 +131,7 @@ class AdapterService:
         current = await self._readable_or_writable(identity, name)
         if data.name != name:
             raise InvalidRequest(f"name is immutable: the body says {data.name!r}, the URL {name!r}", field="name")
-        validate_input(data, max_replicas=self._max_replicas)
+        validate_input(data, max_replicas=self._max_replicas, env_policy=self._env_policy)
         if data.use_workload_identity != current.use_workload_identity:
             raise InvalidRequest("useWorkloadIdentity cannot be changed after creation", field="useWorkloadIdentity")
         if if_match is not None and if_match.strip('"') != current.etag and if_match != "*":

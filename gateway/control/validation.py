@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from gateway.envpolicy import DEFAULT_POLICY, EnvPolicy
 from gateway.errors import InvalidRequest
 from gateway.models import (
     ENV_NAME_PATTERN,
@@ -33,8 +34,12 @@ def validate_name(name: str, field: str = "name") -> None:
         )
 
 
-def validate_input(data: AdapterInput, *, max_replicas: int) -> None:
-    """Every rule of DESIGN.md §4; raises InvalidRequest naming the first field at fault."""
+def validate_input(data: AdapterInput, *, max_replicas: int, env_policy: EnvPolicy = DEFAULT_POLICY) -> None:
+    """Every rule of DESIGN.md §4; raises InvalidRequest naming the first field at fault.
+
+    ``env_policy`` refuses environment variables that would change how a replica's program is
+    loaded or interpreted (gateway/envpolicy.py; issue 12): 400 naming the variable.
+    """
     validate_name(data.name)
     if not _IMAGE_NAME.fullmatch(data.image_name) or ".." in data.image_name:
         raise InvalidRequest(
@@ -55,6 +60,13 @@ def validate_input(data: AdapterInput, *, max_replicas: int) -> None:
         if not _ENV_NAME.fullmatch(key):
             raise InvalidRequest(
                 f"environmentVariables key {key!r} must match {ENV_NAME_PATTERN}",
+                field=f"environmentVariables.{key}",
+            )
+        if env_policy.denied(key):
+            raise InvalidRequest(
+                f"environmentVariables key {key!r} may not be set: it could change how the replica's program "
+                "is loaded or interpreted, or it is set by the gateway itself (see docs/security.md, "
+                "'Adapter environment')",
                 field=f"environmentVariables.{key}",
             )
         if len(value) > MAX_ENV_VALUE or "\x00" in value:

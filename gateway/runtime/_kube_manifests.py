@@ -19,6 +19,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from gateway.envpolicy import EnvPolicy
 from gateway.models import AdapterRecord
 from gateway.settings import Settings
 
@@ -73,13 +74,17 @@ def _metadata(adapter: AdapterRecord, settings: Settings, spec: Manifest) -> Man
     }
 
 
-def _env(adapter: AdapterRecord) -> list[Manifest]:
-    env: list[Manifest] = [
-        {"name": key, "value": value} for key, value in sorted(adapter.environment_variables.items())
-    ]
-    if REPLICA_ID_ENV not in adapter.environment_variables:
-        # The replica's own name, so a server can say which replica answered (the example's whoami).
-        env.append({"name": REPLICA_ID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+def _env(adapter: AdapterRecord, settings: Settings) -> list[Manifest]:
+    """The adapter's variables minus the deny-list (gateway/envpolicy.py), then MCP_REPLICA_ID.
+
+    The API refuses denied names; a record that holds some anyway (written before the deny-list
+    existed, or straight into the store) loses them here: a container is already isolated from
+    the gateway, so stripping, not refusing, keeps such an adapter serving.
+    """
+    allowed = EnvPolicy(settings.env_deny).allowed(adapter.environment_variables)
+    env: list[Manifest] = [{"name": key, "value": value} for key, value in sorted(allowed.items())]
+    # The replica's own name, so a server can say which replica answered (the example's whoami).
+    env.append({"name": REPLICA_ID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     return env
 
 
@@ -92,7 +97,7 @@ def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest
         "name": CONTAINER_NAME,
         "image": image_reference(adapter, settings),
         "imagePullPolicy": settings.kube_image_pull_policy,
-        "env": _env(adapter),
+        "env": _env(adapter, settings),
         "ports": [{"name": "mcp", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         # "The MCP port answers": a TCP probe works for any image; not every server has a health path.
         "readinessProbe": {

@@ -14,11 +14,14 @@ import os
 import shutil
 import signal
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 OWNER_ENV = "MCP_GATEWAY_RUNTIME_OWNER"
-"""Set in every replica's environment to a hash of the data dir: proves a process is ours."""
+"""Set in every replica's environment to a hash of the data dir: proves a process is ours.
+
+The gateway reads it from ``/proc/<pid>/environ``; when replicas run as another user that needs
+root, which is exactly when they do (see _local_isolation); the sandbox passes it through."""
 
 BASE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH")
 """The only variables replicas inherit from the gateway: never MCPGW_* settings or secrets."""
@@ -60,7 +63,7 @@ def child_setup(parent_pid: int) -> Callable[[], None]:
 SETPRIV = shutil.which("setpriv")
 
 
-def launch(command: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+def launch(command: Sequence[str]) -> tuple[list[str], Callable[[], None] | None]:
     """The argv and preexec_fn that start ``command`` so that it dies with the gateway.
 
     With util-linux's ``setpriv --pdeathsig KILL`` no Python code runs between fork and exec.
@@ -71,7 +74,7 @@ def launch(command: list[str]) -> tuple[list[str], Callable[[], None] | None]:
     """
     if SETPRIV is not None:
         return [SETPRIV, "--pdeathsig", "KILL", "--", *command], None
-    return command, child_setup(os.getpid())
+    return list(command), child_setup(os.getpid())
 
 
 def free_port() -> int:
@@ -129,6 +132,33 @@ def _proc_stat(pid: int) -> tuple[int, int] | None:
     if fields[0] == b"Z":
         return None
     return int(fields[2]), int(fields[19])
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid`` (a scan of /proc: a few ms)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[0] == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+async def wait_group_gone(pgid: int, limit: float = 2.0) -> bool:
+    """Wait until no live process is left in group ``pgid`` (after its SIGKILL); False after ``limit``.
+
+    A sandboxed replica's program is not the process the gateway started (that is bwrap): the
+    leader can be reaped while the program, SIGKILLed a moment ago, is still exiting and holding
+    its port. Stopping means gone, so the runtime waits for the whole group.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while group_members(pgid):
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 def process_start_time(pid: int) -> int | None:

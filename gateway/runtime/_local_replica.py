@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.runtime._local_catalog import expand_process
-from gateway.runtime._local_process import OWNER_ENV, free_port, launch, probe, signal_group
+from gateway.runtime._local_isolation import Isolation
+from gateway.runtime._local_process import OWNER_ENV, free_port, probe, signal_group, wait_group_gone
 from gateway.runtime.base import Endpoint
 
 log = logging.getLogger("gateway.runtime.local")
@@ -54,6 +55,8 @@ class ReplicaContext:
     marker: str
     ready_timeout: float
     backoff_max: float
+    isolation: Isolation
+    """Which user and sandbox replicas run in (see _local_isolation)."""
     on_change: Callable[[Replica], None]
     """Called (synchronously) whenever readiness, state or the process of a replica changes."""
 
@@ -162,9 +165,10 @@ class Replica:
         finally:
             self._update(ready=False, state="Stopped", message="")
 
-    def _environment(self) -> dict[str, str]:
+    def _environment(self, isolation_env: dict[str, str]) -> dict[str, str]:
         env = dict(self._ctx.base_env)
         env.update((k, expand_process(v, port=self.port, replica=self.name)) for k, v in self.spec.env)
+        env.update(isolation_env)  # HOME and TMPDIR: the replica's own working area
         env.update(
             {"HOST": "127.0.0.1", "PORT": str(self.port), "MCP_REPLICA_ID": self.name, OWNER_ENV: self._ctx.marker}
         )
@@ -196,15 +200,16 @@ class Replica:
                 f"----- mcp-gateway {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {self.name} starting "
                 f"{self.spec.image} generation {self.generation} on port {self.port} (uid {self.uid}) -----\n".encode(),
             )
-            argv, preexec = launch(command)
+            # The log file is opened here and handed over: the replica never opens the log dir.
+            start = self._ctx.isolation.launch(command, cwd=self.spec.cwd, replica=self.name)
             process = await asyncio.create_subprocess_exec(
-                *argv,
+                *start.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=fd,
                 stderr=asyncio.subprocess.STDOUT,
-                env=self._environment(),
-                cwd=self.spec.cwd,
-                preexec_fn=preexec,
+                env=self._environment(start.env),
+                cwd=start.cwd,
+                preexec_fn=start.preexec,
                 start_new_session=True,  # own session and process group: signalled as one
                 close_fds=True,
             )
@@ -225,9 +230,13 @@ class Replica:
             signal_group(process.pid, signal.SIGKILL)
             if process.returncode is None:
                 await process.wait()
+            await wait_group_gone(process.pid)
             self.pid = None
-            self._log_line(describe_exit(process.returncode if process.returncode is not None else -9))
+            self._log_line(self._describe_exit(process.returncode if process.returncode is not None else -9))
             self._update(ready=False)
+
+    def _describe_exit(self, returncode: int) -> str:
+        return describe_exit(self._ctx.isolation.exit_code(returncode))
 
     async def _watch(self, process: asyncio.subprocess.Process) -> float:
         loop = asyncio.get_running_loop()
@@ -238,7 +247,7 @@ class Replica:
             while True:
                 done, _ = await asyncio.wait({exited}, timeout=interval)
                 if done:
-                    self.last_failure = f"{describe_exit(exited.result())} before it was ready"
+                    self.last_failure = f"{self._describe_exit(exited.result())} before it was ready"
                     return 0.0
                 if self._stopping:
                     continue
@@ -256,7 +265,7 @@ class Replica:
             while True:
                 done, _ = await asyncio.wait({exited}, timeout=PROBE_PERIOD)
                 if done:
-                    self.last_failure = describe_exit(exited.result())
+                    self.last_failure = self._describe_exit(exited.result())
                     return loop.time() - ready_at
                 if self._stopping:
                     continue

@@ -7,10 +7,18 @@ How it works (Linux; asyncio or uvloop):
   image no catalog knows starts nothing: status reports ``ImageNotFound`` and ``deployed()`` still
   counts the generation as applied, so the reconciler does not retry in a loop.
 * **Replicas.** Replica ``i`` of adapter ``N`` runs as ``N-i`` with a minimal environment (PATH,
-  HOME, locale, TZ, VIRTUAL_ENV, PYTHONPATH; never the gateway's ``MCPGW_*`` settings or
-  secrets), then the catalog's env, the adapter's ``environmentVariables``, and ``HOST``,
-  ``PORT``, ``MCP_REPLICA_ID``. Output goes to ``<data_dir>/logs/N-i.log``, appended across
-  restarts with a marker line per start and exit.
+  locale, TZ, VIRTUAL_ENV, PYTHONPATH; never the gateway's ``MCPGW_*`` settings or
+  secrets), then the catalog's env, the adapter's ``environmentVariables``, ``HOME`` and
+  ``TMPDIR`` (its own working area), and ``HOST``, ``PORT``, ``MCP_REPLICA_ID``. Output goes to
+  ``<data_dir>/logs/N-i.log`` (opened by the gateway), appended across restarts with a marker
+  line per start and exit.
+* **Isolation** (issue 12; ``_local_isolation``). An adapter whose ``environmentVariables`` hold a
+  name of the deny-list (``gateway/envpolicy.py``: ``LD_*``, ``PYTHON*``, ``PATH`` …, plus setting
+  ``env_deny``) starts nothing: status reports ``EnvironmentRefused`` naming the variables (the
+  API refuses them too; this catches records stored before). Replicas run as
+  ``local_replica_user`` when the gateway is root and in a bubblewrap sandbox when bwrap works
+  (``local_sandbox``); the data dir is made 0700 with its files 0600. Start-up logs what is in
+  force, and a WARNING when replicas are not isolated at all.
 * **Readiness.** HTTP GET of the catalog's ``ready_path`` (else a TCP connect) until it answers or
   ``local_ready_timeout`` passes; later probes every few seconds take a stuck replica out. Only
   ready replicas are endpoints; listeners hear of every change; ``endpoints()`` reads memory.
@@ -53,10 +61,18 @@ from typing import Any, Literal
 
 import msgspec
 
+from gateway.envpolicy import EnvPolicy
 from gateway.errors import RuntimeUnavailable
 from gateway.models import AdapterRecord, InstanceStatus
 from gateway.runtime._local_catalog import CatalogError, ImageCatalog
-from gateway.runtime._local_process import base_environment, kill_owned_processes, owner_marker, tail_lines
+from gateway.runtime._local_isolation import Isolation, IsolationError, detect
+from gateway.runtime._local_process import (
+    SETPRIV,
+    base_environment,
+    kill_owned_processes,
+    owner_marker,
+    tail_lines,
+)
 from gateway.runtime._local_replica import LaunchSpec, Replica, ReplicaContext
 from gateway.runtime.base import Endpoint, EndpointListener, InstanceNotFound, RuntimeIssue, RuntimeStatus
 from gateway.settings import Settings
@@ -232,6 +248,8 @@ class LocalRuntime:
         self._log_dir = settings.data_dir / "logs"
         self._run_dir = settings.data_dir / "runtime"
         self._catalog = ImageCatalog(settings.image_catalog)
+        self._env_policy = EnvPolicy(settings.env_deny)
+        self._isolation: Isolation | None = None
         self._marker = ""
         self._role: Literal["leader", "follower"] | None = None
         self._lock_fd: int | None = None
@@ -264,6 +282,19 @@ class LocalRuntime:
             raise RuntimeUnavailable("local runtime", str(exc)) from None
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self._run_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._restrict_data_dir)
+        try:
+            isolation, sandbox_off = await asyncio.to_thread(
+                detect,
+                data_dir=self._data_dir,
+                replica_user=self._settings.local_replica_user,
+                sandbox=self._settings.local_sandbox,
+                setpriv=SETPRIV,
+            )
+        except IsolationError as exc:
+            raise RuntimeUnavailable("local runtime", str(exc)) from None
+        self._isolation = isolation
+        self._log_isolation(isolation, sandbox_off)
         self._marker = owner_marker(self._data_dir)
         self._ctx = ReplicaContext(
             log_dir=self._log_dir,
@@ -271,6 +302,7 @@ class LocalRuntime:
             marker=self._marker,
             ready_timeout=self._settings.local_ready_timeout,
             backoff_max=self._settings.local_restart_backoff_max,
+            isolation=isolation,
             on_change=self._replica_changed,
         )
         self._lock_fd = os.open(self._run_dir / "local.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -304,9 +336,52 @@ class LocalRuntime:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+        if self._isolation is not None:
+            await asyncio.to_thread(self._isolation.cleanup)
         self._endpoints.clear()
         self._publish_pending = False
         self._role = None
+
+    def _restrict_data_dir(self) -> None:
+        """Data dir 0700, the files in it 0600, logs and runtime dirs 0700: only the gateway's user."""
+        for path in (self._data_dir, self._log_dir, self._run_dir):
+            with contextlib.suppress(OSError):
+                path.chmod(0o700)
+        for folder in (self._data_dir, self._log_dir, self._run_dir):
+            with contextlib.suppress(OSError), os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_uid == os.geteuid():
+                        with contextlib.suppress(OSError):
+                            os.chmod(entry.path, 0o600)
+
+    def _log_isolation(self, isolation: Isolation, sandbox_off: str | None) -> None:
+        if not isolation.isolated:
+            log.warning(
+                "local runtime: replicas are NOT isolated from this gateway: they run as its own user "
+                "(uid %d) without a sandbox (%s). A replica can read %s (session key, database, logs) and "
+                "this gateway's environment. Run the gateway as root (replicas then run as "
+                "MCPGW_LOCAL_REPLICA_USER) or install bubblewrap; see docs/security.md, 'Local isolation'.",
+                os.geteuid(),
+                sandbox_off or "MCPGW_LOCAL_SANDBOX=off",
+                self._data_dir,
+            )
+        elif not isolation.sandboxed:
+            log.warning(
+                "local runtime: %s (%s): they cannot read the data dir or this gateway's environment, but "
+                "can write world-writable folders such as /tmp and see each other's processes; see "
+                "docs/security.md, 'Local isolation'.",
+                isolation.describe(),
+                sandbox_off or "MCPGW_LOCAL_SANDBOX=off",
+            )
+        elif isolation.user is None and os.geteuid() == 0:
+            log.warning(
+                "local runtime: %s, but as root (MCPGW_LOCAL_REPLICA_USER is empty): they cannot see the data dir "
+                "or this gateway's environment, but can read root-only files elsewhere on this machine; see "
+                "docs/security.md, 'Local isolation'.",
+                isolation.describe(),
+            )
+        else:
+            log.info("local runtime: %s", isolation.describe())
 
     async def ping(self) -> None:
         """Raise RuntimeUnavailable unless the runtime was started."""
@@ -334,6 +409,14 @@ class LocalRuntime:
                 "ImageNotFound",
                 f"image {record.image} is not in {where}; known images: {', '.join(known) or 'none'}. "
                 "Add it to the catalog file named by MCPGW_IMAGE_CATALOG.",
+            )
+        denied = self._env_policy.denied_names(record.environment_variables)
+        if denied:
+            return None, RuntimeIssue(
+                "EnvironmentRefused",
+                f"environmentVariables {', '.join(denied)} may not be set: they could change how the replica's "
+                "program is loaded or interpreted (see docs/security.md, 'Adapter environment'); "
+                "remove them with PUT /adapters/" + record.name,
             )
         env = dict(entry.env)
         env.update(record.environment_variables)
@@ -547,6 +630,8 @@ class LocalRuntime:
         killed = kill_owned_processes(self._marker)
         if killed:
             log.warning("local runtime: killed %d leftover replica process(es): %s", len(killed), killed)
+        if self._isolation is not None:
+            self._isolation.remove_leftovers()  # the working dirs of the previous leader's replicas
         self._role = "leader"
         previous = self._shared
         self._shared = SharedState(leader_pid=os.getpid())
