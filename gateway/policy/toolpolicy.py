@@ -107,8 +107,8 @@ def validate_tool_policy(rules: Sequence[ToolRule] | None, field: str = "toolPol
     return errors
 
 
-class _Matcher:
-    """Exact names in a set, globs in one regex."""
+class GlobMatcher:
+    """Tool name globs compiled: exact names in a set, the others in one regex (fnmatchcase semantics)."""
 
     __slots__ = ("exact", "pattern")
 
@@ -124,6 +124,7 @@ class _Matcher:
         self.pattern = re.compile("|".join(patterns)) if patterns else None
 
     def matches(self, tool: str) -> bool:
+        """True when ``tool`` matches one of the globs."""
         return tool in self.exact or (self.pattern is not None and self.pattern.match(tool) is not None)
 
 
@@ -139,8 +140,8 @@ class ToolPolicy:
             for role in rule.roles:
                 by_role.setdefault(role, []).extend(rule.tools)
         everyone = by_role.pop(EVERYONE, None)
-        self._everyone = _Matcher(everyone) if everyone else None
-        self._by_role = {role: _Matcher(globs) for role, globs in by_role.items()}
+        self._everyone = GlobMatcher(everyone) if everyone else None
+        self._by_role = {role: GlobMatcher(globs) for role, globs in by_role.items()}
         self._decided: dict[tuple[str, frozenset[str]], bool] = {}
 
     @property
