@@ -4,6 +4,7 @@ Usage (from the repository root, with the project's virtualenv)::
 
     python scripts/bench_policy.py              # best of 5 timeit repeats per function
     python scripts/bench_policy.py --repeat 9
+    python scripts/bench_policy.py --redis-url redis://127.0.0.1:6379/0   # + RedisRateLimiter round trips
 
 Prints µs per call for: classify of a typical 2026-07-28 ``tools/call`` (headers + body, and
 headers only), ``may_call`` (exact name, glob), ``PolicyCache.get``, ``AdapterLimits.checks``,
@@ -20,6 +21,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 import timeit
 from collections.abc import Callable, Sequence
 
@@ -78,10 +80,34 @@ def measure(fn: Callable[[], object], repeat: int) -> float:
     return min(timer.repeat(repeat=repeat, number=number)) / number * 1e6
 
 
+async def _redis_round_trips(url: str) -> tuple[float, float]:
+    """p50 and p90 µs of one awaited Redis check."""
+    from redis.asyncio import Redis
+
+    from gateway.policy.ratelimit import LimitCheck, RedisRateLimiter
+
+    client = Redis.from_url(url)
+    limiter = RedisRateLimiter(client, key_prefix="bench:")
+    check = [LimitCheck("k", 10**9, 1, 1, "bench", "")]
+    try:
+        for _ in range(200):
+            await limiter.check_all(check)
+        times = []
+        for _ in range(3000):
+            started = time.perf_counter()
+            await limiter.check_all(check)
+            times.append(time.perf_counter() - started)
+    finally:
+        await client.aclose()
+    times.sort()
+    return times[len(times) // 2] * 1e6, times[int(len(times) * 0.9)] * 1e6
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run every measurement and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5, help="timeit repeats per function (best is kept)")
+    parser.add_argument("--redis-url", help="also time RedisRateLimiter.check_all against this Redis (keys bench:*)")
     args = parser.parse_args(argv)
 
     policy = ToolPolicy(RULES)
@@ -130,6 +156,10 @@ def main(argv: list[str] | None = None) -> None:
         ("AuditTrail.record", measure(audit, args.repeat)),
         ("one tools/call: classify + authorize + limit + audit", measure(whole_request, args.repeat)),
     ]
+    if args.redis_url:
+        p50, p90 = loop.run_until_complete(_redis_round_trips(args.redis_url))
+        rows.append(("RedisRateLimiter.check_all p50 (3000 awaits)", p50))
+        rows.append(("RedisRateLimiter.check_all p90", p90))
     loop.close()
     width = max(len(name) for name, _ in rows)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}  (cores: {os.cpu_count()})")
