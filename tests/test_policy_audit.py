@@ -340,3 +340,13 @@ def test_file_sink_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="1024"):
         FileSink(tmp_path / "a", max_bytes=10)
     assert not os.path.exists(tmp_path / "a")
+
+
+async def test_a_record_that_cannot_be_built_is_counted_and_the_writer_goes_on() -> None:
+    sink = ListSink()
+    trail = AuditTrail([sink])
+    await trail.start()
+    trail.record("tools/call", "allowed", user="u", roles=[1, "a"])  # type: ignore[list-item]  # unsortable
+    trail.record("tools/call", "allowed", user="u", target="after")
+    await trail.close()
+    assert trail.failed == 1 and [r.tool for r in sink.records] == ["after"]

@@ -270,7 +270,7 @@ def _arguments_in(body: bytes, rpc_id: Any) -> Any:
     """``params.arguments`` of the message with ``rpc_id`` in a request body (one message or a batch)."""
     try:
         value = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # too deep nesting raises RecursionError
         return None
     messages = value if isinstance(value, list) else [value]
     for m in messages:
@@ -473,7 +473,13 @@ class AuditTrail:
                 continue
             self._idle = False
             pending = [queue.popleft() for _ in range(min(BATCH, len(queue)))]
-            records = [self._build(p) for p in pending]
+            records = []
+            for p in pending:
+                try:
+                    records.append(self._build(p))
+                except Exception as exc:  # one bad record must not end the writer
+                    self.failed += 1
+                    self._log_failure("record builder", exc)
             ok = True
             for sink in self.sinks:
                 try:
@@ -516,7 +522,7 @@ class AuditTrail:
                 record.arguments_sha256 = arguments_sha256(arguments)
         return record
 
-    def _log_failure(self, sink: AuditSink, exc: Exception) -> None:
+    def _log_failure(self, sink: object, exc: Exception) -> None:
         now = time.monotonic()
         if now - self._failure_logged_at >= FAILURE_LOG_INTERVAL:
             self._failure_logged_at = now

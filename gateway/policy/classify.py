@@ -235,11 +235,11 @@ def _decode(body: bytes) -> tuple[tuple[Message, ...], bool] | None:
         return (_from_struct(_one.decode(body)),), False
     except msgspec.ValidationError:
         pass  # valid JSON of an unusual shape: the slow path below
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # too deep nesting raises RecursionError
         return None
     try:
         value = _any.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # too deep nesting raises RecursionError
         return None
     if isinstance(value, list):
         items = [_from_any(v) for v in value]

@@ -293,7 +293,7 @@ def merge_batch_response(upstream_body: bytes, local: Sequence[dict[str, Any]]) 
     elif stripped[:1] == b"[":
         try:
             parts = [bytes(raw) for raw in _raw_list.decode(stripped)]
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # too deep nesting raises RecursionError
             parts = [stripped]  # not ours to repair: pass it along as it came
     else:
         parts = [stripped]
@@ -340,7 +340,7 @@ def filter_tools_list_body(body: bytes, ids: Container[RequestId], policy: ToolP
         return body
     try:
         value = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # too deep nesting raises RecursionError
         return body
     if isinstance(value, list):
         changed = [_filter_message(m, ids, policy, roles) for m in value]
@@ -428,7 +428,7 @@ class ToolsListSseFilter:
             return event
         try:
             message = msgspec.json.decode(b"\n".join(data))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # too deep nesting raises RecursionError
             return event
         if not _filter_message(message, self._ids, self._policy, self._roles):
             return event
