@@ -113,6 +113,8 @@ def test_duplicate_keys_resolve_to_the_last_like_the_upstream_decoders() -> None
         ({}, call_body(), "modern"),
         ({}, None, "unknown"),
         ({}, b"garbage", "unknown"),
+        ({"mcp-protocol-version": "zzz"}, None, "unknown"),
+        ({"mcp-protocol-version": "9999"}, call_body(), "modern"),  # not a revision: the body decides
     ],
 )
 def test_era_hint(headers: dict[str, str], body: bytes | None, era: str) -> None:

@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -161,6 +162,8 @@ class FileSink:
         self.backups = backups
         self._fd: int | None = None
         self._size = 0
+        # close() may run while a cancelled writer's thread is still appending
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FileSink({str(self.path)!r})"
@@ -181,6 +184,10 @@ class FileSink:
         return fd
 
     def _append(self, data: bytes) -> None:
+        with self._lock:
+            self._append_locked(data)
+
+    def _append_locked(self, data: bytes) -> None:
         if self._fd is None:
             self._fd = self._open()
         if self._size and self._size + len(data) > self.max_bytes:
@@ -192,7 +199,7 @@ class FileSink:
         self._size += len(data)
 
     def _rotate(self) -> None:
-        self._close()
+        self._close_locked()
         if self.backups == 0:
             self.path.unlink(missing_ok=True)
         else:
@@ -204,6 +211,10 @@ class FileSink:
         self._fd = self._open()
 
     def _close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

@@ -184,7 +184,7 @@ def classify(
 
     if legacy:
         era: Era = "legacy"
-    elif version is not None:
+    elif version is not None and _is_date(version):
         era = "modern" if version >= MODERN_VERSION else "session"
     elif "mcp-session-id" in headers or (parsed and any(m.method == "initialize" for m in messages)):
         era = "session"
@@ -281,6 +281,11 @@ def _from_any(value: Any) -> Message | None:
         raw = params.get(member)
         name = raw if isinstance(raw, str) else None
     return Message(method=method, id=ident, has_id=has_id, name=name)
+
+
+def _is_date(value: str) -> bool:
+    """``YYYY-MM-DD`` (protocol revisions compare as strings only in that shape)."""
+    return len(value) == 10 and value[4] == "-" and value[7] == "-" and value.replace("-", "").isdigit()
 
 
 def _decode_base64_header(value: str) -> str:
