@@ -25,6 +25,7 @@ from gateway.policy.ratelimit import (
     RateRule,
     RedisRateLimiter,
     limited_error,
+    limited_responses,
     limited_status,
     parse_rate,
     retry_after_header,
@@ -333,3 +334,5 @@ async def test_limited_error_names_the_limit_and_retry_after_rounds_up() -> None
     assert body["error"]["data"] == {"limit": "rateLimits[0]", "retryAfter": 3}
     assert "rateLimits[0] (2 requests per 5 s per user)" in body["error"]["message"]
     assert retry_after_header(Decision(allowed=False, retry_after=0.0001)) == "1"
+    batch = calls("add", "echo", notify=1)
+    assert [e["id"] for e in limited_responses(batch, d)] == [0, 1]

@@ -173,6 +173,16 @@ def test_batch_mixing_allowed_and_denied_forwards_only_the_allowed_part() -> Non
     assert [e["id"] for e in s.local] == [2] and s.local[0]["error"]["code"] == TOOL_DENIED and s.refused == 1
 
 
+def test_split_lists_forwarded_and_denied_messages_and_builds_the_local_body() -> None:
+    s = split(body_of(call(1, "add"), call(2, "secret"), call(None, "hidden")))
+    assert [m.name for m in s.forwarded] == ["add"] and [m.name for m in s.denied] == ["secret", "hidden"]
+    assert s.refused == 2 and s.batch
+    alone = split(body_of(call(2, "secret")))
+    assert json.loads(alone.local_body()) == [denied_error(2, "secret", "calc")]
+    single = split(json.dumps(call(2, "secret")).encode())
+    assert json.loads(single.local_body()) == denied_error(2, "secret", "calc")
+
+
 def test_nothing_denied_forwards_the_body_itself() -> None:
     body = body_of(call(1, "add"), call(2, "version"))
     assert split(body).forward is body
@@ -306,6 +316,14 @@ def test_sse_listing_with_nothing_to_hide_or_another_id_is_byte_identical() -> N
     visible = data_event(listing(1, TOOLS[:2]))
     other_id = data_event(listing(9))
     assert run_filter(visible + other_id, 4) == visible + other_id
+
+
+def test_sse_batch_response_in_one_event_is_trimmed() -> None:
+    other = {"jsonrpc": "2.0", "id": 2, "result": {"content": []}}
+    event = b"data: " + json.dumps([other, listing(1)]).encode() + b"\n\n"
+    (fields,) = parse_sse(run_filter(event, 9))
+    first, second = json.loads(fields["data"])
+    assert first == other and names(second) == ["add", "echo", "version"]
 
 
 def test_sse_ids_may_arrive_while_the_stream_runs() -> None:

@@ -506,6 +506,11 @@ def limited_error(ident: RequestId, decision: Decision) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": ident, "error": error}
 
 
+def limited_responses(messages: Sequence[Message], decision: Decision) -> list[dict[str, Any]]:
+    """One :func:`limited_error` per request among ``messages`` (a refused batch is refused whole)."""
+    return [limited_error(m.id, decision) for m in messages if m.is_request]
+
+
 def limited_status(decision: Decision) -> int:
     """HTTP status for a refused decision: 429 over a limit, 503 when the store is down (fail closed)."""
     return 503 if decision.unavailable else 429

@@ -248,8 +248,22 @@ class BatchSplit(msgspec.Struct, frozen=True):
     """The body to forward (same framing as the original: one object or an array), None when nothing is left."""
     local: tuple[dict[str, Any], ...]
     """Error responses the gateway answers (requests only; refused notifications are dropped silently)."""
-    refused: int
-    """How many messages were held back (requests and notifications)."""
+    forwarded: tuple[Message, ...]
+    """The messages in ``forward`` (for the rate limit and audit stages)."""
+    denied: tuple[Message, ...]
+    """The messages held back (requests and notifications), in order (for audit and counters)."""
+    batch: bool
+
+    @property
+    def refused(self) -> int:
+        """How many messages were held back."""
+        return len(self.denied)
+
+    def local_body(self) -> bytes:
+        """The gateway's own answer when nothing is forwarded: one error object, or an array for a batch."""
+        if not self.batch and len(self.local) == 1:
+            return _encoder.encode(self.local[0])
+        return _encoder.encode(list(self.local))
 
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
@@ -261,17 +275,22 @@ def split_batch(body: bytes, messages: Sequence[Message], batch: bool, decide: D
 
     When nothing is refused, ``forward`` is ``body`` itself (no copy, byte-identical). ``messages``
     and ``batch`` are :class:`~gateway.policy.classify.Classification` fields of the same body.
+    Several stages may split in turn (tool policy, then rate limits): classify ``forward`` again, or
+    pass ``forwarded`` and the same ``batch``.
     """
     verdicts = [decide(m) for m in messages]
-    refused = [i for i, v in enumerate(verdicts) if v is not None]
-    if not refused:
-        return BatchSplit(forward=body, local=(), refused=0)
+    if all(v is None for v in verdicts):
+        return BatchSplit(forward=body, local=(), forwarded=tuple(messages), denied=(), batch=batch)
     local = tuple(v for m, v in zip(messages, verdicts, strict=True) if v is not None and m.has_id)
-    if not batch or len(refused) == len(messages):
-        return BatchSplit(forward=None, local=local, refused=len(refused))
+    denied = tuple(m for m, v in zip(messages, verdicts, strict=True) if v is not None)
+    forwarded = tuple(m for m, v in zip(messages, verdicts, strict=True) if v is None)
+    if not batch or not forwarded:
+        return BatchSplit(forward=None, local=local, forwarded=(), denied=denied, batch=batch)
     raws = _raw_list.decode(body)
     kept = [bytes(raw) for raw, v in zip(raws, verdicts, strict=True) if v is None]
-    return BatchSplit(forward=b"[" + b",".join(kept) + b"]", local=local, refused=len(refused))
+    return BatchSplit(
+        forward=b"[" + b",".join(kept) + b"]", local=local, forwarded=forwarded, denied=denied, batch=batch
+    )
 
 
 def local_status(split: BatchSplit, status: int = 403) -> int:
@@ -430,7 +449,11 @@ class ToolsListSseFilter:
             message = msgspec.json.decode(b"\n".join(data))
         except (msgspec.DecodeError, RecursionError):  # too deep nesting raises RecursionError
             return event
-        if not _filter_message(message, self._ids, self._policy, self._roles):
+        if isinstance(message, list):  # a batch response in one event (2025-03-26)
+            changed = [_filter_message(m, self._ids, self._policy, self._roles) for m in message]
+            if not any(changed):
+                return event
+        elif not _filter_message(message, self._ids, self._policy, self._roles):
             return event
         first = lines[first_data]
         ending = first[len(first.rstrip(b"\r\n")) :] or b"\n"
