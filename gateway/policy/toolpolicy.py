@@ -53,6 +53,7 @@ INVALID_PARAMS = -32602
 """JSON-RPC "Invalid params": a ``tools/call`` with no tool name under a policy."""
 
 _GLOB_META = frozenset("*?[")
+_ID_TYPES = (int, str, float)
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 
@@ -337,7 +338,10 @@ def filter_tools(tools: list[Any], policy: ToolPolicy, roles: Collection[str]) -
 
 def _filter_message(message: Any, ids: Container[RequestId], policy: ToolPolicy, roles: Collection[str]) -> bool:
     """Trim one decoded response in place; True when it changed."""
-    if not isinstance(message, dict) or "id" not in message or message["id"] not in ids:
+    if not isinstance(message, dict):
+        return False
+    ident = message.get("id")
+    if type(ident) not in _ID_TYPES or ident not in ids:  # unhashable ids must not raise; true is not 1
         return False
     result = message.get("result")
     if not isinstance(result, dict) or not isinstance(result.get("tools"), list):

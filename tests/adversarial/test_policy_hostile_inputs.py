@@ -152,3 +152,11 @@ async def test_audit_lines_cannot_be_forged_by_names(tmp_path: Path) -> None:
     (line,) = path.read_bytes().splitlines()
     record = json.loads(line)
     assert record["tool"] == forged and record["user"] == "mallory\n"
+
+
+def test_upstream_answers_with_odd_ids_pass_untouched_without_raising() -> None:
+    for ident in ([1], {"a": 1}, None, True):
+        body = json.dumps({"jsonrpc": "2.0", "id": ident, "result": {"tools": [{"name": "secret"}]}}).encode()
+        assert filter_tools_list_body(body, {1}, POLICY, USER) is body
+        event = b"data: " + body + b"\n\n"
+        assert ToolsListSseFilter({1}, POLICY, USER).feed(event) == event
