@@ -26,6 +26,7 @@ Redis: one round trip, p50 ≈ 130 µs on loopback here (scripts are cached: EVA
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib.resources
 import logging
@@ -355,7 +356,11 @@ class MemoryRateLimiter:
 _EPSILON = 1e-9
 """Slack for float rounding: a request arriving exactly when its token is due is admitted."""
 
-_SCRIPT = importlib.resources.files("gateway.policy").joinpath("_ratelimit_redis.lua").read_text()
+
+@functools.cache
+def _script_source() -> str:
+    """The GCRA script, read once on first use (no I/O at import)."""
+    return importlib.resources.files("gateway.policy").joinpath("_ratelimit_redis.lua").read_text()
 
 
 class RedisRateLimiter:
@@ -370,7 +375,7 @@ class RedisRateLimiter:
         self._redis = redis
         self._prefix = key_prefix + "{ratelimit}:"
         self._timeout = timeout
-        self._script: AsyncScript = redis.register_script(_SCRIPT)
+        self._script: AsyncScript = redis.register_script(_script_source())
 
     def __repr__(self) -> str:
         return f"RedisRateLimiter(prefix={self._prefix!r})"
