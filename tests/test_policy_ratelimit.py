@@ -247,6 +247,29 @@ async def test_two_redis_limiters_admit_at_most_n_of_many_concurrent_attempts(
     assert admitted == n
 
 
+async def test_two_redis_limiters_under_sustained_load_stay_within_the_gcra_bound(
+    redis_pair: tuple[RedisRateLimiter, RedisRateLimiter],
+) -> None:
+    # 10 per second, hammered for one second by 8 tasks on two limiters: GCRA admits the burst of 10,
+    # then one every 0.1 s, so at most floor((span + 1 s) / 0.1 s) in a span of attempts.
+    a, b = redis_pair
+    admitted = attempts = 0
+    started = time.monotonic()
+
+    async def hammer(limiter: RedisRateLimiter) -> None:
+        nonlocal admitted, attempts
+        while time.monotonic() - started < 1.0:
+            attempts += 1
+            allowed = (await limiter.check("sustained", 10, 1)).allowed  # await first: += would race
+            admitted += allowed
+
+    await asyncio.gather(*(hammer(a if i % 2 else b) for i in range(8)))
+    span = time.monotonic() - started
+    bound = math.floor((span + 1.0) / 0.1)
+    print(f"\nsustained: {attempts} attempts in {span:.2f} s, admitted {admitted}, GCRA bound {bound}")
+    assert 10 <= admitted <= bound
+
+
 async def test_redis_all_or_nothing_and_limit_named(redis_pair: tuple[RedisRateLimiter, RedisRateLimiter]) -> None:
     a, _ = redis_pair
     wide, tight = check("wide", 100, 10), check("tight", 1, 10, name="rateLimits[1]")
