@@ -359,3 +359,11 @@ async def test_limited_error_names_the_limit_and_retry_after_rounds_up() -> None
     assert retry_after_header(Decision(allowed=False, retry_after=0.0001)) == "1"
     batch = calls("add", "echo", notify=1)
     assert [e["id"] for e in limited_responses(batch, d)] == [0, 1]
+
+
+async def test_a_batch_costing_more_than_the_limit_is_told_to_shrink() -> None:
+    d = await MemoryRateLimiter().check_all([check("k", 2, 5, cost=3)])
+    assert (
+        not d.allowed
+        and "counts 3 requests against rate limit rateLimits[0]" in limited_error(1, d)["error"]["message"]
+    )

@@ -503,11 +503,14 @@ def limited_error(ident: RequestId, decision: Decision) -> dict[str, Any]:
         }
     else:
         c = decision.limit
-        error = {
-            "code": RATE_LIMITED,
-            "message": f"rate limit {c.name} ({c.description}) exceeded; retry after {seconds} s",
-            "data": {"limit": c.name, "retryAfter": int(seconds)},
-        }
+        if c.cost > c.limit:  # never admitted, however long the caller waits
+            message = (
+                f"this request counts {c.cost} requests against rate limit {c.name} ({c.description}); "
+                "send fewer requests per batch"
+            )
+        else:
+            message = f"rate limit {c.name} ({c.description}) exceeded; retry after {seconds} s"
+        error = {"code": RATE_LIMITED, "message": message, "data": {"limit": c.name, "retryAfter": int(seconds)}}
     return {"jsonrpc": "2.0", "id": ident, "error": error}
 
 
