@@ -121,6 +121,13 @@ def test_roles_of_any_collection_type_and_a_bounded_decision_cache(monkeypatch: 
         assert len(policy._decided) <= 3
 
 
+def test_admin_role_is_the_gateways() -> None:
+    import gateway.models
+    import gateway.policy.toolpolicy
+
+    assert gateway.policy.toolpolicy.ADMIN_ROLE == gateway.models.ADMIN_ROLE
+
+
 def test_empty_policy_hides_everything_but_from_admins() -> None:
     policy = ToolPolicy([])
     assert not policy.unrestricted and not policy.may_call("add", USER)

@@ -35,6 +35,7 @@ import msgspec
 from gateway.policy.classify import Message, RequestId
 
 ADMIN_ROLE = "mcp.admin"
+"""Same value as ``gateway.models.ADMIN_ROLE``; not imported so that models.py can import ToolRule from here."""
 EVERYONE = "*"
 """In ``roles``: every caller who may read the adapter."""
 
