@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 from datetime import UTC, datetime
 
@@ -214,7 +213,7 @@ def _encode_cursor(name: str) -> str:
 def _decode_cursor(cursor: str) -> str:
     try:
         name = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text (?cursor=%C3%A9 was a 500)
         raise InvalidRequest("cursor is not one this API returned", field="cursor") from None
     validate_name(name, field="cursor")
     return name
