@@ -24,6 +24,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from gateway.auth.base import Authenticator
 from gateway.browser.hosts import HostPolicy
 from gateway.control.guard import RestGuard
+from gateway.control.openapi import complete_openapi
 from gateway.control.problems import EXCEPTION_HANDLERS
 from gateway.control.reconciler import Reconciler
 from gateway.control.routes import AdapterController, healthz, readyz
@@ -263,7 +264,7 @@ def create_litestar(c: Components) -> Litestar:
         "authenticator": c.authenticator,
         "www_authenticate": lambda path, error, detail: www_authenticate(c.settings, path, error, detail),
     }
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             AdapterController,
             healthz,
@@ -286,6 +287,8 @@ def create_litestar(c: Components) -> Litestar:
         debug=False,
         logging_config=None,
     )
+    complete_openapi(app.openapi_schema, max_replicas=c.settings.max_replicas, list_max_limit=c.settings.list_max_limit)
+    return app
 
 
 class GatewayApp:

@@ -13,7 +13,8 @@ Checks, in order, on every request Litestar routes, before authentication:
 2. ``Origin``, when sent, is the request's own origin, the public URL's or one of
    ``MCPGW_ALLOWED_ORIGINS`` → else 403. Unlike MCP routes, other loopback ports are *not*
    accepted: a page served by any local dev server would otherwise be a CSRF vector.
-3. ``OPTIONS`` with an accepted ``Origin`` is a preflight → 204 with CORS headers.
+3. ``OPTIONS`` with an accepted ``Origin`` is a preflight → 204 with CORS headers (and without
+   an ``Origin``, 204 with ``Allow``).
 4. ``POST``/``PUT``/``PATCH`` and any request with a body must say ``application/json`` (or
    ``application/*+json``) → else 415. A cross-site page can send JSON only after a preflight,
    which step 3 answers only for accepted origins.
@@ -39,7 +40,6 @@ from gateway.models import Problem
 RawSend = Callable[[dict[str, Any]], Awaitable[None]]
 
 PROBLEM_JSON = b"application/problem+json"
-REST_METHODS = ("GET", "POST", "PUT", "DELETE")
 #: Paths (prefixes) any client may GET whatever its Host or Origin.
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi", "/.well-known/oauth-protected-resource")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -69,6 +69,7 @@ class RestGuard:
     def __init__(self, app: ASGIApp, hosts: HostPolicy) -> None:
         self.app = app
         self.hosts = hosts
+        self._methods: dict[str, tuple[str, ...]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method: str | None = scope.get("method")  # type: ignore[assignment]  # None on websockets
@@ -85,11 +86,8 @@ class RestGuard:
             field = "Host" if status == 421 else "Origin"
             await _problem(send, status, "Misdirected request" if status == 421 else "Forbidden", detail, field)
             return
-        if origin is not None and method == "OPTIONS":
-            requested = headers.get("access-control-request-headers")
-            out = preflight_headers(origin.encode("latin-1"), REST_METHODS, requested)
-            await send({"type": "http.response.start", "status": 204, "headers": out})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if method == "OPTIONS":
+            await self._options(scope, send, origin, headers.get("access-control-request-headers"))
             return
         if _has_body(method, headers) and not is_json_media_type(headers.get("content-type")):
             got = headers.get("content-type")
@@ -103,6 +101,27 @@ class RestGuard:
         if origin is not None:
             send = cast(Send, with_cors(cast(RawSend, send), origin.encode("latin-1"), REST_EXPOSED))
         await self.app(scope, receive, send)
+
+    async def _options(self, scope: Scope, send: Send, origin: str | None, requested: str | None) -> None:
+        """204 naming the route's methods: a CORS preflight (origin already accepted) or a plain OPTIONS.
+
+        Litestar 2.25's automatic OPTIONS handler names only the methods of the handlers registered
+        before it on the path (``Allow: OPTIONS, POST`` on /adapters, which also has GET); the route
+        itself knows them all.
+        """
+        methods = self._methods.get(scope["path_template"]) if "path_template" in scope else None
+        if methods is None:
+            handler_paths: set[str] = getattr(scope.get("route_handler"), "paths", set())
+            found = {m for r in scope["app"].routes if r.path in handler_paths for m in r.methods}
+            methods = tuple(sorted(found or {"OPTIONS"}))
+            if "path_template" in scope:
+                self._methods[scope["path_template"]] = methods
+        if origin is not None:
+            out = preflight_headers(origin.encode("latin-1"), methods, requested)
+        else:
+            out = [(b"allow", ", ".join(methods).encode())]
+        await send({"type": "http.response.start", "status": 204, "headers": out})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _problem(send: Send, status: int, title: str, detail: str, field: str) -> None:
