@@ -71,13 +71,14 @@ async def provide_identity(request: Request[Any, Any, Any]) -> Identity:
     return await authenticator.authenticate(request.headers)
 
 
-async def provide_adapter_input(request: Request[Any, Any, Any]) -> AdapterInput:
+async def provide_adapter_input(request: Request[Any, Any, Any], identity: Identity) -> AdapterInput:
     """The body as AdapterInput, decoded strictly: ``"replicaCount": "2"`` or ``"useWorkloadIdentity": 0`` is 400.
 
     Litestar converts handler arguments in msgspec's lax mode (strings to numbers, 0/1 to booleans),
     which accepts bodies the schema says are invalid; the ``data`` argument stays for the OpenAPI
     document (and the framework's own 400s), this is the value the handlers use. JSON Schema counts
-    ``2.0`` as an integer, so an integral ``replicaCount`` float is taken as that integer.
+    ``2.0`` as an integer, so an integral ``replicaCount`` float is taken as that integer. It depends
+    on ``identity`` so that a caller without a valid credential gets 401, never details of the body.
     """
     try:
         raw = msgspec.json.decode(await request.body())
