@@ -71,7 +71,7 @@ async def provide_identity(request: Request[Any, Any, Any]) -> Identity:
     return await authenticator.authenticate(request.headers)
 
 
-async def provide_adapter_input(request: Request[Any, Any, Any], identity: Identity) -> AdapterInput:
+async def provide_adapter_input(request: Request[Any, Any, Any], identity: NamedDependency[Identity]) -> AdapterInput:
     """The body as AdapterInput, decoded strictly: ``"replicaCount": "2"`` or ``"useWorkloadIdentity": 0`` is 400.
 
     Litestar converts handler arguments in msgspec's lax mode (strings to numbers, 0/1 to booleans),
