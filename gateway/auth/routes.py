@@ -29,6 +29,15 @@ _NOT_IN_DEV = {
         generate_examples=False,
     )
 }
+_WITH_PATH = {
+    **_NOT_IN_DEV,
+    400: ResponseSpec(
+        data_container=Problem,
+        media_type="application/problem+json",
+        description="The path is malformed.",
+        generate_examples=False,
+    ),
+}
 
 
 def protected_resource_router(settings: Settings) -> Router:
@@ -58,7 +67,7 @@ def protected_resource_router(settings: Settings) -> Router:
         name="protected-resource-metadata-path",
         summary="RFC 9728 metadata of the MCP endpoint at <path>",
         sync_to_thread=False,
-        responses=_NOT_IN_DEV,
+        responses=_WITH_PATH,
     )
     def path_document(path: FromPath[str]) -> Response[dict[str, Any]]:
         return _document(path)
