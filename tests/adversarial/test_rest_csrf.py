@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from gateway.browser.hosts import HostPolicy
 from tests.gateway_process import GatewayProcess, start_gateway
 
 CONFIGURED_ORIGIN = "https://console.example.com"
@@ -151,3 +153,40 @@ def test_probe_and_document_paths_answer_any_host_and_origin(raw: httpx.Client, 
     response = raw.get(path, headers={"Host": "10.1.2.3:8000"})
     assert response.status_code != 421, response.text
     assert raw.get(path, headers={"Origin": "https://inspector.example"}).status_code != 403
+
+
+# --- the shared policy, directly ----------------------------------------------------------------
+
+
+def _policy(**overrides: Any) -> HostPolicy:
+    args: dict[str, Any] = {"listen_host": "127.0.0.1", "public_url": None, "hosts": (), "origins": ()}
+    return HostPolicy(**{**args, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "rest", "mcp"),
+    [
+        ("127.0.0.1:8000", "http://127.0.0.1:8000", None, None),  # same origin
+        ("127.0.0.1:8000", "http://127.0.0.1:8001", 403, None),  # another local port: MCP only
+        ("[::1]:8000", "http://[::1]:8000", None, None),
+        ("localhost", "http://localhost:80", None, None),  # default port written out
+        ("127.0.0.1:8000", "https://127.0.0.1:8000", None, None),  # TLS terminated in front: same host:port
+        ("127.0.0.1:8000", "http://[", 403, 403),  # malformed: refused, not an exception
+        ("127.0.0.1:8000", "file://", 403, 403),
+        ("evil.example", "http://evil.example", 421, 421),  # rebinding: Host first
+    ],
+)
+def test_host_policy_rest_and_mcp_origins(host: str, origin: str, rest: int | None, mcp: int | None) -> None:
+    policy = _policy()
+    assert (policy.check(host, origin, loopback_origins=False) or (None,))[0] == rest
+    assert (policy.check(host, origin) or (None,))[0] == mcp
+
+
+def test_public_url_and_configured_origins_are_accepted_on_rest() -> None:
+    policy = _policy(public_url="https://mcp.example.com", origins=(CONFIGURED_ORIGIN,), listen_host="0.0.0.0")
+    assert policy.check("mcp.example.com", "https://mcp.example.com", loopback_origins=False) is None
+    assert policy.check("mcp.example.com", CONFIGURED_ORIGIN + "/", loopback_origins=False) is None
+    assert policy.check("10.0.0.7:8000", None, loopback_origins=False) == (
+        421,
+        "Host '10.0.0.7:8000' is not served by this gateway",
+    )
