@@ -9,6 +9,8 @@ added here, from the same constants validation.py enforces, so the document is t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from litestar.openapi.spec import OpenAPI, OpenAPIType, Parameter, Reference, Schema
 
 from gateway.control.validation import MAX_DESCRIPTION, MAX_ENV_VALUE, MAX_ENV_VARS, MAX_ROLES
@@ -20,8 +22,14 @@ ROLE_MAX_LENGTH = 256
 NO_NUL_PATTERN = "^[^\\x00]*$"
 
 
-def complete_openapi(doc: OpenAPI, *, max_replicas: int, list_max_limit: int) -> None:
-    """Add nested and settings-dependent constraints to ``doc`` (the app's cached document) in place."""
+def complete_openapi(
+    doc: OpenAPI, *, max_replicas: int, list_max_limit: int, denied_env_globs: Iterable[str] = ()
+) -> None:
+    """Add nested and settings-dependent constraints to ``doc`` (the app's cached document) in place.
+
+    ``denied_env_globs`` are the environment-variable names adapters may not set (case-insensitive
+    ``fnmatch`` globs such as ``LD_*``); they become ``propertyNames.not``, so generated bodies avoid them.
+    """
     components = doc.components
     schemas = components.schemas if components is not None and not isinstance(components, list) else None
     adapter_input = schemas.get("AdapterInput") if schemas else None
@@ -29,7 +37,10 @@ def complete_openapi(doc: OpenAPI, *, max_replicas: int, list_max_limit: int) ->
         adapter_input.additional_properties = False  # forbid_unknown_fields=True: unknown fields are 400
         props = adapter_input.properties
         _schema(props["environmentVariables"]).max_properties = MAX_ENV_VARS
-        _schema(props["environmentVariables"]).property_names = Schema(pattern=ENV_NAME_PATTERN)
+        denied = globs_pattern(denied_env_globs)
+        _schema(props["environmentVariables"]).property_names = Schema(
+            pattern=ENV_NAME_PATTERN, schema_not=Schema(pattern=denied) if denied else None
+        )
         _schema(props["environmentVariables"]).additional_properties = Schema(
             type=OpenAPIType.STRING, max_length=MAX_ENV_VALUE, pattern=NO_NUL_PATTERN
         )
@@ -48,3 +59,27 @@ def complete_openapi(doc: OpenAPI, *, max_replicas: int, list_max_limit: int) ->
 def _schema(value: Schema | Reference) -> Schema:
     assert isinstance(value, Schema), f"expected an inline schema, got {value!r}"
     return value
+
+
+def globs_pattern(globs: Iterable[str]) -> str | None:
+    """One anchored, case-insensitive regex (ECMA-262 and Python alike) matching any of ``globs``.
+
+    JSON Schema patterns have no flags, so each letter becomes ``[Xx]``; ``*`` is ``.*``, ``?`` is ``.``.
+    """
+    parts: list[str] = []
+    for glob in globs:
+        out = []
+        for ch in glob:
+            if ch == "*":
+                out.append(".*")
+            elif ch == "?":
+                out.append(".")
+            elif ch.isalpha():
+                out.append(f"[{ch.upper()}{ch.lower()}]")
+            elif ch.isalnum() or ch == "_":
+                out.append(ch)
+            else:
+                out.append("\\" + ch)
+        if out:
+            parts.append("".join(out))
+    return f"^({'|'.join(parts)})$" if parts else None

@@ -8,6 +8,7 @@ returned is a position in name order, not an error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,28 @@ def test_a_well_formed_cursor_is_a_position_in_name_order(api: httpx.Client) -> 
 def test_changing_an_immutable_field_is_409(api: httpx.Client) -> None:
     renamed = api.put("/adapters/known", json=example_adapter("other-name", replicas=0))
     assert renamed.status_code == 409 and renamed.json()["field"] == "name"
+
+
+def test_denied_environment_names_can_be_written_into_the_schema(tmp_path: Path) -> None:
+    """The env deny-list (case-insensitive globs) as one JSON Schema pattern, so schemathesis avoids it."""
+    from litestar.openapi.spec import Schema
+
+    from gateway.app import build_components, create_litestar
+    from gateway.control.openapi import complete_openapi, globs_pattern
+    from gateway.settings import Settings
+
+    pattern = globs_pattern(["LD_*", "PATH", "NODE_OPTIONS", "?ASH_ENV"])
+    assert pattern is not None
+    denied = re.compile(pattern)
+    for name in ("LD_PRELOAD", "ld_library_path", "Path", "node_options", "BASH_ENV"):
+        assert denied.match(name), name
+    for name in ("PATHS", "MY_LD_X", "NODE", "ASH_ENV"):
+        assert not denied.match(name), name
+    doc = create_litestar(build_components(Settings(example_adapter=False, data_dir=tmp_path))).openapi_schema
+    complete_openapi(doc, max_replicas=2, list_max_limit=7, denied_env_globs=["LD_*"])
+    assert doc.components.schemas is not None
+    props = doc.components.schemas["AdapterInput"].properties
+    assert props is not None
+    env = props["environmentVariables"]
+    assert isinstance(env, Schema) and isinstance(env.property_names, Schema)
+    assert env.property_names.to_schema()["not"] == {"pattern": "^([Ll][Dd]_.*)$"}
