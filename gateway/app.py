@@ -17,19 +17,22 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from gateway.auth.base import Authenticator
+from gateway.browser.hosts import HostPolicy
+from gateway.control.guard import RestGuard
+from gateway.control.openapi import complete_openapi
 from gateway.control.problems import EXCEPTION_HANDLERS
 from gateway.control.reconciler import Reconciler
 from gateway.control.routes import AdapterController, healthz, readyz
 from gateway.control.service import AdapterService
-from gateway.envpolicy import EnvPolicy
+from gateway.envpolicy import ALLOWED_PYTHON, EnvPolicy
 from gateway.errors import SessionStoreUnavailable, StoreUnavailable
 from gateway.models import AdapterInput, Identity
 from gateway.proxy.app import McpProxy
-from gateway.proxy.hosts import HostPolicy
 from gateway.proxy.sealing import SessionSealer, load_or_create_key, parse_keys
 from gateway.proxy.sessions import SessionRouter
 from gateway.runtime.base import Runtime
@@ -208,6 +211,16 @@ async def _register_example(c: Components) -> None:
         log.warning("could not register the example adapter %s: %s", EXAMPLE_ADAPTER.name, exc)
 
 
+def rest_host_policy(settings: Settings) -> HostPolicy:
+    """The Host/Origin policy of REST routes: the MCP routes' settings (RestGuard refuses loopback origins)."""
+    return HostPolicy(
+        listen_host=settings.host,
+        public_url=settings.public_url,
+        hosts=settings.allowed_hosts,
+        origins=settings.allowed_origins,
+    )
+
+
 def create_litestar(c: Components) -> Litestar:
     """The control-plane Litestar app with lifecycle hooks for every component."""
     from gateway.auth.metadata import www_authenticate
@@ -256,7 +269,7 @@ def create_litestar(c: Components) -> Litestar:
         "authenticator": c.authenticator,
         "www_authenticate": lambda path, error, detail: www_authenticate(c.settings, path, error, detail),
     }
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             AdapterController,
             healthz,
@@ -265,6 +278,7 @@ def create_litestar(c: Components) -> Litestar:
             *([metrics_route(c.telemetry, c.settings.metrics_token)] if c.settings.metrics_enabled else []),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[DefineMiddleware(RestGuard, hosts=rest_host_policy(c.settings))],
         lifespan=[lifespan],
         state=State(state),
         openapi_config=OpenAPIConfig(
@@ -278,6 +292,15 @@ def create_litestar(c: Components) -> Litestar:
         debug=False,
         logging_config=None,
     )
+    env_policy = EnvPolicy(c.settings.env_deny)
+    complete_openapi(
+        app.openapi_schema,
+        max_replicas=c.settings.max_replicas,
+        list_max_limit=c.settings.list_max_limit,
+        denied_env_globs=env_policy.patterns,
+        allowed_env_names=ALLOWED_PYTHON,
+    )
+    return app
 
 
 class GatewayApp:

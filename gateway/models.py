@@ -14,6 +14,8 @@ NAME_PATTERN = r"^[a-z]([a-z0-9-]{0,50}[a-z0-9])?$"
 IMAGE_NAME_PATTERN = r"^[a-z0-9]+([._/-][a-z0-9]+)*$"
 IMAGE_VERSION_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: Longest adapter name: NAME_PATTERN allows 1 + 50 + 1 characters (StatefulSet and Service name limits).
+NAME_MAX_LENGTH = 52
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -32,13 +34,25 @@ class Identity:
 class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
     """Body of POST /adapters and PUT /adapters/{name}."""
 
-    name: Annotated[str, msgspec.Meta(description=f"Adapter name, {NAME_PATTERN}. Immutable.")]
-    image_name: Annotated[str, msgspec.Meta(description=f"Image name, {IMAGE_NAME_PATTERN}, no '..'.")]
-    image_version: Annotated[str, msgspec.Meta(description=f"Image tag, {IMAGE_VERSION_PATTERN}.")]
-    environment_variables: Annotated[
-        dict[str, str], msgspec.Meta(description=f"Environment of each replica; names {ENV_NAME_PATTERN}.")
-    ] = msgspec.field(default_factory=dict)
-    replica_count: Annotated[int, msgspec.Meta(description="Replicas to run, 0 … the configured maximum.")] = 1
+    # Patterns, lengths and ranges are schema keywords (msgspec enforces them while decoding, Litestar
+    # puts them in the OpenAPI document); gateway/control/validation.py checks the rest, and
+    # gateway/control/openapi.py documents what Litestar drops (nested constraints, settings).
+    name: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="Adapter name; also its id. Immutable."
+        ),
+    ]
+    image_name: Annotated[
+        str, msgspec.Meta(pattern=IMAGE_NAME_PATTERN, description="Image name (path segments; never '..').")
+    ]
+    image_version: Annotated[str, msgspec.Meta(pattern=IMAGE_VERSION_PATTERN, description="Image tag.")]
+    environment_variables: Annotated[dict[str, str], msgspec.Meta(description="Environment of each replica.")] = (
+        msgspec.field(default_factory=dict)
+    )
+    replica_count: Annotated[
+        int, msgspec.Meta(ge=0, description="Replicas to run, 0 … the configured maximum (MCPGW_MAX_REPLICAS).")
+    ] = 1
     description: str = ""
     required_roles: Annotated[
         list[str], msgspec.Meta(description="Roles that grant read and data-plane use to non-owners.")

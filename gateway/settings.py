@@ -156,7 +156,8 @@ class Settings:
     )
     allowed_origins: tuple[str, ...] = setting(
         (),
-        "Origin header values accepted on MCP routes. Loopback origins and the public URL are always accepted.",
+        "Origin header values accepted (and given CORS headers) on MCP and REST routes. The public URL is always "
+        "accepted; loopback origins on MCP routes only, the request's own origin on REST routes only.",
     )
 
     # --- sessions ------------------------------------------------------------------------

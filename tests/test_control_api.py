@@ -135,12 +135,12 @@ def test_workload_identity_needs_admin_and_is_immutable(gw: GatewayProcess, alic
     with gw.client("root", roles="mcp.admin") as admin:
         assert admin.post("/adapters", json=body).status_code == 201
         changed = admin.put("/adapters/wi", json={**body, "useWorkloadIdentity": False})
-        assert problem(changed, 400)["field"] == "useWorkloadIdentity"
+        assert problem(changed, 409)["field"] == "useWorkloadIdentity"
 
 
 def test_put_rules_name_immutable_generation_and_etags(alice: httpx.Client) -> None:
     created = alice.post("/adapters", json=example_adapter("gen", replicas=0)).json()
-    assert problem(alice.put("/adapters/gen", json=example_adapter("other", replicas=0)), 400)["field"] == "name"
+    assert problem(alice.put("/adapters/gen", json=example_adapter("other", replicas=0)), 409)["field"] == "name"
 
     meta_only = alice.put("/adapters/gen", json=example_adapter("gen", replicas=0, description="new words"))
     assert meta_only.status_code == 200 and meta_only.json()["generation"] == created["generation"]

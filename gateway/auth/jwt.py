@@ -12,6 +12,12 @@ asymmetric algorithms, so ``none`` and HMAC-with-a-public-key are refused before
 touched; a ``kid`` that names a cached key whose type fits the algorithm); the signature; then
 ``exp``/``nbf``/``iat`` with ``jwt_leeway`` of clock skew, ``iss`` and ``aud``; then the claims
 the identity is built from.
+
+Every token that cannot be parsed or verified ends as ``Unauthenticated`` (401), whatever its header
+or claims hold. 2026-11-30: a non-string or list ``kid`` and an unknown ``crit`` raised PyJWT's
+``InvalidTokenError`` past the ``DecodeError`` handler (500 on REST, 502 on MCP routes), and an
+``exp`` of -1e300 crashed while writing "expired at"; tests/adversarial/test_jwt_fuzz.py now feeds
+random headers and claims (validly signed) and accepts nothing but an identity or a 401.
 """
 
 from __future__ import annotations
@@ -209,9 +215,9 @@ class JwtAuthenticator:
             raise Unauthenticated("token header 'kid' must be a string")
         key = await self._key_for(kid)
         if ALLOWED_ALGORITHMS[alg] != key.kty:
-            raise Unauthenticated(f"token algorithm {alg} does not fit key {kid!r} of type {key.kty}")
+            raise Unauthenticated(f"token algorithm {alg} does not fit key {_short(kid)} of type {key.kty}")
         if key.alg is not None and key.alg != alg:
-            raise Unauthenticated(f"token algorithm {alg} differs from the algorithm {key.alg} of key {kid!r}")
+            raise Unauthenticated(f"token algorithm {alg} differs from the algorithm {key.alg} of key {_short(kid)}")
         claims = self._decode(token, key, alg)
         return self._identity(claims)
 
@@ -233,7 +239,7 @@ class JwtAuthenticator:
         if found is None:
             ago = self._clock() - cache.fetched_at if cache.fetched_at is not None else 0.0
             raise Unauthenticated(
-                f"token key id {kid!r} is not among the issuer's signing keys "
+                f"token key id {_short(kid)} is not among the issuer's signing keys "
                 f"(fetched {ago:.0f}s ago; refetched at most every {self.config.min_refresh_interval:g}s)"
             )
         return found
@@ -338,12 +344,12 @@ class JwtAuthenticator:
         except InvalidAudienceError:
             aud = _unverified_claim(token, "aud")
             raise Unauthenticated(
-                f"token audience {aud!r} is not this gateway (expected one of {', '.join(cfg.audiences)})"
+                f"token audience {_short(aud)} is not this gateway (expected one of {', '.join(cfg.audiences)})"
             ) from None
         except InvalidIssuerError:
             iss = _unverified_claim(token, "iss")
             raise Unauthenticated(
-                f"token issuer {iss!r} is not accepted (expected one of {', '.join(cfg.issuers)})"
+                f"token issuer {_short(iss)} is not accepted (expected one of {', '.join(cfg.issuers)})"
             ) from None
         except MissingRequiredClaimError as exc:
             raise Unauthenticated(f"token lacks the required {exc.claim!r} claim") from None
@@ -356,7 +362,7 @@ class JwtAuthenticator:
     def _identity(self, claims: dict[str, Any]) -> Identity:
         cfg = self.config
         if cfg.tenant_id is not None and "tid" in claims and claims["tid"] != cfg.tenant_id:
-            raise Unauthenticated(f"token tenant {claims['tid']!r} is not this gateway's tenant")
+            raise Unauthenticated(f"token tenant {_short(claims['tid'])} is not this gateway's tenant")
         if cfg.require_scope_or_roles and not claims.get("scp") and not claims.get("roles"):
             # Entra ID tokens for the gateway's own app have the right audience but carry neither;
             # only access tokens (delegated 'scp' or application 'roles') are accepted.
@@ -388,8 +394,10 @@ def _jose_header(token: str) -> dict[str, Any]:
         raise Unauthenticated("token is not a JWT (expected three dot-separated parts)")
     try:
         header = jwt.get_unverified_header(token)
-    except DecodeError as exc:
+    except PyJWTError as exc:  # DecodeError, and InvalidTokenError for a non-string 'kid' or an unknown 'crit'
         raise Unauthenticated(f"token header is not valid: {exc}") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # belt and braces: header bytes are attacker-chosen
+        raise Unauthenticated(f"token header is not valid: {type(exc).__name__}") from None
     return header
 
 
@@ -403,7 +411,8 @@ def _check_algorithm(alg: object) -> None:
             f"HMAC-signed tokens ({alg}) are not accepted; only the issuer's public-key signatures are"
         )
     if alg not in ALLOWED_ALGORITHMS:
-        raise Unauthenticated(f"token algorithm {alg!r} is not accepted (allowed: {', '.join(ALLOWED_ALGORITHMS)})")
+        allowed = ", ".join(ALLOWED_ALGORITHMS)
+        raise Unauthenticated(f"token algorithm {_short(alg)} is not accepted (allowed: {allowed})")
 
 
 def _parse_jwks(jwks: dict[str, Any], uri: str) -> dict[str | None, _Key]:
@@ -436,9 +445,19 @@ def _unverified_claim(token: str, name: str) -> Any:
 
 
 def _when(value: Any) -> str:
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return repr(value)
+    """A claim time for an error message; any value the token holds, even one no datetime can show."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        except (OverflowError, OSError, ValueError):
+            pass
+    return _short(value)
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a claim cut to 80 characters: the text goes into a response header."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _roles(value: Any) -> frozenset[str]:

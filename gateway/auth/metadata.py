@@ -73,6 +73,10 @@ def protected_resource_metadata(settings: Settings, resource_path: str) -> dict[
     return doc
 
 
+#: Characters of ``error_description`` in a ``WWW-Authenticate`` header at most.
+MAX_DESCRIPTION = 300
+
+
 def _quoted(value: str) -> str:
     # RFC 6750 §3: error_description is %x20-21 / %x23-5B / %x5D-7E, so no quote, backslash or non-ASCII.
     cleaned = "".join(ch if 0x20 <= ord(ch) <= 0x7E and ch not in '"\\' else "'" if ch == '"' else "?" for ch in value)
@@ -92,5 +96,7 @@ def www_authenticate(
     if error:
         params.append(f"error={_quoted(error)}")
     if description:
+        if len(description) > MAX_DESCRIPTION:  # the text may quote token contents; keep the header small
+            description = description[: MAX_DESCRIPTION - 3] + "..."
         params.append(f"error_description={_quoted(description)}")
     return "Bearer " + ", ".join(params) if params else "Bearer"

@@ -11,14 +11,33 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, Router, get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
 from gateway.auth.metadata import WELL_KNOWN_PATH, protected_resource_metadata
 from gateway.errors import NotFound
+from gateway.models import Problem
 from gateway.settings import Settings
 
 #: Clients may cache the document; it only changes when settings change.
 CACHE_CONTROL = "public, max-age=300"
+_NOT_IN_DEV = {
+    404: ResponseSpec(
+        data_container=Problem,
+        media_type="application/problem+json",
+        description="Dev auth: there is no authorization server, so no metadata.",
+        generate_examples=False,
+    )
+}
+_WITH_PATH = {
+    **_NOT_IN_DEV,
+    400: ResponseSpec(
+        data_container=Problem,
+        media_type="application/problem+json",
+        description="The path is malformed.",
+        generate_examples=False,
+    ),
+}
 
 
 def protected_resource_router(settings: Settings) -> Router:
@@ -33,7 +52,13 @@ def protected_resource_router(settings: Settings) -> Router:
             headers={"Cache-Control": CACHE_CONTROL, "Access-Control-Allow-Origin": "*"},
         )
 
-    @get("/", name="protected-resource-metadata", summary="RFC 9728 metadata of the gateway", sync_to_thread=False)
+    @get(
+        "/",
+        name="protected-resource-metadata",
+        summary="RFC 9728 metadata of the gateway",
+        sync_to_thread=False,
+        responses=_NOT_IN_DEV,
+    )
     def root_document() -> Response[dict[str, Any]]:
         return _document("")
 
@@ -42,6 +67,7 @@ def protected_resource_router(settings: Settings) -> Router:
         name="protected-resource-metadata-path",
         summary="RFC 9728 metadata of the MCP endpoint at <path>",
         sync_to_thread=False,
+        responses=_WITH_PATH,
     )
     def path_document(path: FromPath[str]) -> Response[dict[str, Any]]:
         return _document(path)

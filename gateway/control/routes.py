@@ -1,24 +1,94 @@
-"""REST routes of the control plane: /adapters, /healthz, /readyz."""
+"""REST routes of the control plane: /adapters, /healthz, /readyz.
+
+Every status a route can answer is in its ``responses`` (problem+json for 4xx/5xx), and every
+parameter carries its pattern, length or range, so the OpenAPI document is the whole contract
+(schemathesis checks the gateway against it: tests/adversarial/test_rest_schemathesis.py).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.exceptions import ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
 from gateway.auth.base import Authenticator
-from gateway.control.service import AdapterService
-from gateway.errors import DependencyUnavailable
-from gateway.models import AdapterInput, AdapterPage, AdapterRecord, AdapterResource, AdapterStatus, Identity
+from gateway.control.service import CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_LOG_TAIL, AdapterService
+from gateway.errors import DependencyUnavailable, InvalidRequest
+from gateway.models import (
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    AdapterInput,
+    AdapterPage,
+    AdapterRecord,
+    AdapterResource,
+    AdapterStatus,
+    Identity,
+    Problem,
+)
+
+PROBLEM_JSON = "application/problem+json"
+_WHY: dict[int, str] = {
+    400: "A parameter, header or the body is malformed; `field` names it.",
+    401: "No valid credential (see WWW-Authenticate).",
+    403: "Not allowed: the caller's roles, or a browser Origin that is not the gateway's own or configured.",
+    404: "No such adapter (or instance).",
+    409: "The name exists, an immutable field would change, or another request changed the adapter meanwhile.",
+    412: "If-Match does not match the adapter's ETag.",
+    413: "The body is larger than the gateway accepts.",
+    415: "The body is not application/json.",
+    421: "The Host header does not name this gateway.",
+    503: "A dependency (adapter store, identity provider) is unavailable; see Retry-After.",
+}
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI responses for ``statuses``, each an RFC 9457 problem+json body."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem, media_type=PROBLEM_JSON, description=_WHY[status], generate_examples=False
+        )
+        for status in statuses
+    }
+
+
+#: What every authenticated route may answer besides its success.
+_ANY = (400, 401, 403, 421, 503)
+_ETAG = [ResponseHeader(name="ETag", description="Version of the adapter, for If-Match.", documentation_only=True)]
+AdapterName = Annotated[
+    str, PathParameter(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="Adapter name.")
+]
 
 
 async def provide_identity(request: Request[Any, Any, Any]) -> Identity:
     """The caller, from the configured authenticator."""
     authenticator: Authenticator = request.app.state.authenticator
     return await authenticator.authenticate(request.headers)
+
+
+async def provide_adapter_input(request: Request[Any, Any, Any], identity: NamedDependency[Identity]) -> AdapterInput:
+    """The body as AdapterInput, decoded strictly: ``"replicaCount": "2"`` or ``"useWorkloadIdentity": 0`` is 400.
+
+    Litestar converts handler arguments in msgspec's lax mode (strings to numbers, 0/1 to booleans),
+    which accepts bodies the schema says are invalid; the ``data`` argument stays for the OpenAPI
+    document (and the framework's own 400s), this is the value the handlers use. JSON Schema counts
+    ``2.0`` as an integer, so an integral ``replicaCount`` float is taken as that integer. It depends
+    on ``identity`` so that a caller without a valid credential gets 401, never details of the body.
+    """
+    try:
+        raw = msgspec.json.decode(await request.body())
+        if isinstance(raw, dict) and isinstance(count := raw.get("replicaCount"), float) and count.is_integer():
+            raw["replicaCount"] = int(count)
+        return msgspec.convert(raw, AdapterInput, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ValidationException(detail="invalid body", extra=[{"message": str(exc), "source": "body"}]) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the body is not JSON: {exc}", field="body") from None
 
 
 def provide_service(state: State) -> AdapterService:
@@ -40,71 +110,100 @@ class AdapterController(Controller):
 
     path = "/adapters"
     tags = ["adapters"]
-    dependencies = {"identity": Provide(provide_identity), "service": Provide(provide_service, sync_to_thread=False)}
+    dependencies = {
+        "identity": Provide(provide_identity),
+        "service": Provide(provide_service, sync_to_thread=False),
+        "spec": Provide(provide_adapter_input),
+    }
 
-    @post("/", status_code=201, summary="Create an adapter")
+    @post(
+        "/",
+        status_code=201,
+        summary="Create an adapter",
+        responses=problems(*_ANY, 409, 413, 415),
+        response_headers=[
+            *_ETAG,
+            ResponseHeader(name="Location", description="URL of the new adapter.", documentation_only=True),
+        ],
+    )
     async def create_adapter(
         self,
         data: JSONBody[AdapterInput],
+        spec: NamedDependency[AdapterInput],
         identity: NamedDependency[Identity],
         service: NamedDependency[AdapterService],
     ) -> Response[AdapterResource]:
         """Store the adapter and deploy its replicas. 409 when the name exists."""
-        record = await service.create(identity, data)
+        record = await service.create(identity, spec)
         return _resource(record, 201, Location=f"/adapters/{record.name}")
 
-    @get("/", summary="List adapters")
+    @get("/", summary="List adapters", responses=problems(*_ANY))
     async def list_adapters(
         self,
         identity: NamedDependency[Identity],
         service: NamedDependency[AdapterService],
-        limit: Annotated[int | None, QueryParameter(description="Page size.")] = None,
-        cursor: Annotated[str | None, QueryParameter(description="nextCursor of the previous page.")] = None,
+        limit: Annotated[
+            int | None, QueryParameter(ge=1, description="Page size (at most MCPGW_LIST_MAX_LIMIT).")
+        ] = None,
+        cursor: Annotated[
+            str | None,
+            QueryParameter(
+                pattern=CURSOR_PATTERN, max_length=CURSOR_MAX_LENGTH, description="nextCursor of the previous page."
+            ),
+        ] = None,
     ) -> AdapterPage:
         """The adapters the caller may read, in name order, one page at a time."""
         return await service.list(identity, limit=limit, cursor=cursor)
 
-    @get("/{name:str}", summary="Get an adapter")
+    @get("/{name:str}", summary="Get an adapter", responses=problems(*_ANY, 404), response_headers=_ETAG)
     async def get_adapter(
-        self, name: FromPath[str], identity: NamedDependency[Identity], service: NamedDependency[AdapterService]
+        self, name: AdapterName, identity: NamedDependency[Identity], service: NamedDependency[AdapterService]
     ) -> Response[AdapterResource]:
         """One adapter. 404 unknown, 403 not allowed."""
         return _resource(await service.get(identity, name))
 
-    @put("/{name:str}", summary="Update an adapter")
+    @put(
+        "/{name:str}",
+        summary="Update an adapter",
+        responses=problems(*_ANY, 404, 409, 412, 413, 415),
+        response_headers=_ETAG,
+    )
     async def update_adapter(
         self,
-        name: FromPath[str],
+        name: AdapterName,
         data: JSONBody[AdapterInput],
+        spec: NamedDependency[AdapterInput],
         identity: NamedDependency[Identity],
         service: NamedDependency[AdapterService],
-        if_match: Annotated[str | None, HeaderParameter(name="If-Match", description="ETag from a read.")] = None,
+        if_match: Annotated[
+            str | None, HeaderParameter(name="If-Match", description="ETag from a read; 412 when it is stale.")
+        ] = None,
     ) -> Response[AdapterResource]:
         """Replace the spec. name and useWorkloadIdentity are immutable; only deployment changes redeploy."""
-        return _resource(await service.update(identity, name, data, if_match=if_match))
+        return _resource(await service.update(identity, name, spec, if_match=if_match))
 
-    @delete("/{name:str}", status_code=204, summary="Delete an adapter")
+    @delete("/{name:str}", status_code=204, summary="Delete an adapter", responses=problems(*_ANY, 404, 409))
     async def delete_adapter(
-        self, name: FromPath[str], identity: NamedDependency[Identity], service: NamedDependency[AdapterService]
+        self, name: AdapterName, identity: NamedDependency[Identity], service: NamedDependency[AdapterService]
     ) -> None:
         """Delete the adapter, its replicas and its sessions."""
         await service.delete(identity, name)
 
-    @get("/{name:str}/status", summary="Adapter status")
+    @get("/{name:str}/status", summary="Adapter status", responses=problems(*_ANY, 404))
     async def adapter_status(
-        self, name: FromPath[str], identity: NamedDependency[Identity], service: NamedDependency[AdapterService]
+        self, name: AdapterName, identity: NamedDependency[Identity], service: NamedDependency[AdapterService]
     ) -> AdapterStatus:
         """Replica counts, conditions and per-replica readiness."""
         return await service.status(identity, name)
 
-    @get("/{name:str}/logs", media_type="text/plain", summary="Replica logs")
+    @get("/{name:str}/logs", media_type="text/plain", summary="Replica logs", responses=problems(*_ANY, 404))
     async def adapter_logs(
         self,
-        name: FromPath[str],
+        name: AdapterName,
         identity: NamedDependency[Identity],
         service: NamedDependency[AdapterService],
-        instance: Annotated[int, QueryParameter(description="Replica index.")] = 0,
-        tail: Annotated[int, QueryParameter(description="Lines to return.")] = 100,
+        instance: Annotated[int, QueryParameter(ge=0, description="Replica index (404 past the last).")] = 0,
+        tail: Annotated[int, QueryParameter(ge=1, le=MAX_LOG_TAIL, description="Lines to return.")] = 100,
     ) -> str:
         """The last ``tail`` lines of replica ``instance``."""
         return await service.logs(identity, name, instance=instance, tail=tail)
@@ -116,7 +215,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", tags=["health"], summary="Readiness", media_type="application/json")
+@get(
+    "/readyz",
+    tags=["health"],
+    summary="Readiness",
+    media_type="application/json",
+    responses={
+        503: ResponseSpec(
+            data_container=dict[str, Any],
+            media_type="application/json",
+            description="A dependency is down; `checks` says which and why.",
+            generate_examples=False,
+        )
+    },
+)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     """The store is reachable and the runtime started."""
     checks: dict[str, str] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 from datetime import UTC, datetime
 
@@ -26,6 +25,9 @@ from gateway.telemetry.tracing import DISABLED, Tracing, traced
 log = logging.getLogger("gateway.control")
 
 MAX_LOG_TAIL = 10_000
+#: A cursor is unpadded base64url; a length of 4n+1 cannot be (there is no 6-bit tail), so the pattern says so.
+CURSOR_PATTERN = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$"
+CURSOR_MAX_LENGTH = 256
 
 
 class AdapterService:
@@ -129,11 +131,13 @@ class AdapterService:
     ) -> AdapterRecord:
         """Replace the spec; only deployment changes bump the generation and redeploy."""
         current = await self._readable_or_writable(identity, name)
+        # A well-formed body that would change an immutable field conflicts with the adapter as it is: 409
+        # (schema-valid, so not 400; the same body is fine for the adapter it names).
         if data.name != name:
-            raise InvalidRequest(f"name is immutable: the body says {data.name!r}, the URL {name!r}", field="name")
+            raise Conflict(f"name is immutable: the body says {data.name!r}, the URL {name!r}", field="name")
         validate_input(data, max_replicas=self._max_replicas, env_policy=self._env_policy)
         if data.use_workload_identity != current.use_workload_identity:
-            raise InvalidRequest("useWorkloadIdentity cannot be changed after creation", field="useWorkloadIdentity")
+            raise Conflict("useWorkloadIdentity cannot be changed after creation", field="useWorkloadIdentity")
         if if_match is not None and if_match.strip('"') != current.etag and if_match != "*":
             raise PreconditionFailed(f"adapter {name!r} has changed: If-Match does not match its ETag")
         updated = msgspec.structs.replace(
@@ -215,9 +219,13 @@ def _encode_cursor(name: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> str:
+    """The position a cursor names: the list continues after this string, in name order.
+
+    Any well-formed cursor is a position, even one this API never returned (a page after it is
+    still only what the caller may read), so only malformed base64url is 400.
+    """
     try:
-        name = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except ValueError:  # binascii.Error, and non-ASCII text (GET /adapters?cursor=%C3%A9 was a 500)
         raise InvalidRequest("cursor is not one this API returned", field="cursor") from None
-    validate_name(name, field="cursor")
-    return name
+    return raw.decode("utf-8", "replace").replace("\x00", "")

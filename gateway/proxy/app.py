@@ -31,12 +31,12 @@ from urllib.parse import parse_qsl, urlencode
 import msgspec
 
 from gateway.auth.base import Authenticator, can_read
+from gateway.browser.cors import preflight_headers, request_origin, with_cors
+from gateway.browser.hosts import HostPolicy
 from gateway.errors import GatewayError, SessionStoreUnavailable, Unauthenticated
 from gateway.models import Identity
 from gateway.proxy.balancer import Balancer
-from gateway.proxy.cors import preflight_headers, request_origin, with_cors
 from gateway.proxy.headers import downstream_headers, upstream_headers
-from gateway.proxy.hosts import HostPolicy
 from gateway.proxy.sealing import SessionClaims
 from gateway.proxy.sessions import SessionRejected, SessionRouter
 from gateway.proxy.sse import EndpointRewriter, upstream_path

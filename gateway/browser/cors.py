@@ -1,9 +1,10 @@
-"""CORS on MCP routes, for browser-based MCP clients.
+"""CORS on MCP and REST routes.
 
-Only origins the Host/Origin policy accepts get CORS headers (loopback origins, the public URL and
-MCPGW_ALLOWED_ORIGINS); requests without an Origin header (every non-browser client) pay nothing.
-Browsers must be able to read ``Mcp-Session-Id`` (to continue a session) and ``WWW-Authenticate``
-(to find the protected-resource metadata), so both are exposed.
+Only origins the Host/Origin policy accepts get CORS headers (on MCP routes loopback origins, the
+public URL and MCPGW_ALLOWED_ORIGINS; on REST routes the public URL and MCPGW_ALLOWED_ORIGINS);
+requests without an Origin header (every non-browser client) pay nothing. On MCP routes browsers
+must be able to read ``Mcp-Session-Id`` (to continue a session) and ``WWW-Authenticate`` (to find
+the protected-resource metadata), so both are exposed; REST exposes ``ETag`` and ``Location``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 
 EXPOSED = b"Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate, Retry-After"
+REST_EXPOSED = b"ETag, Location, WWW-Authenticate, Retry-After"
 MAX_AGE = b"600"
 _TOKEN_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*$")
 
@@ -28,7 +30,7 @@ def request_origin(raw_headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
-def with_cors(send: Send, origin: bytes) -> Send:
+def with_cors(send: Send, origin: bytes, exposed: bytes = EXPOSED) -> Send:
     """``send`` that adds the CORS response headers for an accepted ``origin``."""
 
     async def cors_send(message: Message) -> None:
@@ -36,7 +38,7 @@ def with_cors(send: Send, origin: bytes) -> Send:
             headers = list(message.get("headers", []))
             headers += [
                 (b"access-control-allow-origin", origin),
-                (b"access-control-expose-headers", EXPOSED),
+                (b"access-control-expose-headers", exposed),
                 (b"vary", b"Origin"),
             ]
             message = {**message, "headers": headers}
