@@ -298,7 +298,7 @@ def create_litestar(c: Components) -> Litestar:
         max_replicas=c.settings.max_replicas,
         list_max_limit=c.settings.list_max_limit,
         denied_env_globs=env_policy.patterns,
-        allowed_env_names=ALLOWED_PYTHON,
+        allowed_env_names=sorted(ALLOWED_PYTHON),
     )
     return app
 
