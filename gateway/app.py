@@ -133,8 +133,19 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     i_store, i_sessions = telemetry.instrument_store(store), telemetry.instrument_sessions(sessions)
     i_runtime = telemetry.instrument_runtime(runtime)
     reconciler = Reconciler(
-        i_store, i_runtime, view, i_sessions, interval=settings.reconcile_interval, tracing=telemetry.tracing
+        i_store,
+        i_runtime,
+        view,
+        i_sessions,
+        interval=settings.reconcile_interval,
+        tracing=telemetry.tracing,
+        poll_interval=settings.kube_leader_poll_interval,
     )
+    if settings.runtime == "kubernetes":  # only the Lease holder applies and removes
+        from gateway.runtime.kubernetes import KubernetesRuntime
+
+        if isinstance(runtime, KubernetesRuntime):
+            reconciler.follow(runtime.leadership)
     from gateway.runtime.local import LocalRuntime
 
     if isinstance(runtime, LocalRuntime):  # a follower taking over re-applies every adapter now
