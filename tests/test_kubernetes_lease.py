@@ -93,8 +93,9 @@ async def test_a_vanished_leader_is_replaced_after_the_lease_duration(
 async def test_a_leader_that_cannot_renew_stops_acting_before_the_renew_deadline_ends(
     two: tuple[KubernetesRuntime, KubernetesRuntime], cluster: ClusterEmulator
 ) -> None:
-    leader, follower = two
-    cluster[kmock.method.PUT, f"{LEASES}/mcp-gateway-reconciler"] << kmock.KubernetesError(status=500, reason="InternalError", message="etcd")
+    leader, _ = two
+    etcd_down = kmock.KubernetesError(status=500, reason="InternalError", message="etcd")
+    cluster[kmock.method.PUT, f"{LEASES}/mcp-gateway-reconciler"] << etcd_down
     took = await wait_for(lambda: not leader.leadership.leading, limit=3.0, what="the fence to close")
     assert took <= 2.0 + 0.1, took
     with pytest.raises(NotLeading):
