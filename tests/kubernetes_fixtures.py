@@ -36,6 +36,7 @@ import random
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -122,6 +123,7 @@ class AppliedWrite:
     name: str
     incarnation: str
     generation: int
+    at: float = dataclasses.field(default_factory=time.time)  # wall clock, to compare with the test's requests
 
 
 class _Dropped(Exception):
@@ -878,8 +880,9 @@ class ClusterThread:
     ``call(fn, ...)`` runs a function on the cluster's loop (the emulator is not thread-safe).
     """
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, *, kubelet: bool = True) -> None:
         self.log_dir = log_dir
+        self.with_kubelet = kubelet  # False: only the API (no pods run; control-plane tests)
         self.url = ""
         self.cluster: ClusterEmulator | None = None
         self.kubelet: Kubelet | None = None
@@ -914,7 +917,7 @@ class ClusterThread:
             self.cluster = cluster
             self.url = str(cluster.url).rstrip("/")
             self.kubelet = Kubelet(cluster, self.log_dir)
-            task = asyncio.create_task(self.kubelet.run())
+            task = asyncio.create_task(self.kubelet.run() if self.with_kubelet else self._stop.wait())
             self._started.set()
             try:
                 await self._stop.wait()

@@ -112,6 +112,7 @@ class KubernetesRuntime:
         node_selector(settings.kube_adapter_node_selector)
         tolerations(settings.kube_adapter_tolerations)
         self._api: KubeApi | None = None
+        self._lease_api: KubeApi | None = None
         self._pods: PodWatch | None = None
         self._applier: Applier | None = None
         self._elector: LeaseElector | None = None
@@ -132,8 +133,12 @@ class KubernetesRuntime:
         for listener in self._listeners:
             self._pods.add_listener(listener)
         s = self._settings
+        # The Lease gets a client (a connection pool) of its own: renewals must not queue behind a
+        # burst of applies (kubernetes_asyncio pools 5 connections per core; 20 applies at once
+        # delayed renewals past the renew deadline in tests/test_ha_control_plane.py).
+        self._lease_api = KubeApi(cast(Any, kube_client).ApiClient(configuration=configuration), self._namespace)
         self._elector = LeaseElector(
-            self._api,
+            self._lease_api,
             name=s.kube_lease_name,
             identity=self.identity,
             lease_duration=s.kube_lease_duration,
@@ -180,9 +185,10 @@ class KubernetesRuntime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        api, self._api = self._api, None
-        if api is not None:
-            await api.close()
+        for api in (self._api, self._lease_api):
+            if api is not None:
+                await api.close()
+        self._api = self._lease_api = None
 
     def _require_api(self) -> KubeApi:
         if self._api is None:
@@ -221,10 +227,9 @@ class KubernetesRuntime:
         applier = self._require_applier()
         try:
             applier.fence(f"remove adapter {name}")
-        except NotLeading:
-            log.info("adapter %s: removal left to the reconciler leader (this gateway follows)", name)
-            return
-        await applier.remove(name)
+            await applier.remove(name)
+        except NotLeading as exc:  # the leader's next poll sees the record gone, re-reads it and removes
+            log.info("adapter %s: removal left to the reconciler leader (%s)", name, exc.detail)
 
     async def deployed(self) -> dict[str, int]:
         """Managed adapters and the generation each was applied at (see ``Applier.deployed``)."""
