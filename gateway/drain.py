@@ -88,10 +88,16 @@ class _Exchange:
 
 
 class StreamTracker:
-    """ASGI wrapper: counts HTTP exchanges in flight and ends streaming responses on request."""
+    """ASGI wrapper: counts HTTP exchanges in flight and ends streaming responses on request.
 
-    def __init__(self, app: ASGIApp) -> None:
+    While draining, every response also says ``Connection: close``: a client holding a keep-alive
+    connection to this gateway opens its next one through the load balancer, to a ready gateway,
+    instead of racing the close of an idle connection when the drain delay ends.
+    """
+
+    def __init__(self, app: ASGIApp, drain: Drain) -> None:
         self.app = app
+        self.drain = drain
         self.in_flight = 0
         self._streams: set[_Exchange] = set()
 
@@ -105,7 +111,7 @@ class StreamTracker:
             await self.app(scope, receive, send)
             return
         exchange = _Exchange(asyncio.current_task())
-        streams = self._streams
+        streams, drain = self._streams, self.drain
 
         async def tracked(message: Message) -> None:
             kind = message["type"]
@@ -115,6 +121,8 @@ class StreamTracker:
                     if key.lower() == b"content-type" and value.startswith(b"text/event-stream"):
                         exchange.stream = True
                         streams.add(exchange)
+                if drain.draining:
+                    message = {**message, "headers": [*(message.get("headers") or ()), (b"connection", b"close")]}
             elif kind == "http.response.body" and not message.get("more_body", False):
                 exchange.finished = True
             await send(message)
@@ -157,7 +165,7 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Wrap the app in a StreamTracker, then start as uvicorn does."""
-        self.tracker = StreamTracker(self.config.loaded_app)
+        self.tracker = StreamTracker(self.config.loaded_app, self.drain)
         self.config.loaded_app = self.tracker
         await super().startup(sockets)
 
