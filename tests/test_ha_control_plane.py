@@ -160,7 +160,7 @@ def test_three_gateways_converge_without_rollback_or_lost_adapters_while_the_lea
         # A write taken by a follower reaches the leader (and the cluster) within 2 s.
         leader_pid = lease_holder_pid(k8s)
         followers = [gw for gw in gateways if gw.pid != leader_pid]
-        delays = []
+        delays, removals = [], []
         for i, gw in enumerate(followers * 2):
             with gw.client() as api:
                 body = {"name": f"probe{i}", "imageName": "mcp-example", "imageVersion": "1.0.0", "replicaCount": 1}
@@ -169,9 +169,13 @@ def test_three_gateways_converge_without_rollback_or_lost_adapters_while_the_lea
                 wait_for(lambda n=f"probe{i}": n in managed_sets(k8s), timeout=5, interval=0.02, what="the apply")
                 delays.append(time.monotonic() - written)
                 assert api.delete(f"/adapters/probe{i}").status_code == 204
+                deleted = time.monotonic()
+                wait_for(lambda n=f"probe{i}": n not in managed_sets(k8s), timeout=5, interval=0.02, what="removal")
+                removals.append(time.monotonic() - deleted)
         print(f"follower write -> StatefulSet applied by the leader: {[round(d, 2) for d in delays]} s")
+        print(f"follower DELETE -> StatefulSet removed by the leader: {[round(d, 2) for d in removals]} s")
         assert max(delays) < 2.0, delays
-        wait_for(lambda: not any(n.startswith("probe") for n in managed_sets(k8s)), timeout=5, what="probes gone")
+        assert max(removals) < 2.0, removals
         probe_log = len(k8s.call(lambda: list(k8s.cluster.apply_log)))  # type: ignore[union-attr]
 
         workload = Workload(gateways)
