@@ -222,7 +222,11 @@ def test_three_gateways_converge_without_rollback_or_lost_adapters_while_the_lea
 
         wait_for(converged, timeout=20, what="the cluster to match the store")
 
-        log: list[AppliedWrite] = k8s.call(lambda: list(k8s.cluster.apply_log))[probe_log:]  # type: ignore[union-attr]
+        log: list[AppliedWrite] = [
+            w
+            for w in k8s.call(lambda: list(k8s.cluster.apply_log))[probe_log:]  # type: ignore[union-attr]
+            if w.name in workload.deletes  # the workload's adapters, not the probes
+        ]
         # No generation applied after a newer one (per object; a re-created adapter is a newer incarnation).
         latest: dict[tuple[str, str], tuple[float, int]] = {}
         for w in log:
