@@ -62,19 +62,6 @@ def image_reference(adapter: AdapterRecord, settings: Settings) -> str:
     return f"{registry}/{adapter.image}" if registry else adapter.image
 
 
-def _metadata(adapter: AdapterRecord, settings: Settings, spec: Manifest) -> Manifest:
-    return {
-        "name": adapter.name,
-        "namespace": settings.kube_namespace,
-        "labels": selector_labels(adapter.name),
-        "annotations": {
-            GENERATION_ANNOTATION: str(adapter.generation),
-            INCARNATION_ANNOTATION: incarnation(adapter),
-            APPLIED_SPEC_ANNOTATION: json.dumps(spec, sort_keys=True, separators=(",", ":")),
-        },
-    }
-
-
 def incarnation(adapter: AdapterRecord) -> str:
     """Which life of the name the record is: its creation time (a deleted and re-created adapter
     starts again at generation 1, so generations compare only within one incarnation)."""
@@ -128,6 +115,19 @@ def tolerations(text: str) -> list[Manifest]:
             item["effect"] = effect
         out.append(item)
     return out
+
+
+def _metadata(adapter: AdapterRecord, settings: Settings, spec: Manifest) -> Manifest:
+    return {
+        "name": adapter.name,
+        "namespace": settings.kube_namespace,
+        "labels": selector_labels(adapter.name),
+        "annotations": {
+            GENERATION_ANNOTATION: str(adapter.generation),
+            INCARNATION_ANNOTATION: incarnation(adapter),
+            APPLIED_SPEC_ANNOTATION: json.dumps(spec, sort_keys=True, separators=(",", ":")),
+        },
+    }
 
 
 def _env(adapter: AdapterRecord) -> list[Manifest]:
