@@ -38,6 +38,8 @@ from gateway.runtime._kube_manifests import Manifest
 log = logging.getLogger("gateway.leader")
 
 Outcome = Literal["held", "other", "failed"]
+RELEASE_TIMEOUT = 5.0
+"""Seconds a stopping leader tries to hand the Lease back before it lets it expire."""
 
 
 def _micro_time() -> str:
@@ -108,12 +110,14 @@ class LeaseElector:
             return
         self._set_leading(False, "released on shutdown")
         try:
-            lease = await self._api.get("leases", self.name)
-            spec = (lease or {}).get("spec") or {}
-            if lease is not None and spec.get("holderIdentity") == self.identity:
-                spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=_micro_time())
-                await self._api.replace("leases", self.name, self._body(lease, spec))
-                log.info("released Lease %s", self.name)
+            # Bounded: a stopping gateway must not wait out two API timeouts; the Lease expires anyway.
+            async with asyncio.timeout(RELEASE_TIMEOUT):
+                lease = await self._api.get("leases", self.name)
+                spec = (lease or {}).get("spec") or {}
+                if lease is not None and spec.get("holderIdentity") == self.identity:
+                    spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=_micro_time())
+                    await self._api.replace("leases", self.name, self._body(lease, spec))
+                    log.info("released Lease %s", self.name)
         except (*TRANSPORT_ERRORS,) as exc:
             log.warning("could not release Lease %s (another gateway leads after it expires): %s", self.name, exc)
 
