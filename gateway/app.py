@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -29,6 +29,7 @@ from gateway.control.problems import EXCEPTION_HANDLERS
 from gateway.control.reconciler import Reconciler
 from gateway.control.routes import AdapterController, healthz, readyz
 from gateway.control.service import AdapterService
+from gateway.drain import Drain
 from gateway.envpolicy import ALLOWED_PYTHON, EnvPolicy
 from gateway.errors import SessionStoreUnavailable, StoreUnavailable
 from gateway.models import AdapterInput, Identity
@@ -41,6 +42,9 @@ from gateway.settings import Settings
 from gateway.store.base import AdapterStore
 from gateway.store.view import AdapterView
 from gateway.telemetry.setup import Telemetry, metrics_route
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("gateway")
 
@@ -120,6 +124,7 @@ class Components:
     router: SessionRouter
     proxy: McpProxy
     telemetry: Telemetry
+    drain: Drain
 
 
 def build_components(settings: Settings, telemetry: Telemetry | None = None) -> Components:
@@ -137,8 +142,19 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     i_store, i_sessions = telemetry.instrument_store(store), telemetry.instrument_sessions(sessions)
     i_runtime = telemetry.instrument_runtime(runtime)
     reconciler = Reconciler(
-        i_store, i_runtime, view, i_sessions, interval=settings.reconcile_interval, tracing=telemetry.tracing
+        i_store,
+        i_runtime,
+        view,
+        i_sessions,
+        interval=settings.reconcile_interval,
+        tracing=telemetry.tracing,
+        poll_interval=settings.kube_leader_poll_interval,
     )
+    if settings.runtime == "kubernetes":  # only the Lease holder applies and removes
+        from gateway.runtime.kubernetes import KubernetesRuntime
+
+        if isinstance(runtime, KubernetesRuntime):
+            reconciler.follow(runtime.leadership)
     from gateway.runtime.local import LocalRuntime
 
     if isinstance(runtime, LocalRuntime):  # a follower taking over re-applies every adapter now
@@ -184,6 +200,8 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         telemetry=telemetry.requests,
     )
     telemetry.observe(view=view, runtime=runtime, router=router, proxy=proxy, reconciler=reconciler)
+    drain = Drain(settings.drain_delay, settings.drain_timeout)
+    drain.on_begin(reconciler.resign)  # another gateway leads while this one drains
     return Components(
         settings=settings,
         store=store,
@@ -196,6 +214,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         router=router,
         proxy=proxy,
         telemetry=telemetry,
+        drain=drain,
     )
 
 
@@ -266,6 +285,7 @@ def create_litestar(c: Components) -> Litestar:
         "store": c.store,
         "runtime": c.runtime,
         "service": c.service,
+        "drain": c.drain,
         "authenticator": c.authenticator,
         "www_authenticate": lambda path, error, detail: www_authenticate(c.settings, path, error, detail),
     }
@@ -310,6 +330,12 @@ class GatewayApp:
         self.components = components
         self.litestar = create_litestar(components)
         self._proxy = components.proxy
+
+    def server(self, config: uvicorn.Config) -> uvicorn.Server:
+        """The uvicorn server for this app: its first SIGTERM drains (see gateway/drain.py)."""
+        from gateway.drain import DrainingServer
+
+        return DrainingServer(config, self.components.drain)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":

@@ -86,7 +86,7 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = app.server(config)  # a uvicorn.Server that drains on SIGTERM (gateway/drain.py)
     server.run()
     return 0 if server.started else 1
 

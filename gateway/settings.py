@@ -216,6 +216,26 @@ class Settings:
     kube_memory_request: str = setting("128Mi", "Memory request of an adapter container.")
     kube_cpu_limit: str = setting("1", "CPU limit of an adapter container.")
     kube_memory_limit: str = setting("512Mi", "Memory limit of an adapter container.")
+    kube_lease_name: str = setting(
+        "mcp-gateway-reconciler", "Lease (in kube_namespace) whose holder is the one gateway that applies and removes."
+    )
+    kube_lease_duration: float = setting(
+        15.0, "Seconds a follower waits after the Lease's last renewal before it takes the lead."
+    )
+    kube_lease_renew_deadline: float = setting(
+        10.0, "Seconds the leader may go without renewing the Lease before it stops acting."
+    )
+    kube_lease_retry_period: float = setting(2.0, "Seconds between the Lease renewals (leader) or tries (followers).")
+    kube_leader_poll_interval: float = setting(
+        1.0, "Seconds between the leader's reads of the store: how soon a write on another gateway is acted on."
+    )
+    kube_adapter_node_selector: str = setting(
+        "", "nodeSelector of adapter pods: comma-separated key=value pairs (e.g. pool=adapters)."
+    )
+    kube_adapter_tolerations: str = setting(
+        "",
+        "Tolerations of adapter pods: comma-separated key=value:Effect or key:Effect (e.g. pool=adapters:NoSchedule).",
+    )
 
     # --- auth ----------------------------------------------------------------------------
     auth_dev_allow_remote: bool = setting(
@@ -415,9 +435,19 @@ def _check_settings(s: Settings) -> None:
         "session_max_age",
         "local_ready_timeout",
         "cosmos_timeout",
+        "kube_lease_duration",
+        "kube_lease_renew_deadline",
+        "kube_lease_retry_period",
+        "kube_leader_poll_interval",
     ):
         if getattr(s, name) <= 0:
             _fail(name, f"must be greater than 0, got {getattr(s, name)}")
+    if not s.kube_lease_duration > s.kube_lease_renew_deadline > s.kube_lease_retry_period:
+        _fail(
+            "kube_lease_renew_deadline",
+            "must lie between kube_lease_retry_period and kube_lease_duration (defaults 2 < 10 < 15), got "
+            f"{s.kube_lease_retry_period:g} / {s.kube_lease_renew_deadline:g} / {s.kube_lease_duration:g}",
+        )
     if s.public_url is not None:
         parts = urlsplit(s.public_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:

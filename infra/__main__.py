@@ -18,7 +18,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 from pulumi_azure_native import authorization, resources
 
-from infra.aks import Aks, AksArgs
+from infra.aks import ADAPTER_NODE_LABEL, ADAPTER_TAINT, Aks, AksArgs
 from infra.appgateway import AppGateway, AppGatewayArgs
 from infra.config import StackConfig, load_config
 from infra.cosmos import Cosmos, CosmosArgs
@@ -284,6 +284,9 @@ def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
         "MCPGW_ENTRA_TENANT_ID": tenant_id,
         "MCPGW_ENTRA_CLIENT_ID": az.entra_client_id,
         "AZURE_CLIENT_ID": identities.gateway.client_id,
+        # Adapters run only on the tainted user node pool (infra/aks.py), away from the gateway.
+        "MCPGW_KUBE_ADAPTER_NODE_SELECTOR": f"{ADAPTER_NODE_LABEL[0]}={ADAPTER_NODE_LABEL[1]}",
+        "MCPGW_KUBE_ADAPTER_TOLERATIONS": ADAPTER_TAINT,
         **gw.extra_env,
     }
     # Every Kubernetes call waits for the deployer's cluster-admin grant (made before the cluster).

@@ -61,6 +61,8 @@ class GatewayProcess:
             "MCPGW_EXAMPLE_ADAPTER": "false",
             "MCPGW_RECONCILE_INTERVAL": "1",
             "MCPGW_LOG_LEVEL": "info",
+            "MCPGW_DRAIN_DELAY": "0",  # no load balancer to wait for; tests that drain set their own
+            "MCPGW_DRAIN_TIMEOUT": "5",
             **(env or {}),
         }
         self.log_path = (

@@ -12,7 +12,11 @@ depends on it. Each gap of kmock 0.8 it closes (see shared/research/feasibility.
 - watches resume from ``resourceVersion`` out of an event history, answer ``410 Gone`` once the history
   was compacted past it, and can be cut (``drop_watches``) to play a dropped connection;
 - deleting an owner deletes its dependents (``ownerReferences``), as the garbage collector does;
-- ``pods/log`` returns what the test stored, with the apiserver's 400 while the container is waiting.
+- ``pods/log`` returns what the test stored, with the apiserver's 400 while the container is waiting;
+- ``coordination.k8s.io/v1`` Leases are stored like any object (kmock has no such kind), so the
+  runtime's leader election runs against the emulator;
+- ``apply_log`` records every create, replace and delete of a StatefulSet or Service with the
+  incarnation and generation annotations it carried, in order, for the high-availability tests.
 
 The workarounds live here, in the tests, never in gateway code.
 """
@@ -32,6 +36,7 @@ import random
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -52,6 +57,7 @@ KINDS = {
     ("", "v1", "pods"): "Pod",
     ("", "v1", "services"): "Service",
     ("apps", "v1", "statefulsets"): "StatefulSet",
+    ("coordination.k8s.io", "v1", "leases"): "Lease",
 }
 
 ResourceId = tuple[str, str, str]  # group, version, plural
@@ -108,6 +114,18 @@ def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
+@dataclasses.dataclass(frozen=True)
+class AppliedWrite:
+    """One write of a StatefulSet or Service the emulator accepted, with the annotations it carried."""
+
+    verb: str  # create, replace, delete
+    kind: str
+    name: str
+    incarnation: str
+    generation: int
+    at: float = dataclasses.field(default_factory=time.time)  # wall clock, to compare with the test's requests
+
+
 class _Dropped(Exception):
     """Ends a watch stream, as a broken connection would."""
 
@@ -124,6 +142,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         self.revision = 100
         self.compacted = 0
         self.stamp_uids = True  # False: leave metadata.uid empty, as plain kmock does
+        self.apply_log: list[AppliedWrite] = []
         self._watchers: set[asyncio.Queue[tuple[ResourceId, dict[str, Any]] | str]] = set()
         for resource in KINDS:
             self.resources["/".join(p for p in resource if p)] = {"kind": KINDS[resource], "namespaced": True}
@@ -227,6 +246,15 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         obj["kind"] = KINDS[res]
         self._bump(obj)
 
+    def _log_write(self, verb: str, res: ResourceId, obj: dict[str, Any]) -> None:
+        if res[2] not in ("statefulsets", "services"):
+            return
+        meta = obj.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        generation = int(annotations.get("mcp-gateway/generation", "0") or 0)
+        incarnation = str(annotations.get("mcp-gateway/created-at", ""))
+        self.apply_log.append(AppliedWrite(verb, res[2], str(meta.get("name")), incarnation, generation))
+
     def _emit(self, res: ResourceId, kind: str, obj: dict[str, Any]) -> None:
         event = {"type": kind, "object": copy.deepcopy(obj)}
         self.history.append((self.revision, res, event))
@@ -267,6 +295,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         if method == "GET":
             return copy.deepcopy(current)
         if method == "DELETE":
+            self._log_write("delete", res, current)
             return copy.deepcopy(self._delete(key))
         if method == "PUT":
             return self._replace(key, current, request.data, sub)
@@ -302,6 +331,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         self._stamp_new(res, obj)
         self.store[key] = obj
         self._emit(res, "ADDED", obj)
+        self._log_write("create", res, obj)
         return copy.deepcopy(obj)  # a real apiserver says 201; clients accept 200 alike
 
     def _replace(self, key: ObjectKey, current: dict[str, Any], data: Any, sub: str | None) -> Any:
@@ -335,6 +365,8 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         self._bump(new)
         self.store[key] = new
         self._emit(key[0], "MODIFIED", new)
+        if sub is None:
+            self._log_write("replace", key[0], new)
         return copy.deepcopy(new)
 
     def _patch(self, key: ObjectKey, current: dict[str, Any], data: Any, sub: str | None) -> Any:
@@ -848,8 +880,9 @@ class ClusterThread:
     ``call(fn, ...)`` runs a function on the cluster's loop (the emulator is not thread-safe).
     """
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, *, kubelet: bool = True) -> None:
         self.log_dir = log_dir
+        self.with_kubelet = kubelet  # False: only the API (no pods run; control-plane tests)
         self.url = ""
         self.cluster: ClusterEmulator | None = None
         self.kubelet: Kubelet | None = None
@@ -884,7 +917,7 @@ class ClusterThread:
             self.cluster = cluster
             self.url = str(cluster.url).rstrip("/")
             self.kubelet = Kubelet(cluster, self.log_dir)
-            task = asyncio.create_task(self.kubelet.run())
+            task = asyncio.create_task(self.kubelet.run() if self.with_kubelet else self._stop.wait())
             self._started.set()
             try:
                 await self._stop.wait()

@@ -266,7 +266,10 @@ async def test_an_env_var_added_out_of_band_is_removed(runtime: KubernetesRuntim
 async def test_server_defaults_and_canonical_quantities_are_not_drift(
     runtime: KubernetesRuntime, cluster: ClusterEmulator, kubeconfig: Any
 ) -> None:
-    rt = KubernetesRuntime(kube_settings(kubeconfig, kube_cpu_limit="1000m", kube_memory_request="0.5Gi"))
+    # A Lease of its own: the ``runtime`` fixture already leads on the default one.
+    rt = KubernetesRuntime(
+        kube_settings(kubeconfig, kube_cpu_limit="1000m", kube_memory_request="0.5Gi", kube_lease_name="other")
+    )
     await rt.start()
     try:
         await rt.apply(record("ex"))

@@ -230,7 +230,10 @@ async def healthz() -> dict[str, str]:
     },
 )
 async def readyz(state: State) -> Response[dict[str, Any]]:
-    """The store is reachable and the runtime started."""
+    """The store is reachable and the runtime started; 503 ``draining`` once the gateway is stopping."""
+    drain = state.get("drain")
+    if drain is not None and drain.draining:  # load balancers take this gateway out first
+        return Response({"status": "draining", "checks": {}}, status_code=503)
     checks: dict[str, str] = {}
     ok = True
     for label, component in (("store", state.store), ("runtime", state.runtime)):

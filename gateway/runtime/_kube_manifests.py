@@ -27,6 +27,7 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "mcp-gateway"
 ADAPTER_LABEL = "mcp-gateway/adapter"
 GENERATION_ANNOTATION = "mcp-gateway/generation"
+INCARNATION_ANNOTATION = "mcp-gateway/created-at"
 APPLIED_SPEC_ANNOTATION = "mcp-gateway/applied-spec"
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 CONTAINER_NAME = "mcp"
@@ -62,6 +63,61 @@ def image_reference(adapter: AdapterRecord, settings: Settings) -> str:
     return f"{registry}/{adapter.image}" if registry else adapter.image
 
 
+def incarnation(adapter: AdapterRecord) -> str:
+    """Which life of the name the record is: its creation time (a deleted and re-created adapter
+    starts again at generation 1, so generations compare only within one incarnation)."""
+    return adapter.created_at.isoformat() if adapter.created_at else ""
+
+
+def applied_version(live: Manifest) -> tuple[str, int]:
+    """(incarnation, generation) a live object was applied at, as the annotations say, drift or not."""
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    try:
+        generation = int(annotations.get(GENERATION_ANNOTATION, "0"))
+    except ValueError:
+        generation = 0
+    return str(annotations.get(INCARNATION_ANNOTATION, "")), generation
+
+
+def record_version(adapter: AdapterRecord) -> tuple[str, int]:
+    """(incarnation, generation) of a record, comparable with ``applied_version``."""
+    return incarnation(adapter), adapter.generation
+
+
+def node_selector(text: str) -> dict[str, str]:
+    """``key=value,key2=value2`` (the kube_adapter_node_selector setting) as a nodeSelector."""
+    out: dict[str, str] = {}
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = term.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"kube_adapter_node_selector: {term!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def tolerations(text: str) -> list[Manifest]:
+    """``key=value:Effect`` / ``key:Effect`` / ``key=value`` terms (kube_adapter_tolerations) as tolerations.
+
+    With a value the toleration matches it (``Equal``), without one any value (``Exists``); without an
+    effect it tolerates every effect of that taint.
+    """
+    out: list[Manifest] = []
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        head, _, effect = term.rpartition(":") if ":" in term else (term, "", "")
+        key, sep, value = head.partition("=")
+        if not key.strip() or (effect and effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute")):
+            raise ValueError(
+                f"kube_adapter_tolerations: {term!r} is not key[=value][:NoSchedule|PreferNoSchedule|NoExecute]"
+            )
+        item: Manifest = {"key": key.strip(), "operator": "Equal" if sep else "Exists"}
+        if sep:
+            item["value"] = value.strip()
+        if effect:
+            item["effect"] = effect
+        out.append(item)
+    return out
+
+
 def _metadata(adapter: AdapterRecord, settings: Settings, spec: Manifest) -> Manifest:
     return {
         "name": adapter.name,
@@ -69,6 +125,7 @@ def _metadata(adapter: AdapterRecord, settings: Settings, spec: Manifest) -> Man
         "labels": selector_labels(adapter.name),
         "annotations": {
             GENERATION_ANNOTATION: str(adapter.generation),
+            INCARNATION_ANNOTATION: incarnation(adapter),
             APPLIED_SPEC_ANNOTATION: json.dumps(spec, sort_keys=True, separators=(",", ":")),
         },
     }
@@ -145,6 +202,10 @@ def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest
             },
         },
     }
+    if settings.kube_adapter_node_selector:
+        spec["template"]["spec"]["nodeSelector"] = node_selector(settings.kube_adapter_node_selector)
+    if settings.kube_adapter_tolerations:
+        spec["template"]["spec"]["tolerations"] = tolerations(settings.kube_adapter_tolerations)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Protocol
 
+from gateway.errors import RuntimeUnavailable
 from gateway.models import AdapterRecord, InstanceStatus
 
 
@@ -52,6 +53,34 @@ class RuntimeStatus:
 
 class InstanceNotFound(Exception):
     """logs() was asked for a replica index the adapter does not have."""
+
+
+class NotLeading(RuntimeUnavailable):
+    """A change to the runtime was refused: this gateway is not (or no longer) the reconciler leader."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("Kubernetes API", message)
+
+
+class StaleGeneration(Exception):
+    """An apply was refused: the runtime already runs a newer generation of the adapter."""
+
+
+class Leadership(Protocol):
+    """Who may change the runtime when several gateways share it (the Kubernetes Lease).
+
+    Runtimes without one (the local runtime has its own leader lock) act on every call.
+    """
+
+    @property
+    def leading(self) -> bool:
+        """True while this gateway may apply and remove."""
+
+    def add_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(leading)`` whenever this gateway starts or stops leading."""
+
+    async def release(self) -> None:
+        """Stop leading for good and let another gateway lead at once (shutdown)."""
 
 
 EndpointListener = Callable[[str], None]

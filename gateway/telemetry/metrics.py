@@ -287,6 +287,12 @@ class GatewayMetrics:
             ("mcpgw_reconcile_passes", "counter", "Reconciler passes."),
             ("mcpgw_reconcile_actions", "counter", "Apply and remove actions started by the reconciler."),
             ("mcpgw_reconcile_failures", "counter", "Reconciler passes skipped and actions failed."),
+            ("mcpgw_reconcile_leader", "gauge", "1 while this gateway's reconciler may apply and remove "
+             "(it holds the Kubernetes Lease, or the runtime has no election), else 0."),
+            ("mcpgw_reconcile_leadership_changes", "counter",
+             "Times this gateway started or stopped leading the reconciler."),
+            ("mcpgw_reconcile_stale_refused", "counter",
+             "Applies refused because the runtime already ran a newer generation (a stale read of the store)."),
             ("mcpgw_session_store_outages", "counter",
              "Session store calls of the data plane that failed and were served from sealed ids."),
         ):  # fmt: skip

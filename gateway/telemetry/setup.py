@@ -53,6 +53,11 @@ class _Reconciler(Protocol):
     passes: int
     actions: int
     failures: int
+    stale_refused: int
+    leadership_changes: int
+
+    @property
+    def leading(self) -> bool: ...
 
 
 class Telemetry:
@@ -140,6 +145,9 @@ class Telemetry:
         metrics.set_source("mcpgw_reconcile_passes", lambda: [(reconciler.passes, {})])
         metrics.set_source("mcpgw_reconcile_actions", lambda: [(reconciler.actions, {})])
         metrics.set_source("mcpgw_reconcile_failures", lambda: [(reconciler.failures, {})])
+        metrics.set_source("mcpgw_reconcile_leader", lambda: [(1 if reconciler.leading else 0, {})])
+        metrics.set_source("mcpgw_reconcile_leadership_changes", lambda: [(reconciler.leadership_changes, {})])
+        metrics.set_source("mcpgw_reconcile_stale_refused", lambda: [(reconciler.stale_refused, {})])
         metrics.set_source("mcpgw_session_store_outages", lambda: [(router.store_errors, {})])
 
     def render_metrics(self) -> str:

@@ -510,6 +510,10 @@ def test_adapters_get_their_own_tainted_user_node_pool(stack: str) -> None:
     assert spec["resourceName"] == one(run, "ManagedCluster").outputs["name"]
     assert spec["nodeTaints"] == [aks_module.ADAPTER_TAINT] == ["mcp-gateway/adapter=true:NoSchedule"]
     assert spec["nodeLabels"] == {"mcp-gateway/pool": "adapter"}
+    # The gateway tells its runtime to put adapter pods there: they tolerate the taint and select the pool.
+    settings = load_settings(settings_env(run))
+    assert settings.kube_adapter_node_selector == "mcp-gateway/pool=adapter"
+    assert settings.kube_adapter_tolerations == aks_module.ADAPTER_TAINT
     # The autoscaler owns the node count after creation: no drift on every `up`.
     assert pool.ignore_changes == ("count",)
     system = one(run, "ManagedCluster")
