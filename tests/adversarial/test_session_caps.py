@@ -146,12 +146,9 @@ def test_an_upstream_session_id_too_long_to_seal_is_refused_at_initialize(gw: Ga
     # the longest id that fits still works end to end
     ok = initialize(gw, "churn", "dave", upstream_id="y" * 2800)
     assert ok.status_code == 200 and len(ok.headers["mcp-session-id"]) <= 4096
-    follow = httpx.post(
-        f"{gw.url}/adapters/churn/mcp",
-        json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-        headers={**ACCEPT, "X-Dev-User-Id": "dave", "X-Dev-Roles": "users", "Mcp-Session-Id": ok.headers["mcp-session-id"]},
-        timeout=10,
-    )
+    headers = {**ACCEPT, "X-Dev-User-Id": "dave", "X-Dev-Roles": "users", "Mcp-Session-Id": ok.headers["mcp-session-id"]}
+    body = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    follow = httpx.post(f"{gw.url}/adapters/churn/mcp", json=body, headers=headers, timeout=10)
     assert follow.status_code == 200
     assert follow.json()["result"]["headers"]["mcp-session-id"] == "y" * 2800
 
