@@ -46,9 +46,7 @@ def recorder(name: str, replicas: int = 1) -> dict[str, Any]:
     return example_adapter(name, replicas=replicas, imageName="recorder", imageVersion="1.0", requiredRoles=["users"])
 
 
-def initialize(
-    gw: GatewayProcess, adapter: str, user: str, upstream_id: str = "", **headers: str
-) -> httpx.Response:
+def initialize(gw: GatewayProcess, adapter: str, user: str, upstream_id: str = "", **headers: str) -> httpx.Response:
     """An initialize the recorder answers with Mcp-Session-Id ``upstream_id`` (or a fresh one)."""
     upstream_id = upstream_id or os.urandom(8).hex()
     sent = {**ACCEPT, "X-Dev-User-Id": user, "X-Dev-Roles": "users", "x-test-session": upstream_id, **headers}
@@ -146,7 +144,8 @@ def test_an_upstream_session_id_too_long_to_seal_is_refused_at_initialize(gw: Ga
     # the longest id that fits still works end to end
     ok = initialize(gw, "churn", "dave", upstream_id="y" * 2800)
     assert ok.status_code == 200 and len(ok.headers["mcp-session-id"]) <= 4096
-    headers = {**ACCEPT, "X-Dev-User-Id": "dave", "X-Dev-Roles": "users", "Mcp-Session-Id": ok.headers["mcp-session-id"]}
+    token = ok.headers["mcp-session-id"]
+    headers = {**ACCEPT, "X-Dev-User-Id": "dave", "X-Dev-Roles": "users", "Mcp-Session-Id": token}
     body = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
     follow = httpx.post(f"{gw.url}/adapters/churn/mcp", json=body, headers=headers, timeout=10)
     assert follow.status_code == 200
@@ -160,9 +159,7 @@ def test_sessions_of_a_killed_replica_are_dropped_when_it_goes(gw: GatewayProces
     assert metric(gw, "mcpgw_sessions_active", 'adapter="doomed"') == 3
     pid, _ = replica_processes(gw.data_dir)["doomed-0"]
     os.kill(pid, signal.SIGKILL)
-    wait_for(
-        lambda: metric(gw, "mcpgw_session_replica_revocations_total") >= 3, timeout=20, what="sessions revoked"
-    )
+    wait_for(lambda: metric(gw, "mcpgw_session_replica_revocations_total") >= 3, timeout=20, what="sessions revoked")
     # no longer counted: neither by this gateway's gauge nor against the user's cap
     assert metric(gw, "mcpgw_sessions_active", 'adapter="doomed"') == 0
     with gw.client() as api:
@@ -225,9 +222,11 @@ def test_caps_hold_across_gateways_sharing_redis(tmp_path: Path, redis_server: R
             os.kill(pid, signal.SIGKILL)
             with first.client() as api:
                 wait_for(
-                    lambda: metric(first, "mcpgw_session_replica_revocations_total")
-                    + metric(second, "mcpgw_session_replica_revocations_total")
-                    >= 5,
+                    lambda: (
+                        metric(first, "mcpgw_session_replica_revocations_total")
+                        + metric(second, "mcpgw_session_replica_revocations_total")
+                        >= 5
+                    ),
                     timeout=20,
                     what="sessions revoked in Redis",
                 )
