@@ -230,6 +230,7 @@ class McpProxy:
             if endpoint.uid == claims.replica_uid:
                 return endpoint
         log.info("session of adapter %s pinned to replica %s, which is gone", claims.adapter, claims.replica)
+        self._sessions.forget(claims)  # in case this gateway missed the endpoint change
         raise ProxyError(404, -32001, "session not found: its replica is gone; initialize a new session")
 
     def _choose(self, name: str) -> Endpoint:

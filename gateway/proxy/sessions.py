@@ -172,6 +172,11 @@ class SessionRouter:
         except SessionStoreUnavailable as exc:
             self._outage(exc)
 
+    def forget(self, claims: SessionClaims) -> None:
+        """Revoke a session in the background (its replica is gone: it can never route again)."""
+        self._cache.pop(claims.sid, None)
+        self._spawn(self.revoke(claims))
+
     async def close(self) -> None:
         """Wait briefly for background touches."""
         if self._background:
