@@ -30,6 +30,9 @@ traffic mostly failed; 2 when the set-up failed.
 Session records live ``--session-ttl`` seconds (default 120, shorter than the warm-up) so the
 abandoned sessions reach their steady state before the slope is measured.
 ``--gateway-repo`` runs the gateway from another checkout (to measure an older version).
+``--tracemalloc FILE`` runs the gateway under ``tracemalloc`` and writes to FILE, every minute,
+the source lines whose allocations grew most since the end of the warm-up (to find a leak; the
+gateway is slower then, so the slope of such a run is not the one to report).
 """
 
 from __future__ import annotations
@@ -587,6 +590,31 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError(f"redis-server did not listen on port {port}")
 
 
+def traced_gateway(out: str, warmup: float) -> None:
+    """Run ``gateway.cli serve`` under tracemalloc, writing the top growing lines to ``out`` every minute."""
+    import runpy
+    import threading
+    import tracemalloc
+
+    tracemalloc.start(1)
+
+    def report() -> None:
+        time.sleep(warmup)
+        base = tracemalloc.take_snapshot()
+        started = time.monotonic()
+        while True:
+            time.sleep(60)
+            snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+            top = snap.compare_to(base, "lineno")[:25]
+            lines = [f"--- {time.monotonic() - started:.0f} s after warm-up"] + [str(stat) for stat in top]
+            with open(out, "a") as fh:
+                fh.write("\n".join(lines) + "\n")
+
+    threading.Thread(target=report, daemon=True).start()
+    sys.argv = ["gateway.cli", "serve"]
+    runpy.run_module("gateway.cli", run_name="__main__", alter_sys=True)
+
+
 def soak(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mcpgw-soak-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -607,8 +635,12 @@ def soak(args: argparse.Namespace) -> int:
             procs.append(redis)
         log = (workdir / "gateway.log").open("wb")
         repo = Path(args.gateway_repo).resolve() if args.gateway_repo else REPO
+        argv = [sys.executable, "-m", "gateway.cli", "serve"]
+        if args.tracemalloc:
+            warmup = 60 * (args.warmup if args.warmup is not None else min(3.0, args.minutes / 4))
+            argv = [sys.executable, str(Path(__file__).resolve()), "traced-gateway", args.tracemalloc, str(warmup)]
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve"],
+            argv,
             cwd=repo,
             env=env,
             stdout=log,
@@ -648,6 +680,10 @@ def soak(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["traced-gateway"]:
+        sys.path.insert(0, os.getcwd())
+        traced_gateway(sys.argv[2], float(sys.argv[3]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--minutes", type=float, default=12.0, help="how long the traffic runs (default 12)")
     parser.add_argument("--sessions", choices=("memory", "redis"), default="memory", help="session store")
@@ -659,6 +695,7 @@ def main() -> int:
     parser.add_argument("--session-ttl", type=float, default=120.0, help="MCPGW_SESSION_TTL of the gateway (s)")
     parser.add_argument("--gateway-repo", default=None, help="run the gateway from this checkout")
     parser.add_argument("--json", default=None, help="also write the result to this file")
+    parser.add_argument("--tracemalloc", default=None, help="trace the gateway's allocations into this file")
     parser.add_argument("--series", action="store_true", help="include every RSS/fd sample in the result")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs) even when the run passed")
     return soak(parser.parse_args())
