@@ -632,3 +632,70 @@ async def test_redis_over_tls_with_a_password(redis_server_factory: Callable[...
     err = await expect_fast_failure(untrusted.start)
     assert "rediss://localhost" in err.detail and "certificate" in err.detail
     await untrusted.close()
+
+
+# --- the session router over a store: bounded cache, replicas that go -----------------------------
+
+
+def router_over(store: SessionStore, ttl: float = 30.0) -> Any:
+    from gateway.proxy.sealing import SessionSealer
+    from gateway.proxy.sessions import SessionRouter
+
+    return SessionRouter(
+        store, SessionSealer([os.urandom(32)]), ttl=ttl, max_age=3600, cache_seconds=5, limits=SessionLimits(per_user=2)
+    )
+
+
+async def open_on(router: Any, uid: str, user: str = "alice") -> Any:
+    _, claims = await router.open_session(
+        kind="mcp", adapter="alpha", replica=f"alpha-{uid}", replica_uid=uid, upstream="up", user_id=user
+    )
+    return claims
+
+
+async def test_router_revokes_the_sessions_of_a_replica_that_left(store: SessionStore) -> None:
+    from gateway.proxy.sessions import SessionRejected
+    from gateway.runtime.base import Endpoint
+
+    router = router_over(store)
+    a, b = Endpoint("alpha-0", "uid-a", "http://a"), Endpoint("alpha-1", "uid-b", "http://b")
+    router.replicas_changed("alpha", [a, b])
+    gone = [await open_on(router, "uid-a", user=f"u{i}") for i in range(3)]
+    kept = await open_on(router, "uid-b")
+    router.replicas_changed("alpha", [b])  # replica a left the ready endpoints
+    await router.close()  # waits for the background revocations
+    assert await store.count("alpha") == 1
+    assert router.replica_revocations == 3
+    for claims in gone:
+        with pytest.raises(SessionRejected):
+            await router.check(router._sealer.seal(claims), kind="mcp", adapter="alpha", user_id=claims.user_id)
+    assert (await router.check(router._sealer.seal(kept), kind="mcp", adapter="alpha", user_id="alice")) == kept
+    router.replicas_changed("alpha", [])  # the adapter has no endpoints: nothing kept per adapter
+    await router.close()
+    assert router._live_uids == {} and await store.count("alpha") == 0
+
+
+async def test_router_refuses_over_the_cap_and_a_sealed_id_too_long() -> None:
+    from gateway.proxy.sessions import SessionIdTooLong
+
+    store = MemorySessionStore()
+    router = router_over(store)
+    await open_on(router, "u")
+    await open_on(router, "u")
+    with pytest.raises(SessionLimitExceeded):
+        await open_on(router, "u")
+    assert router.limit_rejections == {"per_user": 1}
+    with pytest.raises(SessionIdTooLong, match="4096"):
+        await router.open_session(
+            kind="mcp", adapter="alpha", replica="r", replica_uid="u", upstream="x" * 3200, user_id="bob"
+        )
+    assert await store.count() == 2  # neither refusal stored anything
+
+
+async def test_router_cache_forgets_sessions_idle_past_the_ttl() -> None:
+    router = router_over(MemorySessionStore(), ttl=0.1)
+    for i in range(5):
+        await open_on(router, "u", user=f"u{i}")
+    await asyncio.sleep(0.15)
+    await open_on(router, "u", user="late")
+    assert len(router._cache) == 1
