@@ -98,6 +98,24 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def sockets_to_port(pid: int, port: int) -> int:
+    """Open TCP connections of ``pid`` whose remote port is ``port`` (from /proc/<pid>/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                    count += 1
+    return count
+
+
 def slope_per_minute(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, value) points, per minute."""
     n = len(points)
@@ -164,8 +182,9 @@ class Stats:
 class Soak:
     """One soak run against one gateway."""
 
-    def __init__(self, args: argparse.Namespace, url: str, gateway_pid: int) -> None:
+    def __init__(self, args: argparse.Namespace, url: str, gateway_pid: int, redis_port: int = 0) -> None:
         self.args = args
+        self.redis_port = redis_port
         self.url = url
         self.pid = gateway_pid
         self.stats = Stats()
@@ -476,6 +495,7 @@ class Soak:
             httpx.AsyncClient(limits=httpx.Limits(max_connections=IDLE_STREAMS * 2), timeout=None) as streams,
         ):
             fds_before = fd_count(self.pid)
+            redis_before = self.redis_connections()
             rss_before = rss_mib(self.pid)
             tasks = [
                 asyncio.create_task(self.sample_loop()),
@@ -495,9 +515,15 @@ class Soak:
         async with httpx.AsyncClient(timeout=10) as client:
             await self.stateless(client)
         await asyncio.sleep(1.0)
-        return self.report(fds_before, rss_before, fd_count(self.pid), rss_mib(self.pid))
+        redis = (redis_before, self.redis_connections())
+        return self.report(fds_before, rss_before, fd_count(self.pid), rss_mib(self.pid), redis)
 
-    def report(self, fds_before: int, rss_before: float, fds_after: int, rss_after: float) -> dict[str, Any]:
+    def redis_connections(self) -> int:
+        return sockets_to_port(self.pid, self.redis_port) if self.redis_port else 0
+
+    def report(
+        self, fds_before: int, rss_before: float, fds_after: int, rss_after: float, redis: tuple[int, int]
+    ) -> dict[str, Any]:
         minutes = self.args.minutes
         warmup = self.args.warmup if self.args.warmup is not None else min(3.0, minutes / 4)
         steady = [(t, rss) for t, rss, _ in self.stats.samples if t >= warmup * 60]
@@ -508,8 +534,15 @@ class Soak:
         failures = []
         if slope > self.args.max_slope:
             failures.append(f"RSS grows {slope:.3f} MiB/min after warm-up (limit {self.args.max_slope})")
-        if fds_after > fds_before + self.args.fd_slack:
-            failures.append(f"{fds_after} fds after the run, {fds_before} before (slack {self.args.fd_slack})")
+        # Redis connections stay pooled (at most the store's POOL_SIZE, 64); every other fd must go.
+        others_before, others_after = fds_before - redis[0], fds_after - redis[1]
+        if others_after > others_before + self.args.fd_slack:
+            failures.append(
+                f"{others_after} fds (Redis connections left out) after the run, {others_before} before "
+                f"(slack {self.args.fd_slack})"
+            )
+        if redis[1] > 64:
+            failures.append(f"{redis[1]} connections to Redis after the run (pool size 64)")
         for event in self.stats.events:
             if event["recovered_s"] < 0:
                 failures.append(
@@ -534,6 +567,8 @@ class Soak:
             "fds_before": fds_before,
             "fds_max": max((s[2] for s in self.stats.samples), default=0),
             "fds_after": fds_after,
+            "redis_connections_before": redis[0],
+            "redis_connections_after": redis[1],
             "events": dict(kinds),
             "events_recovered": sum(1 for e in self.stats.events if e["recovered_s"] >= 0),
             "recovery_max_s": max((e["recovered_s"] for e in self.stats.events), default=0.0),
@@ -630,8 +665,10 @@ def soak(args: argparse.Namespace) -> int:
     }
     code = 2
     try:
+        redis_port = 0
         if args.sessions == "redis":
             redis, env["MCPGW_REDIS_URL"] = start_redis(workdir)
+            redis_port = int(env["MCPGW_REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
             procs.append(redis)
         log = (workdir / "gateway.log").open("wb")
         repo = Path(args.gateway_repo).resolve() if args.gateway_repo else REPO
@@ -660,7 +697,7 @@ def soak(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         print(f"soak: {args.minutes:g} min, {args.sessions} sessions, gateway pid {gateway.pid}, logs in {workdir}",
               file=sys.stderr)  # fmt: skip
-        result = asyncio.run(Soak(args, url, gateway.pid).run())
+        result = asyncio.run(Soak(args, url, gateway.pid, redis_port).run())
         result["gateway_log"] = str(workdir / "gateway.log")
         if not args.series:
             result.pop("rss_series")
