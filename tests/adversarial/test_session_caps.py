@@ -10,6 +10,7 @@ got a gateway session id; an upstream session id too long to seal was accepted a
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import re
 import signal
@@ -88,7 +89,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
         with g.client() as api:
             for name in ADAPTERS:
                 assert api.post("/adapters", json=recorder(name)).status_code == 201
-            for name in ADAPTERS:
+            legacy = example_adapter("legacy", replicas=1, requiredRoles=["users"])
+            assert api.post("/adapters", json=legacy).status_code == 201
+            for name in (*ADAPTERS, "legacy"):
                 wait_ready(api, name, 1)
         yield g
 
@@ -184,6 +187,34 @@ def test_the_memory_store_evicts_beyond_its_maximum_and_counts_it(tmp_path: Path
 
         # the least recently used two are gone (404: the client initializes again); the rest route
         assert [status(i) for i in range(6)] == [404, 404, 200, 200, 200, 200]
+
+
+def test_legacy_sse_sessions_count_against_the_same_caps(gw: GatewayProcess) -> None:
+    headers = {"X-Dev-User-Id": "sse-user", "X-Dev-Roles": "users", "Accept": "text/event-stream"}
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(httpx.Client(base_url=gw.url, headers=headers, timeout=10))
+        streams, readers = [], []
+        for _ in range(2):
+            stream = stack.enter_context(client.stream("GET", "/adapters/legacy/sse"))
+            assert stream.status_code == 200
+            reader = stream.iter_text()  # kept: an abandoned iterator closes the connection
+            assert "/adapters/legacy/messages?session_id=" in next(reader)
+            streams.append(stream)
+            readers.append(reader)
+        # two SSE sessions and one 2025-era session fill the per-user cap of 3
+        identity = {"X-Dev-User-Id": "sse-user", "X-Dev-Roles": "users"}
+        init = httpx.post(f"{gw.url}/adapters/legacy/mcp", json=INIT, headers={**ACCEPT, **identity}, timeout=10)
+        assert init.status_code == 200
+        refused = client.get("/adapters/legacy/sse")
+        assert "MCPGW_SESSION_MAX_PER_USER" in rpc_error(refused, 429)
+
+        def sse_status() -> int:
+            with client.stream("GET", "/adapters/legacy/sse") as stream:
+                return stream.status_code
+
+        readers[0].close()  # the client leaves: the stream's end closes its session and frees the slot
+        streams[0].close()
+        wait_for(lambda: sse_status() == 200, timeout=10, what="a free slot after the stream closed")
 
 
 # --- Redis sessions, two gateways -------------------------------------------------------------
