@@ -37,7 +37,7 @@ from gateway.proxy.app import McpProxy
 from gateway.proxy.sealing import SessionSealer, load_or_create_key, parse_keys
 from gateway.proxy.sessions import SessionRouter
 from gateway.runtime.base import Runtime
-from gateway.sessions.base import SessionStore
+from gateway.sessions.base import SessionLimits, SessionStore
 from gateway.settings import Settings
 from gateway.store.base import AdapterStore
 from gateway.store.view import AdapterView
@@ -78,7 +78,7 @@ def build_sessions(settings: Settings) -> SessionStore:
         return RedisSessionStore(settings)
     from gateway.sessions.memory import MemorySessionStore
 
-    return MemorySessionStore()
+    return MemorySessionStore(max_sessions=settings.session_memory_max)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -177,7 +177,10 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         ttl=settings.session_ttl,
         max_age=settings.session_max_age,
         cache_seconds=settings.session_cache_seconds,
+        limits=SessionLimits(per_user=settings.session_max_per_user, per_adapter=settings.session_max_per_adapter),
     )
+    # Sessions pinned to a replica that left the ready endpoints are revoked at once, not at their TTL.
+    runtime.add_listener(lambda name: router.replicas_changed(name, runtime.endpoints(name)))
     proxy = McpProxy(
         authenticator=authenticator,
         view=view,

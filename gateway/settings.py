@@ -180,6 +180,15 @@ class Settings:
         None, "Redis user for Entra auth (the identity's object id); default: from the token."
     )
     redis_key_prefix: str = setting("mcpgw:", "Prefix of every Redis key the gateway writes.")
+    session_max_per_user: int = setting(
+        100, "Open sessions (2025-era and legacy SSE) one user may hold on one adapter; more get 429. 0: no cap."
+    )
+    session_max_per_adapter: int = setting(
+        10_000, "Open sessions on one adapter, all users together; more get 429. 0: no cap."
+    )
+    session_memory_max: int = setting(
+        100_000, "Most session records the memory store holds; beyond it the least recently used is evicted."
+    )
 
     # --- cosmos --------------------------------------------------------------------------
     cosmos_endpoint: str | None = setting(None, "Cosmos DB account endpoint (https://<account>.documents.azure.com).")
@@ -464,6 +473,11 @@ def _check_settings(s: Settings) -> None:
             f"dev auth trusts X-Dev-* headers and is refused on non-loopback address {s.host!r}; "
             "use entra or oidc, or set MCPGW_AUTH_DEV_ALLOW_REMOTE=true",
         )
+    for name in ("session_max_per_user", "session_max_per_adapter"):
+        if getattr(s, name) < 0:
+            _fail(name, f"must be 0 (no cap) or more, got {getattr(s, name)}")
+    if s.session_memory_max < 1:
+        _fail("session_memory_max", f"must be at least 1, got {s.session_memory_max}")
     if s.sessions == "redis" and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         _fail("redis_url", "must start with redis://, rediss:// or unix://")
     _check_upstream(s)

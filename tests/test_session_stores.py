@@ -17,7 +17,7 @@ from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
 from gateway.errors import SessionStoreUnavailable
-from gateway.sessions import SessionRecord, SessionStore
+from gateway.sessions import SessionLimitExceeded, SessionLimits, SessionRecord, SessionStore
 from gateway.sessions._entra import REDIS_SCOPE
 from gateway.sessions.memory import SWEEP_BATCH, MemorySessionStore
 from gateway.sessions.redis import RedisSessionStore
@@ -173,6 +173,107 @@ async def test_many_sessions_concurrently(store: SessionStore) -> None:
     assert await store.count("ad1") == 50
     assert await store.revoke_adapter("ad1") == 50
     assert await store.count() == 150
+
+
+def pinned(sid: str, adapter: str = "alpha", user: str = "alice", uid: str = "u0") -> SessionRecord:
+    rec = record(sid, adapter=adapter, user=user)
+    rec.replica_uid = uid
+    return rec
+
+
+async def test_open_refuses_past_the_per_user_cap_and_names_it(store: SessionStore) -> None:
+    limits = SessionLimits(per_user=2, per_adapter=0)
+    await store.open(pinned("a1"), 30, limits)
+    await store.open(pinned("a2"), 30, limits)
+    with pytest.raises(SessionLimitExceeded) as refused:
+        await store.open(pinned("a3"), 30, limits)
+    assert (refused.value.limit, refused.value.maximum, refused.value.setting) == (
+        "per_user",
+        2,
+        "MCPGW_SESSION_MAX_PER_USER",
+    )
+    assert 25 < refused.value.retry_after <= 30  # until the oldest counted session expires
+    assert await store.get("a3") is None
+    assert await store.count_user("alpha", "alice") == 2
+    await store.open(pinned("b1", user="bob"), 30, limits)  # other users and adapters are not affected
+    await store.open(pinned("c1", adapter="beta"), 30, limits)
+    await store.revoke("a1")  # closing one frees its slot at once
+    await store.open(pinned("a3"), 30, limits)
+
+
+async def test_open_refuses_past_the_per_adapter_cap(store: SessionStore) -> None:
+    limits = SessionLimits(per_user=0, per_adapter=3)
+    for i in range(3):
+        await store.open(pinned(f"s{i}", user=f"user{i}"), 30, limits)
+    with pytest.raises(SessionLimitExceeded) as refused:
+        await store.open(pinned("s3", user="user3"), 30, limits)
+    assert refused.value.limit == "per_adapter" and refused.value.setting == "MCPGW_SESSION_MAX_PER_ADAPTER"
+    await store.open(pinned("t0", adapter="beta"), 30, limits)
+    assert await store.count("alpha") == 3
+
+
+async def test_expired_sessions_free_their_slots(store: SessionStore) -> None:
+    limits = SessionLimits(per_user=1, per_adapter=1)
+    await store.open(pinned("a1"), 0.1, limits)
+    await asyncio.sleep(0.2)
+    await store.open(pinned("a2"), 30, limits)
+    assert await store.count_user("alpha", "alice") == 1
+
+
+async def test_concurrent_opens_never_overshoot_a_cap(store: SessionStore) -> None:
+    limits = SessionLimits(per_user=5, per_adapter=0)
+    results = await asyncio.gather(
+        *(store.open(pinned(f"s{i}"), 30, limits) for i in range(40)), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == 5
+    assert all(isinstance(r, SessionLimitExceeded) for r in results if r is not None)
+    assert await store.count_user("alpha", "alice") == 5
+
+
+async def test_revoke_replica_drops_only_that_incarnations_sessions(store: SessionStore) -> None:
+    limits = SessionLimits(per_user=3, per_adapter=0)
+    for i in range(3):
+        await store.open(pinned(f"old{i}", uid="dead"), 30, limits)
+    await store.put(pinned("other", uid="alive"), 30)
+    await store.put(pinned("elsewhere", adapter="beta", uid="dead"), 30)
+    assert await store.revoke_replica("alpha", "dead") == 3
+    assert [await store.get(f"old{i}") for i in range(3)] == [None, None, None]
+    assert await store.get("other") is not None and await store.get("elsewhere") is not None
+    assert await store.count("alpha") == 1
+    assert await store.count_user("alpha", "alice") == 1
+    await store.open(pinned("new"), 30, limits)  # the slots are free again
+    assert await store.revoke_replica("alpha", "dead") == 0
+
+
+async def test_revoke_adapter_frees_the_users_slots(store: SessionStore) -> None:
+    limits = SessionLimits(per_user=1, per_adapter=0)
+    await store.open(pinned("a1"), 30, limits)
+    await store.revoke_adapter("alpha")
+    await store.open(pinned("a2"), 30, limits)
+
+
+async def test_memory_store_evicts_the_least_recently_used_beyond_its_maximum() -> None:
+    store = MemorySessionStore(max_sessions=3)
+    for i in range(3):
+        await store.put(record(f"s{i}"), ttl=30)
+    await store.touch("s0", last_used=time.time(), ttl=30)  # s1 is now the least recently used
+    await store.open(record("s3"), 30, SessionLimits())
+    assert store.evictions == 1
+    assert await store.get("s1") is None
+    assert [await store.get(s) is not None for s in ("s0", "s2", "s3")] == [True, True, True]
+    assert await store.count() == 3
+    await store.put(record("s4"), ttl=30)
+    assert store.evictions == 2 and await store.count() == 3
+
+
+async def test_memory_store_does_not_count_expired_records_as_evicted() -> None:
+    store = MemorySessionStore(max_sessions=2)
+    await store.put(record("s0"), ttl=0.05)
+    await store.put(record("s1"), ttl=30)
+    await asyncio.sleep(0.1)
+    await store.put(record("s2"), ttl=30)
+    assert store.evictions == 0
+    assert await store.count() == 2
 
 
 async def test_ping_succeeds_when_the_store_is_reachable(store: SessionStore) -> None:
@@ -531,3 +632,70 @@ async def test_redis_over_tls_with_a_password(redis_server_factory: Callable[...
     err = await expect_fast_failure(untrusted.start)
     assert "rediss://localhost" in err.detail and "certificate" in err.detail
     await untrusted.close()
+
+
+# --- the session router over a store: bounded cache, replicas that go -----------------------------
+
+
+def router_over(store: SessionStore, ttl: float = 30.0) -> Any:
+    from gateway.proxy.sealing import SessionSealer
+    from gateway.proxy.sessions import SessionRouter
+
+    return SessionRouter(
+        store, SessionSealer([os.urandom(32)]), ttl=ttl, max_age=3600, cache_seconds=5, limits=SessionLimits(per_user=2)
+    )
+
+
+async def open_on(router: Any, uid: str, user: str = "alice") -> Any:
+    _, claims = await router.open_session(
+        kind="mcp", adapter="alpha", replica=f"alpha-{uid}", replica_uid=uid, upstream="up", user_id=user
+    )
+    return claims
+
+
+async def test_router_revokes_the_sessions_of_a_replica_that_left(store: SessionStore) -> None:
+    from gateway.proxy.sessions import SessionRejected
+    from gateway.runtime.base import Endpoint
+
+    router = router_over(store)
+    a, b = Endpoint("alpha-0", "uid-a", "http://a"), Endpoint("alpha-1", "uid-b", "http://b")
+    router.replicas_changed("alpha", [a, b])
+    gone = [await open_on(router, "uid-a", user=f"u{i}") for i in range(3)]
+    kept = await open_on(router, "uid-b")
+    router.replicas_changed("alpha", [b])  # replica a left the ready endpoints
+    await router.close()  # waits for the background revocations
+    assert await store.count("alpha") == 1
+    assert router.replica_revocations == 3
+    for claims in gone:
+        with pytest.raises(SessionRejected):
+            await router.check(router._sealer.seal(claims), kind="mcp", adapter="alpha", user_id=claims.user_id)
+    assert (await router.check(router._sealer.seal(kept), kind="mcp", adapter="alpha", user_id="alice")) == kept
+    router.replicas_changed("alpha", [])  # the adapter has no endpoints: nothing kept per adapter
+    await router.close()
+    assert router._live_uids == {} and await store.count("alpha") == 0
+
+
+async def test_router_refuses_over_the_cap_and_a_sealed_id_too_long() -> None:
+    from gateway.proxy.sessions import SessionIdTooLong
+
+    store = MemorySessionStore()
+    router = router_over(store)
+    await open_on(router, "u")
+    await open_on(router, "u")
+    with pytest.raises(SessionLimitExceeded):
+        await open_on(router, "u")
+    assert router.limit_rejections == {"per_user": 1}
+    with pytest.raises(SessionIdTooLong, match="4096"):
+        await router.open_session(
+            kind="mcp", adapter="alpha", replica="r", replica_uid="u", upstream="x" * 3200, user_id="bob"
+        )
+    assert await store.count() == 2  # neither refusal stored anything
+
+
+async def test_router_cache_forgets_sessions_idle_past_the_ttl() -> None:
+    router = router_over(MemorySessionStore(), ttl=0.1)
+    for i in range(5):
+        await open_on(router, "u", user=f"u{i}")
+    await asyncio.sleep(0.15)
+    await open_on(router, "u", user="late")
+    assert len(router._cache) == 1

@@ -85,7 +85,7 @@ def test_requests_are_counted_by_adapter_era_method_and_status(gw: GatewayProces
     assert 0 < value(after, "mcpgw_gateway_overhead_seconds_sum", adapter="rec") < overhead * 1.0
 
     assert value(after, "mcpgw_sessions_active", adapter="rec", replica="rec-0") >= 1
-    assert value(after, "mcpgw_session_store_latency_seconds_count", operation="put") >= 1
+    assert value(after, "mcpgw_session_store_latency_seconds_count", operation="open") >= 1
     assert value(after, "mcpgw_replicas_ready", adapter="rec") == 1
     assert value(after, "mcpgw_replicas_ready", adapter="empty") == 0
     assert value(after, "mcpgw_replicas_ready", adapter="ex") == 1
@@ -192,7 +192,7 @@ def test_session_store_errors_are_counted(tmp_path: Path) -> None:
             wait_ready(api, "rec", 1)
         assert post(g, headers={"x-test-session": "s-1"}).status_code == 503
         series = scrape(g.url)
-        assert value(series, "mcpgw_session_store_errors_total", operation="put") >= 1
+        assert value(series, "mcpgw_session_store_errors_total", operation="open") >= 1
         assert value(series, "mcpgw_requests_total", adapter="rec", era="session", method="POST", status="503") == 1
         assert post(g).status_code == 200
         # the default access log keeps failures only

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn
@@ -38,7 +39,7 @@ from gateway.models import Identity
 from gateway.proxy.balancer import Balancer
 from gateway.proxy.headers import downstream_headers, upstream_headers
 from gateway.proxy.sealing import SessionClaims
-from gateway.proxy.sessions import SessionRejected, SessionRouter
+from gateway.proxy.sessions import SessionIdTooLong, SessionRejected, SessionRouter
 from gateway.proxy.sse import EndpointRewriter, upstream_path
 from gateway.proxy.upstream import (
     UpstreamClosed,
@@ -49,6 +50,7 @@ from gateway.proxy.upstream import (
     UpstreamResponse,
 )
 from gateway.runtime.base import Endpoint, Runtime
+from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.view import AdapterView
 from gateway.telemetry.requests import RequestTelemetry
 
@@ -132,6 +134,7 @@ class McpProxy:
         self._max_header_bytes = upstream_max_header_bytes
         self._max_header_fields = upstream_max_header_fields
         self._trusted = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
+        self._releases: set[asyncio.Task[None]] = set()
         self.open_streams = 0
         self.upstream_aborts: dict[str, int] = {}
         """Responses whose upstream body broke off, by reason (closed, protocol, timeout)."""
@@ -264,6 +267,7 @@ class McpProxy:
             if endpoint.uid == claims.replica_uid:
                 return endpoint
         log.info("session of adapter %s pinned to replica %s, which is gone", claims.adapter, claims.replica)
+        self._sessions.forget(claims)  # in case this gateway missed the endpoint change
         raise ProxyError(404, -32001, "session not found: its replica is gone; initialize a new session")
 
     def _choose(self, name: str) -> Endpoint:
@@ -303,7 +307,8 @@ class McpProxy:
                     headers = downstream_headers(response.raw_headers)
                     upstream_id = response.header("mcp-session-id")
                     self._telemetry.upstream_answered(scope, endpoint.replica, sent, opened_session=bool(upstream_id))
-                    if upstream_id and claims is None:
+                    if upstream_id and claims is None and 200 <= response.status < 300:
+                        # Only an initialize the upstream accepted opens a session (issue 12).
                         token, _ = await self._open_session("mcp", endpoint, upstream_id, scope, identity)
                         headers.append((b"mcp-session-id", token.encode()))
                     elif upstream_id and "mcp-session-id" in request_headers:  # echo the client's sealed id
@@ -316,6 +321,12 @@ class McpProxy:
     async def _open_session(
         self, kind: str, endpoint: Endpoint, upstream: str, scope: Scope, identity: Identity
     ) -> tuple[str, SessionClaims]:
+        """Record the session the upstream opened; 429 over a cap, 502 for an id too long to seal.
+
+        When the gateway refuses a 2025-era session the upstream already opened, the upstream's
+        session is closed (DELETE, in the background) so refused sessions do not fill its table;
+        a refused legacy SSE session ends with its stream.
+        """
         name = scope["path"].split("/")[2]
         try:
             return await self._sessions.open_session(
@@ -328,6 +339,51 @@ class McpProxy:
             )
         except SessionStoreUnavailable as exc:
             raise ProxyError(503, -32005, f"cannot open a session: {exc.detail}", {"Retry-After": "5"}) from None
+        except SessionLimitExceeded as exc:
+            if kind == "mcp":
+                self._release_upstream_session(endpoint, upstream, scope, identity)
+            holder = f"user {identity.user_id!r}" if exc.limit == "per_user" else "all users together"
+            raise ProxyError(
+                429,
+                -32006,
+                f"session limit reached: {holder} may hold at most {exc.maximum} open sessions on adapter "
+                f"{name!r} ({exc.setting}); close a session (DELETE) or retry later",
+                {"Retry-After": str(math.ceil(exc.retry_after))},
+            ) from None
+        except SessionIdTooLong as exc:
+            if kind == "mcp":
+                self._release_upstream_session(endpoint, upstream, scope, identity)
+            raise ProxyError(502, -32003, f"replica {endpoint.replica} cannot be used with sessions: {exc}") from None
+
+    def _release_upstream_session(self, endpoint: Endpoint, upstream: str, scope: Scope, identity: Identity) -> None:
+        """DELETE a session the upstream opened and the gateway refused (best effort, in the background)."""
+        client = self._client
+        if client is None:
+            return
+        kept = [(k, v) for k, v in scope["headers"] if k.lower() == b"mcp-protocol-version"]
+        headers = upstream_headers(
+            kept,
+            client_ip="127.0.0.1",
+            trusted_peer=False,
+            scheme="http",
+            user_id=identity.user_id,
+            roles=(),
+            session_id=upstream,
+        )
+
+        async def release() -> None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._connect_timeout + 5):
+                    response = await client.request(
+                        "DELETE", endpoint.url + "/mcp", headers, b"", identity=identity.user_id
+                    )
+                    async with response:
+                        while await response.read_chunk():
+                            pass
+
+        task = asyncio.create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _stream_response(self, send: Send, response: UpstreamResponse, headers: list[Any], replica: str) -> None:
         """Stream the upstream's answer to the client; a body that breaks off aborts the client's response."""

@@ -21,6 +21,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _PREFIX = "g1."
+MAX_TOKEN_CHARS = 4096
+"""Longest sealed id ``open`` accepts; ``SessionRouter.open_session`` refuses to issue a longer one."""
 _AAD = b"mcp-gateway session v1"
 KEY_BYTES = 32
 
@@ -60,7 +62,7 @@ class SessionSealer:
 
     def open(self, token: str) -> SessionClaims | None:
         """The claims of a token this gateway sealed, or None for anything else."""
-        if not token.startswith(_PREFIX) or len(token) > 4096:
+        if not token.startswith(_PREFIX) or len(token) > MAX_TOKEN_CHARS:
             return None
         body = token[len(_PREFIX) :]
         try:

@@ -3,11 +3,18 @@
 Layout (``P`` is ``MCPGW_REDIS_KEY_PREFIX``; ``{sessions}`` is a hash tag that puts every key in
 one cluster slot so the scripts below may touch several keys):
 
-- ``P{sessions}:s:<sid>`` — a hash ``user_id adapter replica created last_used`` with a TTL
-  that every put and touch resets (sliding expiry, kept by Redis itself);
+- ``P{sessions}:s:<sid>`` — a hash ``user_id adapter replica replica_uid created last_used`` with
+  a TTL that every put and touch resets (sliding expiry, kept by Redis itself);
 - ``P{sessions}:a:<adapter>`` — a sorted set of the adapter's session ids scored by their expiry
   time (ms, Redis clock), so expired members can be dropped by score without KEYS or SCAN;
+- ``P{sessions}:u:<adapter>:<user>`` — the same for one user's sessions on one adapter (the
+  per-user cap counts its members with a score in the future: ``ZCOUNT now +inf``, O(log n));
+- ``P{sessions}:r:<adapter>:<replica uid>`` — the same for the sessions pinned to one replica
+  incarnation, so they can be dropped when it goes;
 - ``P{sessions}:all`` — the same for every session, for ``count()``.
+
+Every index key carries a TTL at least as long as its newest member's, so indexes of users and
+replicas that are gone vanish by themselves.
 
 Each write is one Lua script (one round trip, atomic), using the Redis server's clock so several
 gateways with skewed clocks agree. Reads are a single ``HGETALL``.
@@ -34,7 +41,7 @@ from redis.commands.core import AsyncScript
 
 from gateway.errors import SessionStoreUnavailable
 from gateway.sessions._entra import EntraCredentialProvider
-from gateway.sessions.base import SessionRecord
+from gateway.sessions.base import SessionLimitExceeded, SessionLimits, SessionRecord
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,62 +89,122 @@ local function index(k, sid, ttl)
 end
 """
 
-# KEYS: session, adapter index, all index. ARGV: ttl ms, sid, index prefix, adapter, user, replica,
-# created, last_used, prune batch.
+# Index keys from a base ``P{sessions}:`` (every key shares the hash tag, so one slot).
+_KEYS = """
+local function adapter_key(base, adapter) return base .. 'a:' .. adapter end
+local function user_key(base, adapter, user) return base .. 'u:' .. adapter .. ':' .. user end
+local function replica_key(base, adapter, uid) return base .. 'r:' .. adapter .. ':' .. uid end
+-- Remove a session (hash and index memberships); returns 1 when the hash existed.
+local function drop(base, sid)
+  local k = base .. 's:' .. sid
+  local f = redis.call('HMGET', k, 'adapter', 'user_id', 'replica_uid')
+  local n = redis.call('DEL', k)
+  if f[1] then
+    redis.call('ZREM', adapter_key(base, f[1]), sid)
+    if f[2] then redis.call('ZREM', user_key(base, f[1], f[2]), sid) end
+    redis.call('ZREM', replica_key(base, f[1], f[3] or ''), sid)
+  end
+  redis.call('ZREM', base .. 'all', sid)
+  return n
+end
+"""
+
+# Store one record and index it. ARGV from 2: sid, adapter, user, replica, replica uid, created,
+# last_used; ARGV[1] the ttl ms, KEYS[1] the base; the last ARGV the prune batch.
+_STORE = """
+local function store(base, ttl)
+  local sid, adapter, user, uid = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
+  drop(base, sid)
+  local k = base .. 's:' .. sid
+  redis.call('HSET', k, 'user_id', user, 'adapter', adapter, 'replica', ARGV[5], 'replica_uid', uid,
+             'created', ARGV[7], 'last_used', ARGV[8])
+  redis.call('PEXPIRE', k, ttl)
+  index(adapter_key(base, adapter), sid, ttl)
+  index(user_key(base, adapter, user), sid, ttl)
+  index(replica_key(base, adapter, uid), sid, ttl)
+  index(base .. 'all', sid, ttl)
+end
+"""
+
+# KEYS: base. ARGV: ttl ms, sid, adapter, user, replica, replica uid, created, last_used, prune batch.
 _PUT = (
     _NOW
+    + _KEYS
+    + _STORE
     + """
-local ttl, sid = tonumber(ARGV[1]), ARGV[2]
-local old = redis.call('HGET', KEYS[1], 'adapter')
-if old and old ~= ARGV[4] then redis.call('ZREM', ARGV[3] .. old, sid) end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'user_id', ARGV[5], 'adapter', ARGV[4], 'replica', ARGV[6],
-           'created', ARGV[7], 'last_used', ARGV[8])
-redis.call('PEXPIRE', KEYS[1], ttl)
-index(KEYS[2], sid, ttl)
-index(KEYS[3], sid, ttl)
-return 1
+store(KEYS[1], tonumber(ARGV[1]))
+return {0, 0}
 """
 )
 
-# KEYS: session, all index. ARGV: ttl ms, sid, index prefix, last_used, prune batch.
+# KEYS: base. ARGV: as _PUT with, before the prune batch, the per-user and per-adapter caps
+# (0: none). Returns {0, 0} when stored, else {1 (user) or 2 (adapter), ms until the oldest
+# counted session expires}.
+_OPEN = (
+    _NOW
+    + _KEYS
+    + _STORE
+    + """
+local base = KEYS[1]
+local caps = {{user_key(base, ARGV[3], ARGV[4]), tonumber(ARGV[9])}, {adapter_key(base, ARGV[3]), tonumber(ARGV[10])}}
+for i, cap in ipairs(caps) do
+  if cap[2] > 0 and redis.call('ZCOUNT', cap[1], '(' .. now, '+inf') >= cap[2] then
+    local first = redis.call('ZRANGEBYSCORE', cap[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    return {i, tonumber(first[2]) - now}
+  end
+end
+store(base, tonumber(ARGV[1]))
+return {0, 0}
+"""
+)
+
+# KEYS: base. ARGV: ttl ms, sid, last_used, prune batch.
 _TOUCH = (
     _NOW
+    + _KEYS
     + """
-local ttl, sid = tonumber(ARGV[1]), ARGV[2]
-if redis.call('PEXPIRE', KEYS[1], ttl) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'last_used', ARGV[4])
-local adapter = redis.call('HGET', KEYS[1], 'adapter')
-if adapter then index(ARGV[3] .. adapter, sid, ttl) end
-index(KEYS[2], sid, ttl)
+local base, ttl, sid = KEYS[1], tonumber(ARGV[1]), ARGV[2]
+local k = base .. 's:' .. sid
+if redis.call('PEXPIRE', k, ttl) == 0 then return 0 end
+redis.call('HSET', k, 'last_used', ARGV[3])
+local f = redis.call('HMGET', k, 'adapter', 'user_id', 'replica_uid')
+if f[1] then
+  index(adapter_key(base, f[1]), sid, ttl)
+  if f[2] then index(user_key(base, f[1], f[2]), sid, ttl) end
+  index(replica_key(base, f[1], f[3] or ''), sid, ttl)
+end
+index(base .. 'all', sid, ttl)
 return 1
 """
 )
 
-# KEYS: session, all index. ARGV: sid, index prefix.
-_REVOKE = """
-local adapter = redis.call('HGET', KEYS[1], 'adapter')
-local n = redis.call('DEL', KEYS[1])
-if adapter then redis.call('ZREM', ARGV[2] .. adapter, ARGV[1]) end
-redis.call('ZREM', KEYS[2], ARGV[1])
-return n
+# KEYS: base. ARGV: sid.
+_REVOKE = (
+    _KEYS
+    + """
+return drop(KEYS[1], ARGV[1])
 """
+)
 
-# KEYS: adapter index, all index. ARGV: session key prefix, adapter, batch.
-# Deletes a session only if it still belongs to the adapter. Returns {deleted, members seen}.
-_REVOKE_ADAPTER = """
-local sids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+# KEYS: base, an index (of an adapter or a replica). ARGV: adapter, batch.
+# Deletes a batch of the index's sessions that still belong to the adapter, and removes the batch
+# from the index. Returns {deleted, members seen}.
+_REVOKE_INDEX = (
+    _KEYS
+    + """
+local base = KEYS[1]
+local sids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 local n = 0
 for _, sid in ipairs(sids) do
-  local k = ARGV[1] .. sid
-  if redis.call('HGET', k, 'adapter') == ARGV[2] then n = n + redis.call('DEL', k) end
+  if redis.call('HGET', base .. 's:' .. sid, 'adapter') == ARGV[1] then n = n + drop(base, sid) end
 end
 if #sids > 0 then
-  redis.call('ZREM', KEYS[1], unpack(sids))
   redis.call('ZREM', KEYS[2], unpack(sids))
+  redis.call('ZREM', base .. 'all', unpack(sids))
 end
 return {n, #sids}
 """
+)
 
 # KEYS: an index. Drops expired members, returns how many are left.
 _COUNT = """
@@ -165,10 +232,11 @@ class RedisSessionStore:
                 "(the Entra ID token is the password; set MCPGW_REDIS_USERNAME for the user)"
             )
         self._target = _describe(settings.redis_url)
-        base = settings.redis_key_prefix + "{sessions}:"
-        self._session_prefix = base + "s:"
-        self._index_prefix = base + "a:"
-        self._all_key = base + "all"
+        self._base = settings.redis_key_prefix + "{sessions}:"
+        self._session_prefix = self._base + "s:"
+        self._index_prefix = self._base + "a:"
+        self._all_key = self._base + "all"
+        self.evictions = 0  # Redis evicts nothing of ours by itself (use a noeviction maxmemory policy)
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._provider: EntraCredentialProvider | None = None
@@ -204,22 +272,34 @@ class RedisSessionStore:
         if ttl <= 0:
             await self.revoke(record.sid)
             return
-        await self._guard(
-            self._put(
-                keys=[self._session_prefix + record.sid, self._index_prefix + record.adapter, self._all_key],
-                args=[
-                    _ms(ttl),
-                    record.sid,
-                    self._index_prefix,
-                    record.adapter,
-                    record.user_id,
-                    record.replica,
-                    repr(record.created),
-                    repr(record.last_used),
-                    PRUNE_BATCH,
-                ],
-            )
-        )
+        await self._guard(self._run_script(_PUT, [self._base], [*self._record_args(record, ttl), PRUNE_BATCH]))
+
+    async def open(self, record: SessionRecord, ttl: float, limits: SessionLimits) -> None:
+        """Store a new record unless the user's or the adapter's cap is reached (one atomic script).
+
+        Raises SessionLimitExceeded naming the cap; the record is then not stored.
+        """
+        if ttl <= 0:
+            return
+        args = [*self._record_args(record, ttl), limits.per_user, limits.per_adapter, PRUNE_BATCH]
+        result = await self._guard(self._run_script(_OPEN, [self._base], args))
+        which, wait_ms = int(result[0]), float(result[1])
+        if which == 1:
+            raise SessionLimitExceeded("per_user", limits.per_user, wait_ms / 1000)
+        if which == 2:
+            raise SessionLimitExceeded("per_adapter", limits.per_adapter, wait_ms / 1000)
+
+    def _record_args(self, record: SessionRecord, ttl: float) -> list[Any]:
+        return [
+            _ms(ttl),
+            record.sid,
+            record.adapter,
+            record.user_id,
+            record.replica,
+            record.replica_uid,
+            repr(record.created),
+            repr(record.last_used),
+        ]
 
     async def get(self, sid: str) -> SessionRecord | None:
         """The live record, or None when unknown, expired or revoked."""
@@ -235,6 +315,7 @@ class RedisSessionStore:
                 replica=data["replica"],
                 created=float(data["created"]),
                 last_used=float(data["last_used"]),
+                replica_uid=data.get("replica_uid", ""),
             )
         except (KeyError, ValueError):
             log.warning(
@@ -247,29 +328,24 @@ class RedisSessionStore:
         if ttl <= 0:
             await self.revoke(sid)
             return
-        await self._guard(
-            self._touch(
-                keys=[self._session_prefix + sid, self._all_key],
-                args=[_ms(ttl), sid, self._index_prefix, repr(last_used), PRUNE_BATCH],
-            )
-        )
+        await self._guard(self._run_script(_TOUCH, [self._base], [_ms(ttl), sid, repr(last_used), PRUNE_BATCH]))
 
     async def revoke(self, sid: str) -> None:
         """Delete one record."""
-        await self._guard(
-            self._revoke(keys=[self._session_prefix + sid, self._all_key], args=[sid, self._index_prefix])
-        )
+        await self._guard(self._run_script(_REVOKE, [self._base], [sid]))
 
     async def revoke_adapter(self, adapter: str) -> int:
         """Delete every record of an adapter, a batch at a time; returns how many were live."""
+        return await self._revoke_index(adapter, self._index_prefix + adapter)
+
+    async def revoke_replica(self, adapter: str, replica_uid: str) -> int:
+        """Delete every record pinned to one replica incarnation, a batch at a time; returns how many."""
+        return await self._revoke_index(adapter, f"{self._base}r:{adapter}:{replica_uid}")
+
+    async def _revoke_index(self, adapter: str, index: str) -> int:
         deleted = 0
         while True:
-            result = await self._guard(
-                self._revoke_adapter(
-                    keys=[self._index_prefix + adapter, self._all_key],
-                    args=[self._session_prefix, adapter, REVOKE_BATCH],
-                )
-            )
+            result = await self._guard(self._run_script(_REVOKE_INDEX, [self._base, index], [adapter, REVOKE_BATCH]))
             deleted += int(result[0])
             if int(result[1]) == 0:
                 return deleted
@@ -277,7 +353,11 @@ class RedisSessionStore:
     async def count(self, adapter: str | None = None) -> int:
         """Live records, of one adapter or of all."""
         key = self._all_key if adapter is None else self._index_prefix + adapter
-        return int(await self._guard(self._count(keys=[key])))
+        return int(await self._guard(self._run_script(_COUNT, [key], [])))
+
+    async def count_user(self, adapter: str, user_id: str) -> int:
+        """Live records of one user on one adapter."""
+        return int(await self._guard(self._run_script(_COUNT, [f"{self._base}u:{adapter}:{user_id}"], [])))
 
     # --- internals ------------------------------------------------------------------------
 
@@ -286,21 +366,6 @@ class RedisSessionStore:
         if self._client is None:
             raise RuntimeError("RedisSessionStore used before start()")
         return self._client
-
-    def _put(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        return self._run_script(_PUT, keys, args)
-
-    def _touch(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        return self._run_script(_TOUCH, keys, args)
-
-    def _revoke(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        return self._run_script(_REVOKE, keys, args)
-
-    def _revoke_adapter(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        return self._run_script(_REVOKE_ADAPTER, keys, args)
-
-    def _count(self, keys: list[str]) -> Awaitable[Any]:
-        return self._run_script(_COUNT, keys, [])
 
     def _run_script(self, source: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
         # EVALSHA, loading the script again when Redis lost it (a restart empties the script cache).

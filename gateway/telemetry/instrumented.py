@@ -4,7 +4,7 @@
 every call to a dependency gets a latency sample, an error count and (when tracing) a child span
 of the request or operation in progress, without touching the implementations. Outcomes that
 are answers, not failures (``AdapterExists``, ``EtagMismatch``, ``KeyError``,
-``InstanceNotFound``), are not counted as errors.
+``InstanceNotFound``, ``SessionLimitExceeded``), are not counted as errors.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from opentelemetry.trace import SpanKind
 
 from gateway.models import AdapterRecord
 from gateway.runtime.base import Endpoint, EndpointListener, InstanceNotFound, Runtime, RuntimeStatus
-from gateway.sessions.base import SessionRecord, SessionStore
+from gateway.sessions.base import SessionLimitExceeded, SessionLimits, SessionRecord, SessionStore
 from gateway.store.base import AdapterExists, AdapterStore, EtagMismatch
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Tracing
 
-_ANSWERS = (AdapterExists, EtagMismatch, KeyError, InstanceNotFound)
+_ANSWERS = (AdapterExists, EtagMismatch, KeyError, InstanceNotFound, SessionLimitExceeded)
 
 
 class _Calls:
@@ -137,6 +137,16 @@ class InstrumentedSessionStore(_Instrumented[SessionStore]):
     def __init__(self, inner: SessionStore, metrics: GatewayMetrics | None, tracing: Tracing) -> None:
         super().__init__(inner, "session_store", metrics, tracing)
 
+    @property
+    def evictions(self) -> int:
+        """See ``SessionStore.evictions``."""
+        return self.inner.evictions
+
+    async def open(self, record: SessionRecord, ttl: float, limits: SessionLimits) -> None:
+        """See ``SessionStore.open`` (a refusal for a cap is an answer, not an error)."""
+        with self._call("open", record.adapter):
+            await self.inner.open(record, ttl, limits)
+
     async def put(self, record: SessionRecord, ttl: float) -> None:
         """See ``SessionStore.put``."""
         with self._call("put", record.adapter):
@@ -162,10 +172,20 @@ class InstrumentedSessionStore(_Instrumented[SessionStore]):
         with self._call("revoke_adapter", adapter):
             return await self.inner.revoke_adapter(adapter)
 
+    async def revoke_replica(self, adapter: str, replica_uid: str) -> int:
+        """See ``SessionStore.revoke_replica``."""
+        with self._call("revoke_replica", adapter):
+            return await self.inner.revoke_replica(adapter, replica_uid)
+
     async def count(self, adapter: str | None = None) -> int:
         """See ``SessionStore.count``."""
         with self._call("count", adapter):
             return await self.inner.count(adapter)
+
+    async def count_user(self, adapter: str, user_id: str) -> int:
+        """See ``SessionStore.count_user``."""
+        with self._call("count_user", adapter):
+            return await self.inner.count_user(adapter, user_id)
 
 
 class InstrumentedRuntime(_Instrumented[Runtime]):

@@ -295,6 +295,12 @@ class GatewayMetrics:
              "Applies refused because the runtime already ran a newer generation (a stale read of the store)."),
             ("mcpgw_session_store_outages", "counter",
              "Session store calls of the data plane that failed and were served from sealed ids."),
+            ("mcpgw_session_evictions", "counter",
+             "Live sessions the memory session store evicted to stay within MCPGW_SESSION_MEMORY_MAX."),
+            ("mcpgw_session_limit_rejections", "counter",
+             "Sessions refused with 429 because a cap was reached, by limit (per_user, per_adapter)."),
+            ("mcpgw_session_replica_revocations", "counter",
+             "Sessions revoked because the replica they were pinned to left the ready endpoints."),
         ):  # fmt: skip
             callback = self._observer(name)
             if kind == "gauge":

@@ -40,6 +40,11 @@ class _View(Protocol):
 
 class _Router(Protocol):
     store_errors: int
+    limit_rejections: dict[str, int]
+    replica_revocations: int
+
+    @property
+    def evictions(self) -> int: ...
 
     def active_sessions(self) -> dict[tuple[str, str], int]: ...
 
@@ -149,6 +154,12 @@ class Telemetry:
         metrics.set_source("mcpgw_reconcile_leadership_changes", lambda: [(reconciler.leadership_changes, {})])
         metrics.set_source("mcpgw_reconcile_stale_refused", lambda: [(reconciler.stale_refused, {})])
         metrics.set_source("mcpgw_session_store_outages", lambda: [(router.store_errors, {})])
+        metrics.set_source("mcpgw_session_evictions", lambda: [(router.evictions, {})])
+        metrics.set_source(
+            "mcpgw_session_limit_rejections",
+            lambda: [(count, {"limit": limit}) for limit, count in list(router.limit_rejections.items())],
+        )
+        metrics.set_source("mcpgw_session_replica_revocations", lambda: [(router.replica_revocations, {})])
 
     def render_metrics(self) -> str:
         """The Prometheus text exposition (empty when metrics are disabled)."""
