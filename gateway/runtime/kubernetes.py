@@ -241,6 +241,21 @@ class _KubeApi:
             response.release()
         return text
 
+    async def pod_log_follow(self, name: str, tail: int) -> aiohttp.ClientResponse:
+        """The open ``pods/log?follow=true`` response of the pod's adapter container (the caller releases it)."""
+        return await self._send(
+            cast(Any, self._groups["core"]).read_namespaced_pod_log(
+                name,
+                self.namespace,
+                container=CONTAINER_NAME,
+                tail_lines=tail,
+                follow=True,
+                _preload_content=False,
+                # A followed log may stay silent for hours: only connecting is bounded.
+                _request_timeout=aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT),
+            )
+        )
+
     async def watch(self, kind: str, selector: str, resource_version: str) -> AsyncIterator[Manifest]:
         """Watch events (``type``, ``object``) after ``resource_version``, until the server ends the watch."""
         response = await self._send(
@@ -268,6 +283,17 @@ class _KubeApi:
                 yield json.loads(buffer)
         finally:
             response.release()
+
+
+async def _response_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The lines of a followed pod log; ends when the API server ends it (pod deleted, container gone)."""
+    try:
+        async for raw in response.content:
+            yield raw.rstrip(b"\r\n").decode("utf-8", errors="replace")
+    except (aiohttp.ClientError, OSError):
+        return
+    finally:
+        response.release()
 
 
 def _pod_ready(pod: Manifest) -> bool:
@@ -627,6 +653,23 @@ class KubernetesRuntime:
             raise _unavailable(f"read the log of pod {self._namespace}/{pod_name}", exc) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _unavailable(f"read the log of pod {self._namespace}/{pod_name}", exc) from None
+
+    async def follow_logs(self, name: str, instance: int, tail: int) -> AsyncIterator[str]:
+        """The last ``tail`` lines of pod ``<name>-<instance>``, then its new lines until the pod goes."""
+        api = self._require_api()
+        pod_name = f"{name}-{instance}"
+        try:
+            pod = await api.get("pods", pod_name) if instance >= 0 else None
+            if pod is None or not is_managed(pod, name):
+                raise InstanceNotFound(f"adapter {name} has no instance {instance}")
+            response = await api.pod_log_follow(pod_name, max(tail, 0))
+        except _ApiError as exc:
+            if exc.status == 404:
+                raise InstanceNotFound(f"adapter {name} has no instance {instance}") from None
+            raise _unavailable(f"follow the log of pod {self._namespace}/{pod_name}", exc) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _unavailable(f"follow the log of pod {self._namespace}/{pod_name}", exc) from None
+        return _response_lines(response)
 
     # --- endpoints -----------------------------------------------------------------------------
     def endpoints(self, name: str) -> tuple[Endpoint, ...]:
