@@ -11,6 +11,8 @@ and the SSE framing with keep-alives) in-process with short intervals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import signal
@@ -24,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.cli import main
 from gateway.control.routes import log_events
 from gateway.runtime._local_process import follow_lines
 from tests.gateway_process import (
@@ -58,7 +61,30 @@ def cli_env(gw: GatewayProcess | None, home: Path) -> dict[str, str]:
 
 
 def cli(gw: GatewayProcess | None, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``mcp-gateway *args`` to completion."""
+    """Run ``mcp-gateway *args`` in this process (the entry point's ``main``, as the console script does).
+
+    In-process because a Python start plus imports costs 1-2 s on the loaded test machine and this
+    file runs some thirty commands; ``test_the_console_script_runs_as_a_process`` and the follow
+    test run real ``python -m gateway.cli`` processes.
+    """
+    saved = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(cli_env(gw, home))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["mcp-gateway", *args], code, out.getvalue(), err.getvalue())
+
+
+def cli_process(gw: GatewayProcess | None, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m gateway.cli *args`` as a process."""
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
         cwd=REPO,
@@ -106,6 +132,13 @@ def test_invalid_input_prints_the_field_the_gateway_names(gw: GatewayProcess, tm
 def test_unreachable_gateway_exits_1_naming_the_url(tmp_path: Path) -> None:
     result = cli(None, "adapters", "list", "--url", "http://127.0.0.1:9", home=tmp_path)
     assert result.returncode == 1 and "cannot reach the gateway at http://127.0.0.1:9" in result.stderr
+
+
+def test_the_console_script_runs_as_a_process(gw: GatewayProcess, tmp_path: Path) -> None:
+    listed = ok_json(cli_process(gw, "adapters", "list", "--json", home=tmp_path))
+    assert isinstance(listed, list) and "mcp-example" in {a["name"] for a in listed}
+    assert cli_process(gw, "adapters", "get", "no-such-adapter", home=tmp_path).returncode == 1
+    assert cli_process(gw, "adapters", home=tmp_path).returncode == 2
 
 
 # --- adapters ------------------------------------------------------------------------------------

@@ -14,15 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.client._msal import (
-    DEFAULT_AUTHORITY,
-    acquire_token,
-    default_cache_path,
-    load_cache,
-    public_client,
-    save_cache,
-    write_private,
-)
+from gateway.client._msal import DEFAULT_AUTHORITY, default_cache_path
 
 
 def profile_path() -> Path:
@@ -36,6 +28,8 @@ def cached_token(err: TextIO, *, http_client: Any = None) -> str | None:
         profile = json.loads(profile_path().read_text())
     except (OSError, ValueError):
         return None
+    from gateway.client._msal import acquire_token, load_cache, public_client, save_cache  # msal: 0.3 s to import
+
     cache_path = default_cache_path()
     cache = load_cache(cache_path)
     app = public_client(profile["clientId"], profile["tenantId"], profile["authority"], cache, http_client)
@@ -52,6 +46,8 @@ def cached_token(err: TextIO, *, http_client: Any = None) -> str | None:
 
 def login(args: argparse.Namespace, *, http_client: Any = None, err: TextIO | None = None) -> int:
     """Sign in with a device code (or reuse the cached sign-in) and remember the profile."""
+    from gateway.client._msal import acquire_token, load_cache, public_client, save_cache, write_private
+
     err = err or sys.stderr
     if not args.tenant_id or not args.client_id:
         print("mcp-gateway: login needs --tenant-id and --client-id (or MCPGW_ENTRA_TENANT_ID/_CLIENT_ID)", file=err)
