@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     openapi_parser.set_defaults(handler=write_openapi)
     settings_parser = commands.add_parser("settings", help="print every setting as a Markdown table")
     settings_parser.set_defaults(handler=print_settings)
+    from gateway.client import register as register_client_commands
+
+    register_client_commands(commands)  # adapters, servers, import, tools, call, login
     args = parser.parse_args(argv)
     result: int = args.handler(args)
     return result

@@ -24,15 +24,17 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-import msal
+if __package__ in (None, ""):  # run as a file from a checkout: the gateway package is next to scripts/
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
-
-
-def default_cache_path() -> Path:
-    """$XDG_CACHE_HOME/mcp-gateway/msal-token-cache.json (default ~/.cache/...)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mcp-gateway" / "msal-token-cache.json"
+from gateway.client._msal import (
+    DEFAULT_AUTHORITY,
+    acquire_token,
+    default_cache_path,
+    load_cache,
+    public_client,
+    save_cache,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,48 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_cache(path: Path | None) -> msal.SerializableTokenCache:
-    """The token cache, with the file's contents when it exists."""
-    cache = msal.SerializableTokenCache()
-    if path is not None and path.exists():
-        cache.deserialize(path.read_text())
-    return cache
-
-
-def save_cache(cache: msal.SerializableTokenCache, path: Path | None) -> None:
-    """Write the cache if it changed, readable by the owner only."""
-    if path is None or not cache.has_state_changed:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(cache.serialize())
-
-
-def acquire_token(
-    app: msal.PublicClientApplication,
-    scopes: list[str],
-    *,
-    device_code: bool,
-    account: str | None,
-    err: TextIO,
-) -> dict[str, Any]:
-    """A cached or refreshed token if there is one, else a new sign-in."""
-    accounts = app.get_accounts(username=account) if account else app.get_accounts()
-    if accounts:
-        result = app.acquire_token_silent(scopes, account=accounts[0])
-        if result and "access_token" in result:
-            return dict(result)
-    if device_code:
-        flow = app.initiate_device_flow(scopes=scopes)
-        if "user_code" not in flow:
-            return dict(flow)
-        print(flow["message"], file=err, flush=True)
-        return dict(app.acquire_token_by_device_flow(flow))
-    print("Opening a browser to sign in (use --device-code on a machine without one) ...", file=err, flush=True)
-    return dict(app.acquire_token_interactive(scopes, login_hint=account, prompt="select_account"))
-
-
 def main(
     argv: list[str] | None = None,
     *,
@@ -130,12 +90,7 @@ def main(
     scopes = args.scopes or [f"api://{args.client_id}/.default"]
     cache_path = None if args.no_cache else args.cache_file
     cache = load_cache(cache_path)
-    options: dict[str, Any] = {"token_cache": cache}
-    if http_client is not None:
-        options["http_client"] = http_client
-    app = msal.PublicClientApplication(
-        args.client_id, authority=f"{args.authority.rstrip('/')}/{args.tenant_id}", **options
-    )
+    app = public_client(args.client_id, args.tenant_id, args.authority, cache, http_client)
     try:
         result = acquire_token(app, scopes, device_code=args.device_code, account=args.account, err=err)
     finally:

@@ -7,6 +7,9 @@ parameter carries its pattern, length or range, so the OpenAPI document is the w
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
@@ -15,7 +18,10 @@ from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Operation
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
+from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
 
 from gateway.auth.base import Authenticator
 from gateway.control.service import CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_LOG_TAIL, AdapterService
@@ -89,6 +95,75 @@ async def provide_adapter_input(request: Request[Any, Any, Any], identity: Named
         raise ValidationException(detail="invalid body", extra=[{"message": str(exc), "source": "body"}]) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the body is not JSON: {exc}", field="body") from None
+
+
+LOG_KEEPALIVE_SECONDS = 15.0
+"""Seconds of silence after which a followed log sends an SSE comment (proxies close idle streams)."""
+LOGS_DESCRIPTION = """\
+Without `follow`: the last `tail` lines of replica `instance` as text/plain.
+
+With `follow=true`: `text/event-stream` (SSE, lines end with CRLF). First the last `tail` lines, then
+each new line as the replica writes it, one event per log line, without its newline:
+
+    data: <log line>
+
+A line holding a carriage return is split over several `data:` fields (SSE joins them with a
+newline). Every 15 s without a line the stream sends a comment, `: keep-alive`. When the replica is
+removed (adapter deleted, scaled down past `instance`) the stream sends one last event and ends:
+
+    event: end
+    data: the replica is gone
+
+A client that sees `end` should not reconnect. Errors (400, 403, 404 …) are problem+json, before
+the stream starts; access rules are those of the request without `follow`.
+"""
+
+
+class _LogsOperation(Operation):
+    """The logs operation: its 200 is text/plain, or text/event-stream with ``follow=true``."""
+
+    def to_schema(self) -> dict[str, Any]:
+        """The operation with both media types of its 200 (the handler returns one or the other)."""
+        schema = super().to_schema()
+        # Not the handler's media_type: Litestar would give it precedence over the SSE response's own.
+        schema["responses"]["200"]["content"] = {
+            "text/plain": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        }
+        return schema
+
+
+async def log_events(lines: AsyncIterator[str], keepalive: float) -> AsyncIterator[ServerSentEventMessage]:
+    """One SSE event per log line, a comment after ``keepalive`` seconds of silence, ``end`` when lines end.
+
+    The next line is awaited in a task so that a keep-alive never cancels the read in progress.
+    Closing this generator (the client went away) cancels the read and closes ``lines``.
+    """
+    pending: asyncio.Future[str] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(lines))
+            done, _ = await asyncio.wait({pending}, timeout=keepalive)
+            if not done:
+                yield ServerSentEventMessage(data=None, comment="keep-alive")
+                continue
+            try:
+                line = pending.result()
+            except StopAsyncIteration:
+                pending = None
+                yield ServerSentEventMessage(event="end", data="the replica is gone")
+                return
+            pending = None
+            yield ServerSentEventMessage(data=line)
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                await pending
+        aclose = getattr(lines, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def provide_service(state: State) -> AdapterService:
@@ -196,7 +271,13 @@ class AdapterController(Controller):
         """Replica counts, conditions and per-replica readiness."""
         return await service.status(identity, name)
 
-    @get("/{name:str}/logs", media_type="text/plain", summary="Replica logs", responses=problems(*_ANY, 404))
+    @get(
+        "/{name:str}/logs",
+        summary="Replica logs",
+        description=LOGS_DESCRIPTION,
+        responses=problems(*_ANY, 404),
+        operation_class=_LogsOperation,
+    )
     async def adapter_logs(
         self,
         name: AdapterName,
@@ -204,9 +285,16 @@ class AdapterController(Controller):
         service: NamedDependency[AdapterService],
         instance: Annotated[int, QueryParameter(ge=0, description="Replica index (404 past the last).")] = 0,
         tail: Annotated[int, QueryParameter(ge=1, le=MAX_LOG_TAIL, description="Lines to return.")] = 100,
-    ) -> str:
-        """The last ``tail`` lines of replica ``instance``."""
-        return await service.logs(identity, name, instance=instance, tail=tail)
+        follow: Annotated[
+            bool,
+            QueryParameter(description="Stream as text/event-stream: the last `tail` lines, then new ones."),
+        ] = False,
+    ) -> Response[Any]:
+        """The last ``tail`` lines of replica ``instance``; with ``follow=true`` an SSE stream of its lines."""
+        if follow:
+            lines = await service.follow_logs(identity, name, instance=instance, tail=tail)
+            return ServerSentEvent(log_events(lines, LOG_KEEPALIVE_SECONDS))
+        return Response(await service.logs(identity, name, instance=instance, tail=tail), media_type="text/plain")
 
 
 @get("/healthz", tags=["health"], summary="Liveness", media_type="application/json")

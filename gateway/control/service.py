@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import msgspec
@@ -192,15 +193,28 @@ class AdapterService:
         return build_status(record, await self._runtime.status(record), self._clock)
 
     @traced("adapter.logs")
-    async def logs(self, identity: Identity, name: str, *, instance: int, tail: int) -> str:
-        """The last lines of one replica's output."""
+    @traced("adapter.follow_logs")
+    async def follow_logs(self, identity: Identity, name: str, *, instance: int, tail: int) -> AsyncIterator[str]:
+        """The last lines of one replica's output, then each new line; same checks and errors as ``logs``."""
         record = await self._readable(identity, name)
+        self._check_log_query(name, record, instance=instance, tail=tail)
+        try:
+            return await self._runtime.follow_logs(name, instance, tail)
+        except InstanceNotFound:
+            raise NotFound(f"adapter {name!r} has no instance {instance}") from None
+
+    def _check_log_query(self, name: str, record: AdapterRecord, *, instance: int, tail: int) -> None:
         if instance < 0:
             raise InvalidRequest("instance must be 0 or more", field="instance")
         if not 1 <= tail <= MAX_LOG_TAIL:
             raise InvalidRequest(f"tail must be between 1 and {MAX_LOG_TAIL}", field="tail")
         if instance >= max(record.replica_count, 1):
             raise NotFound(f"adapter {name!r} has no instance {instance} (replicaCount {record.replica_count})")
+
+    async def logs(self, identity: Identity, name: str, *, instance: int, tail: int) -> str:
+        """The last lines of one replica's output."""
+        record = await self._readable(identity, name)
+        self._check_log_query(name, record, instance=instance, tail=tail)
         try:
             return await self._runtime.logs(name, instance, tail)
         except InstanceNotFound:

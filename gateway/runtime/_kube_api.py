@@ -191,6 +191,21 @@ class KubeApi:
             response.release()
         return text
 
+    async def pod_log_follow(self, name: str, tail: int) -> aiohttp.ClientResponse:
+        """The open ``pods/log?follow=true`` response of the pod's adapter container (the caller releases it)."""
+        return await self._send(
+            cast(Any, self._groups["core"]).read_namespaced_pod_log(
+                name,
+                self.namespace,
+                container=CONTAINER_NAME,
+                tail_lines=tail,
+                follow=True,
+                _preload_content=False,
+                # A followed log may stay silent for hours: only connecting is bounded.
+                _request_timeout=aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT),
+            )
+        )
+
     async def watch(self, kind: str, selector: str, resource_version: str) -> AsyncIterator[Manifest]:
         """Watch events (``type``, ``object``) after ``resource_version``, until the server ends the watch."""
         response = await self._send(

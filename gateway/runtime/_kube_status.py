@@ -8,7 +8,10 @@ still being created there is nothing to read, and the answer says so instead of 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import cast
+
+import aiohttp
 
 from gateway.models import AdapterRecord, InstanceStatus
 from gateway.runtime._kube_api import TRANSPORT_ERRORS, ApiError, KubeApi, unavailable
@@ -220,3 +223,31 @@ async def replica_logs(api: KubeApi, name: str, instance: int, tail: int) -> str
         raise unavailable(f"read the log of pod {api.namespace}/{pod_name}", exc) from None
     except (*TRANSPORT_ERRORS,) as exc:
         raise unavailable(f"read the log of pod {api.namespace}/{pod_name}", exc) from None
+
+
+async def follow_replica_logs(api: KubeApi, name: str, instance: int, tail: int) -> AsyncIterator[str]:
+    """The last ``tail`` lines of pod ``<name>-<instance>``, then its new lines until the pod goes."""
+    pod_name = f"{name}-{instance}"
+    try:
+        pod = await api.get("pods", pod_name) if instance >= 0 else None
+        if pod is None or not is_managed(pod, name):
+            raise InstanceNotFound(f"adapter {name} has no instance {instance}")
+        response = await api.pod_log_follow(pod_name, max(tail, 0))
+    except ApiError as exc:
+        if exc.status == 404:
+            raise InstanceNotFound(f"adapter {name} has no instance {instance}") from None
+        raise unavailable(f"follow the log of pod {api.namespace}/{pod_name}", exc) from None
+    except (*TRANSPORT_ERRORS,) as exc:
+        raise unavailable(f"follow the log of pod {api.namespace}/{pod_name}", exc) from None
+    return _response_lines(response)
+
+
+async def _response_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The lines of a followed pod log; ends when the API server ends it (pod deleted, container gone)."""
+    try:
+        async for raw in response.content:
+            yield raw.rstrip(b"\r\n").decode("utf-8", errors="replace")
+    except (aiohttp.ClientError, OSError):
+        return
+    finally:
+        response.release()

@@ -8,7 +8,7 @@ so ``endpoints`` must answer from memory without I/O.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from gateway.errors import RuntimeUnavailable
@@ -113,6 +113,14 @@ class Runtime(Protocol):
 
     async def logs(self, name: str, instance: int, tail: int) -> str:
         """The last ``tail`` lines of replica ``instance``; raise InstanceNotFound."""
+
+    async def follow_logs(self, name: str, instance: int, tail: int) -> AsyncIterator[str]:
+        """The last ``tail`` lines of replica ``instance``, then each new line as the replica writes it.
+
+        Awaiting checks the instance (raise InstanceNotFound at once, before a response starts);
+        the iterator yields lines without their newline and ends when the replica is removed.
+        Closing it (``aclose``) stops following.
+        """
 
     def endpoints(self, name: str) -> tuple[Endpoint, ...]:
         """Ready replicas of the adapter, from memory (hot path: no I/O)."""

@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 from kubernetes_asyncio import client as kube_client
@@ -45,7 +45,7 @@ from gateway.runtime._kube_manifests import (
     statefulset_manifest,
     tolerations,
 )
-from gateway.runtime._kube_status import adapter_status, replica_logs
+from gateway.runtime._kube_status import adapter_status, follow_replica_logs, replica_logs
 from gateway.runtime.base import Endpoint, EndpointListener, NotLeading, RuntimeStatus
 from gateway.settings import Settings
 
@@ -243,6 +243,10 @@ class KubernetesRuntime:
     async def logs(self, name: str, instance: int, tail: int) -> str:
         """The last ``tail`` lines of pod ``<name>-<instance>``; a note while its container is starting."""
         return await replica_logs(self._require_api(), name, instance, tail)
+
+    async def follow_logs(self, name: str, instance: int, tail: int) -> AsyncIterator[str]:
+        """The last ``tail`` lines of pod ``<name>-<instance>``, then its new lines until the pod goes."""
+        return await follow_replica_logs(self._require_api(), name, instance, tail)
 
     # --- endpoints -----------------------------------------------------------------------------
     def endpoints(self, name: str) -> tuple[Endpoint, ...]:

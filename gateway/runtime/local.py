@@ -55,7 +55,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +69,7 @@ from gateway.runtime._local_isolation import Isolation, IsolationError, detect
 from gateway.runtime._local_process import (
     SETPRIV,
     base_environment,
+    follow_lines,
     kill_owned_processes,
     owner_marker,
     tail_lines,
@@ -569,6 +570,21 @@ class LocalRuntime:
             count = 0 if snapshot is None else snapshot.desired
             raise InstanceNotFound(f"adapter {name} has no replica {instance} (it has {count})")
         return await asyncio.to_thread(tail_lines, self._log_dir / f"{name}-{instance}.log", tail)
+
+    async def follow_logs(self, name: str, instance: int, tail: int) -> AsyncIterator[str]:
+        """The last ``tail`` lines of replica ``instance``'s log file, then its new lines until it is removed."""
+        self._require_started()
+        if not self._has_instance(name, instance):
+            snapshot = self._snapshot(name)
+            count = 0 if snapshot is None else snapshot.desired
+            raise InstanceNotFound(f"adapter {name} has no replica {instance} (it has {count})")
+        return follow_lines(
+            self._log_dir / f"{name}-{instance}.log", tail, alive=lambda: self._has_instance(name, instance)
+        )
+
+    def _has_instance(self, name: str, instance: int) -> bool:
+        snapshot = self._snapshot(name)
+        return snapshot is not None and 0 <= instance < max(snapshot.desired, len(snapshot.instances))
 
     def endpoints(self, name: str) -> tuple[Endpoint, ...]:
         """Ready replicas of the adapter (memory only)."""

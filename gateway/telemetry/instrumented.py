@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 from opentelemetry.trace import SpanKind
@@ -221,6 +221,11 @@ class InstrumentedRuntime(_Instrumented[Runtime]):
         """See ``Runtime.logs``."""
         with self._call("logs", name):
             return await self.inner.logs(name, instance, tail)
+
+    async def follow_logs(self, name: str, instance: int, tail: int) -> AsyncIterator[str]:
+        """See ``Runtime.follow_logs`` (the span covers opening the stream, not the hours it may last)."""
+        with self._call("follow_logs", name):
+            return await self.inner.follow_logs(name, instance, tail)
 
     def endpoints(self, name: str) -> tuple[Endpoint, ...]:
         """See ``Runtime.endpoints`` (not instrumented: hot path, memory only)."""

@@ -10,6 +10,8 @@ load average 10, plus the gateway start; bounded at 2 minutes.
 
 One expectation is configured, not default: a schema-valid PUT with an ``If-Match`` that is not the
 adapter's current ETag is 412 (the precondition is state, which no schema can express).
+``follow`` of GET /adapters/{name}/logs is fixed to false: a followed log is an SSE stream that lasts
+as long as the replica (tests/test_cli.py covers it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 CONFIG = """\
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "412", "429"]
+
+[parameters]
+"query.follow" = false
 """
 MAX_EXAMPLES = 20
 BUDGET_SECONDS = 120
