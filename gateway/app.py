@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -29,6 +29,7 @@ from gateway.control.problems import EXCEPTION_HANDLERS
 from gateway.control.reconciler import Reconciler
 from gateway.control.routes import AdapterController, healthz, readyz
 from gateway.control.service import AdapterService
+from gateway.credentials import UpstreamCredentials
 from gateway.envpolicy import ALLOWED_PYTHON, EnvPolicy
 from gateway.errors import SessionStoreUnavailable, StoreUnavailable
 from gateway.models import AdapterInput, Identity
@@ -120,6 +121,7 @@ class Components:
     router: SessionRouter
     proxy: McpProxy
     telemetry: Telemetry
+    credentials: UpstreamCredentials | None = None
 
 
 def build_components(settings: Settings, telemetry: Telemetry | None = None) -> Components:
@@ -154,6 +156,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         workload_identity_roles=settings.workload_identity_roles,
         tracing=telemetry.tracing,
         env_policy=EnvPolicy(settings.env_deny),
+        auth_mode=settings.auth,
     )
     router = SessionRouter(
         i_sessions,
@@ -161,6 +164,9 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         ttl=settings.session_ttl,
         max_age=settings.session_max_age,
         cache_seconds=settings.session_cache_seconds,
+    )
+    credentials = UpstreamCredentials.from_settings(
+        settings, kube_api_client=(lambda: cast(Any, runtime).api_client) if settings.runtime == "kubernetes" else None
     )
     proxy = McpProxy(
         authenticator=authenticator,
@@ -182,8 +188,11 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         trusted_proxies=settings.trusted_proxies,
         www_authenticate=lambda path, error, detail: www_authenticate(settings, path, error, detail),
         telemetry=telemetry.requests,
+        credentials=credentials,
     )
-    telemetry.observe(view=view, runtime=runtime, router=router, proxy=proxy, reconciler=reconciler)
+    telemetry.observe(
+        view=view, runtime=runtime, router=router, proxy=proxy, reconciler=reconciler, credentials=credentials
+    )
     return Components(
         settings=settings,
         store=store,
@@ -196,6 +205,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         router=router,
         proxy=proxy,
         telemetry=telemetry,
+        credentials=credentials,
     )
 
 
@@ -246,6 +256,8 @@ def create_litestar(c: Components) -> Litestar:
             stack.push_async_callback(c.runtime.close)
             await c.proxy.start()
             stack.push_async_callback(c.proxy.close)
+            if c.credentials is not None:
+                stack.push_async_callback(c.credentials.close)
             stack.push_async_callback(c.router.close)
             await c.reconciler.start()
             stack.push_async_callback(c.reconciler.close)

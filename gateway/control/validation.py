@@ -12,7 +12,9 @@ from gateway.models import (
     IMAGE_VERSION_PATTERN,
     NAME_PATTERN,
     AdapterInput,
+    UpstreamAuth,
 )
+from gateway.proxy.headers import STRIPPED_UPSTREAM
 
 _NAME = re.compile(NAME_PATTERN)
 _IMAGE_NAME = re.compile(IMAGE_NAME_PATTERN)
@@ -83,3 +85,78 @@ def validate_input(data: AdapterInput, *, max_replicas: int, env_policy: EnvPoli
             raise InvalidRequest(
                 "requiredRoles entries must be non-empty and at most 256 characters", field="requiredRoles"
             )
+
+
+#: RFC 9110 token characters: what a header name may consist of.
+_HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+#: A Kubernetes Secret name (DNS subdomain, shortened); also the key in the embedded secrets file.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
+_SECRET_NAME = re.compile(SECRET_NAME_PATTERN)
+#: Headers a credential may not go in: framing and hop-by-hop headers, the identity and forwarding
+#: headers only the gateway sets, and the MCP headers the upstream routes on. Authorization is allowed.
+_FORBIDDEN_CREDENTIAL_HEADERS = (STRIPPED_UPSTREAM - {b"authorization", b"cookie"}) | {
+    b"content-type",
+    b"accept",
+    b"mcp-protocol-version",
+    b"mcp-method",
+    b"mcp-name",
+    b"last-event-id",
+    b"traceparent",
+    b"tracestate",
+}
+MAX_SCOPES = 20
+
+
+def validate_upstream_auth(auth: UpstreamAuth, *, auth_mode: str) -> None:
+    """``upstreamAuth`` (issue 18): the fields its type needs and no others; names the field at fault."""
+    kind = auth.type
+    if kind in ("entra-obo", "managed-identity"):
+        if not auth.scopes:
+            raise InvalidRequest(f"upstreamAuth.scopes is required for type {kind}", field="upstreamAuth.scopes")
+        if len(auth.scopes) > MAX_SCOPES:
+            raise InvalidRequest(f"upstreamAuth.scopes has more than {MAX_SCOPES} entries", field="upstreamAuth.scopes")
+        for scope in auth.scopes:
+            if not scope or len(scope) > 512 or any(c.isspace() or c in '"\\' or ord(c) < 0x21 for c in scope):
+                raise InvalidRequest(
+                    f"upstreamAuth.scopes entry {scope[:80]!r} must be 1-512 visible characters without spaces, "
+                    "quotes or backslashes",
+                    field="upstreamAuth.scopes",
+                )
+        for extra in ("header", "secret", "prefix"):
+            if getattr(auth, extra) is not None:
+                raise InvalidRequest(f"upstreamAuth.{extra} is only for type secret", field=f"upstreamAuth.{extra}")
+        if kind == "entra-obo" and auth_mode != "entra":
+            raise InvalidRequest(
+                f"upstreamAuth type entra-obo needs entra auth mode (MCPGW_AUTH=entra), not {auth_mode}: "
+                "on-behalf-of exchanges the caller's Entra token",
+                field="upstreamAuth.type",
+            )
+        return
+    if kind == "secret":
+        if auth.scopes is not None:
+            raise InvalidRequest("upstreamAuth.scopes is not used by type secret", field="upstreamAuth.scopes")
+        if not auth.secret or not _SECRET_NAME.fullmatch(auth.secret):
+            raise InvalidRequest(
+                f"upstreamAuth.secret must name a stored secret matching {SECRET_NAME_PATTERN}",
+                field="upstreamAuth.secret",
+            )
+        header = auth.header if auth.header is not None else "Authorization"
+        if not _HEADER_TOKEN.fullmatch(header):
+            raise InvalidRequest(
+                "upstreamAuth.header must be 1-64 header-name characters (RFC 9110 token)", field="upstreamAuth.header"
+            )
+        lower = header.lower().encode()
+        if lower in _FORBIDDEN_CREDENTIAL_HEADERS or lower.startswith((b"x-mcp-", b"x-dev-", b"x-forwarded-")):
+            raise InvalidRequest(
+                f"upstreamAuth.header {header!r} is a hop-by-hop, framing or identity header the gateway controls",
+                field="upstreamAuth.header",
+            )
+        prefix = auth.prefix or ""
+        if len(prefix) > 64 or any(not (0x20 <= ord(c) < 0x7F) for c in prefix):
+            raise InvalidRequest(
+                "upstreamAuth.prefix must be at most 64 printable ASCII characters", field="upstreamAuth.prefix"
+            )
+        return
+    for extra in ("scopes", "header", "secret", "prefix"):
+        if getattr(auth, extra) is not None:
+            raise InvalidRequest(f"upstreamAuth.{extra} is not used by type none", field=f"upstreamAuth.{extra}")

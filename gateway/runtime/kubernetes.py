@@ -371,6 +371,11 @@ class KubernetesRuntime:
         if api is not None:
             await api.api_client.close()
 
+    @property
+    def api_client(self) -> Any:
+        """The API client (after start), for other readers such as gateway/credentials/secrets.py."""
+        return self._require_api().api_client
+
     def _require_api(self) -> _KubeApi:
         if self._api is None:
             raise RuntimeUnavailable(DEPENDENCY, "the Kubernetes runtime is not started")

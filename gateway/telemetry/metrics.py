@@ -289,6 +289,8 @@ class GatewayMetrics:
             ("mcpgw_reconcile_failures", "counter", "Reconciler passes skipped and actions failed."),
             ("mcpgw_session_store_outages", "counter",
              "Session store calls of the data plane that failed and were served from sealed ids."),
+            ("mcpgw_upstream_credentials", "counter",
+             "Upstream credentials attached or refused, by upstreamAuth type and outcome (issue 18)."),
         ):  # fmt: skip
             callback = self._observer(name)
             if kind == "gauge":
