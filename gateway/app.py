@@ -311,6 +311,7 @@ def create_litestar(c: Components) -> Litestar:
         list_max_limit=c.settings.list_max_limit,
         denied_env_globs=env_policy.patterns,
         allowed_env_names=ALLOWED_PYTHON,
+        auth_mode=c.settings.auth,
     )
     return app
 
