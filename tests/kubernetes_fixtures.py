@@ -52,6 +52,7 @@ KINDS = {
     ("", "v1", "pods"): "Pod",
     ("", "v1", "services"): "Service",
     ("apps", "v1", "statefulsets"): "StatefulSet",
+    ("", "v1", "secrets"): "Secret",  # read by name for upstreamAuth type secret (gateway/credentials)
 }
 
 ResourceId = tuple[str, str, str]  # group, version, plural
