@@ -169,6 +169,13 @@ def test_secret_set_with_the_cli_reaches_the_upstream_and_nothing_else(tmp_path:
             )
             assert answer.status_code == 200, answer.text
             assert answer.json()["result"]["headers"]["x-api-key"] == f"Key {value}"
+            # Every route: a pinned session (2025 era) and the legacy SSE GET carry it too.
+            opened = client.post("/adapters/keyed/mcp", json=TOOLS_LIST, headers={**ACCEPT, "x-test-session": "up-1"})
+            sealed = opened.headers["mcp-session-id"]
+            pinned = client.post("/adapters/keyed/mcp", json=TOOLS_LIST, headers={**ACCEPT, "Mcp-Session-Id": sealed})
+            assert pinned.json()["result"]["headers"]["x-api-key"] == f"Key {value}"
+            sse = client.get("/adapters/keyed/sse")  # the recorder answers JSON: passed through as is
+            assert sse.json()["result"]["headers"]["x-api-key"] == f"Key {value}"
             secrets_cli(data, "set", "api-key", stdin="rotated-value\n")
             wait_for(
                 lambda: (
