@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -29,6 +29,7 @@ from gateway.control.problems import EXCEPTION_HANDLERS
 from gateway.control.reconciler import Reconciler
 from gateway.control.routes import AdapterController, healthz, readyz
 from gateway.control.service import AdapterService
+from gateway.credentials import UpstreamCredentials
 from gateway.drain import Drain
 from gateway.envpolicy import ALLOWED_PYTHON, EnvPolicy
 from gateway.errors import SessionStoreUnavailable, StoreUnavailable
@@ -125,6 +126,7 @@ class Components:
     proxy: McpProxy
     telemetry: Telemetry
     drain: Drain
+    credentials: UpstreamCredentials | None = None
 
 
 def build_components(settings: Settings, telemetry: Telemetry | None = None) -> Components:
@@ -170,6 +172,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         workload_identity_roles=settings.workload_identity_roles,
         tracing=telemetry.tracing,
         env_policy=EnvPolicy(settings.env_deny),
+        auth_mode=settings.auth,
     )
     router = SessionRouter(
         i_sessions,
@@ -181,6 +184,9 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     )
     # Sessions pinned to a replica that left the ready endpoints are revoked at once, not at their TTL.
     runtime.add_listener(lambda name: router.replicas_changed(name, runtime.endpoints(name)))
+    credentials = UpstreamCredentials.from_settings(
+        settings, kube_api_client=(lambda: cast(Any, runtime).api_client) if settings.runtime == "kubernetes" else None
+    )
     proxy = McpProxy(
         authenticator=authenticator,
         view=view,
@@ -201,8 +207,11 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         trusted_proxies=settings.trusted_proxies,
         www_authenticate=lambda path, error, detail: www_authenticate(settings, path, error, detail),
         telemetry=telemetry.requests,
+        credentials=credentials,
     )
-    telemetry.observe(view=view, runtime=runtime, router=router, proxy=proxy, reconciler=reconciler)
+    telemetry.observe(
+        view=view, runtime=runtime, router=router, proxy=proxy, reconciler=reconciler, credentials=credentials
+    )
     drain = Drain(settings.drain_delay, settings.drain_timeout)
     drain.on_begin(reconciler.resign)  # another gateway leads while this one drains
     return Components(
@@ -218,6 +227,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         proxy=proxy,
         telemetry=telemetry,
         drain=drain,
+        credentials=credentials,
     )
 
 
@@ -268,6 +278,8 @@ def create_litestar(c: Components) -> Litestar:
             stack.push_async_callback(c.runtime.close)
             await c.proxy.start()
             stack.push_async_callback(c.proxy.close)
+            if c.credentials is not None:
+                stack.push_async_callback(c.credentials.close)
             stack.push_async_callback(c.router.close)
             await c.reconciler.start()
             stack.push_async_callback(c.reconciler.close)
@@ -322,6 +334,7 @@ def create_litestar(c: Components) -> Litestar:
         list_max_limit=c.settings.list_max_limit,
         denied_env_globs=env_policy.patterns,
         allowed_env_names=sorted(ALLOWED_PYTHON),
+        auth_mode=c.settings.auth,
     )
     return app
 

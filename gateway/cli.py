@@ -129,6 +129,45 @@ def print_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def manage_secrets(args: argparse.Namespace) -> int:
+    """``secrets set|list|delete``: the embedded secrets file of upstreamAuth type secret (issue 18).
+
+    The value of ``set`` is read from stdin (never a command-line argument, which other users can see);
+    ``list`` prints names only.
+    """
+    import getpass
+    import re
+
+    from gateway.control.validation import SECRET_NAME_PATTERN
+    from gateway.credentials.secrets import SECRETS_FILE, FileSecretStore, SecretMissing
+
+    try:
+        settings = load_settings(overrides={"data_dir": args.data_dir})
+    except SettingsError as exc:
+        print(f"mcp-gateway: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    store = FileSecretStore(settings.data_dir / SECRETS_FILE)
+    try:
+        if args.action == "list":
+            print("\n".join(store.names()))
+            return 0
+        if not args.name or not re.fullmatch(SECRET_NAME_PATTERN, args.name):
+            print(f"mcp-gateway: secret name must match {SECRET_NAME_PATTERN}", file=sys.stderr)
+            return 2
+        if args.action == "delete":
+            return 0 if store.delete(args.name) else 1
+        value = getpass.getpass("value: ") if sys.stdin.isatty() else sys.stdin.read().rstrip("\r\n")
+        if not value or any(c in value for c in "\r\n\x00"):
+            print("mcp-gateway: the value must be one non-empty line", file=sys.stderr)
+            return 2
+        store.set(args.name, value)
+    except SecretMissing as exc:
+        print(f"mcp-gateway: {exc}", file=sys.stderr)
+        return 1
+    print(f"stored secret {args.name!r} in {store.path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mcp-gateway`` console script."""
     parser = argparse.ArgumentParser(prog="mcp-gateway", description="MCP Gateway: host and route MCP servers.")
@@ -148,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.client import register as register_client_commands
 
     register_client_commands(commands)  # adapters, servers, import, tools, call, login
+    secrets_parser = commands.add_parser("secrets", help="set, list or delete named secrets (embedded mode)")
+    secrets_parser.add_argument("action", choices=("set", "list", "delete"))
+    secrets_parser.add_argument("name", nargs="?", help="secret name (set reads the value from stdin)")
+    secrets_parser.add_argument("--data-dir", default=None, help="data directory [MCPGW_DATA_DIR]")
+    secrets_parser.set_defaults(handler=manage_secrets)
     args = parser.parse_args(argv)
     result: int = args.handler(args)
     return result

@@ -24,11 +24,39 @@ class Identity:
 
     user_id: str
     roles: frozenset[str] = frozenset()
+    #: The validated bearer token the identity came from (entra/oidc), for on-behalf-of exchanges.
+    #: Never shown: excluded from repr and comparisons, and never logged or stored.
+    bearer_token: str | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def is_admin(self) -> bool:
         """True for holders of mcp.admin."""
         return ADMIN_ROLE in self.roles
+
+
+UpstreamAuthType = Literal["none", "entra-obo", "managed-identity", "secret"]
+
+
+class UpstreamAuth(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """How the gateway authenticates to an adapter's replicas (issue 18; gateway/credentials/).
+
+    ``none``: nothing (the client's own token never goes upstream). ``entra-obo``: the caller's Entra
+    token exchanged on behalf of the user for ``scopes``. ``managed-identity``: a token of the gateway's
+    own identity for ``scopes``. ``secret``: the value stored under the name ``secret`` (never the value
+    itself), sent in ``header`` (default Authorization) after ``prefix``.
+    """
+
+    type: Annotated[UpstreamAuthType, msgspec.Meta(description="none, entra-obo, managed-identity or secret.")] = "none"
+    scopes: Annotated[
+        list[str] | None, msgspec.Meta(description="Scopes of the upstream token (entra-obo, managed-identity).")
+    ] = None
+    header: Annotated[
+        str | None, msgspec.Meta(description="Request header the credential goes in (secret); default Authorization.")
+    ] = None
+    secret: Annotated[
+        str | None, msgspec.Meta(description="Name of the stored secret (secret type); the value is never shown.")
+    ] = None
+    prefix: Annotated[str | None, msgspec.Meta(description="Text before the secret value, e.g. 'Bearer '.")] = None
 
 
 class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
@@ -60,6 +88,9 @@ class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
     use_workload_identity: Annotated[
         bool, msgspec.Meta(description="Run replicas with the workload identity. Immutable; mcp.admin only.")
     ] = False
+    upstream_auth: Annotated[
+        UpstreamAuth, msgspec.Meta(description="Credential the gateway sends upstream (issue 18); default none.")
+    ] = msgspec.field(default_factory=UpstreamAuth)
 
 
 class AdapterRecord(msgspec.Struct, kw_only=True):
@@ -77,6 +108,7 @@ class AdapterRecord(msgspec.Struct, kw_only=True):
     description: str = ""
     required_roles: list[str] = msgspec.field(default_factory=list)
     use_workload_identity: bool = False
+    upstream_auth: UpstreamAuth = msgspec.field(default_factory=UpstreamAuth)
     created_by: str = ""
     created_at: datetime | None = None
     last_updated_at: datetime | None = None
@@ -115,6 +147,7 @@ class AdapterResource(msgspec.Struct, rename="camel", kw_only=True):
     created_at: datetime
     last_updated_at: datetime
     generation: int
+    upstream_auth: UpstreamAuth = msgspec.field(default_factory=UpstreamAuth)
 
     @classmethod
     def from_record(cls, r: AdapterRecord) -> AdapterResource:
@@ -134,6 +167,7 @@ class AdapterResource(msgspec.Struct, rename="camel", kw_only=True):
             created_at=r.created_at,
             last_updated_at=r.last_updated_at,
             generation=r.generation,
+            upstream_auth=r.upstream_auth,
         )
 
 

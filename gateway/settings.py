@@ -268,6 +268,35 @@ class Settings:
         30.0, "Shortest time between JWKS refreshes triggered by unknown key ids."
     )
 
+    # --- upstream credentials ------------------------------------------------------------
+    obo_client_secret: str | None = setting(
+        None, "Client secret of the gateway's app registration for on-behalf-of (entra-obo adapters).", secret=True
+    )
+    obo_certificate_path: Path | None = setting(
+        None, "PEM file with the private key and certificate of the gateway's app registration (entra-obo)."
+    )
+    obo_federated_token_file: Path | None = setting(
+        None,
+        "Workload-identity token file used as the client assertion for on-behalf-of (entra-obo); "
+        "AKS workload identity sets it.",
+        env="AZURE_FEDERATED_TOKEN_FILE",
+    )
+    obo_authority: str | None = setting(
+        None, "Authority host MSAL uses for on-behalf-of; default MCPGW_ENTRA_AUTHORITY. Must be https."
+    )
+    upstream_token_refresh_margin: float = setting(
+        300.0, "Seconds before expiry a cached upstream token (on-behalf-of, managed identity) is renewed."
+    )
+    upstream_token_cache_size: int = setting(
+        10000, "Most cached on-behalf-of tokens (one per user and scope set); the oldest go first."
+    )
+    upstream_token_timeout: float = setting(
+        10.0, "Seconds for one token request to Entra ID or the managed identity endpoint."
+    )
+    secrets_namespace: str | None = setting(
+        None, "Namespace of the Kubernetes Secrets secret-type adapters read; default the gateway's own namespace."
+    )
+
     # --- telemetry -----------------------------------------------------------------------
     metrics_enabled: bool = setting(True, "Serve Prometheus metrics at GET /metrics.")
     metrics_token: str | None = setting(

@@ -211,6 +211,7 @@ def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
             gateway_service_account=GATEWAY_SERVICE_ACCOUNT,
             adapter_namespace=gw.adapter_namespace,
             workload_service_account=WORKLOAD_SERVICE_ACCOUNT,
+            entra_client_id=az.entra_client_id,
         ),
     )
     cosmos = Cosmos(

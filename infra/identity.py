@@ -1,5 +1,12 @@
 """Managed identities: one for the gateway, one for adapters with useWorkloadIdentity; federated
-credentials binding each to its Kubernetes service account through the AKS OIDC issuer."""
+credentials binding each to its Kubernetes service account through the AKS OIDC issuer.
+
+Upstream credentials (issue 18): on-behalf-of can only be done by the app registration the user's
+token was issued to (``entraClientId``), never by a managed identity. So the gateway's service account
+is also trusted by that app registration (a Graph federated identity credential, ``pulumi-azuread``):
+the gateway presents its projected service-account token (AZURE_FEDERATED_TOKEN_FILE) as the client
+assertion, and no client secret exists anywhere.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
+import pulumi_azuread as azuread
 from pulumi_azure_native import managedidentity
 
 # The audience Entra ID expects on Kubernetes service-account tokens exchanged by workload identity.
@@ -30,6 +38,8 @@ class IdentityArgs:
     adapter_namespace: str
     workload_service_account: str
     tags: Mapping[str, str] = field(default_factory=dict)
+    entra_client_id: str | None = None
+    """The gateway's app registration; set → it trusts the gateway's service account (on-behalf-of)."""
 
 
 class Identities(pulumi.ComponentResource):
@@ -62,8 +72,24 @@ class Identities(pulumi.ComponentResource):
                 audiences=[TOKEN_EXCHANGE_AUDIENCE],
                 opts=child,
             )
+        self.app_federation: azuread.ApplicationFederatedIdentityCredential | None = None
+        if args.entra_client_id:
+            app = azuread.get_application_output(
+                client_id=args.entra_client_id, opts=pulumi.InvokeOutputOptions(parent=self)
+            )
+            self.app_federation = azuread.ApplicationFederatedIdentityCredential(
+                f"{name}-gateway-app-federation",
+                application_id=app.id,
+                display_name="mcp-gateway-aks",
+                description="The gateway's Kubernetes service account, for on-behalf-of (upstreamAuth entra-obo).",
+                issuer=args.oidc_issuer_url,
+                subject=service_account_subject(args.gateway_namespace, args.gateway_service_account),
+                audiences=[TOKEN_EXCHANGE_AUDIENCE],
+                opts=child,
+            )
         self.register_outputs(
             {
+                "gatewayAppFederatedCredential": self.app_federation.credential_id if self.app_federation else None,
                 "gatewayClientId": self.gateway.client_id,
                 "gatewayPrincipalId": self.gateway.principal_id,
                 "workloadClientId": self.workload.client_id,

@@ -9,6 +9,12 @@ Issuers it speaks for:
   i.e. ``MCPGW_ENTRA_AUTHORITY=<url>``;
 - generic OIDC: ``<url>/realms/test`` (``MCPGW_OIDC_ISSUER=<url>/realms/test``).
 
+``start_tls`` adds an https listener (MSAL refuses http authorities) on which the same provider speaks
+with its https origin; its token endpoint also implements Entra's on-behalf-of grant
+(``urn:ietf:params:oauth:grant-type:jwt-bearer`` + ``requested_token_use=on_behalf_of``) and client
+credentials for the confidential client ``client_id`` (secret ``client_secret`` or any client
+assertion), so MSAL runs unmodified against it with instance discovery off.
+
 Like Entra ID, it serves only ``<issuer>/.well-known/openid-configuration`` (no RFC 8414 document),
 and its /authorize signs ``authorize_user`` in without a login page.
 """
@@ -24,6 +30,7 @@ import html
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -40,6 +47,8 @@ import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+
+from tests.tls_fixtures import TlsFiles
 
 TENANT_ID = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
@@ -122,6 +131,20 @@ class OidcServer:
         self.public_base: str | None = None
         #: The user the /authorize endpoint signs in (no login page: the test is the user).
         self.authorize_user = "browser-user"
+        # --- confidential client (on-behalf-of, client credentials) ---
+        self.client_secret = "gateway-app-secret"
+        #: Lifetime of tokens issued by on-behalf-of and client credentials.
+        self.obo_lifetime = 3600
+        #: oid -> (error, suberror, error code, claims): refuse that user's exchanges like Entra does.
+        self.obo_refusals: dict[str, tuple[str, str, int, str | None]] = {}
+        #: Successful on-behalf-of exchanges per user oid, and client credentials grants.
+        self.obo_exchanges: collections.Counter[str] = collections.Counter()
+        self.client_credentials_grants = 0
+        #: The client_assertion values presented (federated credentials).
+        self.client_assertions: list[str] = []
+        self._tls_server: ThreadingHTTPServer | None = None
+        self._tls_thread: threading.Thread | None = None
+        self._local = threading.local()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -135,8 +158,35 @@ class OidcServer:
         self._thread.start()
         return self
 
+    def start_tls(self, files: TlsFiles) -> OidcServer:
+        """Also listen with TLS (certificate for 127.0.0.1 from ``files``) on another free port."""
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self, tls=True))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(files.cert_file, files.key_file)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.daemon_threads = True
+        self._tls_server = server
+        self._tls_thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="oidc-server-tls", daemon=True
+        )
+        self._tls_thread.start()
+        return self
+
+    @property
+    def https_url(self) -> str:
+        """https://127.0.0.1:<tls port> (after start_tls)."""
+        assert self._tls_server is not None, "TLS listener not started"
+        return f"https://127.0.0.1:{self._tls_server.server_address[1]}"
+
     def stop(self) -> None:
         """Stop listening and join the thread."""
+        if self._tls_server is not None:
+            self._tls_server.shutdown()
+            self._tls_server.server_close()
+            self._tls_server = None
+        if self._tls_thread is not None:
+            self._tls_thread.join(timeout=5)
+            self._tls_thread = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -154,8 +204,9 @@ class OidcServer:
 
     @property
     def base(self) -> str:
-        """The origin used in issuers and endpoint URLs (``public_base`` or ``url``)."""
-        return self.public_base or self.url
+        """The origin used in issuers and endpoint URLs (the https one on the TLS listener, else
+        ``public_base`` or ``url``)."""
+        return getattr(self._local, "base", None) or self.public_base or self.url
 
     # --- issuers and tokens ------------------------------------------------------------
 
@@ -393,6 +444,17 @@ class OidcServer:
                 return 200, self._issue(prefix, form.get("client_id", ""), scope, "device-user")
             if grant == "authorization_code":
                 return self._redeem(prefix, form)
+            if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer" and form.get("requested_token_use") == (
+                "on_behalf_of"
+            ):
+                return self._on_behalf_of(prefix, form)
+            if grant == "client_credentials":
+                refused = self._client_auth(form)
+                if refused is not None:
+                    return refused
+                with self._lock:
+                    self.client_credentials_grants += 1
+                return 200, self._upstream_token(prefix, form.get("scope", ""), None)
             if grant == "refresh_token":
                 grant_info = self._refresh_tokens.pop(form.get("refresh_token", ""), None)
                 if grant_info is None:
@@ -401,8 +463,98 @@ class OidcServer:
             return 400, {"error": "unsupported_grant_type", "error_description": grant}
         return 404, {"error": "not_found", "path": path}
 
+    # --- confidential client grants -------------------------------------------------------
 
-def _handler_for(server: OidcServer) -> type[BaseHTTPRequestHandler]:
+    def _client_auth(self, form: dict[str, str]) -> tuple[int, dict[str, Any]] | None:
+        """None when the form authenticates the gateway's app; else Entra's invalid_client answer."""
+        if form.get("client_id") != self.client_id:
+            return 400, {"error": "unauthorized_client", "error_description": "AADSTS700016: unknown application"}
+        assertion = form.get("client_assertion")
+        if assertion and form.get("client_assertion_type") == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+            with self._lock:
+                self.client_assertions.append(assertion)
+            return None
+        if form.get("client_secret") == self.client_secret:
+            return None
+        return 401, {
+            "error": "invalid_client",
+            "error_description": "AADSTS7000215: Invalid client secret provided.",
+            "error_codes": [7000215],
+        }
+
+    def _on_behalf_of(self, prefix: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        refused = self._client_auth(form)
+        if refused is not None:
+            return refused
+        try:
+            claims = jwt.decode(
+                form.get("assertion", ""),
+                key=self.keys[0].private_key.public_key(),
+                algorithms=["RS256"],
+                audience=[self.client_id, f"api://{self.client_id}"],
+            )
+        except jwt.ExpiredSignatureError:
+            return 400, {
+                "error": "invalid_grant",
+                "error_description": "AADSTS500133: Assertion is not within its valid time range.",
+                "error_codes": [500133],
+            }
+        except jwt.PyJWTError as exc:
+            return 400, {
+                "error": "invalid_grant",
+                "error_description": f"AADSTS50013: Assertion failed signature validation. {exc}",
+                "error_codes": [50013],
+            }
+        oid = str(claims.get("oid"))
+        refusal = self.obo_refusals.get(oid)
+        if refusal is not None:
+            error, suberror, code, challenge = refusal
+            body: dict[str, Any] = {
+                "error": error,
+                "error_description": f"AADSTS{code}: refused for the test",
+                "error_codes": [code],
+            }
+            if suberror:
+                body["suberror"] = suberror
+            if challenge:
+                body["claims"] = challenge
+            return 400, body
+        with self._lock:
+            self.obo_exchanges[oid] += 1
+        return 200, self._upstream_token(prefix, form.get("scope", ""), oid)
+
+    def _upstream_token(self, prefix: str, scope: str, oid: str | None) -> dict[str, Any]:
+        """A token for the resource of ``scope``: the user's (on-behalf-of) or the app's own."""
+        now = int(time.time())
+        granted = [s for s in scope.split() if s not in ("openid", "profile", "offline_access")]
+        resource = granted[0].rsplit("/", 1)[0] if granted else "unknown"
+        claims: dict[str, Any] = {
+            "iss": self.base + prefix.removesuffix("/oauth2/v2.0").removesuffix("/v2.0") + "/v2.0",
+            "aud": resource,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.obo_lifetime,
+            "tid": self.tenant_id,
+            "azp": self.client_id,
+            "uti": uuid.uuid4().hex,
+        }
+        if oid is not None:
+            claims.update(oid=oid, sub=f"obo-{oid}", scp=" ".join(g.rsplit("/", 1)[-1] for g in granted))
+        else:
+            claims.update(oid=self.client_id, roles=["app"], idtyp="app")
+        answer: dict[str, Any] = {
+            "token_type": "Bearer",
+            "scope": " ".join(granted),
+            "expires_in": self.obo_lifetime,
+            "ext_expires_in": self.obo_lifetime,
+            "access_token": self.mint(claims),
+        }
+        if oid is not None:
+            answer["client_info"] = b64url(json.dumps({"uid": oid, "utid": self.tenant_id}).encode())
+        return answer
+
+
+def _handler_for(server: OidcServer, *, tls: bool = False) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -415,6 +567,7 @@ def _handler_for(server: OidcServer) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length).decode() if length else ""
             form = {k: v[0] for k, v in parse_qs(body).items()}
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+            server._local.base = server.https_url if tls else None
             status, doc, headers = server._handle(method, parts.path, form, query)
             is_html = HTML_KEY in doc
             payload = (doc[HTML_KEY] if is_html else json.dumps(doc)).encode()

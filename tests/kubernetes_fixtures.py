@@ -58,6 +58,7 @@ KINDS = {
     ("", "v1", "services"): "Service",
     ("apps", "v1", "statefulsets"): "StatefulSet",
     ("coordination.k8s.io", "v1", "leases"): "Lease",
+    ("", "v1", "secrets"): "Secret",  # read by name for upstreamAuth type secret (gateway/credentials)
 }
 
 ResourceId = tuple[str, str, str]  # group, version, plural

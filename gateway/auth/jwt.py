@@ -219,7 +219,8 @@ class JwtAuthenticator:
         if key.alg is not None and key.alg != alg:
             raise Unauthenticated(f"token algorithm {alg} differs from the algorithm {key.alg} of key {_short(kid)}")
         claims = self._decode(token, key, alg)
-        return self._identity(claims)
+        # The validated token rides along (never shown or logged) for on-behalf-of exchanges (issue 18).
+        return dataclasses.replace(self._identity(claims), bearer_token=token)
 
     # --- keys --------------------------------------------------------------------------
 

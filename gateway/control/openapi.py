@@ -13,7 +13,18 @@ from collections.abc import Iterable
 
 from litestar.openapi.spec import OpenAPI, OpenAPIType, Parameter, Reference, Schema
 
-from gateway.control.validation import MAX_DESCRIPTION, MAX_ENV_VALUE, MAX_ENV_VARS, MAX_ROLES
+from gateway.control.validation import (
+    FORBIDDEN_CREDENTIAL_HEADERS,
+    HEADER_NAME_PATTERN,
+    MAX_DESCRIPTION,
+    MAX_ENV_VALUE,
+    MAX_ENV_VARS,
+    MAX_ROLES,
+    MAX_SCOPES,
+    PREFIX_PATTERN,
+    SCOPE_PATTERN,
+    SECRET_NAME_PATTERN,
+)
 from gateway.models import ENV_NAME_PATTERN
 
 #: validation.py: a role is non-empty after stripping and at most 256 characters.
@@ -29,12 +40,14 @@ def complete_openapi(
     list_max_limit: int,
     denied_env_globs: Iterable[str] = (),
     allowed_env_names: Iterable[str] = (),
+    auth_mode: str = "dev",
 ) -> None:
     """Add nested and settings-dependent constraints to ``doc`` (the app's cached document) in place.
 
     ``denied_env_globs`` are the environment-variable names adapters may not set (case-insensitive
     ``fnmatch`` globs such as ``LD_*``); they become ``propertyNames.not``, so generated bodies avoid them.
     ``allowed_env_names`` are exceptions to those globs (``PYTHONUNBUFFERED`` under ``PYTHON*``).
+    ``auth_mode`` decides whether ``upstreamAuth`` type ``entra-obo`` is offered (entra mode only).
     """
     components = doc.components
     schemas = components.schemas if components is not None and not isinstance(components, list) else None
@@ -44,7 +57,7 @@ def complete_openapi(
         props = adapter_input.properties
         _schema(props["environmentVariables"]).max_properties = MAX_ENV_VARS
         denied = globs_pattern(denied_env_globs)
-        allowed = globs_pattern(allowed_env_names)
+        allowed = globs_pattern(sorted(allowed_env_names))  # a frozenset: its order varies per process
         refused = Schema(pattern=denied, schema_not=Schema(pattern=allowed) if allowed else None) if denied else None
         _schema(props["environmentVariables"]).property_names = Schema(pattern=ENV_NAME_PATTERN, schema_not=refused)
         _schema(props["environmentVariables"]).additional_properties = Schema(
@@ -55,11 +68,71 @@ def complete_openapi(
         roles = _schema(props["requiredRoles"])
         roles.max_items = MAX_ROLES
         roles.items = Schema(type=OpenAPIType.STRING, min_length=1, max_length=ROLE_MAX_LENGTH, pattern=r"\S")
+    if schemas is not None and "UpstreamAuth" in schemas:
+        schemas["UpstreamAuth"] = upstream_auth_schema(auth_mode)
     listing = doc.paths.get("/adapters") if doc.paths else None
     if listing is not None and listing.get is not None:
         for parameter in listing.get.parameters or []:
             if isinstance(parameter, Parameter) and parameter.name == "limit" and parameter.schema is not None:
                 _schema(parameter.schema).maximum = list_max_limit
+
+
+def upstream_auth_schema(auth_mode: str) -> Schema:
+    """``upstreamAuth`` as one variant per type, exactly what validate_upstream_auth accepts."""
+    null = Schema(type=OpenAPIType.NULL)
+
+    def optional(schema: Schema) -> Schema:
+        return Schema(one_of=[schema, null])
+
+    def variant(kind: str, required: dict[str, Schema], optional_fields: dict[str, Schema]) -> Schema:
+        props: dict[str, Schema | Reference] = {"type": Schema(type=OpenAPIType.STRING, enum=[kind])}
+        for name in ("scopes", "header", "secret", "prefix"):
+            if name in required:
+                props[name] = required[name]
+            elif name in optional_fields:
+                props[name] = optional(optional_fields[name])
+            else:
+                props[name] = null
+        return Schema(
+            type=OpenAPIType.OBJECT,
+            title=f"UpstreamAuth {kind}",
+            properties=props,
+            required=["type", *required] if kind != "none" else None,
+            additional_properties=False,
+        )
+
+    scopes = Schema(
+        type=OpenAPIType.ARRAY,
+        min_items=1,
+        max_items=MAX_SCOPES,
+        items=Schema(type=OpenAPIType.STRING, pattern=SCOPE_PATTERN),
+    )
+    forbidden = globs_pattern(FORBIDDEN_CREDENTIAL_HEADERS)
+    header = Schema(
+        type=OpenAPIType.STRING,
+        pattern=HEADER_NAME_PATTERN,
+        schema_not=Schema(pattern=forbidden) if forbidden else None,
+    )
+    variants = [variant("none", {}, {})]
+    if auth_mode == "entra":
+        variants.append(variant("entra-obo", {"scopes": scopes}, {}))
+    variants += [
+        variant("managed-identity", {"scopes": scopes}, {}),
+        variant(
+            "secret",
+            {"secret": Schema(type=OpenAPIType.STRING, pattern=SECRET_NAME_PATTERN)},
+            {"header": header, "prefix": Schema(type=OpenAPIType.STRING, pattern=PREFIX_PATTERN)},
+        ),
+    ]
+    return Schema(
+        title="UpstreamAuth",
+        description=(
+            "Credential the gateway sends upstream: none; entra-obo (the caller's token exchanged on behalf of "
+            "the user; entra auth mode only); managed-identity (the gateway's own identity); secret (a stored "
+            "value, named, never shown; header default Authorization)."
+        ),
+        one_of=variants,
+    )
 
 
 def _schema(value: Schema | Reference) -> Schema:

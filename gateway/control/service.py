@@ -12,7 +12,7 @@ import msgspec
 from gateway.auth.base import can_read, can_use_workload_identity, can_write
 from gateway.control.reconciler import Reconciler
 from gateway.control.status import ConditionClock, build_status
-from gateway.control.validation import validate_input, validate_name
+from gateway.control.validation import validate_input, validate_name, validate_upstream_auth
 from gateway.envpolicy import DEFAULT_POLICY, EnvPolicy
 from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed
 from gateway.models import AdapterInput, AdapterPage, AdapterRecord, AdapterResource, AdapterStatus, Identity
@@ -47,6 +47,7 @@ class AdapterService:
         workload_identity_roles: tuple[str, ...],
         tracing: Tracing | None = None,
         env_policy: EnvPolicy = DEFAULT_POLICY,
+        auth_mode: str = "dev",
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -59,6 +60,7 @@ class AdapterService:
         self._clock = ConditionClock()
         self._tracing = tracing or DISABLED
         self._env_policy = env_policy
+        self._auth_mode = auth_mode
 
     async def _readable(self, identity: Identity, name: str) -> AdapterRecord:
         validate_name(name)
@@ -73,6 +75,7 @@ class AdapterService:
     async def create(self, identity: Identity, data: AdapterInput) -> AdapterRecord:
         """Store a new adapter; the reconciler deploys it."""
         validate_input(data, max_replicas=self._max_replicas, env_policy=self._env_policy)
+        validate_upstream_auth(data.upstream_auth, auth_mode=self._auth_mode)
         if data.use_workload_identity and not can_use_workload_identity(identity, self._wi_roles):
             raise Forbidden("useWorkloadIdentity requires the mcp.admin role", field="useWorkloadIdentity")
         now = datetime.now(UTC)
@@ -85,6 +88,7 @@ class AdapterService:
             description=data.description,
             required_roles=_dedupe(data.required_roles),
             use_workload_identity=data.use_workload_identity,
+            upstream_auth=data.upstream_auth,
             created_by=identity.user_id,
             created_at=now,
             last_updated_at=now,
@@ -137,6 +141,7 @@ class AdapterService:
         if data.name != name:
             raise Conflict(f"name is immutable: the body says {data.name!r}, the URL {name!r}", field="name")
         validate_input(data, max_replicas=self._max_replicas, env_policy=self._env_policy)
+        validate_upstream_auth(data.upstream_auth, auth_mode=self._auth_mode)
         if data.use_workload_identity != current.use_workload_identity:
             raise Conflict("useWorkloadIdentity cannot be changed after creation", field="useWorkloadIdentity")
         if if_match is not None and if_match.strip('"') != current.etag and if_match != "*":
@@ -149,6 +154,7 @@ class AdapterService:
             replica_count=data.replica_count,
             description=data.description,
             required_roles=_dedupe(data.required_roles),
+            upstream_auth=data.upstream_auth,
             last_updated_at=datetime.now(UTC),
         )
         if not updated.same_deployment(current):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 
 from gateway.envpolicy import DEFAULT_POLICY, EnvPolicy
@@ -12,7 +13,9 @@ from gateway.models import (
     IMAGE_VERSION_PATTERN,
     NAME_PATTERN,
     AdapterInput,
+    UpstreamAuth,
 )
+from gateway.proxy.headers import STRIPPED_UPSTREAM
 
 _NAME = re.compile(NAME_PATTERN)
 _IMAGE_NAME = re.compile(IMAGE_NAME_PATTERN)
@@ -83,3 +86,98 @@ def validate_input(data: AdapterInput, *, max_replicas: int, env_policy: EnvPoli
             raise InvalidRequest(
                 "requiredRoles entries must be non-empty and at most 256 characters", field="requiredRoles"
             )
+
+
+#: RFC 9110 token characters: what a header name may consist of.
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$"
+_HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
+#: A Kubernetes Secret name (DNS subdomain, shortened); also the key in the embedded secrets file.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
+_SECRET_NAME = re.compile(SECRET_NAME_PATTERN)
+#: A scope: visible ASCII without quotes or backslashes (it is quoted into WWW-Authenticate).
+SCOPE_PATTERN = r"^[!#-\[\]-~]{1,512}$"
+_SCOPE = re.compile(SCOPE_PATTERN)
+#: Text before a secret value: printable ASCII.
+PREFIX_PATTERN = r"^[ -~]{0,64}$"
+_PREFIX = re.compile(PREFIX_PATTERN)
+#: Headers a credential may not go in (case-insensitive globs): framing and hop-by-hop headers, the
+#: identity and forwarding headers only the gateway sets, and the MCP headers the upstream routes on.
+#: Authorization is allowed: it is where credentials usually go.
+FORBIDDEN_CREDENTIAL_HEADERS: tuple[str, ...] = (
+    *sorted(n.decode() for n in STRIPPED_UPSTREAM - {b"authorization", b"cookie"} if not n.startswith(b"x-")),
+    "content-type",
+    "accept",
+    "mcp-*",
+    "last-event-id",
+    "traceparent",
+    "tracestate",
+    "x-mcp-*",
+    "x-dev-*",
+    "x-forwarded-*",
+    "x-real-ip",
+    "x-gateway-secret",
+)
+MAX_SCOPES = 20
+
+
+def forbidden_credential_header(name: str) -> bool:
+    """True when ``name`` matches one of FORBIDDEN_CREDENTIAL_HEADERS."""
+    return any(fnmatch.fnmatchcase(name.lower(), glob) for glob in FORBIDDEN_CREDENTIAL_HEADERS)
+
+
+def validate_upstream_auth(auth: UpstreamAuth, *, auth_mode: str) -> None:
+    """``upstreamAuth`` (issue 18): the fields its type needs and no others; names the field at fault.
+
+    gateway/control/openapi.py states the same rules as a ``oneOf`` in the OpenAPI document.
+    """
+    kind = auth.type
+    if kind in ("entra-obo", "managed-identity"):
+        if not auth.scopes:
+            raise InvalidRequest(f"upstreamAuth.scopes is required for type {kind}", field="upstreamAuth.scopes")
+        if len(auth.scopes) > MAX_SCOPES:
+            raise InvalidRequest(f"upstreamAuth.scopes has more than {MAX_SCOPES} entries", field="upstreamAuth.scopes")
+        for scope in auth.scopes:
+            if not _SCOPE.fullmatch(scope):
+                raise InvalidRequest(
+                    f"upstreamAuth.scopes entry {scope[:80]!r} must be 1-512 visible ASCII characters without "
+                    "quotes or backslashes",
+                    field="upstreamAuth.scopes",
+                )
+        for extra in ("header", "secret", "prefix"):
+            if getattr(auth, extra) is not None:
+                raise InvalidRequest(f"upstreamAuth.{extra} is only for type secret", field=f"upstreamAuth.{extra}")
+        if kind == "entra-obo" and auth_mode != "entra":
+            raise InvalidRequest(
+                f"upstreamAuth type entra-obo needs entra auth mode (MCPGW_AUTH=entra), not {auth_mode}: "
+                "on-behalf-of exchanges the caller's Entra token",
+                field="upstreamAuth.type",
+            )
+        return
+    if kind == "secret":
+        if auth.scopes is not None:
+            raise InvalidRequest("upstreamAuth.scopes is not used by type secret", field="upstreamAuth.scopes")
+        if auth.secret is None or not _SECRET_NAME.fullmatch(auth.secret):
+            raise InvalidRequest(
+                f"upstreamAuth.secret must name a stored secret matching {SECRET_NAME_PATTERN}",
+                field="upstreamAuth.secret",
+            )
+        if auth.header is not None:
+            if not _HEADER_NAME.fullmatch(auth.header):
+                raise InvalidRequest(
+                    "upstreamAuth.header must be 1-64 header-name characters (RFC 9110 token)",
+                    field="upstreamAuth.header",
+                )
+            if forbidden_credential_header(auth.header):
+                raise InvalidRequest(
+                    f"upstreamAuth.header {auth.header!r} is a hop-by-hop, framing, MCP or identity header the "
+                    "gateway controls",
+                    field="upstreamAuth.header",
+                )
+        if auth.prefix is not None and not _PREFIX.fullmatch(auth.prefix):
+            raise InvalidRequest(
+                "upstreamAuth.prefix must be at most 64 printable ASCII characters", field="upstreamAuth.prefix"
+            )
+        return
+    for extra in ("scopes", "header", "secret", "prefix"):
+        if getattr(auth, extra) is not None:
+            raise InvalidRequest(f"upstreamAuth.{extra} is not used by type none", field=f"upstreamAuth.{extra}")

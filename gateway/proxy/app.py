@@ -34,6 +34,7 @@ import msgspec
 from gateway.auth.base import Authenticator, can_read
 from gateway.browser.cors import preflight_headers, request_origin, with_cors
 from gateway.browser.hosts import HostPolicy
+from gateway.credentials import UpstreamCredentialError, UpstreamCredentials, merge_headers
 from gateway.errors import GatewayError, SessionStoreUnavailable, Unauthenticated
 from gateway.models import Identity
 from gateway.proxy.balancer import Balancer
@@ -117,6 +118,7 @@ class McpProxy:
         upstream_max_header_bytes: int = 64 * 1024,
         upstream_max_header_fields: int = 100,
         trusted_proxies: tuple[str, ...] = (),
+        credentials: UpstreamCredentials | None = None,
     ) -> None:
         self._auth = authenticator
         self._view = view
@@ -135,6 +137,7 @@ class McpProxy:
         self._max_header_fields = upstream_max_header_fields
         self._trusted = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
         self._releases: set[asyncio.Task[None]] = set()
+        self._credentials = credentials
         self.open_streams = 0
         self.upstream_aborts: dict[str, int] = {}
         """Responses whose upstream body broke off, by reason (closed, protocol, timeout)."""
@@ -292,6 +295,7 @@ class McpProxy:
         """Send the request to ``url`` and stream the answer back; returns the upstream status."""
         assert self._client is not None
         out_headers = self._upstream_headers(scope, identity, upstream_session, request_headers)
+        out_headers = await self._with_credentials(scope, identity, out_headers)  # issue 18: forward stage
         body, body_done = await self._request_body(scope, receive, request_headers)
         self._balancer.begin(endpoint)
         try:
@@ -450,6 +454,15 @@ class McpProxy:
         self._telemetry.upstream_request(scope, out, identity.user_id)
         return out
 
+    async def _with_credentials(
+        self, scope: Scope, identity: Identity, out: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        """The adapter's upstream credential (``upstreamAuth``) added to ``out`` (issue 18)."""
+        adapter = self._view.get(scope["path"].split("/")[2]) if self._credentials is not None else None
+        if adapter is None or self._credentials is None or adapter.upstream_auth.type == "none":
+            return out
+        return merge_headers(out, await self._credentials.headers_for(adapter, identity, identity.bearer_token))
+
     async def _request_body(
         self, scope: Scope, receive: Receive, request_headers: dict[str, str]
     ) -> tuple[bytes, bool]:
@@ -494,6 +507,7 @@ class McpProxy:
         query = scope.get("query_string", b"")
         url = endpoint.url + "/sse" + (f"?{query.decode('latin-1')}" if query else "")
         out_headers = self._upstream_headers(scope, identity, None, headers)
+        out_headers = await self._with_credentials(scope, identity, out_headers)  # issue 18: forward stage
         claims: SessionClaims | None = None
         self._balancer.begin(endpoint)
         try:
@@ -700,4 +714,28 @@ def _from_gateway_error(
     headers = dict(exc.headers)
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = www_authenticate(path, exc.error, exc.detail)
+    if isinstance(exc, UpstreamCredentialError):
+        return _credential_error(exc, www_authenticate, path, headers)
     return ProxyError(exc.status, -32600 if exc.status < 500 else -32603, exc.detail, headers)
+
+
+#: JSON-RPC codes of upstream-credential failures: the caller must act (consent, new token) / the gateway's.
+CREDENTIAL_ACTION_CODE, CREDENTIAL_UNAVAILABLE_CODE = -32006, -32007
+
+
+def _credential_error(
+    exc: UpstreamCredentialError,
+    www_authenticate: Callable[[str, str | None, str | None], str],
+    path: str,
+    headers: dict[str, str],
+) -> ProxyError:
+    """401/403 with a challenge naming the error and scope, or 502 naming the credential (issue 18)."""
+    if exc.bearer_error is None:
+        return ProxyError(exc.status, CREDENTIAL_UNAVAILABLE_CODE, exc.detail, headers)
+    challenge = www_authenticate(path, exc.bearer_error, exc.detail)
+    if exc.scopes:
+        challenge += ', scope="' + " ".join(exc.scopes) + '"'
+    if exc.claims:
+        challenge += ', claims="' + exc.claims.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    headers["WWW-Authenticate"] = challenge
+    return ProxyError(exc.status, CREDENTIAL_ACTION_CODE, exc.detail, headers)

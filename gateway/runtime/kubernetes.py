@@ -190,6 +190,11 @@ class KubernetesRuntime:
                 await api.close()
         self._api = self._lease_api = None
 
+    @property
+    def api_client(self) -> Any:
+        """The API client (after start), for other readers such as gateway/credentials/secrets.py."""
+        return self._require_api().api_client
+
     def _require_api(self) -> KubeApi:
         if self._api is None:
             raise RuntimeUnavailable(DEPENDENCY, "the Kubernetes runtime is not started")

@@ -301,6 +301,8 @@ class GatewayMetrics:
              "Sessions refused with 429 because a cap was reached, by limit (per_user, per_adapter)."),
             ("mcpgw_session_replica_revocations", "counter",
              "Sessions revoked because the replica they were pinned to left the ready endpoints."),
+            ("mcpgw_upstream_credentials", "counter",
+             "Upstream credentials attached or refused, by upstreamAuth type and outcome (issue 18)."),
         ):  # fmt: skip
             callback = self._observer(name)
             if kind == "gauge":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from litestar import Request, Response, get
@@ -52,6 +52,11 @@ class _Router(Protocol):
 class _Proxy(Protocol):
     open_streams: int
     upstream_aborts: dict[str, int]
+
+
+class _Credentials(Protocol):
+    @property
+    def outcomes(self) -> Mapping[tuple[str, str], int]: ...
 
 
 class _Reconciler(Protocol):
@@ -123,7 +128,14 @@ class Telemetry:
         return InstrumentedRuntime(runtime, self.metrics, self.tracing)
 
     def observe(
-        self, *, view: _View, runtime: Runtime, router: _Router, proxy: _Proxy, reconciler: _Reconciler
+        self,
+        *,
+        view: _View,
+        runtime: Runtime,
+        router: _Router,
+        proxy: _Proxy,
+        reconciler: _Reconciler,
+        credentials: _Credentials | None = None,
     ) -> None:
         """Point the state gauges at their owners."""
         self._view = view
@@ -160,6 +172,11 @@ class Telemetry:
             lambda: [(count, {"limit": limit}) for limit, count in list(router.limit_rejections.items())],
         )
         metrics.set_source("mcpgw_session_replica_revocations", lambda: [(router.replica_revocations, {})])
+        if credentials is not None:
+            metrics.set_source(
+                "mcpgw_upstream_credentials",
+                lambda: [(n, {"type": t, "outcome": o}) for (t, o), n in list(credentials.outcomes.items())],
+            )
 
     def render_metrics(self) -> str:
         """The Prometheus text exposition (empty when metrics are disabled)."""

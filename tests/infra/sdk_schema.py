@@ -48,10 +48,10 @@ def sdk_args_class(token: str) -> type | None:
     if package == "pulumi" and module == "providers":
         base = importlib.import_module(_python_package(name))
         return typing.cast(type, base.ProviderArgs)
-    if package not in ("azure-native", "kubernetes", "random"):
+    if package not in ("azure-native", "azuread", "kubernetes", "random"):
         return None  # our own ComponentResources
     base_name = _python_package(package)
-    if package == "random" or module == "index" or module.startswith("index/"):
+    if package in ("random", "azuread") or module == "index" or module.startswith("index/"):
         python_module = base_name
     elif package == "kubernetes":
         group, _, version = module.partition("/")
@@ -70,9 +70,12 @@ def sdk_args_class(token: str) -> type | None:
 
 
 def _python_package(package: str) -> str:
-    return {"azure-native": "pulumi_azure_native", "kubernetes": "pulumi_kubernetes", "random": "pulumi_random"}[
-        package
-    ]
+    return {
+        "azure-native": "pulumi_azure_native",
+        "azuread": "pulumi_azuread",
+        "kubernetes": "pulumi_kubernetes",
+        "random": "pulumi_random",
+    }[package]
 
 
 def declared_properties(cls: type) -> dict[str, Any]:

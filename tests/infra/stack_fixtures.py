@@ -230,6 +230,9 @@ class AzureMocks(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         self.calls.append(args.token)
+        if args.token == "azuread:index/getApplication:getApplication":
+            object_id = _uuid(f"app-{args.args.get('clientId')}")
+            return {"id": f"/applications/{object_id}", "objectId": object_id, "clientId": args.args.get("clientId")}
         if args.token == "azure-native:authorization:getClientConfig":
             return {"clientId": DEPLOYER, "objectId": DEPLOYER, "subscriptionId": SUBSCRIPTION, "tenantId": TENANT}
         if args.token == "azure-native:containerservice:listManagedClusterUserCredentials":

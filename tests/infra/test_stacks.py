@@ -20,6 +20,7 @@ from tests.infra.stack_fixtures import (
     TENANT,
     Registration,
     StackRun,
+    _uuid,
     plaintext_strings,
     settings_env,
     stack_run,
@@ -368,6 +369,32 @@ def test_identities_are_federated_with_the_cluster_issuer_for_each_service_accou
     assert "annotations" not in plain_sa["metadata"] and plain_sa["automountServiceAccountToken"] is False
     pod = run.k8s("Deployment", "mcp-gateway", "mcp-gateway")["spec"]["template"]
     assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+
+
+@pytest.mark.parametrize("stack", AZURE_STACKS)
+def test_gateway_app_registration_trusts_the_gateway_service_account_and_no_stack_has_a_client_secret(
+    stack: str,
+) -> None:
+    """Issue 18: on-behalf-of without a secret — a federated credential on the app registration."""
+    run = stack_run(stack)
+    issuer = output_of(run, "ManagedCluster")["oidcIssuerProfile"]["issuerURL"]
+    federated = [r for r in run.registrations if r.typ.endswith(":ApplicationFederatedIdentityCredential")]
+    assert len(federated) == 1
+    credential = federated[0].plain
+    assert credential["applicationId"] == f"/applications/{_uuid(f'app-{ENTRA_CLIENT_ID}')}"
+    assert credential["issuer"] == issuer
+    assert credential["subject"] == "system:serviceaccount:mcp-gateway:mcp-gateway"
+    assert credential["audiences"] == ["api://AzureADTokenExchange"]
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_no_stack_creates_or_configures_a_client_secret(stack: str) -> None:
+    run = stack_run(stack)
+    passwords = [
+        r.typ for r in run.registrations if r.typ.endswith((":ApplicationPassword", ":ServicePrincipalPassword"))
+    ]
+    assert passwords == []
+    assert not {"MCPGW_OBO_CLIENT_SECRET", "MCPGW_OBO_CERTIFICATE_PATH"} & set(settings_env(run))
 
 
 @pytest.mark.parametrize("stack", AZURE_STACKS)

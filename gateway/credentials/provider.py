@@ -1,0 +1,151 @@
+"""The one entry point the proxy calls: headers for an adapter's upstream request."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.credentials._managed import ManagedIdentityTokens
+from gateway.credentials._obo import OboConfig, OboExchanger
+from gateway.credentials.errors import CredentialUnavailable, UpstreamCredentialError
+from gateway.credentials.secrets import (
+    SECRETS_FILE,
+    FileSecretStore,
+    KubernetesSecretStore,
+    SecretMissing,
+    SecretStore,
+    gateway_namespace,
+)
+from gateway.models import AdapterRecord, Identity
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.credentials")
+
+Headers = list[tuple[bytes, bytes]]
+_AUTHORIZATION = b"authorization"
+
+
+class UpstreamCredentials:
+    """Turns an adapter's ``upstreamAuth`` into request headers.
+
+    ``outcomes`` counts results by (type, outcome) — ``ok``, ``consent_required``, ``obo_failed``,
+    ``unavailable`` — for ``/metrics`` (gateway/telemetry) and for the audit record of the request.
+    """
+
+    def __init__(
+        self,
+        *,
+        obo: OboExchanger | None,
+        managed: ManagedIdentityTokens,
+        secrets: SecretStore,
+    ) -> None:
+        self._obo = obo
+        self._managed = managed
+        self._secrets = secrets
+        self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, kube_api_client: Callable[[], Any] | None = None
+    ) -> UpstreamCredentials:
+        """Built by the composition root; nothing is fetched until an adapter needs it."""
+        obo = None
+        if settings.auth == "entra" and settings.entra_tenant_id and settings.entra_client_id:
+            authority = (settings.obo_authority or settings.entra_authority).rstrip("/")
+            obo = OboExchanger(
+                OboConfig(
+                    authority=f"{authority}/{settings.entra_tenant_id}",
+                    client_id=settings.entra_client_id,
+                    client_secret=settings.obo_client_secret,
+                    certificate_path=settings.obo_certificate_path,
+                    federated_token_file=settings.obo_federated_token_file,
+                    timeout=settings.upstream_token_timeout,
+                ),
+                refresh_margin=settings.upstream_token_refresh_margin,
+                max_entries=settings.upstream_token_cache_size,
+            )
+        managed = ManagedIdentityTokens(
+            client_id=settings.azure_client_id,
+            refresh_margin=settings.upstream_token_refresh_margin,
+            timeout=settings.upstream_token_timeout,
+        )
+        secrets: SecretStore
+        if settings.runtime == "kubernetes" and kube_api_client is not None:
+            namespace = settings.secrets_namespace or gateway_namespace(settings.kube_namespace)
+            secrets = KubernetesSecretStore(kube_api_client, namespace)
+        else:
+            secrets = FileSecretStore(settings.data_dir / SECRETS_FILE)
+        return cls(obo=obo, managed=managed, secrets=secrets)
+
+    async def headers_for(self, adapter: AdapterRecord, identity: Identity, raw_token: str | None) -> Headers:
+        """The credential headers for one request to ``adapter`` by ``identity``; [] for type none.
+
+        Raises ConsentRequired / OboFailed (the caller can act) or CredentialUnavailable (502).
+        """
+        auth = adapter.upstream_auth
+        kind = auth.type
+        if kind == "none":
+            return []
+        try:
+            headers = await self._headers(adapter, identity, raw_token)
+        except UpstreamCredentialError as exc:
+            self.outcomes[(kind, exc.outcome)] += 1
+            log.warning("upstream credential for adapter %s (%s): %s: %s", adapter.name, kind, exc.outcome, exc.detail)
+            raise
+        self.outcomes[(kind, "ok")] += 1
+        return headers
+
+    async def _headers(self, adapter: AdapterRecord, identity: Identity, raw_token: str | None) -> Headers:
+        auth = adapter.upstream_auth
+        scopes = tuple(auth.scopes or ())
+        if auth.type == "entra-obo":
+            if self._obo is None:
+                raise CredentialUnavailable(
+                    f"adapter {adapter.name!r} uses entra-obo but the gateway is not in entra auth mode",
+                    adapter=adapter.name,
+                    scopes=scopes,
+                )
+            token = await self._obo.token(adapter.name, identity.user_id, raw_token, scopes)
+            return [(_AUTHORIZATION, b"Bearer " + token.encode("latin-1"))]
+        if auth.type == "managed-identity":
+            token = await self._managed.token(adapter.name, scopes)
+            return [(_AUTHORIZATION, b"Bearer " + token.encode("latin-1"))]
+        assert auth.secret is not None
+        try:
+            value = await self._secrets.get(auth.secret)
+        except SecretMissing as exc:
+            raise CredentialUnavailable(
+                f"secret {auth.secret!r} of adapter {adapter.name!r} is unavailable: {exc}", adapter=adapter.name
+            ) from None
+        if any(c in value for c in "\r\n\x00"):
+            raise CredentialUnavailable(
+                f"secret {auth.secret!r} of adapter {adapter.name!r} contains a line break or NUL", adapter=adapter.name
+            )
+        header = (auth.header or "Authorization").lower().encode("latin-1")
+        try:
+            encoded = ((auth.prefix or "") + value).encode("latin-1")
+        except UnicodeEncodeError:
+            raise CredentialUnavailable(
+                f"secret {auth.secret!r} of adapter {adapter.name!r} is not Latin-1 text", adapter=adapter.name
+            ) from None
+        return [(header, encoded)]
+
+    @property
+    def obo(self) -> OboExchanger | None:
+        """The on-behalf-of exchanger (entra mode only)."""
+        return self._obo
+
+    async def close(self) -> None:
+        """Release credentials and clients."""
+        await self._managed.close()
+        await self._secrets.close()
+
+
+def merge_headers(out: Headers, credential: Headers) -> Headers:
+    """``out`` without any header the credential sets, plus the credential's headers."""
+    if not credential:
+        return out
+    names = {name for name, _ in credential}
+    return [h for h in out if h[0].lower() not in names] + credential
