@@ -164,8 +164,18 @@ def test_adapter_page_shows_conditions_replicas_and_logs(gw: GatewayProcess, pag
     page.locator("#conditions", has_text="AllReplicasReady").wait_for()
     page.locator("#replicas td", has_text=f"{ADAPTER}-0").wait_for()
     page.locator("#logs", has_text="serving on").wait_for()
-    assert page.inner_text("#log-mode") in ("live", "refreshing every 2 s")
+    mode = page.inner_text("#log-mode")
+    assert mode in ("live", "refreshing every 2 s"), mode
     shot(page, shots, "06-adapter-page")
+    # The replica writes: a spec change restarts it, and its new start line shows without a reload.
+    with gw.client() as c:
+        current = c.get(f"/adapters/{ADAPTER}")
+        spec = {k: current.json()[k] for k in ("name", "imageName", "imageVersion", "replicaCount", "description")}
+        spec["environmentVariables"] = {"PORTAL_TEST": "1"}
+        assert c.put(f"/adapters/{ADAPTER}", json=spec, headers={"If-Match": current.headers["etag"]}).is_success
+    page.locator("#logs", has_text="generation 2").wait_for(timeout=30_000)
+    page.locator("#conditions .chip.ok", has_text=re.compile("^Ready$")).wait_for(timeout=30_000)
+    assert page.inner_text("#log-mode") == mode
 
 
 def test_console_calls_add_with_the_keyboard(gw: GatewayProcess, page: Any, shots: Path) -> None:

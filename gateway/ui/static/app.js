@@ -453,6 +453,7 @@ function logsPanel(name) {
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
+    let ended = null; // the server's `event: end` (the replica is gone): do not reconnect
     (async () => {
       try {
         for (;;) {
@@ -464,12 +465,16 @@ function logsPanel(name) {
           while ((cut = buffer.indexOf("\n\n")) >= 0) {
             const block = buffer.slice(0, cut);
             buffer = buffer.slice(cut + 2);
-            const lines = block.split("\n").filter((l) => l.startsWith("data:"));
-            if (lines.length) out += lines.map((l) => l.slice(5).replace(/^ /, "")).join("\n") + "\n";
+            const lines = block.split("\n");
+            const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5).replace(/^ /, ""));
+            const event = (lines.find((l) => l.startsWith("event:")) || "event: message").slice(6).trim();
+            if (event === "end") ended = data.join(" ") || "the stream ended";
+            else if (data.length) out += data.join("\n") + "\n";
           }
           if (out) show(out, true);
+          if (ended) break;
         }
-        if (!signal.aborted) mode.textContent = "stream ended";
+        if (!signal.aborted) mode.textContent = ended ? `stopped: ${ended}` : "stream ended";
       } catch {
         if (!signal.aborted) mode.textContent = "stream interrupted";
       }
@@ -1184,6 +1189,8 @@ function route() {
   cleanups = [];
   const parts = (location.hash.replace(/^#\/?/, "") || "adapters").split("/").map(decodeURIComponent);
   const [section] = parts;
+  const titles = { adapters: "Adapters", console: "MCP console", servers: "Virtual servers", signin: "Sign in" };
+  document.title = `${parts[1] && section !== "console" ? parts[1] : titles[section] || "Adapters"} · MCP Gateway`;
   document.querySelectorAll("[data-nav]").forEach((a) => a.toggleAttribute("aria-current", a.dataset.nav === section));
   if (auth.mode === "oidc" && !auth.token && section !== "signin") {
     location.hash = "#/signin";
