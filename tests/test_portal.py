@@ -196,12 +196,38 @@ def test_console_calls_add_with_the_keyboard(gw: GatewayProcess, page: Any, shot
     page.locator("#tool-form .error", has_text="text is required").wait_for()
 
 
+def test_virtual_server_page_shows_members_and_merged_tools(gw: GatewayProcess, page: Any, shots: Path) -> None:
+    """Runs where the /servers resource exists (it is feature-detected; the tab hides otherwise)."""
+    with gw.client() as c:
+        if c.get("/servers").status_code in (404, 405):
+            pytest.skip("this gateway has no /servers resource")
+        body = {"name": "portal-vs", "description": "Portal test", "members": [{"adapter": ADAPTER, "prefix": "demo_"}]}
+        assert c.post("/servers", json=body).status_code == 201
+    try:
+        page.goto(gw.url + "/ui/#/servers")
+        page.click("text=portal-vs")
+        page.locator(f"#members tr[data-member='{ADAPTER}'] .chip.ok").wait_for()
+        page.locator("#members-summary", has_text="1 present · 0 missing").wait_for()
+        page.locator("#server-tools code", has_text="demo_add").wait_for()
+        assert not page.is_hidden("#nav-servers")
+        shot(page, shots, "08-virtual-server")
+        page.click("text=Open in console")
+        page.click("[data-tool='demo_add']")
+        page.fill("#arg-a", "2")
+        page.fill("#arg-b", "3")
+        page.click("#call-tool")
+        page.locator("#tool-result .result-text", has_text=re.compile(r"^5$")).wait_for()
+    finally:
+        with gw.client() as c:
+            c.delete("/servers/portal-vs")
+
+
 def test_another_user_does_not_see_the_adapter(gw: GatewayProcess, page: Any, shots: Path) -> None:
     """The dev identity switcher: a user who did not create it (and has no role) sees nothing to use."""
     page.goto(gw.url + "/ui/#/signin")
     page.fill("#dev-user", "mallory")
     page.fill("#dev-roles", "")
-    shot(page, shots, "08-dev-signin")
+    shot(page, shots, "09-dev-signin")
     page.click("text=Use this identity")
     page.get_by_text("No adapters yet, or none you may see").wait_for()
     assert page.inner_text("#nav-identity") == "User: mallory"
@@ -209,7 +235,7 @@ def test_another_user_does_not_see_the_adapter(gw: GatewayProcess, page: Any, sh
     page.get_by_text("There is nothing to connect to yet").wait_for()
     page.goto(f"{gw.url}/ui/#/adapters/{ADAPTER}")
     page.locator(".alert", has_text="do not have access").wait_for()
-    shot(page, shots, "09-forbidden")
+    shot(page, shots, "10-forbidden")
 
 
 def test_phone_layout_has_no_sideways_scroll(gw: GatewayProcess, browser: Any, shots: Path) -> None:
@@ -219,11 +245,11 @@ def test_phone_layout_has_no_sideways_scroll(gw: GatewayProcess, browser: Any, s
         pg.goto(gw.url + "/ui/")
         pg.locator(f"tr[data-adapter='{ADAPTER}']").wait_for(timeout=20_000)
         assert pg.evaluate("document.documentElement.scrollWidth") <= 390
-        shot(pg, shots, "10-phone-adapters")
+        shot(pg, shots, "11-phone-adapters")
         pg.goto(f"{gw.url}/ui/#/adapters/{ADAPTER}")
         pg.locator("#logs", has_text="serving on").wait_for(timeout=20_000)
         assert pg.evaluate("document.documentElement.scrollWidth") <= 390
-        shot(pg, shots, "11-phone-adapter")
+        shot(pg, shots, "11-phone-adapter-page")
     finally:
         context.close()
 
@@ -233,6 +259,18 @@ def test_virtual_servers_tab_follows_the_api(gw: GatewayProcess, page: Any) -> N
     page.locator("#adapter-list table, #adapter-list .empty").first.wait_for()
     has_servers = httpx.get(gw.url + "/servers").status_code not in (404, 405)
     page.wait_for_function("document.getElementById('nav-servers').hidden === " + ("false" if has_servers else "true"))
+
+
+def test_edit_form_saves_with_the_etag(gw: GatewayProcess, page: Any, shots: Path) -> None:
+    page.goto(f"{gw.url}/ui/#/adapters/{ADAPTER}/edit")
+    page.locator("#f-description").wait_for()
+    assert page.is_disabled("#f-name") and page.input_value("#f-name") == ADAPTER
+    page.fill("#f-description", "Edited in the portal")
+    shot(page, shots, "12-edit-form")
+    page.click("text=Save changes")
+    page.wait_for_url(re.compile(rf"#/adapters/{ADAPTER}$"))
+    page.get_by_text("Edited in the portal").wait_for()
+    assert httpx.get(f"{gw.url}/adapters/{ADAPTER}").json()["description"] == "Edited in the portal"
 
 
 def test_delete_from_the_adapter_page(gw: GatewayProcess, page: Any) -> None:
@@ -266,10 +304,11 @@ def test_oidc_sign_in_with_code_and_pkce(
             pg.wait_for_url(re.compile("#/signin$"))
             pg.get_by_text(oidc_server.oidc_issuer).wait_for()
             pg.fill("#client-id", "portal-client")
-            shot(pg, shots, "12-oidc-signin")
+            shot(pg, shots, "13-oidc-signin")
             pg.click("#sign-in")
             pg.wait_for_url(re.compile(r"/ui/#/signin$"))
             pg.get_by_text("Signed in as browser-user@example.test").wait_for()
+            shot(pg, shots, "14-oidc-signed-in")
             assert "code=" not in pg.url
             authorize = [q for m, p, q in oidc_server.requests if p.endswith("/authorize")]
             assert authorize[-1]["code_challenge_method"] == "S256" and authorize[-1]["client_id"] == "portal-client"

@@ -538,7 +538,7 @@ function kindOf(schema) {
   if (s.type === "boolean") return "boolean";
   if (s.type === "integer" || s.type === "number") return "number";
   if (s.type === "array" && s.items && s.items.type === "string") return "list";
-  if (s.type === "object" && (!s.additionalProperties || s.additionalProperties.type === "string")) return "env";
+  if (s.type === "object" && !s.properties && s.additionalProperties && s.additionalProperties.type === "string") return "env";
   if (s.type === "string") return "string";
   return "json";
 }
@@ -1062,6 +1062,51 @@ async function viewServers(name) {
   );
 }
 
+/** Members as the spec names them, joined with GET /servers/{name}/status (present, readable, ready). */
+function membersCard(server, status, err) {
+  const byAdapter = Object.fromEntries(((status && status.members) || []).map((m) => [m.adapter, m]));
+  const summary = status
+    ? h("span", { class: "muted small", id: "members-summary" }, `${status.presentMembers} present · ${status.missingMembers} missing`)
+    : null;
+  const rows = (server.members || []).map((m) => {
+    const st = byAdapter[m.adapter];
+    let state = h("span", { class: "muted" }, "unknown");
+    if (st) {
+      const cls = !st.present ? "bad" : !st.readable ? "warn" : st.readyReplicas > 0 ? "ok" : "warn";
+      const label = !st.present ? "missing" : !st.readable ? "no access" : st.readyReplicas > 0 ? `${st.readyReplicas} ready` : "not ready";
+      state = h("span", { class: `chip ${cls}`, title: st.message || label }, label);
+    }
+    return h(
+      "tr",
+      { "data-member": m.adapter },
+      h("td", { "data-label": "Adapter" }, h("a", { href: `#/adapters/${enc(m.adapter)}` }, m.adapter)),
+      h("td", { "data-label": "State" }, state),
+      h("td", { "data-label": "Prefix" }, m.prefix || "—"),
+      h("td", { "data-label": "Tools" }, m.tools && m.tools.length ? m.tools.join(", ") : "all"),
+      h("td", { "data-label": "Excluded" }, m.exclude && m.exclude.length ? m.exclude.join(", ") : "—"),
+      h("td", { "data-label": "Message" }, (st && st.message) || "—"),
+    );
+  });
+  return h(
+    "section",
+    { class: "card" },
+    h("h2", {}, "Members ", summary),
+    err ? errorBox(err, "Status unavailable") : null,
+    rows.length
+      ? h(
+          "div",
+          { class: "table-wrap" },
+          h(
+            "table",
+            { id: "members" },
+            h("thead", {}, h("tr", {}, ["Adapter", "State", "Prefix", "Tools", "Excluded", "Message"].map((t) => h("th", { scope: "col" }, t)))),
+            h("tbody", {}, rows),
+          ),
+        )
+      : h("p", { class: "empty" }, "This virtual server has no members."),
+  );
+}
+
 async function viewServer(name) {
   main.replaceChildren(h("h1", {}, name), h("p", { class: "muted" }, "Loading…"));
   try {
@@ -1070,35 +1115,7 @@ async function viewServer(name) {
     main.replaceChildren(
       h("div", { class: "title-row" }, h("h1", {}, s.name), h("a", { class: "button", href: `#/console/servers/${enc(s.name)}` }, "Open in console")),
       s.description ? h("p", {}, s.description) : null,
-      h(
-        "section",
-        { class: "card" },
-        h("h2", {}, "Members"),
-        h(
-          "div",
-          { class: "table-wrap" },
-          h(
-            "table",
-            {},
-            h("thead", {}, h("tr", {}, ["Adapter", "Prefix", "Tools", "Excluded"].map((t) => h("th", { scope: "col" }, t)))),
-            h(
-              "tbody",
-              {},
-              (s.members || []).map((m) =>
-                h(
-                  "tr",
-                  {},
-                  h("td", { "data-label": "Adapter" }, h("a", { href: `#/adapters/${enc(m.adapter)}` }, m.adapter)),
-                  h("td", { "data-label": "Prefix" }, m.prefix || "—"),
-                  h("td", { "data-label": "Tools" }, m.tools && m.tools.length ? m.tools.join(", ") : "all"),
-                  h("td", { "data-label": "Excluded" }, m.exclude && m.exclude.length ? m.exclude.join(", ") : "—"),
-                ),
-              ),
-            ),
-          ),
-        ),
-      ),
-      h("section", { class: "card" }, h("h2", {}, "Status"), st.error ? errorBox(st.error, "Status unavailable") : renderValue(st.data)),
+      membersCard(s, st.error ? null : st.data, st.error),
       h("section", { class: "card" }, h("h2", {}, "Tools you may use"), toolsBox),
     );
     const client = new McpClient(`/servers/${enc(name)}/mcp`);
