@@ -276,7 +276,7 @@ def create_litestar(c: Components) -> Litestar:
             healthz,
             readyz,
             protected_resource_router(c.settings),
-            portal_router(),  # /ui: static files, no data-plane cost (dispatched after _DATA_PLANE)
+            portal_router(c.settings),  # /ui: static files, no data-plane cost (dispatched after _DATA_PLANE)
             *([metrics_route(c.telemetry, c.settings.metrics_token)] if c.settings.metrics_enabled else []),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

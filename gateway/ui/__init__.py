@@ -14,10 +14,14 @@ the portal adds nothing to the MCP hot path.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from litestar import Router
+from litestar import Response, Router
 from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
+
+from gateway.auth.metadata import authorization_servers
+from gateway.settings import Settings
 
 #: Where the portal's files live (package data, see pyproject.toml).
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -25,8 +29,39 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 _CACHE = CacheControlHeader(no_cache=True)
 
 
-def portal_router(path: str = "/ui") -> Router:
-    """Serve ``static/`` at ``path``; ``path/`` answers index.html (HTML mode)."""
+def content_security_policy(settings: Settings) -> str:
+    """Only our own files run; fetches go to us and the issuer (discovery, token); no framing.
+
+    ``frame-ancestors 'none'`` stops a page from framing the portal and steering clicks onto
+    Delete; ``connect-src`` names the issuer's origin because the sign-in reads its OpenID
+    configuration and redeems the code from the browser.
+    """
+    issuers = sorted({f"{u.scheme}://{u.netloc}" for u in map(urlsplit, authorization_servers(settings))})
+    connect = " ".join(["'self'", *issuers])
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src {connect}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+def portal_router(settings: Settings, path: str = "/ui") -> Router:
+    """Serve ``static/`` at ``path`` (``path/`` answers index.html) with the portal's security headers."""
+    headers = {
+        "Content-Security-Policy": content_security_policy(settings),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",  # the sign-in's ?code= never leaves in a Referer
+        "X-Frame-Options": "DENY",
+    }
+
+    async def add_headers(response: Response[object]) -> Response[object]:
+        response.headers.update(headers)
+        return response
+
     return create_static_files_router(
-        path=path, directories=[STATIC_DIR], html_mode=True, name="portal", cache_control=_CACHE
+        path=path,
+        directories=[STATIC_DIR],
+        html_mode=True,
+        name="portal",
+        cache_control=_CACHE,
+        after_request=add_headers,
     )
