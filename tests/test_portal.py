@@ -269,12 +269,14 @@ def test_edit_form_saves_with_the_etag(gw: GatewayProcess, page: Any, shots: Pat
     page.goto(f"{gw.url}/ui/#/adapters/{ADAPTER}/edit")
     page.locator("#f-description").wait_for()
     assert page.is_disabled("#f-name") and page.input_value("#f-name") == ADAPTER
-    page.fill("#f-description", "Edited in the portal")
+    edited = "Edited in the portal <img src=x onerror=window.pwned=1>"
+    page.fill("#f-description", edited)
     shot(page, shots, "12-edit-form")
     page.click("text=Save changes")
     page.wait_for_url(re.compile(rf"#/adapters/{ADAPTER}$"))
-    page.get_by_text("Edited in the portal").wait_for()
-    assert httpx.get(f"{gw.url}/adapters/{ADAPTER}").json()["description"] == "Edited in the portal"
+    page.get_by_text(edited).wait_for()  # shown as text, never parsed as HTML
+    assert page.evaluate("window.pwned") is None
+    assert httpx.get(f"{gw.url}/adapters/{ADAPTER}").json()["description"] == edited
 
 
 def test_delete_from_the_adapter_page(gw: GatewayProcess, page: Any) -> None:
