@@ -126,7 +126,7 @@ def test_invalid_input_shows_the_error_under_the_field(gw: GatewayProcess, page:
     """The schema's pattern catches a bad name before sending; the API's problem+json lands under its field."""
     posts: list[str] = []
     page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
-    page.goto(gw.url + "/ui/#/adapters/new")
+    page.goto(gw.url + "/ui/#/new-adapter")
     page.fill("#f-name", "Bad_Name")
     page.fill("#f-imageName", "mcp-example")
     page.fill("#f-imageVersion", "1.0.0")
@@ -153,13 +153,13 @@ def test_invalid_input_shows_the_error_under_the_field(gw: GatewayProcess, page:
 def test_server_json_import_shows_the_api_answer(gw: GatewayProcess, page: Any, tmp_path: Path) -> None:
     doc = tmp_path / "server.json"
     doc.write_text('{"name": "io.example/nothing", "version": "1.0.0"}')
-    page.goto(gw.url + "/ui/#/adapters/new")
+    page.goto(gw.url + "/ui/#/new-adapter")
     page.set_input_files("#import-file", str(doc))
     # Either the gateway imports it (serverJson supported) and the page moves on, or its refusal shows.
     page.wait_for_function(
-        "document.querySelector('#import-result .alert') !== null || !location.hash.endsWith('/new')"
+        "document.querySelector('#import-result .alert') !== null || !location.hash.endsWith('/new-adapter')"
     )
-    if page.url.endswith("/new"):
+    if page.url.endswith("/new-adapter"):
         assert "refused" in page.inner_text("#import-result .alert")
 
 

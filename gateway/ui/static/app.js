@@ -155,7 +155,7 @@ function viewAdapters() {
     h(
       "section",
       {},
-      h("div", { class: "title-row" }, h("h1", {}, "Adapters"), h("a", { class: "button primary", href: "#/adapters/new" }, "New adapter")),
+      h("div", { class: "title-row" }, h("h1", {}, "Adapters"), h("a", { class: "button primary", href: "#/new-adapter" }, "New adapter")),
       h("div", { class: "toolbar" }, search, filter),
       body,
     ),
@@ -173,7 +173,7 @@ function viewAdapters() {
     if (!loaded) return;
     if (!adapters.length) {
       body.replaceChildren(
-        h("div", { class: "empty" }, h("p", {}, "No adapters yet, or none you may see."), h("a", { class: "button primary", href: "#/adapters/new" }, "Create your first adapter")),
+        h("div", { class: "empty" }, h("p", {}, "No adapters yet, or none you may see."), h("a", { class: "button primary", href: "#/new-adapter" }, "Create your first adapter")),
       );
       return;
     }
@@ -920,7 +920,7 @@ async function viewConsole(kind, name) {
   if (!list.length) {
     select.disabled = true;
     connect.disabled = true;
-    info.replaceChildren(h("p", { class: "empty" }, "There is nothing to connect to yet. ", h("a", { href: "#/adapters/new" }, "Create an adapter"), " first."));
+    info.replaceChildren(h("p", { class: "empty" }, "There is nothing to connect to yet. ", h("a", { href: "#/new-adapter" }, "Create an adapter"), " first."));
     return;
   }
   select.replaceChildren(...list.map((t) => h("option", { value: `${t.kind}/${t.name}` }, `${t.kind === "servers" ? "server" : "adapter"}: ${t.name}`)));
@@ -1206,14 +1206,14 @@ function route() {
   cleanups = [];
   const parts = (location.hash.replace(/^#\/?/, "") || "adapters").split("/").map(decodeURIComponent);
   const [section] = parts;
-  const titles = { adapters: "Adapters", console: "MCP console", servers: "Virtual servers", signin: "Sign in" };
+  const titles = { "new-adapter": "New adapter", adapters: "Adapters", console: "MCP console", servers: "Virtual servers", signin: "Sign in" };
   document.title = `${parts[1] && section !== "console" ? parts[1] : titles[section] || "Adapters"} · MCP Gateway`;
-  document.querySelectorAll("[data-nav]").forEach((a) => a.toggleAttribute("aria-current", a.dataset.nav === section));
+  document.querySelectorAll("[data-nav]").forEach((a) => a.toggleAttribute("aria-current", a.dataset.nav === (section === "new-adapter" ? "adapters" : section)));
   if (auth.mode === "oidc" && !auth.token && section !== "signin") {
     location.hash = "#/signin";
     return;
   }
-  if (section === "adapters" && parts[1] === "new") viewForm(null);
+  if (section === "new-adapter") viewForm(null); // not #/adapters/new: "new" is a valid adapter name
   else if (section === "adapters" && parts[1] && parts[2] === "edit") viewForm(parts[1]);
   else if (section === "adapters" && parts[1]) viewAdapter(parts[1]);
   else if (section === "console") viewConsole(parts[1], parts[2]);
