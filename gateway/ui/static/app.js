@@ -533,6 +533,13 @@ const LABELS = {
   useWorkloadIdentity: "Use workload identity",
 };
 
+/** What the schema's patterns mean, in words (fields not listed show the pattern itself). */
+const PATTERN_HINTS = {
+  name: "lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen",
+  imageName: "lowercase path segments separated by / . _ or -",
+  imageVersion: "letters, digits, dots, underscores and hyphens, starting with a letter or digit",
+};
+
 function kindOf(schema) {
   const s = schema.anyOf ? schema.anyOf.find((x) => x.type !== "null") || schema : schema;
   if (s.type === "boolean") return "boolean";
@@ -628,7 +635,7 @@ function checkAgainstSchema(key, schema, value, required) {
       } catch {
         re = null;
       }
-      if (re && !re.test(value)) return `${label} “${value}” does not match ${s.pattern}.`;
+      if (re && !re.test(value)) return `${label} “${value}” does not match the allowed form: ${PATTERN_HINTS[key] || s.pattern}.`;
     }
   }
   if (typeof value === "number") {
