@@ -43,6 +43,7 @@ from gateway.settings import Settings
 from gateway.store.base import AdapterStore
 from gateway.store.view import AdapterView
 from gateway.telemetry.setup import Telemetry, metrics_route
+from gateway.ui import portal_router
 
 if TYPE_CHECKING:
     import uvicorn
@@ -310,6 +311,7 @@ def create_litestar(c: Components) -> Litestar:
             healthz,
             readyz,
             protected_resource_router(c.settings),
+            portal_router(c.settings),  # /ui: static files, no data-plane cost (dispatched after _DATA_PLANE)
             *([metrics_route(c.telemetry, c.settings.metrics_token)] if c.settings.metrics_enabled else []),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)  # the local replica sandbox (docs/security.md)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the portal's browser tests (Playwright drives the system browser)
 if ((${#need_apt[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

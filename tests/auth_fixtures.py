@@ -575,6 +575,8 @@ def _handler_for(server: OidcServer, *, tls: bool = False) -> type[BaseHTTPReque
             for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Type", "text/html" if is_html else "application/json")
+            # Like Entra's discovery and token endpoints for SPAs: a browser page may read them (the portal test).
+            self.send_header("Access-Control-Allow-Origin", "*")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
