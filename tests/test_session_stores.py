@@ -16,6 +16,7 @@ import pytest
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
+from gateway.azure_credentials import build_azure_credential
 from gateway.errors import SessionStoreUnavailable
 from gateway.sessions import SessionLimitExceeded, SessionLimits, SessionRecord, SessionStore
 from gateway.sessions._entra import REDIS_SCOPE
@@ -532,7 +533,7 @@ async def test_entra_token_authenticates_as_its_oid(entra_redis: RedisServer, ca
         assert users_of_gateway_connections(entra_redis) == {oid}
     finally:
         await s.close()
-    assert credential.closed
+    assert not credential.closed  # an injected credential is shared: its owner (gateway/app.py) closes it
     assert credential.tokens and all(t not in caplog.text for t in credential.tokens)
 
 
@@ -604,17 +605,29 @@ def test_entra_refuses_a_url_with_a_password() -> None:
         RedisSessionStore(redis_settings("rediss://:pw@example.redis.cache.windows.net:6380/0", redis_entra=True))
 
 
-async def test_entra_uses_the_user_assigned_managed_identity_when_configured() -> None:
+async def test_one_azure_credential_factory_follows_the_client_id_setting() -> None:
     from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
+    managed, default = build_azure_credential("abc"), build_azure_credential(None)
+    try:
+        assert isinstance(managed, ManagedIdentityCredential)
+        assert isinstance(default, DefaultAzureCredential)
+    finally:
+        await managed.close()
+        await default.close()
+
+
+async def test_entra_store_without_an_injected_credential_builds_and_closes_its_own() -> None:
+    from azure.identity.aio import ManagedIdentityCredential
+
     s = RedisSessionStore(redis_settings("rediss://example:6380/0", redis_entra=True, azure_client_id="abc"))
-    credential = s._azure_credential()
-    assert isinstance(credential, ManagedIdentityCredential)
-    await credential.close()
-    s = RedisSessionStore(redis_settings("rediss://example:6380/0", redis_entra=True))
-    credential = s._azure_credential()
-    assert isinstance(credential, DefaultAzureCredential)
-    await credential.close()
+    client = s._make_client()
+    try:
+        assert s._provider is not None and isinstance(s._provider._credential, ManagedIdentityCredential)
+        assert s._provider._owns_credential
+    finally:
+        await client.aclose()
+        await s._provider.aclose()
 
 
 async def test_redis_over_tls_with_a_password(redis_server_factory: Callable[..., RedisServer]) -> None:  # noqa: F811
