@@ -22,6 +22,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from gateway.auth.base import Authenticator
+from gateway.azure_credentials import build_azure_credential, needs_azure_credential
 from gateway.browser.hosts import HostPolicy
 from gateway.control.guard import RestGuard
 from gateway.control.openapi import complete_openapi
@@ -45,6 +46,7 @@ from gateway.telemetry.setup import Telemetry, metrics_route
 
 if TYPE_CHECKING:
     import uvicorn
+    from azure.core.credentials_async import AsyncTokenCredential
 
 log = logging.getLogger("gateway")
 
@@ -59,23 +61,34 @@ EXAMPLE_ADAPTER = AdapterInput(
 _DATA_PLANE = re.compile(r"^/adapters/([^/]+)/(mcp|sse|messages)/?$")
 
 
-def build_store(settings: Settings) -> AdapterStore:
+def build_credential(settings: Settings) -> AsyncTokenCredential | None:
+    """The gateway's one Azure credential, when a component authenticates with Entra ID."""
+    if needs_azure_credential(
+        cosmos=settings.store == "cosmos",
+        cosmos_key=settings.cosmos_key,
+        redis_entra=settings.sessions == "redis" and settings.redis_entra,
+    ):
+        return build_azure_credential(settings.azure_client_id)
+    return None
+
+
+def build_store(settings: Settings, credential: AsyncTokenCredential | None = None) -> AdapterStore:
     """The adapter store named by settings.store."""
     if settings.store == "cosmos":
         from gateway.store.cosmos import CosmosAdapterStore
 
-        return CosmosAdapterStore(settings)
+        return CosmosAdapterStore(settings, credential=credential)
     from gateway.store.sqlite import SqliteAdapterStore
 
     return SqliteAdapterStore(settings.data_dir / "gateway.db")
 
 
-def build_sessions(settings: Settings) -> SessionStore:
+def build_sessions(settings: Settings, credential: AsyncTokenCredential | None = None) -> SessionStore:
     """The session store named by settings.sessions."""
     if settings.sessions == "redis":
         from gateway.sessions.redis import RedisSessionStore
 
-        return RedisSessionStore(settings)
+        return RedisSessionStore(settings, credential=credential)
     from gateway.sessions.memory import MemorySessionStore
 
     return MemorySessionStore(max_sessions=settings.session_memory_max)
@@ -125,6 +138,7 @@ class Components:
     proxy: McpProxy
     telemetry: Telemetry
     drain: Drain
+    credential: AsyncTokenCredential | None = None
 
 
 def build_components(settings: Settings, telemetry: Telemetry | None = None) -> Components:
@@ -133,8 +147,9 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
 
     telemetry = telemetry or Telemetry.from_settings(settings, version=VERSION)
 
-    store = build_store(settings)
-    sessions = build_sessions(settings)
+    credential = build_credential(settings)  # shared by Cosmos and Redis; closed after both
+    store = build_store(settings, credential)
+    sessions = build_sessions(settings, credential)
     runtime = build_runtime(settings)
     authenticator = build_authenticator(settings)
     view = AdapterView()
@@ -218,6 +233,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         proxy=proxy,
         telemetry=telemetry,
         drain=drain,
+        credential=credential,
     )
 
 
@@ -252,6 +268,8 @@ def create_litestar(c: Components) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(c.telemetry.close)
+            if c.credential is not None:
+                stack.push_async_callback(c.credential.close)
             try:
                 await c.store.start()
             except StoreUnavailable as exc:  # start not ready; the store reconnects on its next call

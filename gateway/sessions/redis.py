@@ -57,6 +57,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 
 from gateway.azure_credentials import build_azure_credential
 from gateway.errors import SessionStoreUnavailable
@@ -451,9 +452,18 @@ class RedisSessionStore:
             raise RedisNotSuitable(self._refusal)
 
     async def _check_server(self) -> str | None:
-        """Why this server cannot hold the sessions, or None; warns about an evicting policy."""
-        info = await self._redis.info("cluster")
-        if int(info.get("cluster_enabled", 0)) == 1:
+        """Why this server cannot hold the sessions, or None; warns about an evicting policy.
+
+        A user that may not run INFO, CONFIG or CLUSTER (Azure Cache for Redis' "Data Contributor"
+        policy excludes @dangerous commands) is not refused for it: what cannot be read is logged.
+        """
+        try:
+            info = await self._redis.info("cluster")
+            cluster: bool | None = int(info.get("cluster_enabled", 0)) == 1
+        except rex.ResponseError as exc:
+            log.info("could not read INFO cluster of %s (%s); checking the slot by a key read", self._target, exc)
+            cluster = None
+        if cluster is not False:
             refusal = await self._check_cluster()
             if refusal is not None:
                 return refusal
@@ -475,7 +485,7 @@ class RedisSessionStore:
         return None
 
     async def _check_cluster(self) -> str | None:
-        """In a Redis Cluster: every key kind in one slot, and that slot served by this node."""
+        """In a Redis Cluster (or maybe one): every key kind in one slot, and that slot served here."""
         samples = {
             "session": self._session_prefix + "x",
             "adapter index": self._index_prefix + "x",
@@ -484,7 +494,12 @@ class RedisSessionStore:
             "all index": self._all_key,
             "script base": self._base,
         }
-        slots = {kind: int(await _awaited(self._redis.cluster("KEYSLOT", key))) for kind, key in samples.items()}
+        slots: dict[str, int] = {}
+        for kind, key in samples.items():
+            try:
+                slots[kind] = int(await _awaited(self._redis.cluster("KEYSLOT", key)))
+            except rex.ResponseError:  # CLUSTER refused (or no cluster): Redis' own CRC16 of the hash tag
+                slots[kind] = key_slot(key.encode())
         prefix = self._settings.redis_key_prefix
         if len(set(slots.values())) > 1:
             return (
@@ -499,11 +514,11 @@ class RedisSessionStore:
         except rex.ResponseError as exc:  # MOVED / ASK / CLUSTERDOWN
             return (
                 f"{self._target} is a Redis Cluster node that does not serve slot {slot} of the session keys "
-                f"({exc}); the session store talks to one node only: use a non-clustered Redis (Azure Managed "
-                "Redis: clusteringPolicy NoCluster, as the Pulumi stacks set it) or point MCPGW_REDIS_URL at "
-                f"the node serving slot {slot}"
+                f"({type(exc).__name__}: {exc}); the session store talks to one node only: use a non-clustered "
+                "Redis (Azure Managed Redis: clusteringPolicy NoCluster, as the Pulumi stacks set it) or point "
+                f"MCPGW_REDIS_URL at the node serving slot {slot}"
             )
-        log.info("%s is a Redis Cluster node; every session key is in slot %d, which it serves", self._target, slot)
+        log.info("%s: every session key is in slot %d, which this node serves", self._target, slot)
         return None
 
     async def _eviction_policy(self) -> str | None:
