@@ -279,6 +279,9 @@ def create_litestar(c: Components) -> Litestar:
                 await c.sessions.start()
             except SessionStoreUnavailable as exc:  # existing sessions route from their seals; retried per call
                 log.warning("session store unavailable at start: %s", exc.detail)
+            except Exception as exc:  # e.g. a Redis Cluster whose slots the store cannot use: refuse to start
+                log.error("session store %r cannot be used, the gateway does not start: %s", c.sessions, exc)
+                raise
             stack.push_async_callback(c.sessions.close)
             await c.authenticator.start()
             stack.push_async_callback(c.authenticator.close)

@@ -6,9 +6,12 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -27,6 +30,7 @@ from gateway.settings import Settings
 from tests.redis_fixtures import (  # noqa: F401
     CLUSTER_ARGS,
     RedisServer,
+    free_port,
     redis_server,
     redis_server_factory,
     redis_server_session,
@@ -655,6 +659,28 @@ async def test_redis_checks_run_at_the_first_call_when_redis_was_down_at_start(
         await s.close()
 
 
+def test_gateway_refuses_to_start_on_a_cluster_whose_slots_the_store_cannot_use(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    server = redis_server_factory(*CLUSTER_ARGS)
+    env = {
+        **os.environ,
+        "MCPGW_SESSIONS": "redis",
+        "MCPGW_REDIS_URL": server.url,
+        "MCPGW_REDIS_KEY_PREFIX": "gw{}:",
+        "MCPGW_DATA_DIR": str(tmp_path),
+        "MCPGW_PORT": str(free_port()),
+        "MCPGW_EXAMPLE_ADAPTER": "false",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    [line] = [line for line in result.stderr.splitlines() if "the gateway does not start" in line]
+    assert "RedisSessionStore(" in line and "is a Redis Cluster" in line and "MCPGW_REDIS_KEY_PREFIX" in line
+
+
 # --- Redis with Entra ID ------------------------------------------------------------------------
 
 
@@ -813,6 +839,25 @@ async def test_one_azure_credential_factory_follows_the_client_id_setting() -> N
     finally:
         await managed.close()
         await default.close()
+
+
+async def test_the_composition_root_builds_one_azure_credential_for_cosmos_and_redis() -> None:
+    from gateway.app import build_components, build_credential
+    from gateway.store.cosmos import CosmosAdapterStore
+
+    cosmos = "https://example.documents.azure.com:443/"
+    settings = redis_settings("rediss://example:6380/0", redis_entra=True, store="cosmos", cosmos_endpoint=cosmos)
+    c = build_components(settings)
+    assert c.credential is not None
+    try:
+        assert isinstance(c.store, CosmosAdapterStore) and isinstance(c.sessions, RedisSessionStore)
+        assert c.store._credential is c.credential and c.sessions._credential is c.credential
+    finally:
+        await c.credential.close()
+    # Nothing authenticates with Entra ID: no credential at all.
+    assert build_credential(Settings()) is None
+    assert build_credential(Settings(store="cosmos", cosmos_endpoint=cosmos, cosmos_key="k")) is None
+    assert build_credential(redis_settings("redis://127.0.0.1:6379/0")) is None
 
 
 async def test_entra_store_without_an_injected_credential_builds_and_closes_its_own() -> None:
