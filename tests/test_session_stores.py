@@ -854,6 +854,11 @@ async def test_the_composition_root_builds_one_azure_credential_for_cosmos_and_r
         assert c.store._credential is c.credential and c.sessions._credential is c.credential
     finally:
         await c.credential.close()
+    # A shared credential belongs to the composition root: neither store closes it.
+    shared = MintedCredential("oid", lifetime=3600)
+    for component in (CosmosAdapterStore(settings, credential=shared), RedisSessionStore(settings, credential=shared)):
+        await component.close()
+    assert not shared.closed
     # Nothing authenticates with Entra ID: no credential at all.
     assert build_credential(Settings()) is None
     assert build_credential(Settings(store="cosmos", cosmos_endpoint=cosmos, cosmos_key="k")) is None
