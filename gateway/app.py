@@ -61,7 +61,7 @@ EXAMPLE_ADAPTER = AdapterInput(
 _DATA_PLANE = re.compile(r"^/adapters/([^/]+)/(mcp|sse|messages)/?$")
 
 
-def build_credential(settings: Settings) -> AsyncTokenCredential | None:
+def build_shared_credential(settings: Settings) -> AsyncTokenCredential | None:
     """The gateway's one Azure credential, when a component authenticates with Entra ID."""
     if needs_azure_credential(
         cosmos=settings.store == "cosmos",
@@ -138,7 +138,7 @@ class Components:
     proxy: McpProxy
     telemetry: Telemetry
     drain: Drain
-    credential: AsyncTokenCredential | None = None
+    azure_credential: AsyncTokenCredential | None = None  # the one Azure credential (Cosmos, Redis Entra ID)
 
 
 def build_components(settings: Settings, telemetry: Telemetry | None = None) -> Components:
@@ -147,7 +147,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
 
     telemetry = telemetry or Telemetry.from_settings(settings, version=VERSION)
 
-    credential = build_credential(settings)  # shared by Cosmos and Redis; closed after both
+    credential = build_shared_credential(settings)  # shared by Cosmos and Redis; closed after both
     store = build_store(settings, credential)
     sessions = build_sessions(settings, credential)
     runtime = build_runtime(settings)
@@ -233,7 +233,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         proxy=proxy,
         telemetry=telemetry,
         drain=drain,
-        credential=credential,
+        azure_credential=credential,
     )
 
 
@@ -268,8 +268,8 @@ def create_litestar(c: Components) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(c.telemetry.close)
-            if c.credential is not None:
-                stack.push_async_callback(c.credential.close)
+            if c.azure_credential is not None:
+                stack.push_async_callback(c.azure_credential.close)
             try:
                 await c.store.start()
             except StoreUnavailable as exc:  # start not ready; the store reconnects on its next call

@@ -842,27 +842,27 @@ async def test_one_azure_credential_factory_follows_the_client_id_setting() -> N
 
 
 async def test_the_composition_root_builds_one_azure_credential_for_cosmos_and_redis() -> None:
-    from gateway.app import build_components, build_credential
+    from gateway.app import build_components, build_shared_credential
     from gateway.store.cosmos import CosmosAdapterStore
 
     cosmos = "https://example.documents.azure.com:443/"
     settings = redis_settings("rediss://example:6380/0", redis_entra=True, store="cosmos", cosmos_endpoint=cosmos)
     c = build_components(settings)
-    assert c.credential is not None
+    assert c.azure_credential is not None
     try:
         assert isinstance(c.store, CosmosAdapterStore) and isinstance(c.sessions, RedisSessionStore)
-        assert c.store._credential is c.credential and c.sessions._credential is c.credential
+        assert c.store._credential is c.azure_credential and c.sessions._credential is c.azure_credential
     finally:
-        await c.credential.close()
+        await c.azure_credential.close()
     # A shared credential belongs to the composition root: neither store closes it.
     shared = MintedCredential("oid", lifetime=3600)
     for component in (CosmosAdapterStore(settings, credential=shared), RedisSessionStore(settings, credential=shared)):
         await component.close()
     assert not shared.closed
     # Nothing authenticates with Entra ID: no credential at all.
-    assert build_credential(Settings()) is None
-    assert build_credential(Settings(store="cosmos", cosmos_endpoint=cosmos, cosmos_key="k")) is None
-    assert build_credential(redis_settings("redis://127.0.0.1:6379/0")) is None
+    assert build_shared_credential(Settings()) is None
+    assert build_shared_credential(Settings(store="cosmos", cosmos_endpoint=cosmos, cosmos_key="k")) is None
+    assert build_shared_credential(redis_settings("redis://127.0.0.1:6379/0")) is None
 
 
 async def test_entra_store_without_an_injected_credential_builds_and_closes_its_own() -> None:
