@@ -127,6 +127,7 @@ class Components:
     """Everything create_app wires together; tests and the CLI may reach in."""
 
     settings: Settings
+    azure_credential: AsyncTokenCredential | None  # the one Azure credential (Cosmos, Redis Entra ID)
     store: AdapterStore
     sessions: SessionStore
     runtime: Runtime
@@ -138,7 +139,6 @@ class Components:
     proxy: McpProxy
     telemetry: Telemetry
     drain: Drain
-    azure_credential: AsyncTokenCredential | None = None  # the one Azure credential (Cosmos, Redis Entra ID)
 
 
 def build_components(settings: Settings, telemetry: Telemetry | None = None) -> Components:
@@ -222,6 +222,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     drain.on_begin(reconciler.resign)  # another gateway leads while this one drains
     return Components(
         settings=settings,
+        azure_credential=credential,
         store=store,
         sessions=sessions,
         runtime=runtime,
@@ -233,7 +234,6 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         proxy=proxy,
         telemetry=telemetry,
         drain=drain,
-        azure_credential=credential,
     )
 
 
