@@ -27,7 +27,9 @@ runs with ``clusteringPolicy: NoCluster`` (infra/redis.py). ``start()`` checks t
 trusting it: when the server says ``cluster_enabled:1`` it asks ``CLUSTER KEYSLOT`` for one key of
 every kind and reads a key of that slot; keys in several slots (a prefix holding an empty ``{}``
 tag) or a slot served by another node make ``start()`` raise :class:`RedisNotSuitable` and the
-gateway refuses to start. The keys have carried this hash tag since the store was written, so
+gateway refuses to start. A user that may not run INFO or CLUSTER is checked with Redis' own key
+hash (``redis.crc.key_slot``) and the key read. A plain Redis costs two round trips at start
+(``INFO cluster``, ``CONFIG GET``). The keys have carried this hash tag since the store was written, so
 there is no key rename and no session loss across an upgrade.
 
 No eviction. ``start()`` also reads ``maxmemory-policy`` (``CONFIG GET``, which Azure disables;
