@@ -22,6 +22,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from gateway.auth.base import Authenticator
+from gateway.azure_credentials import build_azure_credential, needs_azure_credential
 from gateway.browser.hosts import HostPolicy
 from gateway.control.guard import RestGuard
 from gateway.control.openapi import complete_openapi
@@ -47,6 +48,7 @@ from gateway.ui import portal_router
 
 if TYPE_CHECKING:
     import uvicorn
+    from azure.core.credentials_async import AsyncTokenCredential
 
 log = logging.getLogger("gateway")
 
@@ -61,23 +63,34 @@ EXAMPLE_ADAPTER = AdapterInput(
 _DATA_PLANE = re.compile(r"^/adapters/([^/]+)/(mcp|sse|messages)/?$")
 
 
-def build_store(settings: Settings) -> AdapterStore:
+def build_shared_credential(settings: Settings) -> AsyncTokenCredential | None:
+    """The gateway's one Azure credential, when a component authenticates with Entra ID."""
+    if needs_azure_credential(
+        cosmos=settings.store == "cosmos",
+        cosmos_key=settings.cosmos_key,
+        redis_entra=settings.sessions == "redis" and settings.redis_entra,
+    ):
+        return build_azure_credential(settings.azure_client_id)
+    return None
+
+
+def build_store(settings: Settings, credential: AsyncTokenCredential | None = None) -> AdapterStore:
     """The adapter store named by settings.store."""
     if settings.store == "cosmos":
         from gateway.store.cosmos import CosmosAdapterStore
 
-        return CosmosAdapterStore(settings)
+        return CosmosAdapterStore(settings, credential=credential)
     from gateway.store.sqlite import SqliteAdapterStore
 
     return SqliteAdapterStore(settings.data_dir / "gateway.db")
 
 
-def build_sessions(settings: Settings) -> SessionStore:
+def build_sessions(settings: Settings, credential: AsyncTokenCredential | None = None) -> SessionStore:
     """The session store named by settings.sessions."""
     if settings.sessions == "redis":
         from gateway.sessions.redis import RedisSessionStore
 
-        return RedisSessionStore(settings)
+        return RedisSessionStore(settings, credential=credential)
     from gateway.sessions.memory import MemorySessionStore
 
     return MemorySessionStore(max_sessions=settings.session_memory_max)
@@ -116,6 +129,7 @@ class Components:
     """Everything create_app wires together; tests and the CLI may reach in."""
 
     settings: Settings
+    azure_credential: AsyncTokenCredential | None  # the one Azure credential (Cosmos, Redis Entra ID)
     store: AdapterStore
     sessions: SessionStore
     runtime: Runtime
@@ -136,8 +150,9 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
 
     telemetry = telemetry or Telemetry.from_settings(settings, version=VERSION)
 
-    store = build_store(settings)
-    sessions = build_sessions(settings)
+    credential = build_shared_credential(settings)  # shared by Cosmos and Redis; closed after both
+    store = build_store(settings, credential)
+    sessions = build_sessions(settings, credential)
     runtime = build_runtime(settings)
     authenticator = build_authenticator(settings)
     view = AdapterView()
@@ -217,6 +232,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     drain.on_begin(reconciler.resign)  # another gateway leads while this one drains
     return Components(
         settings=settings,
+        azure_credential=credential,
         store=store,
         sessions=sessions,
         runtime=runtime,
@@ -263,6 +279,8 @@ def create_litestar(c: Components) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(c.telemetry.close)
+            if c.azure_credential is not None:
+                stack.push_async_callback(c.azure_credential.close)
             try:
                 await c.store.start()
             except StoreUnavailable as exc:  # start not ready; the store reconnects on its next call
@@ -272,6 +290,9 @@ def create_litestar(c: Components) -> Litestar:
                 await c.sessions.start()
             except SessionStoreUnavailable as exc:  # existing sessions route from their seals; retried per call
                 log.warning("session store unavailable at start: %s", exc.detail)
+            except Exception as exc:  # e.g. a Redis Cluster whose slots the store cannot use: refuse to start
+                log.error("session store %r cannot be used, the gateway does not start: %s", c.sessions, exc)
+                raise
             stack.push_async_callback(c.sessions.close)
             await c.authenticator.start()
             stack.push_async_callback(c.authenticator.close)

@@ -11,8 +11,10 @@ Import the fixtures you need into a test module::
   after the test.
 
 Each is a :class:`RedisServer`: ``.url``, ``.port``, ``.stop()``, ``.start()`` (again on the same
-port, to test outages and recovery). Servers run with ``--save "" --appendonly no`` on a free
-loopback port, die with the test process (PR_SET_PDEATHSIG) and are always killed at teardown.
+port, to test outages and recovery). ``serve_all_slots(server)`` turns a server started with
+``CLUSTER_ARGS`` into a one-node Redis Cluster that serves every slot. Servers run with
+``--save "" --appendonly no`` on a free loopback port, die with the test process
+(PR_SET_PDEATHSIG) and are always killed at teardown.
 The binary is the Debian package's (``apt-get install redis-server``) or any ``redis-server`` on
 PATH; ``MCPGW_TEST_REDIS_SERVER`` names another one.
 """
@@ -41,6 +43,9 @@ from tests.tls_fixtures import write_tls_files
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 
+CLUSTER_ARGS = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+"""redis-server flags of a cluster node (nodes.conf lands in the server's own directory)."""
+
 
 def redis_server_binary() -> str:
     """Path of redis-server; fails the test with the install command when there is none."""
@@ -63,6 +68,21 @@ def free_port() -> int:
         return port
 
 
+def free_cluster_port() -> int:
+    """A free port P on 127.0.0.1 whose cluster bus port P + 10000 is free too (so P <= 55535)."""
+    for _ in range(100):
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair (P, P + 10000) for a Redis Cluster node")
+
+
 def _die_with_parent() -> None:
     # Linux: SIGKILL the server when the test process dies, however it dies.
     with contextlib.suppress(OSError, AttributeError):
@@ -78,7 +98,7 @@ class RedisServer:
         self.binary = redis_server_binary()
         self.extra_args = list(extra_args)
         self.password = password
-        self.port = port or free_port()
+        self.port = port or (free_cluster_port() if "--cluster-enabled" in extra_args else free_port())
         self.tls = tls
         self.dir = Path(tempfile.mkdtemp(prefix="mcpgw-redis-"))
         self.log_path = self.dir / "redis.log"
@@ -244,3 +264,15 @@ def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
     finally:
         for server in servers:
             server.close()
+
+
+def serve_all_slots(server: RedisServer) -> RedisServer:
+    """Make a node started with ``CLUSTER_ARGS`` a one-node cluster serving all 16384 slots."""
+    with server.client() as c:
+        c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + START_TIMEOUT
+        while c.cluster("INFO")["cluster_state"] != "ok":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"one-node cluster on port {server.port} not ok within {START_TIMEOUT} s")
+            time.sleep(0.02)
+    return server

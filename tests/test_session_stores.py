@@ -6,23 +6,36 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+import redis
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
+from gateway.azure_credentials import build_azure_credential
 from gateway.errors import SessionStoreUnavailable
 from gateway.sessions import SessionLimitExceeded, SessionLimits, SessionRecord, SessionStore
 from gateway.sessions._entra import REDIS_SCOPE
 from gateway.sessions.memory import SWEEP_BATCH, MemorySessionStore
-from gateway.sessions.redis import RedisSessionStore
+from gateway.sessions.redis import HASH_TAG, RedisNotSuitable, RedisSessionStore
 from gateway.settings import Settings
-from tests.redis_fixtures import RedisServer, redis_server, redis_server_factory, redis_server_session  # noqa: F401
+from tests.redis_fixtures import (  # noqa: F401
+    CLUSTER_ARGS,
+    RedisServer,
+    free_port,
+    redis_server,
+    redis_server_factory,
+    redis_server_session,
+    serve_all_slots,
+)
 
 FAST = 2.0  # seconds: the most a failing store call may take during an outage
 
@@ -33,7 +46,8 @@ def record(sid: str, adapter: str = "alpha", user: str = "alice", replica: str =
 
 
 def redis_settings(url: str, **overrides: Any) -> Settings:
-    return Settings(sessions="redis", redis_url=url, redis_key_prefix=f"t{uuid.uuid4().hex[:8]}:", **overrides)
+    overrides = {"redis_key_prefix": f"t{uuid.uuid4().hex[:8]}:", **overrides}
+    return Settings(sessions="redis", redis_url=url, **overrides)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -456,6 +470,217 @@ async def test_start_when_redis_is_down_raises_and_later_calls_work(redis_server
         await s.close()
 
 
+# --- Redis that keeps sessions: one slot, no eviction (DESIGN §8) --------------------------------
+
+STORE_LOG = "gateway.sessions.redis"
+
+
+def store_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == STORE_LOG and r.levelno >= logging.WARNING]
+
+
+async def exercise(s: RedisSessionStore) -> None:
+    """Every script the store has, on keys of every kind."""
+    await s.open(record("s1", adapter="alpha"), 30, SessionLimits(per_user=5, per_adapter=5))
+    await s.put(record("s2", adapter="alpha", user="bob"), 30)
+    await s.touch("s1", time.time(), 30)
+    assert await s.count() == 2 and await s.count("alpha") == 2 and await s.count_user("alpha", "bob") == 1
+    assert await s.revoke_replica("alpha", "") == 2  # both pinned to the same (empty) replica uid
+    await s.put(record("s3", adapter="beta"), 30)
+    assert await s.revoke_adapter("beta") == 1
+    assert await s.count() == 0
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+async def test_redis_with_an_evicting_policy_warns_at_start(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+) -> None:
+    server = redis_server_factory("--maxmemory-policy", policy)
+    s = RedisSessionStore(redis_settings(server.url))
+    await s.start()
+    try:
+        [warning] = store_warnings(caplog)
+        assert f"maxmemory-policy {policy}" in warning and "noeviction" in warning and "NoEviction" in warning
+        await s.put(record("s1"), 30)  # a warning, not a refusal: the store works
+        assert await s.get("s1") is not None
+        assert len(store_warnings(caplog)) == 1  # said once, not per call
+    finally:
+        await s.close()
+
+
+async def test_redis_with_noeviction_starts_quietly(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=STORE_LOG)
+    server = redis_server_factory("--maxmemory-policy", "noeviction")
+    s = RedisSessionStore(redis_settings(server.url))
+    await s.start()
+    try:
+        await exercise(s)
+        assert store_warnings(caplog) == []
+        assert not [r for r in caplog.records if r.name == STORE_LOG]  # not even "could not read"
+    finally:
+        await s.close()
+
+
+async def test_eviction_policy_is_read_from_info_when_config_is_disabled(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Azure Managed Redis refuses CONFIG; INFO memory still names the policy.
+    server = redis_server_factory("--maxmemory-policy", "allkeys-lfu", "--rename-command", "CONFIG", "")
+    s = RedisSessionStore(redis_settings(server.url))
+    await s.start()
+    try:
+        [warning] = store_warnings(caplog)
+        assert "maxmemory-policy allkeys-lfu" in warning
+    finally:
+        await s.close()
+
+
+async def test_redis_user_without_dangerous_commands_is_checked_as_far_as_it_may(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Like Azure Cache for Redis' "Data Contributor" access policy: no INFO, CONFIG or CLUSTER KEYSLOT.
+    caplog.set_level(logging.INFO, logger=STORE_LOG)
+    server = redis_server_factory("--maxmemory-policy", "allkeys-lru", password="admin-only")
+    with server.client() as c:
+        c.acl_setuser("contributor", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-@dangerous"])
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            redis.Redis(port=server.port, username="contributor", password="pw").info("cluster")
+    s = RedisSessionStore(redis_settings(f"redis://contributor:pw@127.0.0.1:{server.port}/0"))
+    await s.start()
+    try:
+        await exercise(s)
+        messages = [r.getMessage() for r in caplog.records if r.name == STORE_LOG]
+        assert any("could not read INFO cluster" in m for m in messages)
+        assert any("could not read maxmemory-policy" in m and "noeviction" in m for m in messages)
+        assert store_warnings(caplog) == []
+    finally:
+        await s.close()
+
+
+async def test_redis_cluster_node_serving_the_sessions_slot_works(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=STORE_LOG)
+    server = serve_all_slots(redis_server_factory(*CLUSTER_ARGS, "--maxmemory-policy", "noeviction"))
+    settings = redis_settings(server.url)
+    s = RedisSessionStore(settings)
+    await s.start()
+    try:
+        with server.client() as c:
+            slot = c.cluster("KEYSLOT", settings.redis_key_prefix + HASH_TAG)
+        assert any(f"slot {slot}" in r.getMessage() for r in caplog.records if r.name == STORE_LOG)
+        await exercise(s)  # every script runs on a cluster node: all its keys are in one slot
+        assert store_warnings(caplog) == []
+    finally:
+        await s.close()
+
+
+async def test_redis_cluster_with_keys_in_several_slots_refuses_to_start(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811
+) -> None:
+    server = redis_server_factory(*CLUSTER_ARGS)  # CLUSTER KEYSLOT answers even before slots are served
+    # "{}" is an empty hash tag: Redis then hashes each whole key, so they land in different slots.
+    s = RedisSessionStore(redis_settings(server.url, redis_key_prefix="gw{}:"))
+    try:
+        with pytest.raises(RedisNotSuitable) as caught:
+            await s.start()
+        message = str(caught.value)
+        assert "Redis Cluster" in message and "MCPGW_REDIS_KEY_PREFIX='gw{}:'" in message and "slots" in message
+        assert not isinstance(caught.value, SessionStoreUnavailable)  # the gateway does not swallow it
+    finally:
+        await s.close()
+
+
+async def test_redis_cluster_node_not_serving_the_slot_refuses_to_start(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811
+) -> None:
+    server = redis_server_factory(*CLUSTER_ARGS)  # a node that serves no slot
+    s = RedisSessionStore(redis_settings(server.url))
+    try:
+        with pytest.raises(RedisNotSuitable, match=r"does not serve slot \d+ .*ClusterDownError.*NoCluster"):
+            await s.start()
+    finally:
+        await s.close()
+
+
+async def test_redis_cluster_of_two_shards_refuses_the_node_without_the_slot(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811
+) -> None:
+    # The shape of a sharded (OSS-cluster) Redis: the plain client would get MOVED on every call.
+    a, b = redis_server_factory(*CLUSTER_ARGS), redis_server_factory(*CLUSTER_ARGS)
+    with a.client() as ca, b.client() as cb:
+        slot = int(ca.cluster("KEYSLOT", HASH_TAG))
+        ca.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, slot - 1)
+        cb.execute_command("CLUSTER", "ADDSLOTSRANGE", slot, 16383)
+        ca.execute_command("CLUSTER", "MEET", "127.0.0.1", b.port)
+        deadline = time.monotonic() + 10
+        while ca.cluster("INFO")["cluster_state"] != "ok" or cb.cluster("INFO")["cluster_state"] != "ok":
+            assert time.monotonic() < deadline, "two-node cluster not ok within 10 s"
+            await asyncio.sleep(0.02)
+    s = RedisSessionStore(redis_settings(a.url))
+    try:
+        with pytest.raises(RedisNotSuitable, match=rf"does not serve slot {slot} .*MovedError.*{b.port}"):
+            await s.start()
+    finally:
+        await s.close()
+    good = RedisSessionStore(redis_settings(b.url))  # the node that serves the slot is fine
+    await good.start()
+    try:
+        await exercise(good)
+    finally:
+        await good.close()
+
+
+async def test_redis_checks_run_at_the_first_call_when_redis_was_down_at_start(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811
+) -> None:
+    server = redis_server_factory(*CLUSTER_ARGS)
+    server.stop()
+    s = RedisSessionStore(redis_settings(server.url, redis_key_prefix="gw{}:"))
+    try:
+        with pytest.raises(SessionStoreUnavailable, match="cannot connect"):
+            await s.start()
+        server.start()
+        for _ in range(2):  # refused on every call, without touching Redis again
+            with pytest.raises(SessionStoreUnavailable, match="slots") as caught:
+                await s.put(record("s1"), 30)
+            assert caught.value.dependency == "Redis"
+        with server.client() as c:
+            assert c.dbsize() == 0
+    finally:
+        await s.close()
+
+
+def test_gateway_refuses_to_start_on_a_cluster_whose_slots_the_store_cannot_use(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    server = redis_server_factory(*CLUSTER_ARGS)
+    env = {
+        **os.environ,
+        "MCPGW_SESSIONS": "redis",
+        "MCPGW_REDIS_URL": server.url,
+        "MCPGW_REDIS_KEY_PREFIX": "gw{}:",
+        "MCPGW_DATA_DIR": str(tmp_path),
+        "MCPGW_PORT": str(free_port()),
+        "MCPGW_EXAMPLE_ADAPTER": "false",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    [line] = [line for line in result.stderr.splitlines() if "the gateway does not start" in line]
+    assert "RedisSessionStore(" in line and "is a Redis Cluster" in line and "MCPGW_REDIS_KEY_PREFIX" in line
+
+
 # --- Redis with Entra ID ------------------------------------------------------------------------
 
 
@@ -532,7 +757,7 @@ async def test_entra_token_authenticates_as_its_oid(entra_redis: RedisServer, ca
         assert users_of_gateway_connections(entra_redis) == {oid}
     finally:
         await s.close()
-    assert credential.closed
+    assert not credential.closed  # an injected credential is shared: its owner (gateway/app.py) closes it
     assert credential.tokens and all(t not in caplog.text for t in credential.tokens)
 
 
@@ -604,17 +829,53 @@ def test_entra_refuses_a_url_with_a_password() -> None:
         RedisSessionStore(redis_settings("rediss://:pw@example.redis.cache.windows.net:6380/0", redis_entra=True))
 
 
-async def test_entra_uses_the_user_assigned_managed_identity_when_configured() -> None:
+async def test_one_azure_credential_factory_follows_the_client_id_setting() -> None:
     from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
+    managed, default = build_azure_credential("abc"), build_azure_credential(None)
+    try:
+        assert isinstance(managed, ManagedIdentityCredential)
+        assert isinstance(default, DefaultAzureCredential)
+    finally:
+        await managed.close()
+        await default.close()
+
+
+async def test_the_composition_root_builds_one_azure_credential_for_cosmos_and_redis() -> None:
+    from gateway.app import build_components, build_shared_credential
+    from gateway.store.cosmos import CosmosAdapterStore
+
+    cosmos = "https://example.documents.azure.com:443/"
+    settings = redis_settings("rediss://example:6380/0", redis_entra=True, store="cosmos", cosmos_endpoint=cosmos)
+    c = build_components(settings)
+    assert c.azure_credential is not None
+    try:
+        assert isinstance(c.store, CosmosAdapterStore) and isinstance(c.sessions, RedisSessionStore)
+        assert c.store._credential is c.azure_credential and c.sessions._credential is c.azure_credential
+    finally:
+        await c.azure_credential.close()
+    # A shared credential belongs to the composition root: neither store closes it.
+    shared = MintedCredential("oid", lifetime=3600)
+    for component in (CosmosAdapterStore(settings, credential=shared), RedisSessionStore(settings, credential=shared)):
+        await component.close()
+    assert not shared.closed
+    # Nothing authenticates with Entra ID: no credential at all.
+    assert build_shared_credential(Settings()) is None
+    assert build_shared_credential(Settings(store="cosmos", cosmos_endpoint=cosmos, cosmos_key="k")) is None
+    assert build_shared_credential(redis_settings("redis://127.0.0.1:6379/0")) is None
+
+
+async def test_entra_store_without_an_injected_credential_builds_and_closes_its_own() -> None:
+    from azure.identity.aio import ManagedIdentityCredential
+
     s = RedisSessionStore(redis_settings("rediss://example:6380/0", redis_entra=True, azure_client_id="abc"))
-    credential = s._azure_credential()
-    assert isinstance(credential, ManagedIdentityCredential)
-    await credential.close()
-    s = RedisSessionStore(redis_settings("rediss://example:6380/0", redis_entra=True))
-    credential = s._azure_credential()
-    assert isinstance(credential, DefaultAzureCredential)
-    await credential.close()
+    client = s._make_client()
+    try:
+        assert s._provider is not None and isinstance(s._provider._credential, ManagedIdentityCredential)
+        assert s._provider._owns_credential
+    finally:
+        await client.aclose()
+        await s._provider.aclose()
 
 
 async def test_redis_over_tls_with_a_password(redis_server_factory: Callable[..., RedisServer]) -> None:  # noqa: F811

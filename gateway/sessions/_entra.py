@@ -7,6 +7,34 @@ new one to redis-py, which re-authenticates every pooled connection (idle ones a
 when they are released). New connections always authenticate with the current token.
 
 Tokens are secrets: nothing here logs them or puts them in an exception or a ``repr``.
+
+Why not ``redis-entraid`` (compared 2026-11-30 with redis-entraid 1.2.2 and redis-py 8.1.0, the
+package Redis publishes for exactly this; kept this module):
+
+- **It blocks the event loop.** Its identity providers are synchronous (msal's
+  ``ManagedIdentityClient`` over ``requests``, or the sync ``azure.identity.DefaultAzureCredential``)
+  and redis-py's ``TokenManager.acquire_token_async`` calls ``idp.request_token()`` directly on the
+  loop, for every new connection and for every refresh: a token request (IMDS or the workload
+  identity exchange, 50 ms to seconds) would stall every MCP request of the gateway. Here the
+  azure-identity *async* credential is awaited.
+- **It cannot take an injected credential.** ``create_from_managed_identity`` /
+  ``create_from_default_azure_credential`` / ``create_from_service_principal`` each build their own
+  client, so it could not share the one Azure credential (and token cache) that ``gateway/app.py``
+  builds for Cosmos and Redis (``gateway/azure_credentials.py``). msal's ``ManagedIdentityClient``
+  also does not read AKS workload identity's federated token file; only the default-credential
+  path would work on AKS.
+- **No user name override and no shutdown.** The Redis user is always the token's ``oid``
+  (``MCPGW_REDIS_USERNAME`` could not be honoured), and the async renewal re-arms itself with
+  ``loop.call_later`` without keeping the handle, so ``TokenManager.stop()`` cannot stop it and
+  nothing closes the credential.
+- Re-AUTH of pooled connections is the same in both: redis-py's own ``on_next`` callback (which this
+  provider feeds too). Its default retry policy is 3 attempts 3 ms apart with a 100 ms request
+  timeout; here a failed refresh is retried every 10 s while the old token still works.
+- Dependencies: it adds ``msal`` and ``requests`` as direct requirements (both already arrive with
+  azure-identity); this module needs ``PyJWT`` only to read ``oid``, as redis-entraid does.
+- Tests: this provider is tested against a real redis-server with ACL users whose passwords are
+  minted tokens (tests/test_session_stores.py: ``test_entra_*``), including a refresh where the
+  server accepts only the newest token.
 """
 
 from __future__ import annotations
@@ -93,14 +121,21 @@ class EntraCredentialProvider(StreamingCredentialProvider):
     """Redis credentials ``(user, access token)`` from an azure-identity async credential.
 
     ``username`` is the Redis user (the identity's object id); when None it is read from the
-    token's ``oid`` claim. Call :meth:`aclose` when done: it stops the refresh task and closes the
-    credential.
+    token's ``oid`` claim. Call :meth:`aclose` when done: it stops the refresh task, and closes the
+    credential when ``owns_credential`` (a credential shared with other components, e.g. the one
+    ``gateway/app.py`` injects, is closed by its owner).
     """
 
     def __init__(
-        self, credential: AsyncTokenCredential, *, username: str | None = None, scope: str = REDIS_SCOPE
+        self,
+        credential: AsyncTokenCredential,
+        *,
+        username: str | None = None,
+        scope: str = REDIS_SCOPE,
+        owns_credential: bool = True,
     ) -> None:
         self._credential = credential
+        self._owns_credential = owns_credential
         self._username = username
         self._scope = scope
         self._token: EntraToken | None = None
@@ -168,14 +203,15 @@ class EntraCredentialProvider(StreamingCredentialProvider):
         return token
 
     async def aclose(self) -> None:
-        """Stop refreshing and close the credential."""
+        """Stop refreshing, and close the credential when this provider owns it."""
         self._closed = True
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
             self._refresher = None
-        await self._credential.close()
+        if self._owns_credential:
+            await self._credential.close()
 
     async def _fetch(self) -> EntraToken:
         received = time.time()

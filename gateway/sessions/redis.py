@@ -19,6 +19,26 @@ replicas that are gone vanish by themselves.
 Each write is one Lua script (one round trip, atomic), using the Redis server's clock so several
 gateways with skewed clocks agree. Reads are a single ``HGETALL``.
 
+One shard (2026-11-30, DESIGN §8). Every script touches several keys, so every key must live in
+one cluster slot: they all begin ``P{sessions}:``, and ``{sessions}`` (``HASH_TAG``) is the hash
+tag, so Redis Cluster hashes only ``sessions`` (or, when ``P`` itself holds a ``{…}``, that tag —
+common to every key too). The client is a plain one, not a cluster client: Azure Managed Redis
+runs with ``clusteringPolicy: NoCluster`` (infra/redis.py). ``start()`` checks this instead of
+trusting it: when the server says ``cluster_enabled:1`` it asks ``CLUSTER KEYSLOT`` for one key of
+every kind and reads a key of that slot; keys in several slots (a prefix holding an empty ``{}``
+tag) or a slot served by another node make ``start()`` raise :class:`RedisNotSuitable` and the
+gateway refuses to start. A user that may not run INFO or CLUSTER is checked with Redis' own key
+hash (``redis.crc.key_slot``) and the key read. A plain Redis costs two round trips at start
+(``INFO cluster``, ``CONFIG GET``). The keys have carried this hash tag since the store was written, so
+there is no key rename and no session loss across an upgrade.
+
+No eviction. ``start()`` also reads ``maxmemory-policy`` (``CONFIG GET``, which Azure disables;
+then ``INFO memory``) and logs a WARNING for anything but ``noeviction``: every key here has a TTL,
+so even the ``volatile-*`` policies evict them, which silently revokes sessions and can drop the
+indexes that adapter and replica revocation rely on. (A full ``noeviction`` Redis answers writes
+with OOM errors instead, reported as SessionStoreUnavailable.) When Redis is unreachable at start
+the checks run before the first call that reaches it.
+
 Availability: every call fails fast (connect and read timeouts below, one retry on a broken
 connection, an overall deadline) with ``SessionStoreUnavailable`` naming Redis and what to check;
 redis-py reconnects on the next call, so recovery after an outage needs no restart.
@@ -27,6 +47,7 @@ redis-py reconnects on the next call, so recovery after an outage needs no resta
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -38,7 +59,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 
+from gateway.azure_credentials import build_azure_credential
 from gateway.errors import SessionStoreUnavailable
 from gateway.sessions._entra import EntraCredentialProvider
 from gateway.sessions.base import SessionLimitExceeded, SessionLimits, SessionRecord
@@ -74,6 +97,21 @@ REVOKE_BATCH = 500
 
 PRUNE_BATCH = 64
 """Most expired index members one write drops (bounded cost per write)."""
+
+HASH_TAG = "{sessions}"
+"""The hash tag every key carries right after the prefix: one cluster slot for all of them."""
+
+NO_EVICTION = "noeviction"
+"""The only ``maxmemory-policy`` under which Redis never drops a session key by itself."""
+
+
+class RedisNotSuitable(RuntimeError):
+    """The Redis server cannot hold the sessions correctly (e.g. keys spread over cluster slots).
+
+    Raised by ``start()``, which the gateway does not catch: it refuses to start. Found later (Redis
+    was down at start), every call raises SessionStoreUnavailable with the same message.
+    """
+
 
 _NOW = """
 local t = redis.call('TIME')
@@ -218,8 +256,9 @@ return redis.call('ZCARD', KEYS[1])
 class RedisSessionStore:
     """Session records in Redis (``redis.asyncio``), by URL with password/TLS or by Entra ID token.
 
-    ``credential`` (an azure-identity async credential) is used instead of the one built from
-    settings when ``redis_entra`` is on; the store closes it in :meth:`close`.
+    ``credential`` (an azure-identity async credential, normally the one ``gateway/app.py`` builds
+    for the whole gateway) is used when ``redis_entra`` is on; it belongs to the caller, who closes
+    it. Without one, the store builds its own from settings and closes it in :meth:`close`.
     """
 
     def __init__(self, settings: Settings, *, credential: AsyncTokenCredential | None = None) -> None:
@@ -232,7 +271,7 @@ class RedisSessionStore:
                 "(the Entra ID token is the password; set MCPGW_REDIS_USERNAME for the user)"
             )
         self._target = _describe(settings.redis_url)
-        self._base = settings.redis_key_prefix + "{sessions}:"
+        self._base = settings.redis_key_prefix + HASH_TAG + ":"
         self._session_prefix = self._base + "s:"
         self._index_prefix = self._base + "a:"
         self._all_key = self._base + "all"
@@ -240,18 +279,23 @@ class RedisSessionStore:
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._provider: EntraCredentialProvider | None = None
+        self._checked = False  # the server checks (one slot, eviction policy) passed
+        self._refusal: str | None = None  # why the server is not suitable, once found
+        self._check_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"RedisSessionStore({self._target})"
 
     async def start(self) -> None:
-        """Build the client and check Redis answers (raises SessionStoreUnavailable when not).
+        """Build the client, check Redis answers and suits the store (see the module docstring).
 
-        The store stays usable after a failed start: later calls reconnect by themselves.
+        Raises SessionStoreUnavailable when Redis cannot be reached (the store stays usable: later
+        calls reconnect by themselves and run the checks first), RedisNotSuitable when its keys
+        would not share one cluster slot.
         """
         if self._client is None:
             self._client = self._make_client()
-        await self._guard(self._client.ping(), deadline=START_TIMEOUT)
+        await self._guard(self._client.ping(), deadline=START_TIMEOUT, strict=True)
 
     async def close(self) -> None:
         """Close the connections and the Entra ID credential."""
@@ -385,7 +429,9 @@ class RedisSessionStore:
         }
         if self._settings.redis_entra:
             self._provider = EntraCredentialProvider(
-                self._credential or self._azure_credential(), username=self._settings.redis_username
+                self._credential or build_azure_credential(self._settings.azure_client_id),
+                username=self._settings.redis_username,
+                owns_credential=self._credential is None,
             )
             options["credential_provider"] = self._provider
         # Blocking pool: a burst of requests waits for a connection (under the call deadline)
@@ -398,18 +444,116 @@ class RedisSessionStore:
         client.auto_close_connection_pool = True
         return client
 
-    def _azure_credential(self) -> AsyncTokenCredential:
-        from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+    async def _check_once(self) -> None:
+        """Run the server checks before the first call that reaches Redis; raise RedisNotSuitable."""
+        async with self._check_lock:
+            if self._refusal is None and not self._checked:
+                self._refusal = await self._check_server()
+                self._checked = self._refusal is None
+        if self._refusal is not None:
+            raise RedisNotSuitable(self._refusal)
 
-        if self._settings.azure_client_id:
-            return ManagedIdentityCredential(client_id=self._settings.azure_client_id)
-        return DefaultAzureCredential()
+    async def _check_server(self) -> str | None:
+        """Why this server cannot hold the sessions, or None; warns about an evicting policy.
 
-    async def _guard(self, call: Awaitable[T], *, deadline: float = OPERATION_TIMEOUT) -> T:
-        """Run one Redis call under a deadline; every failure becomes SessionStoreUnavailable."""
+        A user that may not run INFO, CONFIG or CLUSTER (Azure Cache for Redis' "Data Contributor"
+        policy excludes @dangerous commands) is not refused for it: what cannot be read is logged.
+        """
+        try:
+            info = await self._redis.info("cluster")
+            cluster: bool | None = int(info.get("cluster_enabled", 0)) == 1
+        except rex.ResponseError as exc:
+            log.info("could not read INFO cluster of %s (%s); checking the slot by a key read", self._target, exc)
+            cluster = None
+        if cluster is not False:
+            refusal = await self._check_cluster()
+            if refusal is not None:
+                return refusal
+        policy = await self._eviction_policy()
+        if policy is None:
+            log.info(
+                "could not read maxmemory-policy of %s (CONFIG and INFO refused); make sure it is noeviction",
+                self._target,
+            )
+        elif policy != NO_EVICTION:
+            log.warning(
+                "%s has maxmemory-policy %s: when memory runs short Redis evicts session keys (they all have a TTL), "
+                "which silently revokes sessions and can drop the indexes adapter and replica revocation rely on; "
+                "set maxmemory-policy noeviction (Azure Managed Redis: evictionPolicy NoEviction, as the Pulumi "
+                "stacks set it)",
+                self._target,
+                policy,
+            )
+        return None
+
+    async def _check_cluster(self) -> str | None:
+        """In a Redis Cluster (or maybe one): every key kind in one slot, and that slot served here."""
+        samples = {
+            "session": self._session_prefix + "x",
+            "adapter index": self._index_prefix + "x",
+            "user index": f"{self._base}u:x:y",
+            "replica index": f"{self._base}r:x:y",
+            "all index": self._all_key,
+            "script base": self._base,
+        }
+        slots: dict[str, int] = {}
+        for kind, key in samples.items():
+            try:
+                slots[kind] = int(await _awaited(self._redis.cluster("KEYSLOT", key)))
+            except rex.ResponseError:  # CLUSTER refused (or no cluster): Redis' own CRC16 of the hash tag
+                slots[kind] = key_slot(key.encode())
+        prefix = self._settings.redis_key_prefix
+        if len(set(slots.values())) > 1:
+            return (
+                f"{self._target} is a Redis Cluster and the session keys under MCPGW_REDIS_KEY_PREFIX={prefix!r} "
+                f"fall into {len(set(slots.values()))} slots ({', '.join(f'{k}: {v}' for k, v in slots.items())}); "
+                f"the store's scripts need them in one slot: use a prefix without an empty '{{}}' (the keys carry "
+                f"the hash tag {HASH_TAG})"
+            )
+        slot = slots["session"]
+        try:
+            await self._redis.exists(self._all_key)
+        except rex.ResponseError as exc:  # MOVED / ASK / CLUSTERDOWN
+            return (
+                f"{self._target} is a Redis Cluster node that does not serve slot {slot} of the session keys "
+                f"({type(exc).__name__}: {exc}); the session store talks to one node only: use a non-clustered "
+                "Redis (Azure Managed Redis: clusteringPolicy NoCluster, as the Pulumi stacks set it) or point "
+                f"MCPGW_REDIS_URL at the node serving slot {slot}"
+            )
+        log.info("%s: every session key is in slot %d, which this node serves", self._target, slot)
+        return None
+
+    async def _eviction_policy(self) -> str | None:
+        """``maxmemory-policy`` from CONFIG GET, else from INFO memory (Azure disables CONFIG)."""
+        try:
+            config = await self._redis.config_get("maxmemory-policy")
+            policy = config.get("maxmemory-policy")
+            if policy:
+                return str(policy)
+        except rex.ResponseError:
+            pass
+        try:
+            info = await self._redis.info("memory")
+        except rex.ResponseError:
+            return None
+        policy = info.get("maxmemory_policy")
+        return str(policy) if policy else None
+
+    async def _guard(self, call: Awaitable[T], *, deadline: float = OPERATION_TIMEOUT, strict: bool = False) -> T:
+        """Run one Redis call under a deadline; every failure becomes SessionStoreUnavailable.
+
+        The server checks run first until they have passed once; ``strict`` lets their
+        RedisNotSuitable through (``start()``), otherwise it too becomes SessionStoreUnavailable.
+        """
         try:
             async with asyncio.timeout(deadline):
+                if not self._checked:
+                    await self._check_once()
                 return await call
+        except RedisNotSuitable as exc:
+            if strict:
+                raise
+            raise self._unavailable(str(exc)) from exc
         except rex.ExternalAuthProviderError as exc:
             raise self._unavailable(
                 f"{exc}; check the managed identity (AZURE_CLIENT_ID) or the DefaultAzureCredential setup"
@@ -437,6 +581,9 @@ class RedisSessionStore:
             raise self._unavailable(f"cannot connect to {self._target} ({exc}); {hint}") from exc
         except rex.RedisError as exc:
             raise self._unavailable(f"{self._target} answered with an error ({type(exc).__name__}: {exc})") from exc
+        finally:
+            if inspect.iscoroutine(call):
+                call.close()  # never awaited when a check failed first; a no-op once it ran
 
     def _unavailable(self, detail: str) -> SessionStoreUnavailable:
         return SessionStoreUnavailable("Redis", detail, retry_after=RETRY_AFTER)
@@ -456,3 +603,8 @@ def _describe(url: str) -> str:
         host = f"[{host}]"
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+async def _awaited(result: Any) -> Any:
+    """The answer of a redis-py command typed ``Any | Awaitable[Any]`` (always awaitable in asyncio)."""
+    return await result if inspect.isawaitable(result) else result

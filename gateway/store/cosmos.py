@@ -34,6 +34,7 @@ from azure.cosmos.aio import ContainerProxy, CosmosClient
 from azure.cosmos.documents import ConnectionPolicy
 from azure.cosmos.exceptions import CosmosHttpResponseError
 
+from gateway.azure_credentials import build_azure_credential
 from gateway.errors import StoreUnavailable
 from gateway.models import AdapterRecord
 from gateway.settings import Settings
@@ -92,20 +93,15 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
 
 
 def build_credential(settings: Settings) -> str | AsyncTokenCredential:
-    """The credential settings ask for: the account key, one managed identity, or the default chain.
+    """The credential settings ask for: the account key, else the gateway's Azure credential.
 
-    ``DefaultAzureCredential`` covers AKS workload identity and a developer's ``az login``;
-    ``azure_client_id`` pins a user-assigned managed identity (workload identity included).
+    The Azure credential (one managed identity, or the default chain) comes from
+    :func:`gateway.azure_credentials.build_azure_credential`, the same factory the Redis session
+    store's Entra ID auth uses; ``gateway/app.py`` builds it once and injects it into both.
     """
     if settings.cosmos_key:
         return settings.cosmos_key
-    if settings.azure_client_id:
-        from azure.identity.aio import ManagedIdentityCredential
-
-        return ManagedIdentityCredential(client_id=settings.azure_client_id)
-    from azure.identity.aio import DefaultAzureCredential
-
-    return DefaultAzureCredential()
+    return build_azure_credential(settings.azure_client_id)
 
 
 def _to_item(record: AdapterRecord) -> dict[str, Any]:
@@ -135,13 +131,16 @@ class CosmosAdapterStore:
     operation tries to connect again, so the gateway recovers without a restart.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, credential: AsyncTokenCredential | None = None) -> None:
         if not settings.cosmos_endpoint:
             raise ValueError("CosmosAdapterStore needs settings.cosmos_endpoint")
         self._settings = settings
         self._endpoint = settings.cosmos_endpoint
         self._timeout = settings.cosmos_timeout
-        self._credential: str | AsyncTokenCredential | None = None
+        # An injected Azure credential (used unless cosmos_key is set) belongs to the caller, who
+        # closes it; one the store builds itself it closes in close().
+        self._injected = None if settings.cosmos_key else credential
+        self._credential: str | AsyncTokenCredential | None = self._injected
         self._client: CosmosClient | None = None
         self._container: ContainerProxy | None = None
         self._connect_lock = asyncio.Lock()
@@ -155,8 +154,8 @@ class CosmosAdapterStore:
     async def close(self) -> None:
         """Close the client and the credential."""
         await self._drop_client()
-        credential, self._credential = self._credential, None
-        if credential is not None and not isinstance(credential, str):
+        credential, self._credential = self._credential, self._injected
+        if credential is not None and credential is not self._injected and not isinstance(credential, str):
             await credential.close()
 
     async def ping(self) -> None:
