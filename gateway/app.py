@@ -201,7 +201,9 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     # Sessions pinned to a replica that left the ready endpoints are revoked at once, not at their TTL.
     runtime.add_listener(lambda name: router.replicas_changed(name, runtime.endpoints(name)))
     credentials = UpstreamCredentials.from_settings(
-        settings, kube_api_client=(lambda: cast(Any, runtime).api_client) if settings.runtime == "kubernetes" else None
+        settings,
+        kube_api_client=(lambda: cast(Any, runtime).api_client) if settings.runtime == "kubernetes" else None,
+        azure_credential=credential,
     )
     proxy = McpProxy(
         authenticator=authenticator,

@@ -30,6 +30,8 @@ class ManagedIdentityTokens:
     ) -> None:
         self._client_id = client_id
         self._credential = credential
+        self._owns_credential = credential is None
+        """An injected credential (the composition root's shared one) is closed by its owner."""
         self._margin = refresh_margin
         self._timeout = timeout
         self._clock = clock
@@ -37,13 +39,9 @@ class ManagedIdentityTokens:
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
 
     def _build(self) -> Any:
-        if self._client_id:
-            from azure.identity.aio import ManagedIdentityCredential
+        from gateway.azure_credentials import build_azure_credential
 
-            return ManagedIdentityCredential(client_id=self._client_id)
-        from azure.identity.aio import DefaultAzureCredential
-
-        return DefaultAzureCredential()
+        return build_azure_credential(self._client_id)
 
     async def token(self, adapter: str, scopes: tuple[str, ...]) -> str:
         """A token for ``scopes``; CredentialUnavailable naming the identity when none can be had."""
@@ -72,6 +70,6 @@ class ManagedIdentityTokens:
             return str(access.token)
 
     async def close(self) -> None:
-        """Close the credential's transport."""
-        if self._credential is not None and hasattr(self._credential, "close"):
+        """Close the credential's transport (only one this object built itself)."""
+        if self._owns_credential and self._credential is not None and hasattr(self._credential, "close"):
             await self._credential.close()

@@ -48,9 +48,17 @@ class UpstreamCredentials:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, kube_api_client: Callable[[], Any] | None = None
+        cls,
+        settings: Settings,
+        *,
+        kube_api_client: Callable[[], Any] | None = None,
+        azure_credential: Any = None,
     ) -> UpstreamCredentials:
-        """Built by the composition root; nothing is fetched until an adapter needs it."""
+        """Built by the composition root; nothing is fetched until an adapter needs it.
+
+        ``azure_credential`` is the gateway's one Azure credential (gateway/azure_credentials.py)
+        when Cosmos or Redis already use one; otherwise managed-identity tokens build their own.
+        """
         obo = None
         if settings.auth == "entra" and settings.entra_tenant_id and settings.entra_client_id:
             authority = (settings.obo_authority or settings.entra_authority).rstrip("/")
@@ -70,6 +78,7 @@ class UpstreamCredentials:
             client_id=settings.azure_client_id,
             refresh_margin=settings.upstream_token_refresh_margin,
             timeout=settings.upstream_token_timeout,
+            credential=azure_credential,
         )
         secrets: SecretStore
         if settings.runtime == "kubernetes" and kube_api_client is not None:
