@@ -106,6 +106,13 @@ KEYS: tuple[Key, ...] = (
         default_text='["0.0.0.0/0"]',
     ),
     Key(
+        "upstreamSecretNames",
+        [],
+        "Kubernetes Secrets (in the gateway's namespace, key `value`) that adapters may name in "
+        "`upstreamAuth` type `secret`. The gateway gets `get` on exactly these names, nothing else on secrets.",
+        default_text="[]",
+    ),
+    Key(
         "gatewayEnv",
         {},
         "Extra plain environment variables for the gateway (a map), e.g. MCPGW_SESSION_TTL. "
@@ -283,6 +290,7 @@ class GatewayConfig:
     extra_env: Mapping[str, str]
     public_url: str
     adapter_egress_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
+    upstream_secret_names: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -462,6 +470,7 @@ def _build(stack: str, platform: Platform, v: Mapping[str, Any]) -> StackConfig:
         extra_env=extra_env,
         public_url=v["publicUrl"],
         adapter_egress_cidrs=_cidrs("adapterEgressCidrs", v["adapterEgressCidrs"]),
+        upstream_secret_names=_secret_names("upstreamSecretNames", v["upstreamSecretNames"]),
     )
     image = gateway.image or f"<registry>/mcp-gateway:{gateway.image_tag}"
     if "@sha256:" not in image and (image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]):
@@ -483,6 +492,22 @@ def _build(stack: str, platform: Platform, v: Mapping[str, Any]) -> StackConfig:
         )
         return StackConfig(stack, platform, prefix, gateway, local=local, raw=v)
     return StackConfig(stack, platform, prefix, gateway, azure=_azure(stack, prefix, v), raw=v)
+
+
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _secret_names(name: str, values: Any) -> list[str]:
+    """Kubernetes Secret names (DNS subdomains, at most 253 characters), each once."""
+    if not isinstance(values, list):
+        raise ConfigError(f"{name}: a list of Kubernetes Secret names, got {values!r}")
+    out: list[str] = []
+    for value in values:
+        if not isinstance(value, str) or len(value) > 253 or not _SECRET_NAME.match(value):
+            raise ConfigError(f"{name}: {value!r} is not a Kubernetes Secret name (lowercase DNS subdomain)")
+        if value not in out:
+            out.append(value)
+    return out
 
 
 def _cidrs(name: str, values: Any) -> list[str]:

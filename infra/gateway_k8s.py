@@ -20,6 +20,7 @@ GATEWAY_SERVICE_ACCOUNT = "mcp-gateway"
 ADAPTER_SERVICE_ACCOUNT = "mcp-adapter"
 WORKLOAD_SERVICE_ACCOUNT = "mcp-adapter-workload"
 RUNTIME_ROLE = "mcp-gateway-runtime"
+SECRETS_ROLE = "mcp-gateway-upstream-secrets"
 GATEWAY_PORT = 8000
 ADAPTER_PORT = 8000
 DATA_DIR = "/data"
@@ -161,6 +162,7 @@ class GatewayOnKubernetesArgs:
     """With a value, a HorizontalPodAutoscaler scales the Deployment between ``replicas`` and this
     (and the Deployment leaves ``spec.replicas`` to it)."""
     adapter_egress_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
+    upstream_secret_names: list[str] = field(default_factory=list)
     drain_delay: float = DRAIN_DELAY_SECONDS
     drain_timeout: float = DRAIN_TIMEOUT_SECONDS
 
@@ -241,6 +243,38 @@ class GatewayOnKubernetes(pulumi.ComponentResource):
             subjects=[{"kind": "ServiceAccount", "name": GATEWAY_SERVICE_ACCOUNT, "namespace": gw_ns}],
             opts=in_ad,
         )
+
+        part_of = {"app.kubernetes.io/part-of": "mcp-gateway"}
+        if args.upstream_secret_names:
+            # upstreamAuth type "secret": read by name only (no list, no watch), in the gateway's namespace.
+            secrets_role = k8s.rbac.v1.Role(
+                f"{name}-secrets-role",
+                metadata={
+                    "name": SECRETS_ROLE,
+                    "namespace": gw_ns,
+                    "labels": part_of,
+                },
+                rules=[
+                    {
+                        "api_groups": [""],
+                        "resources": ["secrets"],
+                        "resource_names": list(args.upstream_secret_names),
+                        "verbs": ["get"],
+                    }
+                ],
+                opts=in_gw,
+            )
+            k8s.rbac.v1.RoleBinding(
+                f"{name}-secrets-binding",
+                metadata={
+                    "name": SECRETS_ROLE,
+                    "namespace": gw_ns,
+                    "labels": part_of,
+                },
+                role_ref={"api_group": "rbac.authorization.k8s.io", "kind": "Role", "name": secrets_role.metadata.name},
+                subjects=[{"kind": "ServiceAccount", "name": GATEWAY_SERVICE_ACCOUNT, "namespace": gw_ns}],
+                opts=in_gw,
+            )
 
         # --- settings -------------------------------------------------------------------
         self.session_key = random.RandomBytes(

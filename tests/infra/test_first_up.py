@@ -703,3 +703,34 @@ def test_deploy_azure_sets_only_known_config_keys() -> None:
     known = {key.name for key in KEYS}
     used = set(re.findall(r"pulumi config (?:set|get)(?: --secret| --path)? '?([A-Za-z]+)", DEPLOY_AZURE))
     assert used and used <= known, used - known
+
+
+# --- issue 18: named upstream secrets -------------------------------------------------------
+
+
+def test_the_gateway_reads_only_the_named_upstream_secrets() -> None:
+    run = run_stack("local", {"upstreamSecretNames": ["weather-key", "graph.api-key"]})
+    role = run.k8s("Role", "mcp-gateway-upstream-secrets", "mcp-gateway")
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["weather-key", "graph.api-key"],
+            "verbs": ["get"],
+        }
+    ]
+    binding = run.k8s("RoleBinding", "mcp-gateway-upstream-secrets", "mcp-gateway")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mcp-gateway", "namespace": "mcp-gateway"}]
+    with pytest.raises(ConfigError, match="upstreamSecretNames"):
+        load_stack_config("local", {"upstreamSecretNames": ["Not_A_Name"]})
+
+
+@pytest.mark.parametrize("stack", ["local", "dev", "prod"])
+def test_no_role_lets_the_gateway_list_or_watch_secrets(stack: str) -> None:
+    run = stack_run(stack)
+    for reg in run.kubernetes_objects():
+        if reg.plain["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in reg.plain.get("rules", []):
+            if "secrets" in rule.get("resources", []):
+                assert rule["verbs"] == ["get"] and rule.get("resourceNames"), rule
