@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -36,9 +36,11 @@ from gateway.proxy.app import McpProxy
 from gateway.proxy.sealing import SessionSealer, load_or_create_key, parse_keys
 from gateway.proxy.sessions import SessionRouter
 from gateway.runtime.base import Runtime
+from gateway.servers.routes import ServerController
+from gateway.servers.service import ServerService
 from gateway.sessions.base import SessionStore
 from gateway.settings import Settings
-from gateway.store.base import AdapterStore
+from gateway.store.base import AdapterStore, ServerStore, ServerStoreOwner
 from gateway.store.view import AdapterView
 from gateway.telemetry.setup import Telemetry, metrics_route
 
@@ -120,6 +122,8 @@ class Components:
     router: SessionRouter
     proxy: McpProxy
     telemetry: Telemetry
+    server_store: ServerStore
+    server_service: ServerService
 
 
 def build_components(settings: Settings, telemetry: Telemetry | None = None) -> Components:
@@ -184,6 +188,14 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         telemetry=telemetry.requests,
     )
     telemetry.observe(view=view, runtime=runtime, router=router, proxy=proxy, reconciler=reconciler)
+    server_store = cast(ServerStoreOwner, store).servers()  # both stores keep servers (issue 16)
+    server_service = ServerService(
+        servers=server_store,
+        adapters=i_store,
+        ready=lambda name: len(runtime.endpoints(name)),
+        max_members=settings.server_max_members,
+        list_max_limit=settings.list_max_limit,
+    )
     return Components(
         settings=settings,
         store=store,
@@ -196,6 +208,8 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         router=router,
         proxy=proxy,
         telemetry=telemetry,
+        server_store=server_store,
+        server_service=server_service,
     )
 
 
@@ -266,12 +280,14 @@ def create_litestar(c: Components) -> Litestar:
         "store": c.store,
         "runtime": c.runtime,
         "service": c.service,
+        "server_service": c.server_service,
         "authenticator": c.authenticator,
         "www_authenticate": lambda path, error, detail: www_authenticate(c.settings, path, error, detail),
     }
     app = Litestar(
         route_handlers=[
             AdapterController,
+            ServerController,
             healthz,
             readyz,
             protected_resource_router(c.settings),
