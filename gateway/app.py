@@ -36,6 +36,7 @@ from gateway.proxy.app import McpProxy
 from gateway.proxy.sealing import SessionSealer, load_or_create_key, parse_keys
 from gateway.proxy.sessions import SessionRouter
 from gateway.runtime.base import Runtime
+from gateway.servers.mcp import VirtualServers
 from gateway.servers.routes import ServerController
 from gateway.servers.service import ServerService
 from gateway.sessions.base import SessionStore
@@ -55,6 +56,8 @@ EXAMPLE_ADAPTER = AdapterInput(
     description="Example MCP server (tools add, echo, whoami, get_env)",
 )
 _DATA_PLANE = re.compile(r"^/adapters/([^/]+)/(mcp|sse|messages)/?$")
+#: Virtual servers (issue 16): /servers/{name}/mcp|sse|messages, and /mcp over every readable adapter.
+_SERVERS = re.compile(r"^/servers/([^/]+)/(mcp|sse|messages)/?$")
 
 
 def build_store(settings: Settings) -> AdapterStore:
@@ -326,12 +329,32 @@ class GatewayApp:
         self.components = components
         self.litestar = create_litestar(components)
         self._proxy = components.proxy
+        s = components.settings
+        self.servers = VirtualServers(
+            app=lambda: self,
+            servers=components.server_store,
+            view=components.view,
+            authenticator=components.authenticator,
+            hosts=rest_host_policy(s),
+            member_timeout=s.server_member_timeout,
+            list_ttl=s.server_list_ttl,
+            session_ttl=s.session_ttl,
+            gateway_prefix=s.gateway_mcp_prefix,
+        )
+        self._gateway_mcp = s.gateway_mcp
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             match = _DATA_PLANE.match(scope["path"])
             if match is not None:
                 await self._proxy(scope, receive, send, match.group(1), match.group(2))
+                return
+            match = _SERVERS.match(scope["path"])
+            if match is not None:
+                await self.servers(scope, receive, send, match.group(1), match.group(2))
+                return
+            if self._gateway_mcp and scope["path"] in ("/mcp", "/mcp/"):
+                await self.servers(scope, receive, send, None, "mcp")
                 return
         await self.litestar(scope, receive, send)  # type: ignore[arg-type]
 
