@@ -4,14 +4,20 @@ every era; a dead member leaves the others listed."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx
 import pytest
 from mcp.client import Client
+from mcp.client.sse import sse_client
 
-from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_ready
+from tests.gateway_process import GatewayProcess, example_adapter, replica_pids, start_gateway, wait_ready
 
 CATALOG = Path(__file__).with_name("upstreams") / "images.toml"
 TIMEOUT = 2.0
@@ -32,8 +38,14 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
             assert api.post("/adapters", json=conformance).status_code == 201
             modern = example_adapter("modern", replicas=1, imageName="modern-only", imageVersion="1.0")
             assert api.post("/adapters", json=modern).status_code == 201
-            for name in ("example", "conformance", "modern"):
+            assert api.post("/adapters", json=example_adapter("victim", replicas=1)).status_code == 201
+            for name in ("example", "conformance", "modern", "victim"):
                 wait_ready(api, name, 1, timeout=40)
+            pair = {
+                "name": "pair",
+                "members": [{"adapter": "example", "prefix": "ex_"}, {"adapter": "victim", "prefix": "v_"}],
+            }
+            assert api.post("/servers", json=pair).status_code == 201
             duo = {
                 "name": "duo",
                 "members": [
@@ -73,3 +85,75 @@ def test_sdk_client_lists_prefixed_tools_and_calls_each_member(gw: GatewayProces
             return await list_and_call(client)
 
     check(anyio.run(run))
+
+
+def test_legacy_sse_client_lists_prefixed_tools_and_calls_each_member(gw: GatewayProcess) -> None:
+    async def run() -> tuple[set[str], str, str]:
+        async with Client(sse_client(f"{gw.url}/servers/duo/sse"), mode="legacy") as client:
+            return await list_and_call(client)
+
+    check(anyio.run(run))
+
+
+@pytest.mark.parametrize("transport", ["legacy", "sse", "2026-07-28"])
+def test_a_modern_only_server_through_a_single_member_server(gw: GatewayProcess, transport: str) -> None:
+    """2025-era and legacy SSE clients reach a server that answers initialize with -32601."""
+    direct = httpx.post(
+        f"{gw.url}/adapters/modern/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}},
+        headers={"Accept": "application/json, text/event-stream"},
+    )
+    assert direct.json()["error"]["code"] == -32601  # the member itself refuses the 2025 handshake
+
+    async def run() -> tuple[set[str], str]:
+        if transport == "sse":
+            client = Client(sse_client(f"{gw.url}/servers/solo/sse"), mode="legacy")
+        else:
+            client = Client(f"{gw.url}/servers/solo/mcp", mode=transport)
+        async with client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            added = await client.call_tool("add", {"a": 40, "b": 2})
+            return tools, str(added.content[0].text)  # type: ignore[union-attr]
+
+    tools, added = anyio.run(run)
+    assert tools == {"add", "hello"}
+    assert added == "42"
+
+
+def rpc(gw: GatewayProcess, session: str, ident: int, method: str, params: dict[str, Any]) -> httpx.Response:
+    return httpx.post(
+        f"{gw.url}/servers/pair/mcp",
+        json={"jsonrpc": "2.0", "id": ident, "method": method, "params": params},
+        headers={"Accept": "application/json, text/event-stream", "Mcp-Session-Id": session},
+        timeout=30,
+    )
+
+
+def test_a_hung_then_dead_member_leaves_the_other_listed_and_its_calls_get_an_error(gw: GatewayProcess) -> None:
+    init = httpx.post(
+        f"{gw.url}/servers/pair/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}},
+        headers={"Accept": "application/json, text/event-stream"},
+    )
+    session = init.headers["mcp-session-id"]
+    names = {t["name"] for t in rpc(gw, session, 2, "tools/list", {}).json()["result"]["tools"]}
+    assert "ex_add" in names and "v_add" in names
+    pid = replica_pids(gw.data_dir)["victim-0"]
+    os.kill(pid, signal.SIGSTOP)  # hung: accepts connections, never answers
+    try:
+        started = time.monotonic()
+        listed = rpc(gw, session, 3, "tools/list", {})
+        elapsed = time.monotonic() - started
+        assert listed.status_code == 200
+        names = {t["name"] for t in listed.json()["result"]["tools"]}
+        assert "ex_add" in names and not any(n.startswith("v_") for n in names)
+        assert elapsed < TIMEOUT + 2.0, elapsed
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    called = rpc(gw, session, 4, "tools/call", {"name": "v_add", "arguments": {"a": 1, "b": 2}})
+    assert called.status_code == 200, called.text  # a JSON-RPC error, never a 5xx
+    error = called.json()["error"]
+    assert "'victim'" in error["message"] and error["data"]["member"] == "victim", error
+    ok = rpc(gw, session, 5, "tools/call", {"name": "ex_add", "arguments": {"a": 1, "b": 2}})
+    assert ok.json()["result"]["content"][0]["text"] == "3"
+    assert "Traceback" not in gw.log_text()
