@@ -157,3 +157,50 @@ def test_a_hung_then_dead_member_leaves_the_other_listed_and_its_calls_get_an_er
     ok = rpc(gw, session, 5, "tools/call", {"name": "ex_add", "arguments": {"a": 1, "b": 2}})
     assert ok.json()["result"]["content"][0]["text"] == "3"
     assert "Traceback" not in gw.log_text()
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.conformance_fixtures import start_conformance_server
+
+    with start_conformance_server(log_dir=tmp_path_factory.mktemp("direct")) as server:
+        yield server
+
+
+#: Checks that pass against the fixture directly but not through a virtual server, by scenario, and why
+#: (docs/servers.md, "What does not translate"). The test fails if any other check is lost.
+KNOWN_GAPS = {
+    # Server-to-client requests during a call are not relayed (the member's request is refused at once).
+    "elicitation-sep1034-defaults",
+    "elicitation-sep1330-enums",
+    "tools-call-elicitation",
+    "tools-call-sampling",
+    # Answers are one JSON body per POST: no SSE priming/polling/resumption, no standalone GET stream.
+    "server-sse-polling",
+    "server-sse-multiple-streams",
+    # 2026-07-28 subscriptions/listen is not served (list_changed is not offered).
+    "server-stateless",
+    # Two SEP-2243 header checks whose exact expectation the virtual server does not meet yet.
+    "http-header-validation",
+}
+
+
+@pytest.mark.parametrize("requirements", ["2025-11-25", "2026-07-28"])
+def test_conformance_suite_through_a_single_member_server(
+    gw: GatewayProcess, direct: Any, requirements: str, tmp_path: Path
+) -> None:
+    from tests.conformance_fixtures import run_conformance
+
+    with gw.client() as api:
+        if api.get("/servers/conf").status_code == 404:
+            body = {"name": "conf", "members": [{"adapter": "conformance"}]}
+            assert api.post("/servers", json=body).status_code == 201
+    straight = run_conformance(direct.mcp_url, requirements, tmp_path / "direct")
+    started = time.monotonic()
+    virtual = run_conformance(f"http://localhost:{gw.port}/servers/conf/mcp", requirements, tmp_path / "vs")
+    elapsed = time.monotonic() - started
+    missing = straight.passed() - virtual.passed()
+    unexpected = sorted(check for check in missing if check[0] not in KNOWN_GAPS)
+    assert not unexpected, f"checks lost through a virtual server: {unexpected}\n{virtual.summary()}"
+    assert virtual.count("SUCCESS", scored_only=True) >= 40, virtual.summary()
+    assert elapsed < 60, f"the suite took {elapsed:.0f}s through the virtual server (a call hangs?)"

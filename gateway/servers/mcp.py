@@ -16,6 +16,7 @@ not translate across eras.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import secrets
@@ -48,7 +49,7 @@ SERVER_INFO = {"name": "mcp-gateway", "version": "0.1.0"}
 CAPABILITIES: dict[str, Any] = {
     "tools": {"listChanged": False},
     "prompts": {"listChanged": False},
-    "resources": {"listChanged": False},
+    "resources": {"listChanged": False, "subscribe": True},
     "completions": {},
     "logging": {},
 }
@@ -87,7 +88,8 @@ class Context:
     last_used: float = field(default_factory=time.monotonic)
     version: str = LEGACY
     queue: asyncio.Queue[bytes | None] | None = None  # legacy SSE: messages for the client's stream
-    owners: dict[str, str] = field(default_factory=dict)  # listed name → adapter (members without prefix)
+    owners: dict[str, str] = field(default_factory=dict)
+    log_level: str | None = None  # listed name → adapter (members without prefix)
 
 
 class VirtualServers:
@@ -115,7 +117,7 @@ class VirtualServers:
         self._list_ttl = list_ttl
         self._session_ttl = session_ttl
         self._gateway_prefix = gateway_prefix
-        self._eras: dict[str, str] = {}
+        self._eras: dict[str, bool] = {}
         self._sessions: dict[str, Context] = {}
         self._stateless: dict[str, Context] = {}
         self._cache: dict[tuple[str, str, str, str], tuple[float, list[Any]]] = {}
@@ -176,11 +178,23 @@ class VirtualServers:
             await _json(send, 400, _error(None, -32600, "send one JSON-RPC request or notification per POST"))
             return
         meta = (message.get("params") or {}).get("_meta") if isinstance(message.get("params"), dict) else None
-        modern = headers.get("mcp-protocol-version") == MODERN or (
-            isinstance(meta, dict) and meta.get("io.modelcontextprotocol/protocolVersion") == MODERN
+        header_version = headers.get("mcp-protocol-version", "").strip()
+        # Modern: a 2026-07-28 request, or one carrying the per-request era of a version we do not know
+        # (answered with -32022, as a modern server does); 2025-era versions take the session path.
+        modern = (bool(header_version) and header_version not in LEGACY_VERSIONS) or (
+            isinstance(meta, dict) and "io.modelcontextprotocol/protocolVersion" in meta
         )
         ident = message.get("id")
-        if message["method"] == "initialize":
+        if modern and "mcp-session-id" not in headers:
+            refused = _modern_check(headers, message, meta)
+            if refused is not None:
+                error = _error(ident, refused[1], refused[2])
+                if refused[1] == -32022:
+                    requested = meta.get("io.modelcontextprotocol/protocolVersion") if isinstance(meta, dict) else None
+                    error["error"]["data"] = {"supported": [MODERN], "requested": requested or header_version}
+                await _json(send, refused[0], error)
+                return
+        if message["method"] == "initialize" and not modern:
             version = (message.get("params") or {}).get("protocolVersion")
             ctx = Context(key=secrets.token_urlsafe(32), user_id=identity.user_id)
             ctx.version = version if version in LEGACY_VERSIONS else LEGACY
@@ -208,10 +222,16 @@ class VirtualServers:
         if "id" not in message:
             await _json(send, 202, None)
             return
-        answer = await self._handle(scope, ctx, identity, members, message, modern=modern)
+        notes: list[Any] = []
+        answer = await self._handle(scope, ctx, identity, members, message, modern=modern, notes=notes)
+        if notes and "text/event-stream" in headers.get("accept", ""):
+            # The member's progress and log notifications, then the answer (relayed once the member answered).
+            await _sse_answer(send, [*notes, answer])
+            return
         status = 200
-        if modern and "error" in answer and answer["error"].get("code") == -32601:
-            status = 404
+        if modern and "error" in answer:
+            # A modern server's HTTP statuses for its JSON-RPC errors (clients tell eras and causes apart by them).
+            status = {-32601: 404, -32020: 400, -32021: 400, -32022: 400}.get(answer["error"].get("code"), 200)
         await _json(send, status, answer)
 
     # --- contexts ---------------------------------------------------------------------------
@@ -278,13 +298,14 @@ class VirtualServers:
         message: dict[str, Any],
         *,
         modern: bool,
+        notes: list[Any] | None = None,
     ) -> dict[str, Any]:
         ident = message.get("id")
         method = message["method"]
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         assert isinstance(params, dict)
         try:
-            result = await self._dispatch(scope, ctx, identity, members, method, params)
+            result = await self._dispatch(scope, ctx, identity, members, method, params, notes)
         except MemberError as exc:
             self.member_failures[exc.adapter] += 1
             if exc.error is not None:
@@ -316,11 +337,23 @@ class VirtualServers:
         members: Sequence[Member],
         method: str,
         params: dict[str, Any],
+        notes: list[Any] | None = None,
     ) -> Any:
-        if method == "ping" or method == "logging/setLevel":
+        meta = params.get("_meta")
+        caps = meta.get("io.modelcontextprotocol/clientCapabilities") if isinstance(meta, dict) else None
+        caps = caps if isinstance(caps, dict) else None
+        if method == "logging/setLevel":
+            level = params.get("level")
+            if isinstance(level, str):
+                ctx.log_level = level
+                await asyncio.gather(*(c.set_log_level(scope, level) for c in ctx.clients.values()))
+            return {}
+        if method == "ping":
             return {}
         if method == "server/discover":
-            return {"supportedVersions": [MODERN], "capabilities": CAPABILITIES, "resultType": "complete"}
+            # No subscriptions/listen yet: resource subscriptions and list_changed are not offered in 2026-07-28.
+            modern_caps = {**CAPABILITIES, "resources": {"listChanged": False}}
+            return {"supportedVersions": [MODERN], "capabilities": modern_caps, "resultType": "complete"}
         if method == "tools/list":
             return {"tools": await self._list(scope, ctx, identity, members, "tools")}
         if method == "prompts/list":
@@ -336,7 +369,9 @@ class VirtualServers:
             member, inner = self._by_name(members, name, identity if method == "tools/call" else None, ctx)
             if member is None:
                 raise _RpcError(-32602, f"unknown {'tool' if method == 'tools/call' else 'prompt'} {name!r}")
-            return await self._client(ctx, member).request(scope, method, {**_strip_meta(params), "name": inner})
+            return await self._client(ctx, member).request(
+                scope, method, {**_strip_meta(params), "name": inner}, notes, caps
+            )
         if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
             uri = params.get("uri")
             if not isinstance(uri, str):
@@ -344,7 +379,9 @@ class VirtualServers:
             member, inner = self._by_uri(members, uri)
             if member is None:
                 raise _RpcError(-32602, f"unknown resource {uri!r}")
-            result = await self._client(ctx, member).request(scope, method, {**_strip_meta(params), "uri": inner})
+            result = await self._client(ctx, member).request(
+                scope, method, {**_strip_meta(params), "uri": inner}, notes, caps
+            )
             if isinstance(result, dict) and isinstance(result.get("contents"), list):
                 for content in result["contents"]:
                     if isinstance(content, dict) and isinstance(content.get("uri"), str):
@@ -363,13 +400,19 @@ class VirtualServers:
                 raise _RpcError(-32602, "completion/complete needs params.ref (ref/prompt or ref/resource)")
             if member is None:
                 raise _RpcError(-32602, "unknown completion reference")
-            return await self._client(ctx, member).request(scope, method, {**_strip_meta(params), "ref": new_ref})
+            return await self._client(ctx, member).request(
+                scope, method, {**_strip_meta(params), "ref": new_ref}, None, caps
+            )
         raise _RpcError(-32601, f"method {method!r} is not supported by a virtual server")
 
     def _client(self, ctx: Context, member: Member) -> MemberClient:
         client = ctx.clients.get(member.spec.adapter)
         if client is None:
-            client = ctx.clients[member.spec.adapter] = MemberClient(self._app(), member.spec.adapter, self._eras)
+            client = ctx.clients[member.spec.adapter] = MemberClient(
+                self._app(), member.spec.adapter, self._eras, prefer_legacy=ctx.version != MODERN
+            )
+            if ctx.log_level is not None:
+                client._log_level = ctx.log_level
         return client
 
     def _by_name(
@@ -566,6 +609,7 @@ class VirtualServers:
         await _json(send, 202, None)
         if "id" not in message:
             return
+        notes: list[Any] = []
         if message["method"] == "initialize":
             version = (message.get("params") or {}).get("protocolVersion")
             ctx.version = version if version in LEGACY_VERSIONS else "2024-11-05"
@@ -576,9 +620,77 @@ class VirtualServers:
             }
             answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"], "result": result}
         else:
-            answer = await self._handle(scope, ctx, identity, members, message, modern=False)
+            answer = await self._handle(scope, ctx, identity, members, message, modern=False, notes=notes)
         if ctx.queue is not None:
-            ctx.queue.put_nowait(b"event: message\ndata: " + msgspec.json.encode(answer) + b"\n\n")
+            for item in [*notes, answer]:
+                ctx.queue.put_nowait(b"event: message\ndata: " + msgspec.json.encode(item) + b"\n\n")
+
+
+#: Methods 2026-07-28 removed: a modern request naming one is "method not found" (404), as from a modern server.
+_REMOVED_IN_MODERN = frozenset(
+    {
+        "initialize",
+        "ping",
+        "logging/setLevel",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "notifications/initialized",
+    }
+)
+
+
+def _modern_check(headers: Mapping[str, str], message: dict[str, Any], meta: Any) -> tuple[int, int, str] | None:
+    """What a 2026-07-28 server checks before acting: removed methods, ``_meta``, and the routing
+    headers against the body (SEP-2575, SEP-2243); (status, code, message) when refused."""
+    method = message["method"]
+    if method in _REMOVED_IN_MODERN:
+        return 404, -32601, f"method {method!r} does not exist in 2026-07-28"
+    if "id" not in message:
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("io.modelcontextprotocol/protocolVersion"), str):
+        return 400, -32602, "params._meta must carry io.modelcontextprotocol/protocolVersion"
+    if not isinstance(meta.get("io.modelcontextprotocol/clientCapabilities"), dict):
+        return 400, -32602, "params._meta must carry io.modelcontextprotocol/clientCapabilities"
+    version = headers.get("mcp-protocol-version")
+    if version is not None and version.strip() != meta["io.modelcontextprotocol/protocolVersion"]:
+        return 400, -32020, "MCP-Protocol-Version does not match params._meta"
+    if meta["io.modelcontextprotocol/protocolVersion"] != MODERN:
+        return 400, -32022, f"unsupported protocol version; supported: {MODERN}"
+    for key in ("mcp-protocol-version", "mcp-method"):
+        if headers.get(key) is None:
+            return 400, -32020, f"the {key} header is required in 2026-07-28"
+    if any(ord(c) < 32 and c != "\t" for key, v in headers.items() if key.startswith("mcp-") for c in v):
+        return 400, -32020, "an Mcp-* header holds control characters"
+    header_method = headers.get("mcp-method")
+    if header_method is not None and header_method.strip() != method:
+        return 400, -32020, "Mcp-Method does not match the body's method"
+    if method in ("tools/call", "prompts/get", "resources/read"):
+        params = message.get("params") or {}
+        named = params.get("uri" if method == "resources/read" else "name")
+        header_name = headers.get("mcp-name")
+        if header_name is not None and _header_value(header_name) != named:
+            return 400, -32020, "Mcp-Name does not match the body"
+    return None
+
+
+def _header_value(raw: str) -> str | None:
+    """A SEP-2243 header value: plain (trimmed) or ``=?base64?...?=``; None when undecodable."""
+    value = raw.strip()
+    if value.startswith("=?base64?") and value.endswith("?="):
+        try:
+            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return value
+
+
+_ERA_META = frozenset(
+    {
+        "io.modelcontextprotocol/protocolVersion",
+        "io.modelcontextprotocol/clientCapabilities",
+        "io.modelcontextprotocol/clientInfo",
+    }
+)
 
 
 class _RpcError(Exception):
@@ -593,7 +705,7 @@ def _strip_meta(params: dict[str, Any]) -> dict[str, Any]:
     out = dict(params)
     meta = out.get("_meta")
     if isinstance(meta, dict):
-        kept = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/")}
+        kept = {k: v for k, v in meta.items() if k not in _ERA_META}
         if kept:
             out["_meta"] = kept
         else:
@@ -623,6 +735,13 @@ async def _read_body(receive: Receive, limit: int = 4 * 1024 * 1024) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def _sse_answer(send: Send, messages: Sequence[Any]) -> None:
+    body = b"".join(b"event: message\ndata: " + msgspec.json.encode(m) + b"\n\n" for m in messages)
+    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _json(send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:

@@ -80,6 +80,7 @@ async def asgi_post(
     *,
     method: str = "POST",
     want_id: Any = None,
+    on_request: Callable[[dict[str, Any]], None] | None = None,
 ) -> Reply:
     """One request to ``app`` at ``path`` in process; returns when the answer (or the response to
     ``want_id`` on an SSE stream) is complete. Cancelling the caller disconnects the request, which the
@@ -111,6 +112,7 @@ async def asgi_post(
     response_headers: dict[str, str] = {}
     chunks: list[bytes] = []
     found = False
+    asked: set[Any] = set()
 
     async def receive() -> Message:
         nonlocal sent_body
@@ -132,9 +134,14 @@ async def asgi_post(
                 done.set()
             elif want_id is not None and response_headers.get("content-type", "").startswith("text/event-stream"):
                 for m in _sse_messages(b"".join(chunks)):
-                    if isinstance(m, dict) and m.get("id") == want_id and ("result" in m or "error" in m):
+                    if not isinstance(m, dict):
+                        continue
+                    if m.get("id") == want_id and ("result" in m or "error" in m):
                         found = True
                         done.set()
+                    elif "method" in m and "id" in m and on_request is not None and m["id"] not in asked:
+                        asked.add(m["id"])  # a server-to-client request (sampling, elicitation, roots)
+                        on_request(m)
 
     task = asyncio.ensure_future(app(scope, receive, send))
     try:
@@ -184,28 +191,74 @@ class MemberClient:
     Holds the member's legacy session (the gateway's own sealed session id) when the member needs one.
     """
 
-    def __init__(self, app: Asgi, adapter: str, eras: dict[str, str]) -> None:
+    def __init__(self, app: Asgi, adapter: str, eras: dict[str, bool], *, prefer_legacy: bool = False) -> None:
         self._app = app
         self.adapter = adapter
-        self._eras = eras  # shared per process: adapter → MODERN | LEGACY
+        self._eras = eras  # shared per process: "adapter\0era" → whether the member speaks it
+        self._prefer_legacy = prefer_legacy
         self._session: str | None = None
         self._lock = asyncio.Lock()
+        self._log_level: str | None = None
+        self._client_capabilities: dict[str, Any] | None = None
+        self._param_headers: list[tuple[bytes, bytes]] = []
+        self._background: set[asyncio.Future[Reply]] = set()
+
+    async def set_log_level(self, scope: Mapping[str, Any], level: str) -> None:
+        """The client's logging/setLevel: sent on the member's session, or put in each modern request."""
+        self._log_level = level
+        if self._session is not None:
+            try:
+                await self.request(scope, "logging/setLevel", {"level": level})
+            except MemberError as exc:  # a member without logging keeps its default
+                log.info("member %s refused logging/setLevel: %s", self.adapter, exc.detail)
 
     @property
     def path(self) -> str:
         """The data-plane route of the member."""
         return f"/adapters/{self.adapter}/mcp"
 
+    def _forget_eras(self) -> None:
+        for era in (MODERN, LEGACY):
+            self._eras.pop(f"{self.adapter}\0{era}", None)
+
     async def _era(self, scope: Mapping[str, Any]) -> str:
-        era = self._eras.get(self.adapter)
-        if era is not None:
-            return era
-        probe = {"jsonrpc": "2.0", "id": next(_ids), "method": "server/discover", "params": {"_meta": _meta()}}
-        reply = await self._post(scope, probe, modern=True)
-        ok = reply.status == 200 and any(isinstance(m, dict) and "result" in m for m in reply.messages)
-        era = MODERN if ok else LEGACY
-        self._eras[self.adapter] = era
-        return era
+        """The era to call the member in: the client's own when the member speaks it (a 2025-era client
+        keeps subscriptions, log levels and server-to-client requests), else the other one."""
+        if self._session is not None:
+            return LEGACY
+        order = (LEGACY, MODERN) if self._prefer_legacy else (MODERN, LEGACY)
+        for era in order:
+            key = f"{self.adapter}\0{era}"
+            known = self._eras.get(key)
+            if known is False:
+                continue
+            if era == MODERN:
+                if known:
+                    return MODERN
+                probe = {"jsonrpc": "2.0", "id": next(_ids), "method": "server/discover", "params": {"_meta": _meta()}}
+                reply = await self._post(scope, probe, modern=True)
+                if reply.status == 200 and any(isinstance(m, dict) and "result" in m for m in reply.messages):
+                    self._eras[key] = True
+                    return MODERN
+                if reply.status not in (400, 404, 405):
+                    raise MemberError(
+                        self.adapter, f"server/discover answered HTTP {reply.status}", status=reply.status
+                    )
+                self._eras[key] = False
+                continue
+            async with self._lock:
+                if self._session is not None:
+                    return LEGACY
+                try:
+                    await self._open(scope)
+                except MemberError as exc:
+                    if exc.status not in (400, 404, 405):
+                        raise
+                    self._eras[key] = False
+                    continue
+            self._eras[key] = True
+            return LEGACY
+        raise MemberError(self.adapter, "speaks neither 2026-07-28 nor the 2025 handshake")
 
     def _headers(self, modern: bool, method: str, name: str | None) -> list[tuple[bytes, bytes]]:
         headers = [(b"accept", b"application/json, text/event-stream")]
@@ -213,11 +266,28 @@ class MemberClient:
             headers += [(b"mcp-protocol-version", MODERN.encode()), (b"mcp-method", method.encode())]
             if name is not None and name.isascii() and name.isprintable():
                 headers.append((b"mcp-name", name.encode()))
+            if method == "tools/call":  # SEP-2243 argument headers: the member validates them against the body
+                headers += [(k, v) for k, v in self._param_headers]
         else:
             headers.append((b"mcp-protocol-version", LEGACY.encode()))
             if self._session is not None:
                 headers.append((b"mcp-session-id", self._session.encode()))
         return headers
+
+    def _refuse(self, scope: Mapping[str, Any], request: dict[str, Any]) -> None:
+        """Answer a member's request to the client with an error at once, so the call does not hang:
+        a virtual server does not relay server-to-client requests (docs/servers.md)."""
+        answer = {
+            "jsonrpc": "2.0",
+            "id": request["id"],
+            "error": {
+                "code": -32601,
+                "message": f"{request.get('method')} is not relayed to the client through a virtual server",
+            },
+        }
+        task = asyncio.ensure_future(self._post(scope, answer, modern=False))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _post(self, scope: Mapping[str, Any], message: dict[str, Any], *, modern: bool) -> Reply:
         params = message.get("params") or {}
@@ -229,7 +299,8 @@ class MemberClient:
             self.path,
             self._headers(modern, str(message.get("method")), name if isinstance(name, str) else None),
             body,
-            want_id=message.get("id"),
+            want_id=message.get("id") if "method" in message else None,
+            on_request=None if modern else (lambda m: self._refuse(scope, m)),
         )
 
     async def _open(self, scope: Mapping[str, Any]) -> None:
@@ -246,24 +317,41 @@ class MemberClient:
         reply = await self._post(scope, init, modern=False)
         session = reply.headers.get("mcp-session-id")
         if reply.status != 200 or not any(isinstance(m, dict) and "result" in m for m in reply.messages):
-            raise MemberError(self.adapter, f"initialize answered HTTP {reply.status}", status=reply.status)
+            status = reply.status
+            refused = any(isinstance(m, dict) and isinstance(m.get("error"), dict) for m in reply.messages)
+            # A JSON-RPC error to initialize (-32601 from a modern-only server) means "not this era".
+            raise MemberError(self.adapter, f"initialize answered HTTP {status}", status=404 if refused else status)
         self._session = session
         note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
         await self._post(scope, note, modern=False)
 
-    async def request(self, scope: Mapping[str, Any], method: str, params: dict[str, Any]) -> Any:
-        """Send one request to the member; returns its result, raises MemberError with its error."""
-        era = await self._era(scope)
-        modern = era == MODERN
-        if not modern and self._session is None:
-            async with self._lock:
-                if self._session is None:
-                    await self._open(scope)
+    async def request(
+        self,
+        scope: Mapping[str, Any],
+        method: str,
+        params: dict[str, Any],
+        notes: list[Any] | None = None,
+        capabilities: dict[str, Any] | None = None,
+    ) -> Any:
+        """Send one request to the member; returns its result, raises MemberError with its error.
+
+        Notifications the member sent on the request's stream before its answer (progress, log
+        messages) are appended to ``notes``, for the caller to relay.
+        """
+        modern = await self._era(scope) == MODERN
+        self._client_capabilities = capabilities
+        self._param_headers = [
+            (k.lower(), v) for k, v in scope.get("headers", []) if k.lower().startswith(b"mcp-param-")
+        ]
         ident = next(_ids)
         params = dict(params)
         if modern:
             meta = dict(params.get("_meta") or {})
             meta.update(_meta())
+            if self._client_capabilities is not None:  # a 2026-07-28 client's own (MRTR, extensions)
+                meta["io.modelcontextprotocol/clientCapabilities"] = self._client_capabilities
+            if self._log_level is not None:
+                meta.setdefault("io.modelcontextprotocol/logLevel", self._log_level)
             params["_meta"] = meta
         reply = await self._post(
             scope, {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}, modern=modern
@@ -275,6 +363,8 @@ class MemberClient:
             reply = await self._post(
                 scope, {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}, modern=False
             )
+        if notes is not None:
+            notes.extend(m for m in reply.messages if isinstance(m, dict) and "id" not in m and "method" in m)
         for m in reply.messages:
             if isinstance(m, dict) and m.get("id") == ident:
                 if "error" in m:
@@ -284,7 +374,7 @@ class MemberClient:
                     )
                 return m.get("result")
         if reply.status >= 400 or reply.status == 0:
-            self._eras.pop(self.adapter, None)
+            self._forget_eras()
         raise MemberError(self.adapter, f"no answer to {method} (HTTP {reply.status})", status=reply.status)
 
     async def close(self, scope: Mapping[str, Any]) -> None:
