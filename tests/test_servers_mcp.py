@@ -204,3 +204,44 @@ def test_conformance_suite_through_a_single_member_server(
     assert not unexpected, f"checks lost through a virtual server: {unexpected}\n{virtual.summary()}"
     assert virtual.count("SUCCESS", scored_only=True) >= 40, virtual.summary()
     assert elapsed < 60, f"the suite took {elapsed:.0f}s through the virtual server (a call hangs?)"
+
+
+def test_gateway_wide_mcp_serves_every_readable_adapter_prefixed(gw: GatewayProcess) -> None:
+    async def run(mode: str) -> tuple[set[str], str]:
+        async with Client(f"{gw.url}/mcp", mode=mode) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            added = await client.call_tool("modern_add", {"a": 1, "b": 1})
+            return tools, str(added.content[0].text)  # type: ignore[union-attr]
+
+    for mode in ("legacy", "2026-07-28"):
+        tools, added = anyio.run(run, mode)
+        assert {"example_add", "conformance_test_simple_text", "modern_hello", "victim_add"} <= tools
+        assert added == "2"
+    # Another user reads none of dev's adapters: an empty listing, not an error.
+    init = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
+    other = httpx.post(f"{gw.url}/mcp", json=init, headers={**MODERN_HEADERS, "X-Dev-User-Id": "mallory"})
+    assert other.status_code == 200 and other.json()["result"]["tools"] == []
+
+
+META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+MODERN_HEADERS = {
+    "Accept": "application/json, text/event-stream",
+    "MCP-Protocol-Version": "2026-07-28",
+    "Mcp-Method": "tools/list",
+}
+
+
+def test_a_server_member_nobody_else_may_read_is_not_listed_for_them(gw: GatewayProcess) -> None:
+    """A server readable by a role does not lend its members: each member needs the caller's own read access."""
+    with gw.client() as api:
+        body = {"name": "lent", "requiredRoles": ["team"], "members": [{"adapter": "example", "prefix": "ex_"}]}
+        assert api.post("/servers", json=body).status_code == 201
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
+    teammate = httpx.post(
+        f"{gw.url}/servers/lent/mcp",
+        json=request,
+        headers={**MODERN_HEADERS, "X-Dev-User-Id": "tm", "X-Dev-Roles": "team"},
+    )
+    assert teammate.status_code == 200 and teammate.json()["result"]["tools"] == []
+    outsider = httpx.post(f"{gw.url}/servers/lent/mcp", json=request, headers={**MODERN_HEADERS, "X-Dev-User-Id": "x"})
+    assert outsider.status_code == 403
