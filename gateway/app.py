@@ -342,6 +342,7 @@ class GatewayApp:
             gateway_prefix=s.gateway_mcp_prefix,
         )
         self._gateway_mcp = s.gateway_mcp
+        components.server_service.on_change(self.servers.server_changed)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":

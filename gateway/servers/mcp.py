@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -33,9 +34,9 @@ from gateway.auth.base import Authenticator, can_read
 from gateway.browser.hosts import HostPolicy
 from gateway.errors import GatewayError, Unauthenticated
 from gateway.models import AdapterRecord, Identity
-from gateway.policy.toolpolicy import GlobMatcher, ToolPolicy
+from gateway.policy.toolpolicy import GlobMatcher, PolicyCache
 from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError
-from gateway.servers.models import ServerMember
+from gateway.servers.models import ServerMember, ServerRecord
 from gateway.store.base import ServerStore
 from gateway.store.view import AdapterView
 
@@ -58,6 +59,17 @@ MAX_PAGES = 20
 MEMBER_UNAVAILABLE = -32003
 
 
+@functools.lru_cache(maxsize=1024)
+def _matcher(globs: tuple[str, ...]) -> GlobMatcher:
+    return GlobMatcher(globs)
+
+
+_POLICIES = PolicyCache()
+#: Seconds a server record is reused before it is read again (a change made through another replica
+#: shows after at most this long; changes through this one at once).
+RECORD_SECONDS = 1.0
+
+
 @dataclass
 class Member:
     """A member resolved for one request: its spec, its adapter record, and its filters."""
@@ -67,12 +79,14 @@ class Member:
 
     def visible(self, tool: str, identity: Identity) -> bool:
         """The member's include/exclude globs and the adapter's toolPolicy (when the field exists)."""
-        if self.spec.tools is not None and not GlobMatcher(self.spec.tools).matches(tool):
+        if self.spec.tools is not None and not _matcher(tuple(self.spec.tools)).matches(tool):
             return False
-        if self.spec.exclude and GlobMatcher(self.spec.exclude).matches(tool):
+        if self.spec.exclude and _matcher(tuple(self.spec.exclude)).matches(tool):
             return False
         rules = getattr(self.adapter, "tool_policy", None)
-        return rules is None or ToolPolicy(rules).may_call(tool, identity.roles)
+        return rules is None or _POLICIES.get(self.adapter.name, self.adapter.etag, rules).may_call(
+            tool, identity.roles
+        )
 
     def uri_out(self, uri: str) -> str:
         return f"{URI_SCHEME}{self.spec.adapter}:{uri}" if self.spec.prefix else uri
@@ -122,6 +136,8 @@ class VirtualServers:
         self._stateless: dict[str, Context] = {}
         self._cache: dict[tuple[str, str, str, str], tuple[float, list[Any]]] = {}
         self.member_failures: Counter[str] = Counter()
+        self._records: dict[str, tuple[float, ServerRecord | None]] = {}
+        self._next_sweep = 0.0
 
     # --- ASGI -------------------------------------------------------------------------------
 
@@ -258,7 +274,11 @@ class VirtualServers:
         await asyncio.gather(*(c.close(scope) for c in ctx.clients.values()), return_exceptions=True)
 
     def _sweep(self) -> None:
-        cutoff = time.monotonic() - self._session_ttl
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 10.0
+        cutoff = now - self._session_ttl
         for table in (self._sessions, self._stateless):
             for key in [k for k, c in table.items() if c.last_used < cutoff and c.queue is None]:
                 del table[key]  # their member sessions expire by the data plane's own TTL
@@ -275,7 +295,13 @@ class VirtualServers:
             return "*", members
         from gateway.errors import Forbidden, NotFound
 
-        server = await self._servers.get(name)
+        now = time.monotonic()
+        held = self._records.get(name)
+        if held is not None and held[0] > now:
+            server = held[1]
+        else:
+            server = await self._servers.get(name)
+            self._records[name] = (now + RECORD_SECONDS, server)
         if server is None:
             raise NotFound(f"server {name!r} does not exist")
         if not can_read(identity, server):
@@ -515,6 +541,10 @@ class VirtualServers:
                     ctx.owners[unique] = member.spec.adapter
                 out.append(entry)
         return out
+
+    def server_changed(self, name: str) -> None:
+        """A server was updated or deleted through this replica: read it again on its next request."""
+        self._records.pop(name, None)
 
     def invalidate(self, adapter: str | None = None) -> None:
         """Drop cached listings (of one member, or all)."""

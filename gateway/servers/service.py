@@ -56,7 +56,15 @@ class ServerService:
         self._ready = ready
         self._max_members = max_members
         self._list_max_limit = list_max_limit
-        self._on_change = on_change or (lambda name: None)
+        self._listeners: list[Callable[[str], None]] = [on_change] if on_change is not None else []
+
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(name)`` after each update or delete of a server (the MCP side drops its copy)."""
+        self._listeners.append(listener)
+
+    def _changed(self, name: str) -> None:
+        for listener in self._listeners:
+            listener(name)
 
     async def _readable(self, identity: Identity, name: str) -> ServerRecord:
         validate_name(name)
@@ -158,7 +166,7 @@ class ServerService:
             raise Conflict(f"server {name!r} was changed by another request; read it again and retry") from None
         except KeyError:
             raise NotFound(f"server {name!r} does not exist") from None
-        self._on_change(name)
+        self._changed(name)
         log.info("server %s updated by user %s", name, hash_user(identity.user_id))
         return stored
 
@@ -169,7 +177,7 @@ class ServerService:
             await self._servers.delete(name, etag=record.etag)
         except EtagMismatch:
             raise Conflict(f"server {name!r} was changed by another request; read it again and retry") from None
-        self._on_change(name)
+        self._changed(name)
         log.info("server %s deleted by user %s", name, hash_user(identity.user_id))
 
     async def status(self, identity: Identity, name: str) -> ServerStatus:
