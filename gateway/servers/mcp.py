@@ -102,8 +102,9 @@ class Context:
     last_used: float = field(default_factory=time.monotonic)
     version: str = LEGACY
     queue: asyncio.Queue[bytes | None] | None = None  # legacy SSE: messages for the client's stream
-    owners: dict[str, str] = field(default_factory=dict)
-    log_level: str | None = None  # listed name → adapter (members without prefix)
+    owners: dict[str, str] = field(default_factory=dict)  # listed name → adapter (members without prefix)
+    log_level: str | None = None
+    inflight: dict[str | int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)  # by request id
 
 
 class VirtualServers:
@@ -236,10 +237,15 @@ class VirtualServers:
                 return
             ctx = found
         if "id" not in message:
+            self._notified(ctx, message)
             await _json(send, 202, None)
             return
         notes: list[Any] = []
-        answer = await self._handle(scope, ctx, identity, members, message, modern=modern, notes=notes)
+        answer = await self._cancellable(
+            ctx, ident, self._handle(scope, ctx, identity, members, message, modern=modern, notes=notes), receive
+        )
+        if answer is None:  # the client went away: the member call was cancelled with it
+            return
         if notes and "text/event-stream" in headers.get("accept", ""):
             # The member's progress and log notifications, then the answer (relayed once the member answered).
             await _sse_answer(send, [*notes, answer])
@@ -249,6 +255,52 @@ class VirtualServers:
             # A modern server's HTTP statuses for its JSON-RPC errors (clients tell eras and causes apart by them).
             status = {-32601: 404, -32020: 400, -32021: 400, -32022: 400}.get(answer["error"].get("code"), 200)
         await _json(send, status, answer)
+
+    # --- cancellation -----------------------------------------------------------------------
+
+    def _notified(self, ctx: Context, message: dict[str, Any]) -> None:
+        """A client notification: ``notifications/cancelled`` cancels the named request's member call."""
+        if message.get("method") != "notifications/cancelled":
+            return
+        params = message.get("params")
+        request_id = params.get("requestId") if isinstance(params, dict) else None
+        task = ctx.inflight.get(request_id) if isinstance(request_id, (str, int)) else None
+        if task is not None:
+            task.cancel()
+
+    async def _cancellable(
+        self, ctx: Context, ident: Any, work: Awaitable[dict[str, Any]], receive: Receive | None = None
+    ) -> dict[str, Any] | None:
+        """Run one request's work; cancelled by ``notifications/cancelled`` for its id, or (with ``receive``)
+        when the client's HTTP request goes away. Cancelling closes the member call's upstream request,
+        which a 2026-07-28 member takes as cancellation. None when the client is gone."""
+        task: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(work)
+        key = ident if isinstance(ident, (str, int)) else None
+        if key is not None:
+            ctx.inflight[key] = task
+
+        async def gone() -> None:
+            assert receive is not None
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(gone()) if receive is not None else None
+        try:
+            waited: set[asyncio.Future[Any]] = {task} if watcher is None else {task, watcher}
+            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                return None
+            if task.cancelled():
+                return _error(ident, -32800, "request cancelled")
+            return task.result()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if key is not None and ctx.inflight.get(key) is task:
+                del ctx.inflight[key]
 
     # --- contexts ---------------------------------------------------------------------------
 
@@ -638,6 +690,7 @@ class VirtualServers:
             return
         await _json(send, 202, None)
         if "id" not in message:
+            self._notified(ctx, message)
             return
         notes: list[Any] = []
         if message["method"] == "initialize":
@@ -650,7 +703,12 @@ class VirtualServers:
             }
             answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"], "result": result}
         else:
-            answer = await self._handle(scope, ctx, identity, members, message, modern=False, notes=notes)
+            handled = await self._cancellable(
+                ctx, message["id"], self._handle(scope, ctx, identity, members, message, modern=False, notes=notes)
+            )
+            if handled is None:
+                return
+            answer = handled
         if ctx.queue is not None:
             for item in [*notes, answer]:
                 ctx.queue.put_nowait(b"event: message\ndata: " + msgspec.json.encode(item) + b"\n\n")
