@@ -245,3 +245,23 @@ def test_a_server_member_nobody_else_may_read_is_not_listed_for_them(gw: Gateway
     assert teammate.status_code == 200 and teammate.json()["result"]["tools"] == []
     outsider = httpx.post(f"{gw.url}/servers/lent/mcp", json=request, headers={**MODERN_HEADERS, "X-Dev-User-Id": "x"})
     assert outsider.status_code == 403
+
+
+MCP1_PYTHON = Path(__file__).resolve().parent.parent / ".tools" / "mcp1-venv" / "bin" / "python"
+
+
+@pytest.mark.parametrize("transport", ["streamable", "sse"])
+def test_an_mcp_1x_client_lists_prefixed_tools_and_calls_each_member(gw: GatewayProcess, transport: str) -> None:
+    """The last 1.x release of the SDK (scripts/test.sh installs it into .tools/mcp1-venv)."""
+    import json
+    import subprocess
+
+    assert MCP1_PYTHON.exists(), "run scripts/test.sh (it creates .tools/mcp1-venv with mcp 1.x)"
+    route = "sse" if transport == "sse" else "mcp"
+    argv = [str(MCP1_PYTHON), str(Path(__file__).with_name("mcp1_client.py")), f"{gw.url}/servers/duo/{route}"]
+    argv += [transport, "ex_add", '{"a": 2, "b": 3}', "cf_test_simple_text", "{}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "ex_add" in out["tools"] and "cf_test_simple_text" in out["tools"]
+    assert out["calls"]["ex_add"] == "5" and out["calls"]["cf_test_simple_text"]
