@@ -3,6 +3,8 @@ URIs mapped back to their member, and the 2026-07-28 request checks."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime
 
 import msgspec
@@ -10,6 +12,7 @@ import msgspec
 from gateway.models import AdapterRecord, Identity
 from gateway.policy.toolpolicy import ToolRule
 from gateway.servers.mcp import Context, Member, VirtualServers, _modern_check
+from gateway.servers.member import MemberError
 from gateway.servers.models import ServerMember
 
 
@@ -84,3 +87,78 @@ def test_modern_request_checks() -> None:
     assert _modern_check(good, call, {})[:2] == (400, -32602)  # type: ignore[index]
     old = {**meta, "io.modelcontextprotocol/protocolVersion": "2099-01-01"}
     assert _modern_check({**good, "mcp-protocol-version": "2099-01-01"}, call, old)[:2] == (400, -32022)  # type: ignore[index]
+
+
+class FakeMember:
+    """Stands in for a MemberClient in listing tests: counts calls, can fail or hang."""
+
+    def __init__(self, tools: list[str], *, fail: bool = False, hang: bool = False) -> None:
+        self.tools = tools
+        self.fail = fail
+        self.hang = hang
+        self.calls = 0
+
+    async def request(self, scope: object, method: str, params: dict[str, object], *rest: object) -> object:
+        self.calls += 1
+        if self.hang:
+            await asyncio.sleep(60)
+        if self.fail:
+            raise MemberError("broken", "HTTP 503")
+        return {"tools": [{"name": t, "inputSchema": {"type": "object"}} for t in self.tools]}
+
+
+def servers(ttl: float, timeout: float = 1.0) -> VirtualServers:
+    return VirtualServers(
+        app=lambda: None,  # type: ignore[arg-type,return-value]
+        servers=None,  # type: ignore[arg-type]
+        view=None,  # type: ignore[arg-type]
+        authenticator=None,  # type: ignore[arg-type]
+        hosts=None,  # type: ignore[arg-type]
+        member_timeout=timeout,
+        list_ttl=ttl,
+        session_ttl=60,
+        gateway_prefix=True,
+    )
+
+
+def context_with(members: dict[str, FakeMember]) -> Context:
+    ctx = Context(key="k", user_id="u")
+    ctx.clients.update(members)  # type: ignore[arg-type]
+    return ctx
+
+
+async def test_listings_are_cached_per_member_and_caller_until_ttl_or_invalidation() -> None:
+    vs = servers(ttl=30)
+    calc = FakeMember(["add"])
+    ctx = context_with({"calc": calc})
+    members = [Member(ServerMember(adapter="calc", prefix="c_"), adapter("calc"))]
+    who = Identity("u")
+    assert [t["name"] for t in await vs._list({}, ctx, who, members, "tools")] == ["c_add"]
+    await vs._list({}, ctx, who, members, "tools")
+    assert calc.calls == 1
+    await vs._list({}, ctx, Identity("other"), members, "tools")  # another caller: its own entry
+    assert calc.calls == 2
+    vs.invalidate("calc")  # what a member's notifications/tools/list_changed triggers
+    await vs._list({}, ctx, who, members, "tools")
+    assert calc.calls == 3
+    no_cache = servers(ttl=0)
+    await no_cache._list({}, ctx, who, members, "tools")
+    await no_cache._list({}, ctx, who, members, "tools")
+    assert calc.calls == 5
+
+
+async def test_a_failing_or_hung_member_is_left_out_within_the_timeout() -> None:
+    vs = servers(ttl=0, timeout=0.3)
+    ctx = context_with(
+        {"calc": FakeMember(["add"]), "broken": FakeMember(["x"], fail=True), "slow": FakeMember(["y"], hang=True)}
+    )
+    members = [
+        Member(ServerMember(adapter="calc", prefix="c_"), adapter("calc")),
+        Member(ServerMember(adapter="broken", prefix="b_"), adapter("broken")),
+        Member(ServerMember(adapter="slow", prefix="s_"), adapter("slow")),
+    ]
+    started = time.monotonic()
+    listed = await vs._list({}, ctx, Identity("u"), members, "tools")
+    assert [t["name"] for t in listed] == ["c_add"]
+    assert time.monotonic() - started < 2.0
+    assert vs.member_failures == {"broken": 1, "slow": 1}

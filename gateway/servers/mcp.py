@@ -487,7 +487,11 @@ class VirtualServers:
         client = ctx.clients.get(member.spec.adapter)
         if client is None:
             client = ctx.clients[member.spec.adapter] = MemberClient(
-                self._app(), member.spec.adapter, self._eras, prefer_legacy=ctx.version != MODERN
+                self._app(),
+                member.spec.adapter,
+                self._eras,
+                prefer_legacy=ctx.version != MODERN,
+                on_list_changed=self.invalidate,
             )
             if ctx.log_level is not None:
                 client._log_level = ctx.log_level

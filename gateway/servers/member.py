@@ -191,7 +191,16 @@ class MemberClient:
     Holds the member's legacy session (the gateway's own sealed session id) when the member needs one.
     """
 
-    def __init__(self, app: Asgi, adapter: str, eras: dict[str, bool], *, prefer_legacy: bool = False) -> None:
+    def __init__(
+        self,
+        app: Asgi,
+        adapter: str,
+        eras: dict[str, bool],
+        *,
+        prefer_legacy: bool = False,
+        on_list_changed: Callable[[str], None] | None = None,
+    ) -> None:
+        self._on_list_changed = on_list_changed
         self._app = app
         self.adapter = adapter
         self._eras = eras  # shared per process: "adapter\0era" → whether the member speaks it
@@ -363,8 +372,11 @@ class MemberClient:
             reply = await self._post(
                 scope, {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}, modern=False
             )
+        heard = [m for m in reply.messages if isinstance(m, dict) and "id" not in m and "method" in m]
+        if any(str(m["method"]).endswith("/list_changed") for m in heard) and self._on_list_changed is not None:
+            self._on_list_changed(self.adapter)
         if notes is not None:
-            notes.extend(m for m in reply.messages if isinstance(m, dict) and "id" not in m and "method" in m)
+            notes.extend(heard)
         for m in reply.messages:
             if isinstance(m, dict) and m.get("id") == ident:
                 if "error" in m:
