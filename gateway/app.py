@@ -340,6 +340,7 @@ class GatewayApp:
             list_ttl=s.server_list_ttl,
             session_ttl=s.session_ttl,
             gateway_prefix=s.gateway_mcp_prefix,
+            max_body_bytes=s.max_body_bytes,
         )
         self._gateway_mcp = s.gateway_mcp
         components.server_service.on_change(self.servers.server_changed)

@@ -265,3 +265,48 @@ def test_an_mcp_1x_client_lists_prefixed_tools_and_calls_each_member(gw: Gateway
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert "ex_add" in out["tools"] and "cf_test_simple_text" in out["tools"]
     assert out["calls"]["ex_add"] == "5" and out["calls"]["cf_test_simple_text"]
+
+
+@pytest.mark.parametrize("route", ["mcp", "sse"])
+def test_the_inspector_cli_lists_prefixed_tools_and_calls_each_member(gw: GatewayProcess, route: str) -> None:
+    from tests.conformance_fixtures import run_inspector
+
+    url = f"{gw.url}/servers/duo/{route}"
+    names = {t["name"] for t in run_inspector(url, "tools/list")["tools"]}
+    assert {"ex_add", "cf_test_simple_text"} <= names
+    added = run_inspector(url, "tools/call", "--tool-name", "ex_add", "--tool-arg", "a=2", "--tool-arg", "b=40")
+    assert added["content"][0]["text"] == "42"
+    text = run_inspector(url, "tools/call", "--tool-name", "cf_test_simple_text")
+    assert text["content"][0]["text"]
+
+
+def test_malformed_requests_get_json_rpc_errors_never_a_5xx(gw: GatewayProcess) -> None:
+    url = f"{gw.url}/servers/duo/mcp"
+    accept = {"Accept": "application/json, text/event-stream"}
+    cases = [
+        (httpx.post(url, content=b"{not json", headers=accept), 400, -32700),
+        (httpx.post(url, json=[{"jsonrpc": "2.0", "id": 1, "method": "ping"}], headers=accept), 400, -32600),
+        (httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=accept), 400, -32600),
+        (
+            httpx.post(url, json={"id": 1, "method": "ping"}, headers={**accept, "Mcp-Session-Id": "forged"}),
+            404,
+            -32001,
+        ),
+        (httpx.post(f"{gw.url}/servers/nope/mcp", json={"id": 1, "method": "ping"}, headers=accept), 404, -32601),
+        (httpx.post(f"{gw.url}/servers/duo/messages?session_id=forged", json={"id": 1}, headers=accept), 404, -32001),
+        (httpx.get(url, headers=accept), 405, -32600),
+        (httpx.post(url, content=b"[" * (5 * 1024 * 1024), headers=accept), 413, -32600),
+    ]
+    for response, status, code in cases:
+        assert response.status_code == status, (status, response.text[:200])
+        assert response.json()["error"]["code"] == code
+    # Another user's session id is not theirs to use.
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
+    session = httpx.post(url, json=init, headers=accept).headers["mcp-session-id"]
+    stolen = httpx.post(
+        url,
+        json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        headers={**accept, "Mcp-Session-Id": session, "X-Dev-User-Id": "mallory"},
+    )
+    assert stolen.status_code in (403, 404)
+    assert "Traceback" not in gw.log_text()

@@ -32,7 +32,7 @@ import msgspec
 
 from gateway.auth.base import Authenticator, can_read
 from gateway.browser.hosts import HostPolicy
-from gateway.errors import GatewayError, Unauthenticated
+from gateway.errors import GatewayError, PayloadTooLarge, Unauthenticated
 from gateway.models import AdapterRecord, Identity
 from gateway.policy.toolpolicy import GlobMatcher, PolicyCache
 from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError
@@ -122,7 +122,9 @@ class VirtualServers:
         list_ttl: float,
         session_ttl: float,
         gateway_prefix: bool,
+        max_body_bytes: int = 4 * 1024 * 1024,
     ) -> None:
+        self._max_body = max_body_bytes
         self._app = app
         self._servers = servers
         self._view = view
@@ -143,7 +145,27 @@ class VirtualServers:
     # --- ASGI -------------------------------------------------------------------------------
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send, name: str | None, route: str) -> None:
-        """Serve ``/servers/{name}/{route}`` (``name`` None: the gateway-wide ``/mcp``)."""
+        """Serve ``/servers/{name}/{route}`` (``name`` None: the gateway-wide ``/mcp``); never a bare 500."""
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, tracked, name, route)
+        except PayloadTooLarge as exc:
+            if not started:
+                await _json(send, 413, _error(None, -32600, exc.detail))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("virtual server failure on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await _json(send, 502, _error(None, -32603, "the virtual server could not complete the request"))
+
+    async def _serve(self, scope: dict[str, Any], receive: Receive, send: Send, name: str | None, route: str) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         problem = self._hosts.check(headers.get("host"), headers.get("origin"))
         if problem is not None:
@@ -185,7 +207,7 @@ class VirtualServers:
         if method != "POST":
             await _json(send, 405, _error(None, -32600, f"{method} is not supported here"), {"allow": "POST, DELETE"})
             return
-        body = await _read_body(receive)
+        body = await _read_body(receive, self._max_body)
         try:
             message = msgspec.json.decode(body)
         except msgspec.DecodeError:
@@ -683,7 +705,7 @@ class VirtualServers:
         if ctx is None or ctx.user_id != identity.user_id or ctx.queue is None:
             await _json(send, 404, _error(None, -32001, "session not found: open a new /sse stream"))
             return
-        body = await _read_body(receive)
+        body = await _read_body(receive, self._max_body)
         try:
             message = msgspec.json.decode(body)
         except msgspec.DecodeError:
@@ -812,7 +834,7 @@ def _error(ident: Any, code: int, message: str, member: str | None = None) -> di
     return {"jsonrpc": "2.0", "id": ident, "error": error}
 
 
-async def _read_body(receive: Receive, limit: int = 4 * 1024 * 1024) -> bytes:
+async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -822,7 +844,7 @@ async def _read_body(receive: Receive, limit: int = 4 * 1024 * 1024) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise GatewayError("request body too large")
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes (MCPGW_MAX_BODY_BYTES)")
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
