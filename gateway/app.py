@@ -329,6 +329,8 @@ class GatewayApp:
         self.components = components
         self.litestar = create_litestar(components)
         self._proxy = components.proxy
+        from gateway.auth.metadata import www_authenticate
+
         s = components.settings
         self.servers = VirtualServers(
             app=lambda: self,
@@ -341,6 +343,7 @@ class GatewayApp:
             session_ttl=s.session_ttl,
             gateway_prefix=s.gateway_mcp_prefix,
             max_body_bytes=s.max_body_bytes,
+            www_authenticate=lambda path, error, detail: www_authenticate(s, path, error, detail),
         )
         self._gateway_mcp = s.gateway_mcp
         components.server_service.on_change(self.servers.server_changed)

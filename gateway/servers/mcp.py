@@ -123,8 +123,10 @@ class VirtualServers:
         session_ttl: float,
         gateway_prefix: bool,
         max_body_bytes: int = 4 * 1024 * 1024,
+        www_authenticate: Callable[[str, str | None, str | None], str] | None = None,
     ) -> None:
         self._max_body = max_body_bytes
+        self._www = www_authenticate or (lambda path, error, detail: f'Bearer error="{error or "invalid_token"}"')
         self._app = app
         self._servers = servers
         self._view = view
@@ -175,9 +177,9 @@ class VirtualServers:
             identity = await self._auth.authenticate(headers)
             label, members = await self._resolve(identity, name)
         except Unauthenticated as exc:
-            await _json(
-                send, 401, _error(None, -32600, exc.detail), {"www-authenticate": 'Bearer error="invalid_token"'}
-            )
+            # The same challenge as the data plane's: resource_metadata names this route's RFC 9728 document.
+            challenge = self._www(scope["path"], exc.error, exc.detail)
+            await _json(send, 401, _error(None, -32600, exc.detail), {"www-authenticate": challenge})
             return
         except GatewayError as exc:
             await _json(send, exc.status, _error(None, -32600 if exc.status != 404 else -32601, exc.detail))
