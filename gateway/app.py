@@ -39,9 +39,12 @@ from gateway.proxy.app import McpProxy
 from gateway.proxy.sealing import SessionSealer, load_or_create_key, parse_keys
 from gateway.proxy.sessions import SessionRouter
 from gateway.runtime.base import Runtime
+from gateway.servers.mcp import VirtualServers
+from gateway.servers.routes import ServerController
+from gateway.servers.service import ServerService
 from gateway.sessions.base import SessionLimits, SessionStore
 from gateway.settings import Settings
-from gateway.store.base import AdapterStore
+from gateway.store.base import AdapterStore, ServerStore, ServerStoreOwner
 from gateway.store.view import AdapterView
 from gateway.telemetry.setup import Telemetry, metrics_route
 from gateway.ui import portal_router
@@ -61,6 +64,8 @@ EXAMPLE_ADAPTER = AdapterInput(
     description="Example MCP server (tools add, echo, whoami, get_env)",
 )
 _DATA_PLANE = re.compile(r"^/adapters/([^/]+)/(mcp|sse|messages)/?$")
+#: Virtual servers (issue 16): /servers/{name}/mcp|sse|messages, and /mcp over every readable adapter.
+_SERVERS = re.compile(r"^/servers/([^/]+)/(mcp|sse|messages)/?$")
 
 
 def build_shared_credential(settings: Settings) -> AsyncTokenCredential | None:
@@ -141,6 +146,8 @@ class Components:
     proxy: McpProxy
     telemetry: Telemetry
     drain: Drain
+    server_store: ServerStore
+    server_service: ServerService
     credentials: UpstreamCredentials | None = None
 
 
@@ -232,6 +239,14 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     )
     drain = Drain(settings.drain_delay, settings.drain_timeout)
     drain.on_begin(reconciler.resign)  # another gateway leads while this one drains
+    server_store = cast(ServerStoreOwner, store).servers()  # both stores keep servers (issue 16)
+    server_service = ServerService(
+        servers=server_store,
+        adapters=i_store,
+        ready=lambda name: len(runtime.endpoints(name)),
+        max_members=settings.server_max_members,
+        list_max_limit=settings.list_max_limit,
+    )
     return Components(
         settings=settings,
         azure_credential=credential,
@@ -246,6 +261,8 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         proxy=proxy,
         telemetry=telemetry,
         drain=drain,
+        server_store=server_store,
+        server_service=server_service,
         credentials=credentials,
     )
 
@@ -325,12 +342,14 @@ def create_litestar(c: Components) -> Litestar:
         "runtime": c.runtime,
         "service": c.service,
         "drain": c.drain,
+        "server_service": c.server_service,
         "authenticator": c.authenticator,
         "www_authenticate": lambda path, error, detail: www_authenticate(c.settings, path, error, detail),
     }
     app = Litestar(
         route_handlers=[
             AdapterController,
+            ServerController,
             healthz,
             readyz,
             protected_resource_router(c.settings),
@@ -371,6 +390,24 @@ class GatewayApp:
         self.components = components
         self.litestar = create_litestar(components)
         self._proxy = components.proxy
+        from gateway.auth.metadata import www_authenticate
+
+        s = components.settings
+        self.servers = VirtualServers(
+            app=lambda: self,
+            servers=components.server_store,
+            view=components.view,
+            authenticator=components.authenticator,
+            hosts=rest_host_policy(s),
+            member_timeout=s.server_member_timeout,
+            list_ttl=s.server_list_ttl,
+            session_ttl=s.session_ttl,
+            gateway_prefix=s.gateway_mcp_prefix,
+            max_body_bytes=s.max_body_bytes,
+            www_authenticate=lambda path, error, detail: www_authenticate(s, path, error, detail),
+        )
+        self._gateway_mcp = s.gateway_mcp
+        components.server_service.on_change(self.servers.server_changed)
 
     def server(self, config: uvicorn.Config) -> uvicorn.Server:
         """The uvicorn server for this app: its first SIGTERM drains (see gateway/drain.py)."""
@@ -383,6 +420,13 @@ class GatewayApp:
             match = _DATA_PLANE.match(scope["path"])
             if match is not None:
                 await self._proxy(scope, receive, send, match.group(1), match.group(2))
+                return
+            match = _SERVERS.match(scope["path"])
+            if match is not None:
+                await self.servers(scope, receive, send, match.group(1), match.group(2))
+                return
+            if self._gateway_mcp and scope["path"] in ("/mcp", "/mcp/"):
+                await self.servers(scope, receive, send, None, "mcp")
                 return
         await self.litestar(scope, receive, send)  # type: ignore[arg-type]
 

@@ -160,6 +160,23 @@ class Settings:
         "accepted; loopback origins on MCP routes only, the request's own origin on REST routes only.",
     )
 
+    # --- virtual servers -----------------------------------------------------------------
+    server_max_members: int = setting(20, "Most members (adapters) one virtual server may compose.")
+    server_member_timeout: float = setting(
+        5.0,
+        "Seconds a virtual server waits for one member's answer while listing or opening its session; a member "
+        "slower than this is left out of the listing (logged and counted) and its calls get a JSON-RPC error.",
+    )
+    server_list_ttl: float = setting(
+        30.0, "Seconds a member's tools/prompts/resources listing is cached per caller-visible set (0: no cache)."
+    )
+    gateway_mcp: bool = setting(
+        True, "Serve /mcp: one virtual server per caller over every adapter the caller may read."
+    )
+    gateway_mcp_prefix: bool = setting(
+        True, "On /mcp, prefix each tool and prompt with its adapter's name and '_' (off: names as the adapters say)."
+    )
+
     # --- sessions ------------------------------------------------------------------------
     session_ttl: float = setting(3600.0, "Sliding idle lifetime of a session, in seconds.")
     session_max_age: float = setting(86400.0, "Absolute lifetime of a session id, in seconds.")

@@ -25,6 +25,11 @@ if [ ! -f "$stamp" ]; then
 fi
 
 bash scripts/install_node_tools.sh
+# An mcp 1.x client for the virtual server tests (tests/mcp1_client.py): the last 1.x release, in its own venv.
+if ! .tools/mcp1-venv/bin/python -c "import mcp" 2>/dev/null; then
+  python3 -m venv .tools/mcp1-venv
+  .tools/mcp1-venv/bin/pip install --quiet --disable-pip-version-check "mcp==1.30.0"
+fi
 
 echo "== ruff check"; .venv/bin/ruff check .
 echo "== ruff format --check"; .venv/bin/ruff format --check .

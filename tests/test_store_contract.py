@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from gateway.models import AdapterRecord
-from gateway.store import AdapterExists, AdapterStore, EtagMismatch
+from gateway.servers.models import ServerMember, ServerRecord
+from gateway.store import AdapterExists, AdapterStore, EtagMismatch, ServerExists, ServerStore
+from gateway.store.base import ServerStoreOwner
 from gateway.store.sqlite import SqliteAdapterStore
 
 StoreFactory = Callable[[Path], Awaitable[AdapterStore]]
@@ -147,3 +150,66 @@ async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
         assert got is not None and got.name == "alpha"
     finally:
         await second.close()
+
+
+# --- virtual servers (issue 16): the second record kind, same contract, shared with adapters -------
+
+
+def servers_of(store: AdapterStore) -> ServerStore:
+    owner = cast(ServerStoreOwner, store)
+    return owner.servers()
+
+
+def server(name: str, **changes: object) -> ServerRecord:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    base = ServerRecord(
+        name=name,
+        description="d",
+        required_roles=["reader"],
+        members=[ServerMember(adapter="alpha", prefix="a_", tools=["add", "echo*"], exclude=["debug*"])],
+        created_by="alice",
+        created_at=now,
+        last_updated_at=now,
+    )
+    for key, value in changes.items():
+        setattr(base, key, value)
+    return base
+
+
+async def test_servers_create_get_replace_delete(store: AdapterStore) -> None:
+    servers = servers_of(store)
+    created = await servers.create(server("one"))
+    assert created.etag
+    got = await servers.get("one")
+    assert got is not None and got.etag == created.etag
+    assert got.members == [ServerMember(adapter="alpha", prefix="a_", tools=["add", "echo*"], exclude=["debug*"])]
+    assert got.created_at == datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(ServerExists):
+        await servers.create(server("one"))
+    updated = await servers.replace(server("one", description="new"), etag=created.etag)
+    assert updated.etag != created.etag
+    with pytest.raises(EtagMismatch):
+        await servers.replace(server("one", description="stale"), etag=created.etag)
+    with pytest.raises(EtagMismatch):
+        await servers.delete("one", etag=created.etag)
+    with pytest.raises(KeyError):
+        await servers.replace(server("ghost"), etag="whatever")
+    assert await servers.delete("one", etag=updated.etag) is True
+    assert await servers.get("one") is None
+    assert await servers.delete("one") is False
+
+
+async def test_servers_and_adapters_do_not_see_each_other(store: AdapterStore) -> None:
+    servers = servers_of(store)
+    for name in ["alpha", "zulu"]:
+        await store.create(record(name))
+    for name in ["bravo", "alpha", "charlie"]:
+        await servers.create(server(name))
+    assert [r.name for r in await store.list(limit=10)] == ["alpha", "zulu"]
+    assert [r.name for r in await store.list(limit=10, after="alpha")] == ["zulu"]
+    assert [r.name for r in await servers.list(limit=2)] == ["alpha", "bravo"]
+    assert [r.name for r in await servers.list(limit=2, after="bravo")] == ["charlie"]
+    assert await servers.get("zulu") is None and await store.get("bravo") is None
+    # Same name in both kinds: two records, deleting one leaves the other.
+    assert await servers.delete("alpha") is True
+    assert await store.get("alpha") is not None

@@ -21,7 +21,17 @@ class Authenticator(Protocol):
         """The caller's identity; ``headers`` has lower-case names."""
 
 
-def can_read(identity: Identity, adapter: AdapterRecord) -> bool:
+class Owned(Protocol):
+    """A record with an owner and read roles: an adapter or a virtual server (issue 16)."""
+
+    @property
+    def created_by(self) -> str: ...
+
+    @property
+    def required_roles(self) -> list[str]: ...
+
+
+def can_read(identity: Identity, adapter: AdapterRecord | Owned) -> bool:
     """Read (and data-plane use): the creator, mcp.admin, or a holder of any required role."""
     return (
         identity.is_admin
@@ -30,7 +40,7 @@ def can_read(identity: Identity, adapter: AdapterRecord) -> bool:
     )
 
 
-def can_write(identity: Identity, adapter: AdapterRecord) -> bool:
+def can_write(identity: Identity, adapter: AdapterRecord | Owned) -> bool:
     """Update and delete: the creator or mcp.admin."""
     return identity.is_admin or identity.user_id == adapter.created_by
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateway.models import AdapterRecord
+from gateway.servers.models import ServerRecord
 
 
 class AdapterExists(Exception):
@@ -48,3 +49,39 @@ class AdapterStore(Protocol):
 
     async def delete(self, name: str, *, etag: str | None = None) -> bool:
         """Remove the record (only if its etag is ``etag`` when given); False when it was absent."""
+
+
+class ServerExists(Exception):
+    """ServerStore.create() was called for a name that is already stored."""
+
+
+class ServerStore(Protocol):
+    """Durable virtual server records (issue 16), keyed by name, with an etag per record.
+
+    The second record kind of the metadata store: SQLite keeps them in their own table of the same
+    file, Cosmos DB in the same container as ``kind: "server"`` items whose ids cannot collide with
+    adapter names. Both share the adapter store's connection, so start/close stay with it.
+    Same contract as AdapterStore (tests/test_store_contract.py), with ServerExists.
+    """
+
+    async def create(self, record: ServerRecord) -> ServerRecord:
+        """Insert a new record; raise ServerExists if the name is taken. Returns it with its etag."""
+
+    async def get(self, name: str) -> ServerRecord | None:
+        """The record named ``name``, or None."""
+
+    async def list(self, *, limit: int, after: str | None = None) -> list[ServerRecord]:
+        """Up to ``limit`` records ordered by name, starting after the name ``after``."""
+
+    async def replace(self, record: ServerRecord, *, etag: str) -> ServerRecord:
+        """Overwrite if the stored etag is ``etag``; EtagMismatch if not, KeyError when gone."""
+
+    async def delete(self, name: str, *, etag: str | None = None) -> bool:
+        """Remove the record (only if its etag is ``etag`` when given); False when it was absent."""
+
+
+class ServerStoreOwner(Protocol):
+    """An adapter store that also keeps virtual servers (both implementations do)."""
+
+    def servers(self) -> ServerStore:
+        """The server records, sharing this store's connection."""

@@ -37,8 +37,9 @@ from azure.cosmos.exceptions import CosmosHttpResponseError
 from gateway.azure_credentials import build_azure_credential
 from gateway.errors import StoreUnavailable
 from gateway.models import AdapterRecord
+from gateway.servers.models import ServerRecord
 from gateway.settings import Settings
-from gateway.store.base import AdapterExists, EtagMismatch
+from gateway.store.base import AdapterExists, EtagMismatch, ServerExists
 
 T = TypeVar("T")
 
@@ -158,6 +159,10 @@ class CosmosAdapterStore:
         if credential is not None and credential is not self._injected and not isinstance(credential, str):
             await credential.close()
 
+    def servers(self) -> CosmosServerStore:
+        """The virtual server records of the same container (same client, budget and retries)."""
+        return CosmosServerStore(self)
+
     async def ping(self) -> None:
         """Read the container's properties; raise StoreUnavailable when that fails."""
         await self._call("ping", lambda container: container.read(), idempotent=True)
@@ -192,9 +197,10 @@ class CosmosAdapterStore:
         """Up to ``limit`` records ordered by name, after the name ``after``."""
         if limit < 1:
             return []
-        where = "WHERE c.id > @after " if after is not None else ""
+        # Virtual server items share the container with ids after every adapter name (SERVER_ID_PREFIX).
+        where = "WHERE c.id > @after AND c.id < @end " if after is not None else "WHERE c.id < @end "
         query = f"SELECT TOP @limit * FROM c {where}ORDER BY c.id ASC"
-        parameters: list[dict[str, Any]] = [{"name": "@limit", "value": limit}]
+        parameters: list[dict[str, Any]] = [{"name": "@limit", "value": limit}, {"name": "@end", "value": "~"}]
         if after is not None:
             parameters.append({"name": "@after", "value": after})
 
@@ -416,3 +422,117 @@ class CosmosAdapterStore:
         if status in (404, 409, 412):
             return exc
         return self._unavailable(f"unexpected HTTP {status} from {self._endpoint}")
+
+
+#: Ids of virtual server items: '~' sorts after every character an adapter name may hold
+#: ([a-z0-9-]), so adapter listings end before the first server and the names never collide.
+SERVER_ID_PREFIX = "~server:"
+_SERVER_KIND = "server"
+
+
+def _server_to_item(record: ServerRecord) -> dict[str, Any]:
+    item: dict[str, Any] = msgspec.to_builtins(record)
+    del item["etag"]
+    item["id"] = SERVER_ID_PREFIX + item.pop("name")
+    item["kind"] = _SERVER_KIND
+    return item
+
+
+def _server_from_item(item: Mapping[str, Any]) -> ServerRecord:
+    fields = {k: v for k, v in item.items() if k not in _SYSTEM_KEYS and k != "kind"}
+    fields["name"] = str(item["id"]).removeprefix(SERVER_ID_PREFIX)
+    fields["etag"] = item["_etag"]
+    return msgspec.convert(fields, ServerRecord)
+
+
+class CosmosServerStore:
+    """Virtual server records as ``kind: "server"`` items of the adapter container (issue 16).
+
+    One container keeps one set of provisioning, RBAC and backups; the id prefix keeps the two
+    kinds apart in listings (``c.id < "~"`` for adapters, the prefix range for servers).
+    """
+
+    def __init__(self, owner: CosmosAdapterStore) -> None:
+        self._owner = owner
+
+    async def create(self, record: ServerRecord) -> ServerRecord:
+        """Insert; ServerExists when the name is taken."""
+        try:
+            item = await self._owner._call(
+                "create", lambda container: container.create_item(body=_server_to_item(record)), idempotent=False
+            )
+        except CosmosHttpResponseError as exc:
+            if exc.status_code == 409:
+                raise ServerExists(record.name) from None
+            raise
+        return _server_from_item(item)
+
+    async def get(self, name: str) -> ServerRecord | None:
+        """Point read by name; None when absent."""
+        key = SERVER_ID_PREFIX + name
+        try:
+            item = await self._owner._call(
+                "read", lambda container: container.read_item(item=key, partition_key=key), idempotent=True
+            )
+        except CosmosHttpResponseError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+        return _server_from_item(item)
+
+    async def list(self, *, limit: int, after: str | None = None) -> list[ServerRecord]:
+        """Up to ``limit`` records ordered by name, after the name ``after``."""
+        if limit < 1:
+            return []
+        query = "SELECT TOP @limit * FROM c WHERE c.id > @after AND c.id < @end ORDER BY c.id ASC"
+        parameters: list[dict[str, Any]] = [
+            {"name": "@limit", "value": limit},
+            {"name": "@after", "value": SERVER_ID_PREFIX + (after or "")},
+            {"name": "@end", "value": SERVER_ID_PREFIX + "~"},
+        ]
+
+        async def page(container: ContainerProxy) -> list[dict[str, Any]]:
+            items = container.query_items(query, parameters=parameters, max_item_count=limit)
+            return [item async for item in items]
+
+        items = await self._owner._call("query", page, idempotent=True)
+        return [_server_from_item(item) for item in items[:limit]]
+
+    async def replace(self, record: ServerRecord, *, etag: str) -> ServerRecord:
+        """Overwrite if the stored etag is ``etag``; EtagMismatch if not, KeyError if gone."""
+        key = SERVER_ID_PREFIX + record.name
+        try:
+            item = await self._owner._call(
+                "replace",
+                lambda container: container.replace_item(
+                    item=key, body=_server_to_item(record), etag=etag, match_condition=MatchConditions.IfNotModified
+                ),
+                idempotent=False,
+            )
+        except CosmosHttpResponseError as exc:
+            if exc.status_code == 412:
+                raise EtagMismatch(record.name) from None
+            if exc.status_code == 404:
+                raise KeyError(record.name) from None
+            raise
+        return _server_from_item(item)
+
+    async def delete(self, name: str, *, etag: str | None = None) -> bool:
+        """Remove the record (only at ``etag`` when given); False when it was absent."""
+        key = SERVER_ID_PREFIX + name
+        conditions: dict[str, Any] = {}
+        if etag is not None:
+            conditions = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+        try:
+            await self._owner._call(
+                "delete",
+                lambda container: container.delete_item(item=key, partition_key=key, **conditions),
+                idempotent=False,
+            )
+        except CosmosHttpResponseError as exc:
+            if exc.status_code == 412:
+                raise EtagMismatch(name) from None
+            if exc.status_code == 404:
+                return False
+            raise
+        return True

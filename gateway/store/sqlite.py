@@ -18,12 +18,21 @@ import msgspec
 
 from gateway.errors import StoreUnavailable
 from gateway.models import AdapterRecord
-from gateway.store.base import AdapterExists, EtagMismatch
+from gateway.servers.models import ServerRecord
+from gateway.store.base import AdapterExists, EtagMismatch, ServerExists
 
 T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS adapters (
+    name TEXT PRIMARY KEY,
+    etag TEXT NOT NULL,
+    doc  BLOB NOT NULL
+)
+"""
+#: Virtual servers (issue 16): the second record kind, in its own table of the same file.
+_SERVERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS servers (
     name TEXT PRIMARY KEY,
     etag TEXT NOT NULL,
     doc  BLOB NOT NULL
@@ -64,6 +73,7 @@ class SqliteAdapterStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute(_SCHEMA)
+            conn.execute(_SERVERS_SCHEMA)
             conn.isolation_level = "DEFERRED"
             self._conn = conn
 
@@ -86,6 +96,10 @@ class SqliteAdapterStore:
         if executor is not None:
             await asyncio.get_running_loop().run_in_executor(executor, close_db)
             executor.shutdown(wait=False)
+
+    def servers(self) -> SqliteServerStore:
+        """The virtual server records of the same file (started and closed with this store)."""
+        return SqliteServerStore(self)
 
     async def ping(self) -> None:
         """Run a trivial query."""
@@ -158,3 +172,81 @@ class SqliteAdapterStore:
             return True
 
         return await self._run(remove)
+
+
+class SqliteServerStore:
+    """Virtual server records in the ``servers`` table, on the adapter store's connection and thread."""
+
+    def __init__(self, owner: SqliteAdapterStore) -> None:
+        self._owner = owner
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder(ServerRecord)
+
+    def _decode(self, etag: str, doc: bytes) -> ServerRecord:
+        record = self._decoder.decode(doc)
+        record.etag = etag
+        return record
+
+    async def create(self, record: ServerRecord) -> ServerRecord:
+        """Insert; ServerExists when the name is taken."""
+        stored = msgspec.structs.replace(record, etag=uuid.uuid4().hex)
+
+        def insert(c: sqlite3.Connection) -> None:
+            try:
+                c.execute(
+                    "INSERT INTO servers (name, etag, doc) VALUES (?, ?, ?)",
+                    (stored.name, stored.etag, self._encoder.encode(stored)),
+                )
+            except sqlite3.IntegrityError:
+                raise ServerExists(record.name) from None
+
+        await self._owner._run(insert)
+        return stored
+
+    async def get(self, name: str) -> ServerRecord | None:
+        """Point read."""
+        row = await self._owner._run(
+            lambda c: c.execute("SELECT etag, doc FROM servers WHERE name = ?", (name,)).fetchone()
+        )
+        return None if row is None else self._decode(row[0], row[1])
+
+    async def list(self, *, limit: int, after: str | None = None) -> list[ServerRecord]:
+        """A page ordered by name."""
+        rows = await self._owner._run(
+            lambda c: c.execute(
+                "SELECT etag, doc FROM servers WHERE name > ? ORDER BY name LIMIT ?", (after or "", limit)
+            ).fetchall()
+        )
+        return [self._decode(etag, doc) for etag, doc in rows]
+
+    async def replace(self, record: ServerRecord, *, etag: str) -> ServerRecord:
+        """Conditional overwrite."""
+        stored = msgspec.structs.replace(record, etag=uuid.uuid4().hex)
+
+        def update(c: sqlite3.Connection) -> None:
+            cur = c.execute(
+                "UPDATE servers SET etag = ?, doc = ? WHERE name = ? AND etag = ?",
+                (stored.etag, self._encoder.encode(stored), record.name, etag),
+            )
+            if cur.rowcount == 0:
+                if c.execute("SELECT 1 FROM servers WHERE name = ?", (record.name,)).fetchone() is None:
+                    raise KeyError(record.name)
+                raise EtagMismatch(record.name)
+
+        await self._owner._run(update)
+        return stored
+
+    async def delete(self, name: str, *, etag: str | None = None) -> bool:
+        """Conditional delete."""
+
+        def remove(c: sqlite3.Connection) -> bool:
+            if etag is None:
+                return c.execute("DELETE FROM servers WHERE name = ?", (name,)).rowcount > 0
+            cur = c.execute("DELETE FROM servers WHERE name = ? AND etag = ?", (name, etag))
+            if cur.rowcount == 0:
+                if c.execute("SELECT 1 FROM servers WHERE name = ?", (name,)).fetchone() is not None:
+                    raise EtagMismatch(name)
+                return False
+            return True
+
+        return await self._owner._run(remove)

@@ -1,0 +1,869 @@
+"""The MCP side of virtual servers: the gateway terminates MCP at ``/servers/{name}/mcp`` (Streamable
+HTTP, 2025-era sessions and 2026-07-28 stateless), ``/servers/{name}/sse`` + ``/messages`` (legacy
+HTTP+SSE) and ``/mcp`` (every adapter the caller may read), and answers from its members.
+
+The client is answered in its own era; each member is called in the member's era through the data
+plane (gateway/servers/member.py), so any client era reaches any member era. Listings fan out to the
+members in parallel, each bounded by ``server_member_timeout``: a member that fails or is slow is left
+out (logged, counted in ``member_failures``), the others are listed. Names are prefixed per member;
+resource URIs of a prefixed member become ``mcpgw+<adapter>:<uri>`` (reversible). A member with an
+empty prefix keeps its names and URIs (at most one per server: prefixes are unique).
+
+Answers are always ``application/json`` (one response per POST); see docs/servers.md for what does
+not translate across eras.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+import msgspec
+
+from gateway.auth.base import Authenticator, can_read
+from gateway.browser.hosts import HostPolicy
+from gateway.errors import GatewayError, PayloadTooLarge, Unauthenticated
+from gateway.models import AdapterRecord, Identity
+from gateway.policy.toolpolicy import GlobMatcher, PolicyCache
+from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError
+from gateway.servers.models import ServerMember, ServerRecord
+from gateway.store.base import ServerStore
+from gateway.store.view import AdapterView
+
+log = logging.getLogger("gateway.servers")
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+URI_SCHEME = "mcpgw+"
+LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+SERVER_INFO = {"name": "mcp-gateway", "version": "0.1.0"}
+CAPABILITIES: dict[str, Any] = {
+    "tools": {"listChanged": False},
+    "prompts": {"listChanged": False},
+    "resources": {"listChanged": False, "subscribe": True},
+    "completions": {},
+    "logging": {},
+}
+MAX_PAGES = 20
+#: JSON-RPC code of a member that could not answer (down, slow, not MCP); data.member names it.
+MEMBER_UNAVAILABLE = -32003
+
+
+@functools.lru_cache(maxsize=1024)
+def _matcher(globs: tuple[str, ...]) -> GlobMatcher:
+    return GlobMatcher(globs)
+
+
+_POLICIES = PolicyCache()
+#: Seconds a server record is reused before it is read again (a change made through another replica
+#: shows after at most this long; changes through this one at once).
+RECORD_SECONDS = 1.0
+
+
+@dataclass
+class Member:
+    """A member resolved for one request: its spec, its adapter record, and its filters."""
+
+    spec: ServerMember
+    adapter: AdapterRecord
+
+    def visible(self, tool: str, identity: Identity) -> bool:
+        """The member's include/exclude globs and the adapter's toolPolicy (when the field exists)."""
+        if self.spec.tools is not None and not _matcher(tuple(self.spec.tools)).matches(tool):
+            return False
+        if self.spec.exclude and _matcher(tuple(self.spec.exclude)).matches(tool):
+            return False
+        rules = getattr(self.adapter, "tool_policy", None)
+        return rules is None or _POLICIES.get(self.adapter.name, self.adapter.etag, rules).may_call(
+            tool, identity.roles
+        )
+
+    def uri_out(self, uri: str) -> str:
+        return f"{URI_SCHEME}{self.spec.adapter}:{uri}" if self.spec.prefix else uri
+
+
+@dataclass
+class Context:
+    """Member clients of one client session (or of one stateless caller of one server)."""
+
+    key: str
+    user_id: str
+    clients: dict[str, MemberClient] = field(default_factory=dict)
+    last_used: float = field(default_factory=time.monotonic)
+    version: str = LEGACY
+    queue: asyncio.Queue[bytes | None] | None = None  # legacy SSE: messages for the client's stream
+    owners: dict[str, str] = field(default_factory=dict)  # listed name → adapter (members without prefix)
+    log_level: str | None = None
+    inflight: dict[str | int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)  # by request id
+
+
+class VirtualServers:
+    """ASGI handler of every virtual server route."""
+
+    def __init__(
+        self,
+        *,
+        app: Callable[[], Asgi],
+        servers: ServerStore,
+        view: AdapterView,
+        authenticator: Authenticator,
+        hosts: HostPolicy,
+        member_timeout: float,
+        list_ttl: float,
+        session_ttl: float,
+        gateway_prefix: bool,
+        max_body_bytes: int = 4 * 1024 * 1024,
+        www_authenticate: Callable[[str, str | None, str | None], str] | None = None,
+    ) -> None:
+        self._max_body = max_body_bytes
+        self._www = www_authenticate or (lambda path, error, detail: f'Bearer error="{error or "invalid_token"}"')
+        self._app = app
+        self._servers = servers
+        self._view = view
+        self._auth = authenticator
+        self._hosts = hosts
+        self._timeout = member_timeout
+        self._list_ttl = list_ttl
+        self._session_ttl = session_ttl
+        self._gateway_prefix = gateway_prefix
+        self._eras: dict[str, bool] = {}
+        self._sessions: dict[str, Context] = {}
+        self._stateless: dict[str, Context] = {}
+        self._cache: dict[tuple[str, str, str, str], tuple[float, list[Any]]] = {}
+        self.member_failures: Counter[str] = Counter()
+        self._records: dict[str, tuple[float, ServerRecord | None]] = {}
+        self._next_sweep = 0.0
+
+    # --- ASGI -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send, name: str | None, route: str) -> None:
+        """Serve ``/servers/{name}/{route}`` (``name`` None: the gateway-wide ``/mcp``); never a bare 500."""
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, tracked, name, route)
+        except PayloadTooLarge as exc:
+            if not started:
+                await _json(send, 413, _error(None, -32600, exc.detail))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("virtual server failure on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await _json(send, 502, _error(None, -32603, "the virtual server could not complete the request"))
+
+    async def _serve(self, scope: dict[str, Any], receive: Receive, send: Send, name: str | None, route: str) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        problem = self._hosts.check(headers.get("host"), headers.get("origin"))
+        if problem is not None:
+            await _json(send, problem[0], _error(None, -32600, problem[1]))
+            return
+        try:
+            identity = await self._auth.authenticate(headers)
+            label, members = await self._resolve(identity, name)
+        except Unauthenticated as exc:
+            # The same challenge as the data plane's: resource_metadata names this route's RFC 9728 document.
+            challenge = self._www(scope["path"], exc.error, exc.detail)
+            await _json(send, 401, _error(None, -32600, exc.detail), {"www-authenticate": challenge})
+            return
+        except GatewayError as exc:
+            await _json(send, exc.status, _error(None, -32600 if exc.status != 404 else -32601, exc.detail))
+            return
+        self._sweep()
+        method = scope["method"]
+        if route == "sse":
+            if method != "GET":
+                await _json(send, 405, _error(None, -32600, "use GET on /sse"), {"allow": "GET"})
+                return
+            await self._sse(scope, receive, send, identity, label, members, name)
+            return
+        if route == "messages":
+            if method != "POST":
+                await _json(send, 405, _error(None, -32600, "use POST on /messages"), {"allow": "POST"})
+                return
+            await self._messages(scope, receive, send, identity, label, members)
+            return
+        if method == "DELETE":
+            ctx = self._session_of(headers, identity, label)
+            if ctx is None:
+                await _json(send, 404, _error(None, -32001, "session not found"))
+                return
+            await self._end(ctx, scope)
+            await _json(send, 200, None)
+            return
+        if method != "POST":
+            await _json(send, 405, _error(None, -32600, f"{method} is not supported here"), {"allow": "POST, DELETE"})
+            return
+        body = await _read_body(receive, self._max_body)
+        try:
+            message = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            await _json(send, 400, _error(None, -32700, "the body is not JSON"))
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("method"), str):
+            await _json(send, 400, _error(None, -32600, "send one JSON-RPC request or notification per POST"))
+            return
+        meta = (message.get("params") or {}).get("_meta") if isinstance(message.get("params"), dict) else None
+        header_version = headers.get("mcp-protocol-version", "").strip()
+        # Modern: a 2026-07-28 request, or one carrying the per-request era of a version we do not know
+        # (answered with -32022, as a modern server does); 2025-era versions take the session path.
+        modern = (bool(header_version) and header_version not in LEGACY_VERSIONS) or (
+            isinstance(meta, dict) and "io.modelcontextprotocol/protocolVersion" in meta
+        )
+        ident = message.get("id")
+        if modern and "mcp-session-id" not in headers:
+            refused = _modern_check(headers, message, meta)
+            if refused is not None:
+                error = _error(ident, refused[1], refused[2])
+                if refused[1] == -32022:
+                    requested = meta.get("io.modelcontextprotocol/protocolVersion") if isinstance(meta, dict) else None
+                    error["error"]["data"] = {"supported": [MODERN], "requested": requested or header_version}
+                await _json(send, refused[0], error)
+                return
+        if message["method"] == "initialize" and not modern:
+            version = (message.get("params") or {}).get("protocolVersion")
+            ctx = Context(key=secrets.token_urlsafe(32), user_id=identity.user_id)
+            ctx.version = version if version in LEGACY_VERSIONS else LEGACY
+            self._sessions[ctx.key] = ctx
+            result = {
+                "protocolVersion": ctx.version,
+                "capabilities": CAPABILITIES,
+                "serverInfo": {**SERVER_INFO, "name": f"mcp-gateway/{label}"},
+            }
+            await _json(send, 200, {"jsonrpc": "2.0", "id": ident, "result": result}, {"mcp-session-id": ctx.key})
+            return
+        if modern:
+            ctx = self._stateless_of(identity, label)
+        else:
+            found = self._session_of(headers, identity, label)
+            if found is None:
+                status, text = (
+                    (404, "session not found: initialize a new session")
+                    if headers.get("mcp-session-id")
+                    else (400, "no session: send initialize first, or a 2026-07-28 request")
+                )
+                await _json(send, status, _error(ident, -32001 if status == 404 else -32600, text))
+                return
+            ctx = found
+        if "id" not in message:
+            self._notified(ctx, message)
+            await _json(send, 202, None)
+            return
+        notes: list[Any] = []
+        answer = await self._cancellable(
+            ctx, ident, self._handle(scope, ctx, identity, members, message, modern=modern, notes=notes), receive
+        )
+        if answer is None:  # the client went away: the member call was cancelled with it
+            return
+        if notes and "text/event-stream" in headers.get("accept", ""):
+            # The member's progress and log notifications, then the answer (relayed once the member answered).
+            await _sse_answer(send, [*notes, answer])
+            return
+        status = 200
+        if modern and "error" in answer:
+            # A modern server's HTTP statuses for its JSON-RPC errors (clients tell eras and causes apart by them).
+            status = {-32601: 404, -32020: 400, -32021: 400, -32022: 400}.get(answer["error"].get("code"), 200)
+        await _json(send, status, answer)
+
+    # --- cancellation -----------------------------------------------------------------------
+
+    def _notified(self, ctx: Context, message: dict[str, Any]) -> None:
+        """A client notification: ``notifications/cancelled`` cancels the named request's member call."""
+        if message.get("method") != "notifications/cancelled":
+            return
+        params = message.get("params")
+        request_id = params.get("requestId") if isinstance(params, dict) else None
+        task = ctx.inflight.get(request_id) if isinstance(request_id, (str, int)) else None
+        if task is not None:
+            task.cancel()
+
+    async def _cancellable(
+        self, ctx: Context, ident: Any, work: Awaitable[dict[str, Any]], receive: Receive | None = None
+    ) -> dict[str, Any] | None:
+        """Run one request's work; cancelled by ``notifications/cancelled`` for its id, or (with ``receive``)
+        when the client's HTTP request goes away. Cancelling closes the member call's upstream request,
+        which a 2026-07-28 member takes as cancellation. None when the client is gone."""
+        task: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(work)
+        key = ident if isinstance(ident, (str, int)) else None
+        if key is not None:
+            ctx.inflight[key] = task
+
+        async def gone() -> None:
+            assert receive is not None
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(gone()) if receive is not None else None
+        try:
+            waited: set[asyncio.Future[Any]] = {task} if watcher is None else {task, watcher}
+            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                return None
+            if task.cancelled():
+                return _error(ident, -32800, "request cancelled")
+            return task.result()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if key is not None and ctx.inflight.get(key) is task:
+                del ctx.inflight[key]
+
+    # --- contexts ---------------------------------------------------------------------------
+
+    def _session_of(self, headers: Mapping[str, str], identity: Identity, label: str) -> Context | None:
+        ctx = self._sessions.get(headers.get("mcp-session-id", ""))
+        if ctx is None or ctx.user_id != identity.user_id:
+            return None
+        ctx.last_used = time.monotonic()
+        return ctx
+
+    def _stateless_of(self, identity: Identity, label: str) -> Context:
+        key = f"{label}\x00{identity.user_id}"
+        ctx = self._stateless.get(key)
+        if ctx is None:
+            ctx = self._stateless[key] = Context(key=key, user_id=identity.user_id, version=MODERN)
+        ctx.last_used = time.monotonic()
+        return ctx
+
+    async def _end(self, ctx: Context, scope: Mapping[str, Any]) -> None:
+        self._sessions.pop(ctx.key, None)
+        if ctx.queue is not None:
+            ctx.queue.put_nowait(None)
+        await asyncio.gather(*(c.close(scope) for c in ctx.clients.values()), return_exceptions=True)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 10.0
+        cutoff = now - self._session_ttl
+        for table in (self._sessions, self._stateless):
+            for key in [k for k, c in table.items() if c.last_used < cutoff and c.queue is None]:
+                del table[key]  # their member sessions expire by the data plane's own TTL
+
+    async def _resolve(self, identity: Identity, name: str | None) -> tuple[str, list[Member]]:
+        """The members the caller may use: a server's readable members, or every readable adapter."""
+        if name is None:
+            members = []
+            for adapter_name in self._view.names():
+                record = self._view.get(adapter_name)
+                if record is not None and can_read(identity, record):
+                    prefix = f"{adapter_name}_" if self._gateway_prefix else ""
+                    members.append(Member(ServerMember(adapter=adapter_name, prefix=prefix), record))
+            return "*", members
+        from gateway.errors import Forbidden, NotFound
+
+        now = time.monotonic()
+        held = self._records.get(name)
+        if held is not None and held[0] > now:
+            server = held[1]
+        else:
+            server = await self._servers.get(name)
+            self._records[name] = (now + RECORD_SECONDS, server)
+        if server is None:
+            raise NotFound(f"server {name!r} does not exist")
+        if not can_read(identity, server):
+            raise Forbidden(f"you may not use server {name!r}")
+        out = []
+        for spec in server.members:
+            record = self._view.get(spec.adapter)
+            if record is not None and can_read(identity, record):
+                out.append(Member(spec, record))
+        return name, out
+
+    # --- JSON-RPC ---------------------------------------------------------------------------
+
+    async def _handle(
+        self,
+        scope: Mapping[str, Any],
+        ctx: Context,
+        identity: Identity,
+        members: Sequence[Member],
+        message: dict[str, Any],
+        *,
+        modern: bool,
+        notes: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        ident = message.get("id")
+        method = message["method"]
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        assert isinstance(params, dict)
+        try:
+            result = await self._dispatch(scope, ctx, identity, members, method, params, notes)
+        except MemberError as exc:
+            self.member_failures[exc.adapter] += 1
+            if exc.error is not None:
+                error = dict(exc.error)
+                error["message"] = f"member {exc.adapter!r}: {error.get('message', '')}"
+                data = error.get("data")
+                error["data"] = {**(data if isinstance(data, dict) else {}), "member": exc.adapter}
+                return {"jsonrpc": "2.0", "id": ident, "error": error}
+            log.warning("virtual server member %s failed on %s: %s", exc.adapter, method, exc.detail)
+            return _error(
+                ident, MEMBER_UNAVAILABLE, f"member {exc.adapter!r} is unavailable: {exc.detail}", exc.adapter
+            )
+        except _RpcError as exc:
+            return _error(ident, exc.code, exc.message)
+        if modern and isinstance(result, dict):
+            meta = result.get("_meta")
+            stamped = {**(meta if isinstance(meta, dict) else {}), "io.modelcontextprotocol/serverInfo": SERVER_INFO}
+            result = {"resultType": "complete", **result, "_meta": stamped}
+            if method.endswith("/list") or method == "server/discover":
+                # Merged per caller: clients may cache for the listing TTL, shared caches may not.
+                result.update(ttlMs=int(self._list_ttl * 1000), cacheScope="private")
+        return {"jsonrpc": "2.0", "id": ident, "result": result}
+
+    async def _dispatch(
+        self,
+        scope: Mapping[str, Any],
+        ctx: Context,
+        identity: Identity,
+        members: Sequence[Member],
+        method: str,
+        params: dict[str, Any],
+        notes: list[Any] | None = None,
+    ) -> Any:
+        meta = params.get("_meta")
+        caps = meta.get("io.modelcontextprotocol/clientCapabilities") if isinstance(meta, dict) else None
+        caps = caps if isinstance(caps, dict) else None
+        if method == "logging/setLevel":
+            level = params.get("level")
+            if isinstance(level, str):
+                ctx.log_level = level
+                await asyncio.gather(*(c.set_log_level(scope, level) for c in ctx.clients.values()))
+            return {}
+        if method == "ping":
+            return {}
+        if method == "server/discover":
+            # No subscriptions/listen yet: resource subscriptions and list_changed are not offered in 2026-07-28.
+            modern_caps = {**CAPABILITIES, "resources": {"listChanged": False}}
+            return {"supportedVersions": [MODERN], "capabilities": modern_caps, "resultType": "complete"}
+        if method == "tools/list":
+            return {"tools": await self._list(scope, ctx, identity, members, "tools")}
+        if method == "prompts/list":
+            return {"prompts": await self._list(scope, ctx, identity, members, "prompts")}
+        if method == "resources/list":
+            return {"resources": await self._list(scope, ctx, identity, members, "resources")}
+        if method == "resources/templates/list":
+            return {"resourceTemplates": await self._list(scope, ctx, identity, members, "resourceTemplates")}
+        if method in ("tools/call", "prompts/get"):
+            name = params.get("name")
+            if not isinstance(name, str):
+                raise _RpcError(-32602, f"{method} needs a string params.name")
+            member, inner = self._by_name(members, name, identity if method == "tools/call" else None, ctx)
+            if member is None:
+                raise _RpcError(-32602, f"unknown {'tool' if method == 'tools/call' else 'prompt'} {name!r}")
+            return await self._client(ctx, member).request(
+                scope, method, {**_strip_meta(params), "name": inner}, notes, caps
+            )
+        if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
+            uri = params.get("uri")
+            if not isinstance(uri, str):
+                raise _RpcError(-32602, f"{method} needs a string params.uri")
+            member, inner = self._by_uri(members, uri)
+            if member is None:
+                raise _RpcError(-32602, f"unknown resource {uri!r}")
+            result = await self._client(ctx, member).request(
+                scope, method, {**_strip_meta(params), "uri": inner}, notes, caps
+            )
+            if isinstance(result, dict) and isinstance(result.get("contents"), list):
+                for content in result["contents"]:
+                    if isinstance(content, dict) and isinstance(content.get("uri"), str):
+                        content["uri"] = member.uri_out(content["uri"])
+            return result
+        if method == "completion/complete":
+            ref = params.get("ref") if isinstance(params.get("ref"), dict) else {}
+            assert isinstance(ref, dict)
+            if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
+                member, inner = self._by_name(members, ref["name"], None)
+                new_ref = {**ref, "name": inner}
+            elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
+                member, inner = self._by_uri(members, ref["uri"])
+                new_ref = {**ref, "uri": inner}
+            else:
+                raise _RpcError(-32602, "completion/complete needs params.ref (ref/prompt or ref/resource)")
+            if member is None:
+                raise _RpcError(-32602, "unknown completion reference")
+            return await self._client(ctx, member).request(
+                scope, method, {**_strip_meta(params), "ref": new_ref}, None, caps
+            )
+        raise _RpcError(-32601, f"method {method!r} is not supported by a virtual server")
+
+    def _client(self, ctx: Context, member: Member) -> MemberClient:
+        client = ctx.clients.get(member.spec.adapter)
+        if client is None:
+            client = ctx.clients[member.spec.adapter] = MemberClient(
+                self._app(),
+                member.spec.adapter,
+                self._eras,
+                prefer_legacy=ctx.version != MODERN,
+                on_list_changed=self.invalidate,
+            )
+            if ctx.log_level is not None:
+                client._log_level = ctx.log_level
+        return client
+
+    def _by_name(
+        self, members: Sequence[Member], name: str, identity: Identity | None, ctx: Context | None = None
+    ) -> tuple[Member | None, str]:
+        owner = ctx.owners.get(name) if ctx is not None else None
+        if owner is not None:  # several members without a prefix (/mcp with the prefix off): the listing decides
+            for member in members:
+                if member.spec.adapter == owner and name.startswith(member.spec.prefix):
+                    inner = name[len(member.spec.prefix) :]
+                    if identity is None or member.visible(inner, identity):
+                        return member, inner
+        for member in sorted(members, key=lambda m: -len(m.spec.prefix)):
+            if name.startswith(member.spec.prefix):
+                inner = name[len(member.spec.prefix) :]
+                if identity is not None and not member.visible(inner, identity):
+                    continue
+                return member, inner
+        return None, name
+
+    def _by_uri(self, members: Sequence[Member], uri: str) -> tuple[Member | None, str]:
+        if uri.startswith(URI_SCHEME):
+            adapter, sep, inner = uri[len(URI_SCHEME) :].partition(":")
+            for member in members:
+                if sep and member.spec.adapter == adapter and member.spec.prefix:
+                    return member, inner
+        for member in members:
+            if not member.spec.prefix:
+                return member, uri
+        return None, uri
+
+    async def _list(
+        self, scope: Mapping[str, Any], ctx: Context, identity: Identity, members: Sequence[Member], kind: str
+    ) -> list[Any]:
+        method = {
+            "tools": "tools/list",
+            "prompts": "prompts/list",
+            "resources": "resources/list",
+            "resourceTemplates": "resources/templates/list",
+        }[kind]
+
+        async def one(member: Member) -> list[Any]:
+            key = (member.spec.adapter, member.adapter.etag, identity.user_id, kind)
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]
+            items: list[Any] = []
+            cursor: str | None = None
+            async with asyncio.timeout(self._timeout):
+                for _ in range(MAX_PAGES):
+                    result = await self._client(ctx, member).request(
+                        scope, method, {"cursor": cursor} if cursor else {}
+                    )
+                    page = result.get(kind) if isinstance(result, dict) else None
+                    items += page if isinstance(page, list) else []
+                    cursor = result.get("nextCursor") if isinstance(result, dict) else None
+                    if not isinstance(cursor, str) or not cursor:
+                        break
+            if self._list_ttl > 0:
+                self._cache[key] = (time.monotonic() + self._list_ttl, items)
+            return items
+
+        results = await asyncio.gather(*(one(m) for m in members), return_exceptions=True)
+        out: list[Any] = []
+        seen: set[str] = set()
+        for member, result in zip(members, results, strict=True):
+            if isinstance(result, BaseException):
+                self.member_failures[member.spec.adapter] += 1
+                reason = "timed out" if isinstance(result, TimeoutError) else str(result)
+                log.warning("virtual server: %s of member %s left out: %s", method, member.spec.adapter, reason)
+                continue
+            for item in result:
+                if not isinstance(item, dict):
+                    continue
+                entry = dict(item)
+                if kind in ("tools", "prompts"):
+                    name = entry.get("name")
+                    if not isinstance(name, str) or (kind == "tools" and not member.visible(name, identity)):
+                        continue
+                    entry["name"] = member.spec.prefix + name
+                    unique = entry["name"]
+                elif kind == "resources":
+                    if not isinstance(entry.get("uri"), str):
+                        continue
+                    entry["uri"] = unique = member.uri_out(entry["uri"])
+                else:
+                    if not isinstance(entry.get("uriTemplate"), str):
+                        continue
+                    entry["uriTemplate"] = unique = member.uri_out(entry["uriTemplate"])
+                if unique in seen:
+                    log.info(
+                        "virtual server: %s %r of member %s hidden by an earlier member",
+                        kind,
+                        unique,
+                        member.spec.adapter,
+                    )
+                    continue
+                seen.add(unique)
+                if kind in ("tools", "prompts"):
+                    ctx.owners[unique] = member.spec.adapter
+                out.append(entry)
+        return out
+
+    def server_changed(self, name: str) -> None:
+        """A server was updated or deleted through this replica: read it again on its next request."""
+        self._records.pop(name, None)
+
+    def invalidate(self, adapter: str | None = None) -> None:
+        """Drop cached listings (of one member, or all)."""
+        if adapter is None:
+            self._cache.clear()
+        else:
+            for key in [k for k in self._cache if k[0] == adapter]:
+                del self._cache[key]
+
+    # --- legacy HTTP+SSE --------------------------------------------------------------------
+
+    async def _sse(
+        self,
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        identity: Identity,
+        label: str,
+        members: Sequence[Member],
+        name: str | None,
+    ) -> None:
+        ctx = Context(key=secrets.token_urlsafe(32), user_id=identity.user_id, version="2024-11-05")
+        ctx.queue = asyncio.Queue()
+        self._sessions[ctx.key] = ctx
+        base = f"/servers/{name}/messages" if name is not None else "/messages"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-store"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
+        endpoint = f"event: endpoint\ndata: {base}?session_id={ctx.key}\n\n".encode()
+        await send({"type": "http.response.body", "body": endpoint, "more_body": True})
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(disconnected())
+        try:
+            while True:
+                getter = asyncio.ensure_future(ctx.queue.get())
+                await asyncio.wait({getter, watcher}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+                if watcher.done():
+                    getter.cancel()
+                    break
+                if not getter.done():
+                    getter.cancel()
+                    await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+                    continue
+                item = getter.result()
+                if item is None:
+                    break
+                await send({"type": "http.response.body", "body": item, "more_body": True})
+                ctx.last_used = time.monotonic()
+        finally:
+            watcher.cancel()
+            ctx.queue = None
+            await self._end(ctx, scope)
+            with contextlib.suppress(Exception):  # the client is gone
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _messages(
+        self,
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        identity: Identity,
+        label: str,
+        members: Sequence[Member],
+    ) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        key = (query.get("session_id") or [""])[0]
+        ctx = self._sessions.get(key)
+        if ctx is None or ctx.user_id != identity.user_id or ctx.queue is None:
+            await _json(send, 404, _error(None, -32001, "session not found: open a new /sse stream"))
+            return
+        body = await _read_body(receive, self._max_body)
+        try:
+            message = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            await _json(send, 400, _error(None, -32700, "the body is not JSON"))
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("method"), str):
+            await _json(send, 202, None)  # responses and batches from the client: nothing to do
+            return
+        await _json(send, 202, None)
+        if "id" not in message:
+            self._notified(ctx, message)
+            return
+        notes: list[Any] = []
+        if message["method"] == "initialize":
+            version = (message.get("params") or {}).get("protocolVersion")
+            ctx.version = version if version in LEGACY_VERSIONS else "2024-11-05"
+            result = {
+                "protocolVersion": ctx.version,
+                "capabilities": CAPABILITIES,
+                "serverInfo": {**SERVER_INFO, "name": f"mcp-gateway/{label}"},
+            }
+            answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+        else:
+            handled = await self._cancellable(
+                ctx, message["id"], self._handle(scope, ctx, identity, members, message, modern=False, notes=notes)
+            )
+            if handled is None:
+                return
+            answer = handled
+        if ctx.queue is not None:
+            for item in [*notes, answer]:
+                ctx.queue.put_nowait(b"event: message\ndata: " + msgspec.json.encode(item) + b"\n\n")
+
+
+#: Methods 2026-07-28 removed: a modern request naming one is "method not found" (404), as from a modern server.
+_REMOVED_IN_MODERN = frozenset(
+    {
+        "initialize",
+        "ping",
+        "logging/setLevel",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "notifications/initialized",
+    }
+)
+
+
+def _modern_check(headers: Mapping[str, str], message: dict[str, Any], meta: Any) -> tuple[int, int, str] | None:
+    """What a 2026-07-28 server checks before acting: removed methods, ``_meta``, and the routing
+    headers against the body (SEP-2575, SEP-2243); (status, code, message) when refused."""
+    method = message["method"]
+    if method in _REMOVED_IN_MODERN:
+        return 404, -32601, f"method {method!r} does not exist in 2026-07-28"
+    if "id" not in message:
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("io.modelcontextprotocol/protocolVersion"), str):
+        return 400, -32602, "params._meta must carry io.modelcontextprotocol/protocolVersion"
+    if not isinstance(meta.get("io.modelcontextprotocol/clientCapabilities"), dict):
+        return 400, -32602, "params._meta must carry io.modelcontextprotocol/clientCapabilities"
+    version = headers.get("mcp-protocol-version")
+    if version is not None and version.strip() != meta["io.modelcontextprotocol/protocolVersion"]:
+        return 400, -32020, "MCP-Protocol-Version does not match params._meta"
+    if meta["io.modelcontextprotocol/protocolVersion"] != MODERN:
+        return 400, -32022, f"unsupported protocol version; supported: {MODERN}"
+    for key in ("mcp-protocol-version", "mcp-method"):
+        if headers.get(key) is None:
+            return 400, -32020, f"the {key} header is required in 2026-07-28"
+    if any(ord(c) < 32 and c != "\t" for key, v in headers.items() if key.startswith("mcp-") for c in v):
+        return 400, -32020, "an Mcp-* header holds control characters"
+    header_method = headers.get("mcp-method")
+    if header_method is not None and header_method.strip() != method:
+        return 400, -32020, "Mcp-Method does not match the body's method"
+    if method in ("tools/call", "prompts/get", "resources/read"):
+        params = message.get("params") or {}
+        named = params.get("uri" if method == "resources/read" else "name")
+        header_name = headers.get("mcp-name")
+        if header_name is not None and _header_value(header_name) != named:
+            return 400, -32020, "Mcp-Name does not match the body"
+    return None
+
+
+def _header_value(raw: str) -> str | None:
+    """A SEP-2243 header value: plain (trimmed) or ``=?base64?...?=``; None when undecodable."""
+    value = raw.strip()
+    if value.startswith("=?base64?") and value.endswith("?="):
+        try:
+            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return value
+
+
+_ERA_META = frozenset(
+    {
+        "io.modelcontextprotocol/protocolVersion",
+        "io.modelcontextprotocol/clientCapabilities",
+        "io.modelcontextprotocol/clientInfo",
+    }
+)
+
+
+class _RpcError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _strip_meta(params: dict[str, Any]) -> dict[str, Any]:
+    """The client's params without its era markers (the member call adds its own)."""
+    out = dict(params)
+    meta = out.get("_meta")
+    if isinstance(meta, dict):
+        kept = {k: v for k, v in meta.items() if k not in _ERA_META}
+        if kept:
+            out["_meta"] = kept
+        else:
+            out.pop("_meta")
+    return out
+
+
+def _error(ident: Any, code: int, message: str, member: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if member is not None:
+        error["data"] = {"member": member}
+    return {"jsonrpc": "2.0", "id": ident, "error": error}
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes (MCPGW_MAX_BODY_BYTES)")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _sse_answer(send: Send, messages: Sequence[Any]) -> None:
+    body = b"".join(b"event: message\ndata: " + msgspec.json.encode(m) + b"\n\n" for m in messages)
+    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _json(send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+    raw = b"" if body is None else msgspec.json.encode(body)
+    out = [(b"content-type", b"application/json")] if body is not None else []
+    out += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    out.append((b"content-length", str(len(raw)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": raw, "more_body": False})

@@ -1,0 +1,401 @@
+"""Calls from a virtual server to one member adapter, through the gateway's own data plane.
+
+Decision (2026-11-30): a member call is an **in-process ASGI request** to the gateway's own
+``/adapters/{member}/mcp`` route, carrying the caller's own credential headers (``Authorization``,
+or the dev headers). The data plane authenticates the caller again, checks read access and runs its
+whole pipeline (tool policy, rate limits, audit, replica choice, sessions) as for a direct call, and
+strips the credential before anything goes upstream (gateway/proxy/headers.py STRIPPED_UPSTREAM), so
+the client's token never leaves the process. Compared with an HTTP call on loopback with a
+gateway-internal identity assertion, there is no second TCP hop and no new trust channel (an
+assertion header would be one more secret that, leaked, lets anyone act as anyone); the cost is one
+more authentication per member call (a cached JWT check or a dict lookup in dev mode).
+
+A member speaks 2026-07-28 (one stateless POST per call) or an older era (a session the gateway
+opens lazily with ``initialize`` and closes with the client's session). Which one is found out once
+per member with ``server/discover`` and remembered until the member fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+
+import msgspec
+
+log = logging.getLogger("gateway.servers")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+#: The gateway's own ASGI app (scope, receive, send).
+Asgi = Callable[[Any, Any, Any], Awaitable[None]]
+
+MODERN = "2026-07-28"
+LEGACY = "2025-11-25"
+#: Request headers of the client's that a member call carries: credentials (the data plane checks and
+#: strips them) and trace context. Nothing else of the client's reaches the member.
+CARRIED = frozenset({b"authorization", b"x-dev-user-id", b"x-dev-roles", b"traceparent", b"tracestate", b"user-agent"})
+_ids = itertools.count(1)
+
+
+class MemberError(Exception):
+    """A member could not answer: down, slow, refused, or not speaking MCP. ``message`` names it."""
+
+    def __init__(self, adapter: str, detail: str, *, status: int | None = None, error: Any = None) -> None:
+        super().__init__(f"member {adapter!r}: {detail}")
+        self.adapter = adapter
+        self.detail = detail
+        self.status = status
+        self.error = error  # the member's own JSON-RPC error object, when it sent one
+
+
+class Reply(msgspec.Struct):
+    """One member answer: HTTP status, headers (lower-case), and the JSON-RPC messages it carried."""
+
+    status: int
+    headers: dict[str, str]
+    messages: list[Any]
+
+
+def _sse_messages(body: bytes) -> list[Any]:
+    out: list[Any] = []
+    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
+        if data.strip():
+            try:
+                out.append(msgspec.json.decode(data))
+            except msgspec.DecodeError:
+                continue
+    return out
+
+
+async def asgi_post(
+    app: Asgi,
+    client_scope: Mapping[str, Any],
+    path: str,
+    headers: Iterable[tuple[bytes, bytes]],
+    body: bytes | None,
+    *,
+    method: str = "POST",
+    want_id: Any = None,
+    on_request: Callable[[dict[str, Any]], None] | None = None,
+) -> Reply:
+    """One request to ``app`` at ``path`` in process; returns when the answer (or the response to
+    ``want_id`` on an SSE stream) is complete. Cancelling the caller disconnects the request, which the
+    data plane passes upstream (cancellation flows through)."""
+    client_headers = {k.lower(): v for k, v in client_scope.get("headers", [])}
+    out: list[tuple[bytes, bytes]] = [(b"host", client_headers.get(b"host", b"localhost"))]
+    out += [(k, v) for k, v in client_scope.get("headers", []) if k.lower() in CARRIED]
+    out += list(headers)
+    if body is not None:
+        out += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": client_scope.get("scheme", "http"),
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": out,
+        "client": client_scope.get("client"),
+        "server": client_scope.get("server"),
+        "state": {},
+    }
+    done = asyncio.Event()
+    sent_body = False
+    status = 0
+    response_headers: dict[str, str] = {}
+    chunks: list[bytes] = []
+    found = False
+    asked: set[Any] = set()
+
+    async def receive() -> Message:
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": body or b"", "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal status, found
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            for k, v in message.get("headers", []):
+                response_headers[k.decode("latin-1").lower()] = v.decode("latin-1")
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                done.set()
+            elif want_id is not None and response_headers.get("content-type", "").startswith("text/event-stream"):
+                for m in _sse_messages(b"".join(chunks)):
+                    if not isinstance(m, dict):
+                        continue
+                    if m.get("id") == want_id and ("result" in m or "error" in m):
+                        found = True
+                        done.set()
+                    elif "method" in m and "id" in m and on_request is not None and m["id"] not in asked:
+                        asked.add(m["id"])  # a server-to-client request (sampling, elicitation, roots)
+                        on_request(m)
+
+    task = asyncio.ensure_future(app(scope, receive, send))
+    try:
+        waiter = asyncio.ensure_future(done.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+    except BaseException:
+        done.set()
+        task.cancel()
+        raise
+    if not task.done():
+        done.set()  # disconnect: the stream is no longer needed
+        try:
+            await asyncio.wait_for(task, 5)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+        except Exception:  # the data plane handled its own errors; nothing to add
+            pass
+    elif task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
+    raw = b"".join(chunks)
+    if response_headers.get("content-type", "").startswith("text/event-stream"):
+        messages = _sse_messages(raw)
+    elif raw.strip():
+        try:
+            decoded = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            decoded = None
+        messages = decoded if isinstance(decoded, list) else ([decoded] if decoded is not None else [])
+    else:
+        messages = []
+    del found
+    return Reply(status=status, headers=response_headers, messages=messages)
+
+
+def _meta() -> dict[str, Any]:
+    return {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "mcp-gateway-virtual-server", "version": "1"},
+    }
+
+
+class MemberClient:
+    """Calls one member adapter for one client context (a client session, or one stateless caller).
+
+    Holds the member's legacy session (the gateway's own sealed session id) when the member needs one.
+    """
+
+    def __init__(
+        self,
+        app: Asgi,
+        adapter: str,
+        eras: dict[str, bool],
+        *,
+        prefer_legacy: bool = False,
+        on_list_changed: Callable[[str], None] | None = None,
+    ) -> None:
+        self._on_list_changed = on_list_changed
+        self._app = app
+        self.adapter = adapter
+        self._eras = eras  # shared per process: "adapter\0era" → whether the member speaks it
+        self._prefer_legacy = prefer_legacy
+        self._session: str | None = None
+        self._lock = asyncio.Lock()
+        self._log_level: str | None = None
+        self._client_capabilities: dict[str, Any] | None = None
+        self._param_headers: list[tuple[bytes, bytes]] = []
+        self._background: set[asyncio.Future[Reply]] = set()
+
+    async def set_log_level(self, scope: Mapping[str, Any], level: str) -> None:
+        """The client's logging/setLevel: sent on the member's session, or put in each modern request."""
+        self._log_level = level
+        if self._session is not None:
+            try:
+                await self.request(scope, "logging/setLevel", {"level": level})
+            except MemberError as exc:  # a member without logging keeps its default
+                log.info("member %s refused logging/setLevel: %s", self.adapter, exc.detail)
+
+    @property
+    def path(self) -> str:
+        """The data-plane route of the member."""
+        return f"/adapters/{self.adapter}/mcp"
+
+    def _forget_eras(self) -> None:
+        for era in (MODERN, LEGACY):
+            self._eras.pop(f"{self.adapter}\0{era}", None)
+
+    async def _era(self, scope: Mapping[str, Any]) -> str:
+        """The era to call the member in: the client's own when the member speaks it (a 2025-era client
+        keeps subscriptions, log levels and server-to-client requests), else the other one."""
+        if self._session is not None:
+            return LEGACY
+        order = (LEGACY, MODERN) if self._prefer_legacy else (MODERN, LEGACY)
+        for era in order:
+            key = f"{self.adapter}\0{era}"
+            known = self._eras.get(key)
+            if known is False:
+                continue
+            if era == MODERN:
+                if known:
+                    return MODERN
+                probe = {"jsonrpc": "2.0", "id": next(_ids), "method": "server/discover", "params": {"_meta": _meta()}}
+                reply = await self._post(scope, probe, modern=True)
+                if reply.status == 200 and any(isinstance(m, dict) and "result" in m for m in reply.messages):
+                    self._eras[key] = True
+                    return MODERN
+                if reply.status not in (400, 404, 405):
+                    raise MemberError(
+                        self.adapter, f"server/discover answered HTTP {reply.status}", status=reply.status
+                    )
+                self._eras[key] = False
+                continue
+            async with self._lock:
+                if self._session is not None:
+                    return LEGACY
+                try:
+                    await self._open(scope)
+                except MemberError as exc:
+                    if exc.status not in (400, 404, 405):
+                        raise
+                    self._eras[key] = False
+                    continue
+            self._eras[key] = True
+            return LEGACY
+        raise MemberError(self.adapter, "speaks neither 2026-07-28 nor the 2025 handshake")
+
+    def _headers(self, modern: bool, method: str, name: str | None) -> list[tuple[bytes, bytes]]:
+        headers = [(b"accept", b"application/json, text/event-stream")]
+        if modern:
+            headers += [(b"mcp-protocol-version", MODERN.encode()), (b"mcp-method", method.encode())]
+            if name is not None and name.isascii() and name.isprintable():
+                headers.append((b"mcp-name", name.encode()))
+            if method == "tools/call":  # SEP-2243 argument headers: the member validates them against the body
+                headers += [(k, v) for k, v in self._param_headers]
+        else:
+            headers.append((b"mcp-protocol-version", LEGACY.encode()))
+            if self._session is not None:
+                headers.append((b"mcp-session-id", self._session.encode()))
+        return headers
+
+    def _refuse(self, scope: Mapping[str, Any], request: dict[str, Any]) -> None:
+        """Answer a member's request to the client with an error at once, so the call does not hang:
+        a virtual server does not relay server-to-client requests (docs/servers.md)."""
+        answer = {
+            "jsonrpc": "2.0",
+            "id": request["id"],
+            "error": {
+                "code": -32601,
+                "message": f"{request.get('method')} is not relayed to the client through a virtual server",
+            },
+        }
+        task = asyncio.ensure_future(self._post(scope, answer, modern=False))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _post(self, scope: Mapping[str, Any], message: dict[str, Any], *, modern: bool) -> Reply:
+        params = message.get("params") or {}
+        name = params.get("name") if message.get("method") in ("tools/call", "prompts/get") else params.get("uri")
+        body = msgspec.json.encode(message)
+        return await asgi_post(
+            self._app,
+            scope,
+            self.path,
+            self._headers(modern, str(message.get("method")), name if isinstance(name, str) else None),
+            body,
+            want_id=message.get("id") if "method" in message else None,
+            on_request=None if modern else (lambda m: self._refuse(scope, m)),
+        )
+
+    async def _open(self, scope: Mapping[str, Any]) -> None:
+        init = {
+            "jsonrpc": "2.0",
+            "id": next(_ids),
+            "method": "initialize",
+            "params": {
+                "protocolVersion": LEGACY,
+                "capabilities": {},
+                "clientInfo": {"name": "mcp-gateway-virtual-server", "version": "1"},
+            },
+        }
+        reply = await self._post(scope, init, modern=False)
+        session = reply.headers.get("mcp-session-id")
+        if reply.status != 200 or not any(isinstance(m, dict) and "result" in m for m in reply.messages):
+            status = reply.status
+            refused = any(isinstance(m, dict) and isinstance(m.get("error"), dict) for m in reply.messages)
+            # A JSON-RPC error to initialize (-32601 from a modern-only server) means "not this era".
+            raise MemberError(self.adapter, f"initialize answered HTTP {status}", status=404 if refused else status)
+        self._session = session
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        await self._post(scope, note, modern=False)
+
+    async def request(
+        self,
+        scope: Mapping[str, Any],
+        method: str,
+        params: dict[str, Any],
+        notes: list[Any] | None = None,
+        capabilities: dict[str, Any] | None = None,
+    ) -> Any:
+        """Send one request to the member; returns its result, raises MemberError with its error.
+
+        Notifications the member sent on the request's stream before its answer (progress, log
+        messages) are appended to ``notes``, for the caller to relay.
+        """
+        modern = await self._era(scope) == MODERN
+        self._client_capabilities = capabilities
+        self._param_headers = [
+            (k.lower(), v) for k, v in scope.get("headers", []) if k.lower().startswith(b"mcp-param-")
+        ]
+        ident = next(_ids)
+        params = dict(params)
+        if modern:
+            meta = dict(params.get("_meta") or {})
+            meta.update(_meta())
+            if self._client_capabilities is not None:  # a 2026-07-28 client's own (MRTR, extensions)
+                meta["io.modelcontextprotocol/clientCapabilities"] = self._client_capabilities
+            if self._log_level is not None:
+                meta.setdefault("io.modelcontextprotocol/logLevel", self._log_level)
+            params["_meta"] = meta
+        reply = await self._post(
+            scope, {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}, modern=modern
+        )
+        if not modern and reply.status == 404 and self._session is not None:
+            self._session = None  # the member's session ended (replica gone): open a new one once
+            async with self._lock:
+                await self._open(scope)
+            reply = await self._post(
+                scope, {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}, modern=False
+            )
+        heard = [m for m in reply.messages if isinstance(m, dict) and "id" not in m and "method" in m]
+        if any(str(m["method"]).endswith("/list_changed") for m in heard) and self._on_list_changed is not None:
+            self._on_list_changed(self.adapter)
+        if notes is not None:
+            notes.extend(heard)
+        for m in reply.messages:
+            if isinstance(m, dict) and m.get("id") == ident:
+                if "error" in m:
+                    error = m["error"] if isinstance(m["error"], dict) else {"code": -32603, "message": str(m["error"])}
+                    raise MemberError(
+                        self.adapter, str(error.get("message", "error")), status=reply.status, error=error
+                    )
+                return m.get("result")
+        if reply.status >= 400 or reply.status == 0:
+            self._forget_eras()
+        raise MemberError(self.adapter, f"no answer to {method} (HTTP {reply.status})", status=reply.status)
+
+    async def close(self, scope: Mapping[str, Any]) -> None:
+        """End the member session, if one was opened."""
+        session, self._session = self._session, None
+        if session is None:
+            return
+        headers = [(b"mcp-session-id", session.encode()), (b"mcp-protocol-version", LEGACY.encode())]
+        try:
+            await asgi_post(self._app, scope, self.path, headers, None, method="DELETE")
+        except Exception as exc:  # closing is best effort; the session expires by its TTL otherwise
+            log.info("closing the session of member %s failed: %s", self.adapter, type(exc).__name__)
