@@ -93,6 +93,14 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def thread_count(pid: int) -> int:
+    """Threads of ``pid``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
 def fd_count(pid: int) -> int:
     """Open file descriptors of ``pid``."""
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -171,7 +179,7 @@ class Stats:
     """What happened during the run."""
 
     requests: Counter[str] = field(default_factory=Counter)
-    samples: list[tuple[float, float, int]] = field(default_factory=list)
+    samples: list[tuple[float, float, int, int]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     open_streams: int = 0
 
@@ -481,7 +489,7 @@ class Soak:
         while not self.stop.is_set():
             with contextlib.suppress(OSError):
                 t = time.monotonic() - self.started
-                self.stats.samples.append((t, rss_mib(self.pid), fd_count(self.pid)))
+                self.stats.samples.append((t, rss_mib(self.pid), fd_count(self.pid), thread_count(self.pid)))
             await self.pause(SAMPLE_EVERY)
 
     # --- the run -------------------------------------------------------------------------------
@@ -526,7 +534,7 @@ class Soak:
     ) -> dict[str, Any]:
         minutes = self.args.minutes
         warmup = self.args.warmup if self.args.warmup is not None else min(3.0, minutes / 4)
-        steady = [(t, rss) for t, rss, _ in self.stats.samples if t >= warmup * 60]
+        steady = [(t, rss) for t, rss, _, _ in self.stats.samples if t >= warmup * 60]
         slope = slope_per_minute(steady)
         requests = dict(sorted(self.stats.requests.items()))
         stateless_ok = requests.get("stateless_ok", 0)
@@ -574,7 +582,9 @@ class Soak:
             "recovery_max_s": max((e["recovered_s"] for e in self.stats.events), default=0.0),
             "event_log": self.stats.events,
             "requests": requests,
-            "rss_series": [[round(t, 1), round(r, 2), f] for t, r, f in self.stats.samples],
+            "threads_after_warmup": next((n for t, _, _, n in self.stats.samples if t >= warmup * 60), 0),
+            "threads_max": max((s[3] for s in self.stats.samples), default=0),
+            "rss_series": [[round(t, 1), round(r, 2), f, n] for t, r, f, n in self.stats.samples],
             "failures": failures,
             "ok": not failures,
         }

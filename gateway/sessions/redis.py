@@ -136,12 +136,12 @@ local function replica_key(base, adapter, uid) return base .. 'r:' .. adapter ..
 local function drop(base, sid)
   local k = base .. 's:' .. sid
   local f = redis.call('HMGET', k, 'adapter', 'user_id', 'replica_uid')
+  -- No hash (new or expired session): nothing to undo; stale index members expire by score.
+  if not f[1] then return 0 end
   local n = redis.call('DEL', k)
-  if f[1] then
-    redis.call('ZREM', adapter_key(base, f[1]), sid)
-    if f[2] then redis.call('ZREM', user_key(base, f[1], f[2]), sid) end
-    redis.call('ZREM', replica_key(base, f[1], f[3] or ''), sid)
-  end
+  redis.call('ZREM', adapter_key(base, f[1]), sid)
+  if f[2] then redis.call('ZREM', user_key(base, f[1], f[2]), sid) end
+  redis.call('ZREM', replica_key(base, f[1], f[3] or ''), sid)
   redis.call('ZREM', base .. 'all', sid)
   return n
 end
