@@ -2,8 +2,8 @@
 
 Each command is a ``python -m gateway.cli ...`` process pointed at the gateway with ``MCPGW_URL``;
 ``--json`` output is parsed, exit statuses checked (0 done, 1 the gateway said no, 2 usage).
-``servers`` and ``import`` are not tested here: /servers and the ``serverJson`` field are being
-built on other branches (the lead adds those tests after merging). The SSE endpoint behind
+``servers`` and ``tools``/``call`` on a virtual server are in tests/test_cli_servers.py; ``import``
+is not tested yet (the ``serverJson`` field of POST /adapters is being built on another branch). The SSE endpoint behind
 ``logs --follow`` is checked at the HTTP level too, and its two building blocks (the file follower
 and the SSE framing with keep-alives) in-process with short intervals.
 """

@@ -236,12 +236,24 @@ def adapters_logs(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> Non
 
 
 def _member(text: str) -> dict[str, Any]:
-    """``ADAPTER[:PREFIX]`` as a member."""
+    """``ADAPTER[:PREFIX]`` as a member (the gateway checks the names; only an empty adapter is a usage error)."""
     adapter, _, prefix = text.partition(":")
+    if not adapter:
+        raise UsageError(f"--member {text!r} names no adapter (ADAPTER[:PREFIX])")
     member: dict[str, Any] = {"adapter": adapter}
     if prefix:
         member["prefix"] = prefix
     return member
+
+
+def _member_text(member: dict[str, Any]) -> str:
+    """A member as the ``--member`` flag spells it (``calc:calc_``), plus its tool filters when it has any."""
+    text = f"{member.get('adapter')}:{member['prefix']}" if member.get("prefix") else str(member.get("adapter"))
+    if member.get("tools") is not None:
+        text += f" tools={'|'.join(member['tools'])}"
+    if member.get("exclude"):
+        text += f" exclude={'|'.join(member['exclude'])}"
+    return text
 
 
 def _server_body(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
@@ -268,7 +280,7 @@ def servers_list(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None
         print(dumps(items), file=out)
         return
     rows = [
-        [s["name"], [m.get("adapter") for m in s.get("members") or []], s.get("requiredRoles"), s.get("description")]
+        [s["name"], [_member_text(m) for m in s.get("members") or []], s.get("requiredRoles"), s.get("description")]
         for s in items
     ]
     table(rows, ["name", "members", "roles", "description"], out)
@@ -282,7 +294,8 @@ def servers_get(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
 def servers_create(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
     """POST /servers from flags and/or --file."""
     body = _server_body(args, {})
-    body.setdefault("members", [])
+    if "members" not in body:
+        raise UsageError("give at least one --member ADAPTER[:PREFIX] (or members in --file)")
     _show(args, api.json("POST", "/servers", body=body), out, f"created server {args.name}")
 
 
@@ -302,8 +315,29 @@ def servers_delete(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> No
 
 
 def servers_status(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
-    """GET /servers/{name}/status."""
-    _show(args, api.json("GET", f"/servers/{args.name}/status"), out)
+    """GET /servers/{name}/status: each member present or missing, readable by you, its ready replicas."""
+    status = api.json("GET", f"/servers/{args.name}/status")
+    if args.json:
+        print(dumps(status), file=out)
+        return
+    members = status["members"]
+    print(
+        f"{status['name']}  members {status['presentMembers']}/{len(members)} present,"
+        f" {status['missingMembers']} missing",
+        file=out,
+    )
+    rows = [
+        [
+            m["adapter"],
+            m["prefix"],
+            "present" if m["present"] else "missing",
+            m["readable"],
+            m["readyReplicas"],
+            m["message"],
+        ]
+        for m in members
+    ]
+    table(rows, ["member", "prefix", "state", "readable", "ready", "message"], out)
 
 
 # --- import, tools, call -------------------------------------------------------------------------
