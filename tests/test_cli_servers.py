@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from gateway.client._http import GatewayApi
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_ready
 from tests.test_cli import cli, ok_json
 
@@ -107,8 +109,45 @@ def test_update_keeps_what_the_flags_do_not_change_and_sends_if_match(
         current = client.get("/servers/combo")
         body = {k: current.json()[k] for k in ("name", "description", "requiredRoles", "members")}
         assert client.put("/servers/combo", json=body, headers={"If-Match": '"stale"'}).status_code == 412
+    # A reader by role sees the server but not the member's tools: a server does not lend its members.
+    got = ok_json(cli(gw, "servers", "get", "combo", "--json", "--user", "bob", "--roles", "team", home=tmp_path))
+    assert isinstance(got, dict) and got["name"] == "combo"
+    tools = ok_json(cli(gw, "tools", "servers/combo", "--json", "--user", "bob", "--roles", "team", home=tmp_path))
+    assert tools == []
     cleared = ok_json(cli(gw, "servers", "update", "combo", "--role", "", "--json", home=tmp_path))
     assert isinstance(cleared, dict) and cleared["requiredRoles"] == [] and cleared["description"] == "changed"
+
+
+def test_update_puts_with_the_etag_it_read(
+    gw: GatewayProcess, combo: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[str, dict[str, str], str | None]] = []
+    request = GatewayApi.request
+
+    def spy(self: GatewayApi, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = request(self, method, path, **kwargs)
+        sent.append((method, dict(kwargs.get("headers") or {}), response.headers.get("ETag")))
+        return response
+
+    monkeypatch.setattr(GatewayApi, "request", spy)
+    assert cli(gw, "servers", "update", "combo", "--description", "etag", home=tmp_path).returncode == 0
+    (get, _, read_etag), (put, put_headers, _) = sent
+    assert (get, put) == ("GET", "PUT") and read_etag and put_headers == {"If-Match": read_etag}
+
+
+def test_create_from_a_file_with_tool_filters(gw: GatewayProcess, tmp_path: Path) -> None:
+    spec = tmp_path / "server.json"
+    spec.write_text(json.dumps({"members": [{"adapter": "calc", "prefix": "f_", "tools": ["add", "echo"]}]}))
+    created = ok_json(cli(gw, "servers", "create", "filtered", "--file", str(spec), "--json", home=tmp_path))
+    assert isinstance(created, dict) and created["members"][0]["tools"] == ["add", "echo"]
+    people = cli(gw, "servers", "list", home=tmp_path)
+    assert "calc:f_ tools=add|echo" in people.stdout, people.stdout
+    listed = ok_json(cli(gw, "tools", "servers/filtered", "--json", home=tmp_path))
+    assert isinstance(listed, list) and sorted(t["name"] for t in listed) == ["f_add", "f_echo"]
+    # --member replaces the members and keeps the rest
+    updated = ok_json(cli(gw, "servers", "update", "filtered", "--member", "calc:g_", "--json", home=tmp_path))
+    assert isinstance(updated, dict) and [(m["prefix"], m["tools"]) for m in updated["members"]] == [("g_", None)]
+    assert cli(gw, "servers", "delete", "filtered", home=tmp_path).returncode == 0
 
 
 def test_invalid_member_exits_1_naming_the_field(gw: GatewayProcess, tmp_path: Path) -> None:
