@@ -91,6 +91,9 @@ def test_status_json_and_table_show_present_and_missing_members(
     rows = {cells[0]: cells for cells in (line.split() for line in lines[2:])}
     assert rows["calc"][1:5] == ["c_", "present", "yes", "1"], people.stdout
     assert rows["gone"][1:5] == ["g_", "missing", "no", "0"] and "does not exist" in lines[3], people.stdout
+    # An update keeps the missing member (the gateway checks only newly added members).
+    updated = ok_json(cli(gw, "servers", "update", "half", "--description", "still half", "--json", home=tmp_path))
+    assert isinstance(updated, dict) and [m["adapter"] for m in updated["members"]] == ["calc", "gone"]
     assert cli(gw, "servers", "delete", "half", home=tmp_path).returncode == 0
 
 
