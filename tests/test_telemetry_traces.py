@@ -74,7 +74,7 @@ async def test_span_tree_and_traceparent_reach_the_upstream(tmp_path: Path) -> N
     assert seen.startswith(f"00-{TRACE_ID}-{format(first.context.span_id, '016x')}-")
 
     # opening a session writes the session store inside the request span
-    assert "session_store.put" in children(spans, session)
+    assert "session_store.open" in children(spans, session)
     assert session.attributes is not None and session.attributes["mcpgw.era"] == "session"
 
     # no incoming traceparent: a new trace, and the upstream still gets one
