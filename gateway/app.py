@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from gateway.envpolicy import ALLOWED_PYTHON, EnvPolicy
 from gateway.errors import SessionStoreUnavailable, StoreUnavailable
 from gateway.models import AdapterInput, Identity
 from gateway.proxy.app import McpProxy
+from gateway.proxy.routes import DataPlaneRoutes
 from gateway.proxy.sealing import SessionSealer, load_or_create_key, parse_keys
 from gateway.proxy.sessions import SessionRouter
 from gateway.runtime.base import Runtime
@@ -56,7 +56,6 @@ EXAMPLE_ADAPTER = AdapterInput(
     replica_count=2,
     description="Example MCP server (tools add, echo, whoami, get_env)",
 )
-_DATA_PLANE = re.compile(r"^/adapters/([^/]+)/(mcp|sse|messages)/?$")
 
 
 def build_store(settings: Settings) -> AdapterStore:
@@ -201,6 +200,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         trusted_proxies=settings.trusted_proxies,
         www_authenticate=lambda path, error, detail: www_authenticate(settings, path, error, detail),
         telemetry=telemetry.requests,
+        sse_keepalive_interval=settings.sse_keepalive_interval,
     )
     telemetry.observe(view=view, runtime=runtime, router=router, proxy=proxy, reconciler=reconciler)
     drain = Drain(settings.drain_delay, settings.drain_timeout)
@@ -333,6 +333,10 @@ class GatewayApp:
         self.components = components
         self.litestar = create_litestar(components)
         self._proxy = components.proxy
+        self.routes = DataPlaneRoutes()
+        self.routes.add("/adapters/{name}/mcp", components.proxy, "mcp")
+        self.routes.add("/adapters/{name}/sse", components.proxy, "sse")
+        self.routes.add("/adapters/{name}/messages", components.proxy, "messages")
 
     def server(self, config: uvicorn.Config) -> uvicorn.Server:
         """The uvicorn server for this app: its first SIGTERM drains (see gateway/drain.py)."""
@@ -342,9 +346,10 @@ class GatewayApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            match = _DATA_PLANE.match(scope["path"])
-            if match is not None:
-                await self._proxy(scope, receive, send, match.group(1), match.group(2))
+            found = self.routes.match(scope["path"])
+            if found is not None:
+                handler, name, route = found
+                await handler(scope, receive, send, name, route)
                 return
         await self.litestar(scope, receive, send)  # type: ignore[arg-type]
 

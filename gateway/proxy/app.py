@@ -38,6 +38,7 @@ from gateway.errors import GatewayError, SessionStoreUnavailable, Unauthenticate
 from gateway.models import Identity
 from gateway.proxy.balancer import Balancer
 from gateway.proxy.headers import downstream_headers, upstream_headers
+from gateway.proxy.routes import ALLOWED_METHODS
 from gateway.proxy.sealing import SessionClaims
 from gateway.proxy.sessions import SessionIdTooLong, SessionRejected, SessionRouter
 from gateway.proxy.sse import EndpointRewriter, upstream_path
@@ -62,7 +63,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _encoder = msgspec.json.Encoder()
-ALLOWED_METHODS = {"mcp": ("POST", "GET", "DELETE"), "sse": ("GET",), "messages": ("POST",)}
 UPSTREAM_PATHS = {"mcp": "/mcp", "sse": "/sse"}
 
 
@@ -117,6 +117,7 @@ class McpProxy:
         upstream_max_header_bytes: int = 64 * 1024,
         upstream_max_header_fields: int = 100,
         trusted_proxies: tuple[str, ...] = (),
+        sse_keepalive_interval: float = 15.0,
     ) -> None:
         self._auth = authenticator
         self._view = view
@@ -135,7 +136,9 @@ class McpProxy:
         self._max_header_fields = upstream_max_header_fields
         self._trusted = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
         self._releases: set[asyncio.Task[None]] = set()
+        self._keepalive = sse_keepalive_interval
         self.open_streams = 0
+        self.keepalives_sent = 0
         self.upstream_aborts: dict[str, int] = {}
         """Responses whose upstream body broke off, by reason (closed, protocol, timeout)."""
 
@@ -401,6 +404,9 @@ class McpProxy:
                     self._count_abort(exc)
                     raise _upstream_failure(exc, replica) from None
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            if streaming:
+                await self._relay_events(send, response, replica, b"")
+                return
             try:
                 chunk = first or await response.read_chunk()
                 while chunk:
@@ -416,6 +422,38 @@ class McpProxy:
         finally:
             if streaming:
                 self.open_streams -= 1
+
+    async def _relay_events(self, send: Send, response: UpstreamResponse, replica: str, sent: bytes) -> None:
+        """Relay an SSE body (headers already sent; ``sent`` = the bytes already sent, if any).
+
+        Every ``sse_keepalive_interval`` seconds without upstream bytes, and only between two events
+        (the bytes sent so far end with a blank line), the client gets a comment line ``: keep-alive``,
+        which every SSE parser ignores: load balancers in the path (Azure LB ≈ 4 min, App Gateway)
+        then never see the connection idle (2026-11-30, issue 14). Events pass byte for byte.
+        """
+        interval = self._keepalive
+        loop = asyncio.get_running_loop()
+        tail = sent[-4:] if sent else b"\n\n"
+        silent_since = loop.time()
+        try:
+            while True:
+                if interval > 0:
+                    chunk = await response.read_chunk_or_idle(interval, silent_since)
+                    if chunk is None:
+                        if tail.endswith(_EVENT_ENDS):
+                            await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                            self.keepalives_sent += 1
+                        continue
+                else:
+                    chunk = await response.read_chunk()
+                if not chunk:
+                    break
+                silent_since = loop.time()
+                tail = (tail + chunk)[-4:]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            self._abort(exc, replica)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _count_abort(self, exc: UpstreamError) -> str:
         if isinstance(exc, UpstreamClosed):
@@ -526,12 +564,7 @@ class McpProxy:
                     await send({"type": "http.response.body", "body": rewriter[0], "more_body": True})
                     self.open_streams += 1
                     try:
-                        try:
-                            while chunk := await response.read_chunk():
-                                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                        except UpstreamError as exc:
-                            self._abort(exc, endpoint.replica)
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        await self._relay_events(send, response, endpoint.replica, rewriter[0])
                     finally:
                         self.open_streams -= 1
         finally:
@@ -588,6 +621,11 @@ class McpProxy:
             scope, receive, send, endpoint, url, identity, headers, upstream_session=None, claims=claims
         )
 
+
+KEEPALIVE = b": keep-alive\n\n"
+"""An SSE comment: parsers skip it; it only keeps idle connections open."""
+_EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r", b"\r\n\r\n", b"\r\r\n")
+"""Endings of an SSE byte stream that sit between events (a blank line was just completed)."""
 
 PREREAD_BYTES = 64 * 1024
 """A non-SSE upstream body up to this size is read whole before the client's response starts."""
