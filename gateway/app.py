@@ -32,7 +32,9 @@ from gateway.drain import Drain
 from gateway.envpolicy import ALLOWED_PYTHON, EnvPolicy
 from gateway.errors import SessionStoreUnavailable, StoreUnavailable
 from gateway.models import AdapterInput, Identity
+from gateway.policy.audit import AuditTrail
 from gateway.proxy.app import McpProxy
+from gateway.proxy.policy import McpStages
 from gateway.proxy.routes import DataPlaneRoutes
 from gateway.proxy.sealing import SessionSealer, load_or_create_key, parse_keys
 from gateway.proxy.sessions import SessionRouter
@@ -98,6 +100,43 @@ def build_authenticator(settings: Settings) -> Authenticator:
     return factory(settings)
 
 
+def build_audit(settings: Settings, telemetry: Telemetry) -> AuditTrail:
+    """The audit trail MCPGW_AUDIT asks for, plus OpenTelemetry logs when telemetry exports (no sink: off)."""
+    from gateway.policy.audit import FileSink, audit_sinks
+
+    sinks = audit_sinks(
+        "off" if settings.audit.startswith("file:") else settings.audit, logger_provider=telemetry.logger_provider
+    )
+    if settings.audit.startswith("file:"):
+        path = settings.audit[5:].strip()
+        sinks.append(FileSink(path, max_bytes=settings.audit_file_max_bytes, backups=settings.audit_file_backups))
+    return AuditTrail(sinks, queue_size=settings.audit_queue, hash_arguments=settings.audit_hash_arguments)
+
+
+def build_stages(settings: Settings, sessions: SessionStore, audit: AuditTrail) -> McpStages:
+    """The MCP stages: the limiter follows the session store (Redis → shared limits)."""
+    from gateway.policy.ratelimit import (
+        GuardedRateLimiter,
+        MemoryRateLimiter,
+        RateLimiter,
+        RedisRateLimiter,
+        parse_rate,
+    )
+
+    limiter: RateLimiter = MemoryRateLimiter()
+    if settings.sessions == "redis":
+        from gateway.sessions.redis import RedisSessionStore
+
+        if isinstance(sessions, RedisSessionStore):
+            redis = RedisRateLimiter(
+                sessions.client(), key_prefix=settings.redis_key_prefix, timeout=settings.rate_limit_timeout
+            )
+            limiter = GuardedRateLimiter(redis, failure=settings.rate_limit_failure)
+    return McpStages(
+        limiter=limiter, audit=audit, default_user_rate=parse_rate(settings.default_user_rate, "default rate")
+    )
+
+
 def session_sealer(settings: Settings) -> SessionSealer:
     """Keys from settings, else the embedded key generated once in the data dir."""
     keys = (
@@ -137,6 +176,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     runtime = build_runtime(settings)
     authenticator = build_authenticator(settings)
     view = AdapterView()
+    audit = build_audit(settings, telemetry)
     # Control plane and session router see instrumented dependencies; Components keep the raw ones.
     i_store, i_sessions = telemetry.instrument_store(store), telemetry.instrument_sessions(sessions)
     i_runtime = telemetry.instrument_runtime(runtime)
@@ -169,6 +209,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         workload_identity_roles=settings.workload_identity_roles,
         tracing=telemetry.tracing,
         env_policy=EnvPolicy(settings.env_deny),
+        audit=audit,
     )
     router = SessionRouter(
         i_sessions,
@@ -201,8 +242,10 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         www_authenticate=lambda path, error, detail: www_authenticate(settings, path, error, detail),
         telemetry=telemetry.requests,
         sse_keepalive_interval=settings.sse_keepalive_interval,
+        stages=build_stages(settings, sessions, audit),
     )
     telemetry.observe(view=view, runtime=runtime, router=router, proxy=proxy, reconciler=reconciler)
+    telemetry.observe_policy(proxy.stages, proxy)
     drain = Drain(settings.drain_delay, settings.drain_timeout)
     drain.on_begin(reconciler.resign)  # another gateway leads while this one drains
     return Components(
@@ -268,6 +311,8 @@ def create_litestar(c: Components) -> Litestar:
             stack.push_async_callback(c.runtime.close)
             await c.proxy.start()
             stack.push_async_callback(c.proxy.close)
+            await c.proxy.stages.audit.start()
+            stack.push_async_callback(c.proxy.stages.audit.close)
             stack.push_async_callback(c.router.close)
             await c.reconciler.start()
             stack.push_async_callback(c.reconciler.close)

@@ -459,9 +459,10 @@ def _check_policy(s: Settings) -> None:
         _fail("sse_keepalive_interval", f"must be 0 (off) or more, got {s.sse_keepalive_interval:g}")
     if s.rate_limit_timeout <= 0:
         _fail("rate_limit_timeout", f"must be greater than 0, got {s.rate_limit_timeout:g}")
-    for name in ("audit_queue", "audit_file_max_bytes"):
-        if getattr(s, name) < 1:
-            _fail(name, f"must be at least 1, got {getattr(s, name)}")
+    if s.audit_queue < 1:
+        _fail("audit_queue", f"must be at least 1, got {s.audit_queue}")
+    if s.audit_file_max_bytes < 1024:
+        _fail("audit_file_max_bytes", f"must be at least 1024, got {s.audit_file_max_bytes}")
     if s.audit_file_backups < 0:
         _fail("audit_file_backups", f"must be 0 or more, got {s.audit_file_backups}")
     try:
