@@ -234,6 +234,25 @@ class McpProxy:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, name: str, route: str) -> None:
+        """The pipeline after the edge (gateway/edge.py) and CORS (``__call__``), in order; each stage
+        raises ProxyError/GatewayError to answer, or returns what the next stage needs (README: the table)."""
+        headers = self._stage_host_origin(scope, route)
+        identity = await self._auth.authenticate(headers)  # authentication
+        adapter = self._stage_adapter(name, identity)
+        plan = await self._stage_mcp(scope, receive, headers, identity, adapter, route)
+        if plan is not None and plan.local is not None and route != "messages":
+            await _answer(send, plan.local.status, plan.local.body, plan.local.headers)
+            return
+        # routing (stateless / pinned / legacy) → forward → response filters
+        if route == "mcp":
+            await self._streamable(scope, receive, send, name, identity, headers, plan, adapter)
+        elif route == "sse":
+            await self._sse(scope, receive, send, name, identity, headers, adapter)
+        else:
+            await self._messages(scope, receive, send, name, identity, headers, plan, adapter)
+
+    def _stage_host_origin(self, scope: Scope, route: str) -> dict[str, str]:
+        """Method allowed on the route (405), Host and Origin accepted (gateway/browser/hosts.py); the headers."""
         method: str = scope["method"]
         allowed = ALLOWED_METHODS[route]
         if method not in allowed:
@@ -242,27 +261,32 @@ class McpProxy:
         problem = self._hosts.check(headers.get("host"), headers.get("origin"))
         if problem is not None:
             raise ProxyError(problem[0], -32600, problem[1])
-        identity = await self._auth.authenticate(headers)
+        return headers
+
+    def _stage_adapter(self, name: str, identity: Identity) -> AdapterRecord:
+        """The adapter exists (404) and the caller may use it (403)."""
         adapter = self._view.get(name)
         if adapter is None:
             raise ProxyError(404, -32601, f"adapter {name!r} does not exist")
         if not can_read(identity, adapter):
             raise ProxyError(403, -32600, f"you may not use adapter {name!r}")
-        # MCP stages (classify → tool authorization → rate limits) on POST bodies, only when configured
-        plan: Plan | None = None
-        if method == "POST" and self.stages.active(adapter):
-            body, _ = await self._request_body(scope, receive, headers)
-            plan = await self.stages.plan(adapter, identity, headers, body, legacy=route == "messages")
-            if plan.local is not None and route != "messages":
-                await _answer(send, plan.local.status, plan.local.body, plan.local.headers)
-                return
-        # routing (stateless / pinned / legacy) → forward → response filters
-        if route == "mcp":
-            await self._streamable(scope, receive, send, name, identity, headers, plan, adapter)
-        elif route == "sse":
-            await self._sse(scope, receive, send, name, identity, headers, adapter)
-        else:
-            await self._messages(scope, receive, send, name, identity, headers, plan, adapter)
+        return adapter
+
+    async def _stage_mcp(
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: dict[str, str],
+        identity: Identity,
+        adapter: AdapterRecord,
+        route: str,
+    ) -> Plan | None:
+        """Classify → tool authorization → rate limits (gateway/proxy/policy.py) on POST bodies, only
+        when a stage is configured for the adapter; None (the body is not read) otherwise."""
+        if scope["method"] != "POST" or not self.stages.active(adapter):
+            return None
+        body, _ = await self._request_body(scope, receive, headers)
+        return await self.stages.plan(adapter, identity, headers, body, legacy=route == "messages")
 
     # --- Streamable HTTP --------------------------------------------------------------------
 
