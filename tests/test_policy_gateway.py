@@ -222,3 +222,11 @@ def test_denials_limits_and_audit_are_counted_in_metrics(gw: GatewayProcess) -> 
     assert denials and float(denials[0].rsplit(" ", 1)[1]) >= 1, text[-2000:]
     assert 'mcpgw_audit_records_total{result="dropped"} 0' in text.replace(".0", "")
     assert "mcpgw_rate_limited" in text and "mcpgw_sse_keepalives" in text
+
+
+def test_audit_records_carry_request_and_trace_ids(gw: GatewayProcess) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {**MODERN, **BOB, "X-Request-Id": "req-42", "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+    assert httpx.post(f"{gw.url}/adapters/rec/mcp", json=call("t1", "add"), headers=headers).status_code == 403
+    record = wait_audit(gw, event="tools/call", outcome="denied", rpc_id="t1")
+    assert record["request_id"] == "req-42" and record["trace_id"] == trace and record["era"] == "modern"

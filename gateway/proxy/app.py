@@ -63,7 +63,8 @@ from gateway.proxy.upstream import (
 from gateway.runtime.base import Endpoint, Runtime
 from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.view import AdapterView
-from gateway.telemetry.requests import RequestTelemetry
+from gateway.telemetry.logs import sanitize
+from gateway.telemetry.requests import SCOPE_KEY, RequestTelemetry
 
 log = logging.getLogger("gateway.proxy")
 
@@ -286,7 +287,12 @@ class McpProxy:
         if scope["method"] != "POST" or not self.stages.active(adapter):
             return None
         body, _ = await self._request_body(scope, receive, headers)
-        return await self.stages.plan(adapter, identity, headers, body, legacy=route == "messages")
+        request_id = trace_id = None
+        if self.stages.audit.enabled:
+            request_id, trace_id = _request_ids(scope, headers)
+        return await self.stages.plan(
+            adapter, identity, headers, body, legacy=route == "messages", request_id=request_id, trace_id=trace_id
+        )
 
     # --- Streamable HTTP --------------------------------------------------------------------
 
@@ -936,6 +942,20 @@ def _upstream_failure(exc: UpstreamError, replica: str) -> ProxyError:
     if isinstance(exc, UpstreamProtocolError):
         return ProxyError(502, -32003, f"replica {replica} sent an invalid response: {exc}")
     return ProxyError(502, -32003, f"replica {replica} is unreachable: {exc}")
+
+
+def _request_ids(scope: Scope, headers: dict[str, str]) -> tuple[str | None, str | None]:
+    """Request id (the telemetry's, else the client's X-Request-Id) and trace id (the request span's, else
+    the client's traceparent) for audit records."""
+    req = scope.get(SCOPE_KEY)
+    request_id = getattr(req, "request_id", None) or sanitize(headers.get("x-request-id", ""), 64) or None
+    span = getattr(req, "span", None)
+    if span is not None:
+        trace_id: str | None = format(span.get_span_context().trace_id, "032x")
+    else:
+        parent = headers.get("traceparent", "")
+        trace_id = parent[3:35] if len(parent) >= 55 and all(c in "0123456789abcdef" for c in parent[3:35]) else None
+    return request_id, trace_id
 
 
 def _in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:

@@ -71,6 +71,8 @@ class Plan:
     """Forwarded messages to audit once the upstream answered."""
     era: str = ""
     started: float = 0.0
+    request_id: str | None = None
+    trace_id: str | None = None
 
 
 class McpStages:
@@ -117,9 +119,17 @@ class McpStages:
         return limits
 
     async def plan(
-        self, record: AdapterRecord, identity: Identity, headers: dict[str, str], body: bytes, *, legacy: bool
+        self,
+        record: AdapterRecord,
+        identity: Identity,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        legacy: bool,
+        request_id: str | None = None,
+        trace_id: str | None = None,
     ) -> Plan:
-        """Run classify → tool authorization → rate limits on one request body."""
+        """Run classify → tool authorization → rate limits on one request body (ids: for the audit)."""
         started = time.perf_counter()
         name = record.name
         roles = identity.roles
@@ -143,7 +153,7 @@ class McpStages:
         for m in split.denied:
             self.audit.record(
                 "tools/call", "denied", user=identity.user_id, roles=roles, adapter=name, target=m.name,
-                status=403, rpc_id=m.id, era=c.era,
+                status=403, rpc_id=m.id, era=c.era, request_id=request_id, trace_id=trace_id,
             )  # fmt: skip
         if split.forward is None:
             return _local(local_status(split), list(split.local), started, batch=split.batch)
@@ -162,6 +172,7 @@ class McpStages:
                             self.audit.record(
                                 m.method, "limited", user=identity.user_id, roles=roles, adapter=name,
                                 target=m.name, status=limited_status(decision), rpc_id=m.id, era=c.era, limit=limit,
+                                request_id=request_id, trace_id=trace_id,
                             )  # fmt: skip
                     errors = limited_responses(split.forwarded, decision) + list(split.local)
                     answer = _local(limited_status(decision), errors, started, batch=split.batch)
@@ -179,6 +190,8 @@ class McpStages:
             audited=audited,
             era=c.era,
             started=started,
+            request_id=request_id,
+            trace_id=trace_id,
         )
 
     def answered(self, plan: Plan, record: AdapterRecord, identity: Identity, status: int) -> None:
@@ -191,6 +204,7 @@ class McpStages:
             self.audit.record(
                 m.method, outcome, user=identity.user_id, roles=identity.roles, adapter=record.name,  # type: ignore[arg-type]
                 target=m.name, status=status or None, latency_ms=round(latency, 3), rpc_id=m.id, era=plan.era,
+                request_id=plan.request_id, trace_id=plan.trace_id,
             )  # fmt: skip
 
 
