@@ -81,3 +81,20 @@ async def test_listing_ids_and_policy_only_for_restricted_callers() -> None:
     assert plan.listing_ids == {"l"} and plan.policy is not None
     admin = await stages().plan(rec, Identity("a", frozenset({"mcp.admin"})), {}, listing, legacy=False)
     assert admin.listing_ids == set() and admin.policy is None
+
+
+async def test_audit_hashes_arguments_only_when_asked() -> None:
+    for hashing in (False, True):
+        sink = ListSink()
+        trail = AuditTrail([sink], hash_arguments=hashing)
+        s = McpStages(limiter=MemoryRateLimiter(), audit=trail)
+        rec = record(tool_policy=[ToolRule(tools=["add"], roles=["calc.user"])])
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1}}}
+        ).encode()
+        await s.plan(rec, NOBODY, {}, body, legacy=False)
+        await trail.start()
+        await trail.close()
+        [denied] = sink.records
+        assert denied.outcome == "denied" and denied.tool == "add"
+        assert (denied.arguments_sha256 is not None) is hashing

@@ -153,7 +153,7 @@ class McpStages:
         for m in split.denied:
             self.audit.record(
                 "tools/call", "denied", user=identity.user_id, roles=roles, adapter=name, target=m.name,
-                status=403, rpc_id=m.id, era=c.era, request_id=request_id, trace_id=trace_id,
+                status=403, rpc_id=m.id, era=c.era, request_id=request_id, trace_id=trace_id, body=body,
             )  # fmt: skip
         if split.forward is None:
             return _local(local_status(split), list(split.local), started, batch=split.batch)
@@ -172,7 +172,7 @@ class McpStages:
                             self.audit.record(
                                 m.method, "limited", user=identity.user_id, roles=roles, adapter=name,
                                 target=m.name, status=limited_status(decision), rpc_id=m.id, era=c.era, limit=limit,
-                                request_id=request_id, trace_id=trace_id,
+                                request_id=request_id, trace_id=trace_id, body=body,
                             )  # fmt: skip
                     errors = limited_responses(split.forwarded, decision) + list(split.local)
                     answer = _local(limited_status(decision), errors, started, batch=split.batch)
@@ -204,7 +204,7 @@ class McpStages:
             self.audit.record(
                 m.method, outcome, user=identity.user_id, roles=identity.roles, adapter=record.name,  # type: ignore[arg-type]
                 target=m.name, status=status or None, latency_ms=round(latency, 3), rpc_id=m.id, era=plan.era,
-                request_id=plan.request_id, trace_id=plan.trace_id,
+                request_id=plan.request_id, trace_id=plan.trace_id, body=plan.body,
             )  # fmt: skip
 
 
