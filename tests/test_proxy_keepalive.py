@@ -29,7 +29,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
         with g.client() as api:
             body = example_adapter("rec", replicas=1, imageName="recorder", imageVersion="1.0")
             assert api.post("/adapters", json=body).status_code == 201
+            assert api.post("/adapters", json=example_adapter("ex", replicas=1)).status_code == 201
             wait_ready(api, "rec", 1)
+            wait_ready(api, "ex", 1)
         yield g
 
 
@@ -79,3 +81,16 @@ def test_no_keepalive_inside_an_event(gw: GatewayProcess) -> None:
 def test_json_answers_get_no_keepalive(gw: GatewayProcess) -> None:
     response = httpx.post(f"{gw.url}/adapters/rec/mcp", json=CALL, headers={**ACCEPT, "x-test-sleep": "0.6"})
     assert response.status_code == 200 and response.json()["id"] == 7
+
+
+def test_idle_legacy_sse_stream_gets_keepalive_comments_after_its_endpoint_event(gw: GatewayProcess) -> None:
+    received = b""
+    with httpx.stream("GET", f"{gw.url}/adapters/ex/sse", headers={"Accept": "text/event-stream"}, timeout=10) as r:
+        assert r.status_code == 200
+        for chunk in r.iter_raw():
+            received += chunk
+            if received.count(KEEPALIVE) >= 2:
+                break
+    endpoint, _, rest = received.partition(b"\r\n\r\n" if b"\r\n\r\n" in received else b"\n\n")
+    assert endpoint.startswith(b"event: endpoint") and b"/adapters/ex/messages?session_id=" in endpoint
+    assert rest.startswith(KEEPALIVE), received
