@@ -629,10 +629,12 @@ class McpProxy:
         """Relay a legacy SSE stream, interleaving the gateway's own events (denied calls posted to
         ``/messages``) between the upstream's events, with keep-alives on idle."""
         queue = channel.queue
+        credits = asyncio.Semaphore(RELAY_AHEAD)  # backpressure: the reader stays at most this many chunks ahead
 
         async def reader() -> None:
             try:
                 while chunk := await response.read_chunk():
+                    await credits.acquire()
                     queue.put_nowait((False, chunk))
                 queue.put_nowait((False, b""))
             except UpstreamError as exc:
@@ -658,6 +660,7 @@ class McpProxy:
                 elif not item:
                     break
                 else:
+                    credits.release()
                     if sse_filter is not None:
                         item = sse_filter.feed(item)
                     if item:
@@ -863,7 +866,7 @@ class McpProxy:
         claims = await self._check_session(token, "sse", name, identity)
         channel = self._channels.get(claims.sid)
         if plan is not None and plan.local is not None:
-            if channel is None or plan.local.status != 403:
+            if channel is None or plan.local.status != 403 or channel.queue.qsize() >= MAX_INJECTED:
                 # Limits (429/503) and unusable bodies (400) answer the POST itself; a denied call whose
                 # client stream is held by another gateway replica can only be answered here too.
                 await _answer(send, plan.local.status, plan.local.body, plan.local.headers)
@@ -896,6 +899,12 @@ class McpProxy:
 
 SESSION_LIMITED = -32008
 """JSON-RPC code of a refused session (per-user / per-adapter cap); see docs/policy.md's table."""
+
+
+RELAY_AHEAD = 4
+"""Upstream chunks a legacy SSE relay reads ahead of a slow client (then the upstream is not read)."""
+MAX_INJECTED = 256
+"""Gateway events waiting for a legacy stream; beyond, a denied call's error answers the POST itself."""
 
 
 class _LegacyChannel:
