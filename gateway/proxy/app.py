@@ -39,6 +39,7 @@ from gateway.models import AdapterRecord, Identity
 from gateway.policy.audit import AuditTrail
 from gateway.policy.ratelimit import MemoryRateLimiter
 from gateway.policy.toolpolicy import (
+    MAX_SSE_EVENT,
     SseEventTooLarge,
     ToolsListSseFilter,
     filter_tools_list_body,
@@ -544,9 +545,14 @@ class McpProxy:
     ) -> None:
         """Response filter for JSON answers: trim ``tools/list`` results, merge a mixed batch's local errors."""
         chunks: list[bytes] = []
+        size = 0
         try:
             while chunk := await response.read_chunk():
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_SSE_EVENT:
+                    too_large = f"replica {replica} answered more than {MAX_SSE_EVENT} bytes to filter"
+                    raise ProxyError(502, -32003, too_large)
         except UpstreamError as exc:
             self._count_abort(exc)
             raise _upstream_failure(exc, replica) from None
