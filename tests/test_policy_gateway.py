@@ -230,3 +230,24 @@ def test_audit_records_carry_request_and_trace_ids(gw: GatewayProcess) -> None:
     assert httpx.post(f"{gw.url}/adapters/rec/mcp", json=call("t1", "add"), headers=headers).status_code == 403
     record = wait_audit(gw, event="tools/call", outcome="denied", rpc_id="t1")
     assert record["request_id"] == "req-42" and record["trace_id"] == trace and record["era"] == "modern"
+
+
+def test_session_tools_list_sse_answer_is_trimmed(gw: GatewayProcess) -> None:
+    url = f"{gw.url}/adapters/calc/mcp"
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    opened = httpx.post(url, json=init, headers={**ACCEPT, **BOB})
+    assert opened.status_code == 200
+    session = {**ACCEPT, **BOB, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
+    session["MCP-Protocol-Version"] = "2025-11-25"
+    httpx.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+    listing = httpx.post(url, json={"jsonrpc": "2.0", "id": "L", "method": "tools/list"}, headers=session)
+    assert listing.status_code == 200
+    assert listing.headers["content-type"].startswith("text/event-stream")  # the SSE filter's path
+    data = [line[5:].strip() for line in listing.text.splitlines() if line.startswith("data:")]
+    answer = next(json.loads(d) for d in data if d and json.loads(d).get("id") == "L")
+    assert [t["name"] for t in answer["result"]["tools"]] == ["whoami"]
