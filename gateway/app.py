@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -35,7 +34,10 @@ from gateway.drain import Drain
 from gateway.envpolicy import ALLOWED_PYTHON, EnvPolicy
 from gateway.errors import SessionStoreUnavailable, StoreUnavailable
 from gateway.models import AdapterInput, Identity
+from gateway.policy.audit import AuditTrail
 from gateway.proxy.app import McpProxy
+from gateway.proxy.policy import McpStages
+from gateway.proxy.routes import DataPlaneRoutes
 from gateway.proxy.sealing import SessionSealer, load_or_create_key, parse_keys
 from gateway.proxy.sessions import SessionRouter
 from gateway.runtime.base import Runtime
@@ -63,9 +65,6 @@ EXAMPLE_ADAPTER = AdapterInput(
     replica_count=2,
     description="Example MCP server (tools add, echo, whoami, get_env)",
 )
-_DATA_PLANE = re.compile(r"^/adapters/([^/]+)/(mcp|sse|messages)/?$")
-#: Virtual servers (issue 16): /servers/{name}/mcp|sse|messages, and /mcp over every readable adapter.
-_SERVERS = re.compile(r"^/servers/([^/]+)/(mcp|sse|messages)/?$")
 
 
 def build_shared_credential(settings: Settings) -> AsyncTokenCredential | None:
@@ -119,6 +118,43 @@ def build_authenticator(settings: Settings) -> Authenticator:
     return factory(settings)
 
 
+def build_audit(settings: Settings, telemetry: Telemetry) -> AuditTrail:
+    """The audit trail MCPGW_AUDIT asks for, plus OpenTelemetry logs when telemetry exports (no sink: off)."""
+    from gateway.policy.audit import FileSink, audit_sinks
+
+    sinks = audit_sinks(
+        "off" if settings.audit.startswith("file:") else settings.audit, logger_provider=telemetry.logger_provider
+    )
+    if settings.audit.startswith("file:"):
+        path = settings.audit[5:].strip()
+        sinks.append(FileSink(path, max_bytes=settings.audit_file_max_bytes, backups=settings.audit_file_backups))
+    return AuditTrail(sinks, queue_size=settings.audit_queue, hash_arguments=settings.audit_hash_arguments)
+
+
+def build_stages(settings: Settings, sessions: SessionStore, audit: AuditTrail) -> McpStages:
+    """The MCP stages: the limiter follows the session store (Redis → shared limits)."""
+    from gateway.policy.ratelimit import (
+        GuardedRateLimiter,
+        MemoryRateLimiter,
+        RateLimiter,
+        RedisRateLimiter,
+        parse_rate,
+    )
+
+    limiter: RateLimiter = MemoryRateLimiter()
+    if settings.sessions == "redis":
+        from gateway.sessions.redis import RedisSessionStore
+
+        if isinstance(sessions, RedisSessionStore):
+            redis = RedisRateLimiter(
+                sessions.client(), key_prefix=settings.redis_key_prefix, timeout=settings.rate_limit_timeout
+            )
+            limiter = GuardedRateLimiter(redis, failure=settings.rate_limit_failure)
+    return McpStages(
+        limiter=limiter, audit=audit, default_user_rate=parse_rate(settings.default_user_rate, "default rate")
+    )
+
+
 def session_sealer(settings: Settings) -> SessionSealer:
     """Keys from settings, else the embedded key generated once in the data dir."""
     keys = (
@@ -163,6 +199,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     runtime = build_runtime(settings)
     authenticator = build_authenticator(settings)
     view = AdapterView()
+    audit = build_audit(settings, telemetry)
     # Control plane and session router see instrumented dependencies; Components keep the raw ones.
     i_store, i_sessions = telemetry.instrument_store(store), telemetry.instrument_sessions(sessions)
     i_runtime = telemetry.instrument_runtime(runtime)
@@ -196,6 +233,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         tracing=telemetry.tracing,
         env_policy=EnvPolicy(settings.env_deny),
         auth_mode=settings.auth,
+        audit=audit,
     )
     router = SessionRouter(
         i_sessions,
@@ -233,10 +271,13 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         www_authenticate=lambda path, error, detail: www_authenticate(settings, path, error, detail),
         telemetry=telemetry.requests,
         credentials=credentials,
+        sse_keepalive_interval=settings.sse_keepalive_interval,
+        stages=build_stages(settings, sessions, audit),
     )
     telemetry.observe(
         view=view, runtime=runtime, router=router, proxy=proxy, reconciler=reconciler, credentials=credentials
     )
+    telemetry.observe_policy(proxy.stages, proxy)
     drain = Drain(settings.drain_delay, settings.drain_timeout)
     drain.on_begin(reconciler.resign)  # another gateway leads while this one drains
     server_store = cast(ServerStoreOwner, store).servers()  # both stores keep servers (issue 16)
@@ -321,6 +362,8 @@ def create_litestar(c: Components) -> Litestar:
             stack.push_async_callback(c.proxy.close)
             if c.credentials is not None:
                 stack.push_async_callback(c.credentials.close)
+            await c.proxy.stages.audit.start()
+            stack.push_async_callback(c.proxy.stages.audit.close)
             stack.push_async_callback(c.router.close)
             await c.reconciler.start()
             stack.push_async_callback(c.reconciler.close)
@@ -353,7 +396,7 @@ def create_litestar(c: Components) -> Litestar:
             healthz,
             readyz,
             protected_resource_router(c.settings),
-            portal_router(c.settings),  # /ui: static files, no data-plane cost (dispatched after _DATA_PLANE)
+            portal_router(c.settings),  # /ui: static files, no data-plane cost (dispatched after the data-plane routes)
             *([metrics_route(c.telemetry, c.settings.metrics_token)] if c.settings.metrics_enabled else []),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -406,8 +449,21 @@ class GatewayApp:
             max_body_bytes=s.max_body_bytes,
             www_authenticate=lambda path, error, detail: www_authenticate(s, path, error, detail),
         )
-        self._gateway_mcp = s.gateway_mcp
         components.server_service.on_change(self.servers.server_changed)
+        self.routes = DataPlaneRoutes()
+        self.routes.add("/adapters/{name}/mcp", components.proxy, "mcp")
+        self.routes.add("/adapters/{name}/sse", components.proxy, "sse")
+        self.routes.add("/adapters/{name}/messages", components.proxy, "messages")
+        # Virtual servers (issue 16): /servers/{name}/mcp|sse|messages, and /mcp over every readable adapter.
+        self.routes.add("/servers/{name}/mcp", self.servers, "mcp")
+        self.routes.add("/servers/{name}/sse", self.servers, "sse")
+        self.routes.add("/servers/{name}/messages", self.servers, "messages")
+        if s.gateway_mcp:
+            self.routes.add("/mcp", self._gateway_mcp, "mcp")
+
+    async def _gateway_mcp(self, scope: dict[str, Any], receive: Any, send: Any, name: str, route: str) -> None:
+        """``/mcp``: the per-caller virtual server over every adapter the caller may read."""
+        await self.servers(scope, receive, send, None, route)
 
     def server(self, config: uvicorn.Config) -> uvicorn.Server:
         """The uvicorn server for this app: its first SIGTERM drains (see gateway/drain.py)."""
@@ -417,16 +473,10 @@ class GatewayApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            match = _DATA_PLANE.match(scope["path"])
-            if match is not None:
-                await self._proxy(scope, receive, send, match.group(1), match.group(2))
-                return
-            match = _SERVERS.match(scope["path"])
-            if match is not None:
-                await self.servers(scope, receive, send, match.group(1), match.group(2))
-                return
-            if self._gateway_mcp and scope["path"] in ("/mcp", "/mcp/"):
-                await self.servers(scope, receive, send, None, "mcp")
+            found = self.routes.match(scope["path"])
+            if found is not None:
+                handler, name, route = found
+                await handler(scope, receive, send, name, route)
                 return
         await self.litestar(scope, receive, send)  # type: ignore[arg-type]
 

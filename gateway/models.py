@@ -8,6 +8,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.policy.ratelimit import RateRule
+from gateway.policy.toolpolicy import ToolRule
+
 ADMIN_ROLE = "mcp.admin"
 
 NAME_PATTERN = r"^[a-z]([a-z0-9-]{0,50}[a-z0-9])?$"
@@ -91,6 +94,22 @@ class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
     upstream_auth: Annotated[
         UpstreamAuth, msgspec.Meta(description="Credential the gateway sends upstream (issue 18); default none.")
     ] = msgspec.field(default_factory=UpstreamAuth)
+    tool_policy: (
+        Annotated[
+            list[ToolRule],
+            msgspec.Meta(
+                description="Who may see and call which tools (docs/policy.md); absent = every reader, every tool."
+            ),
+        ]
+        | None
+    ) = None
+    rate_limits: (
+        Annotated[
+            list[RateRule],
+            msgspec.Meta(description="Request rate limits per user or per adapter (docs/policy.md); absent = none."),
+        ]
+        | None
+    ) = None
 
 
 class AdapterRecord(msgspec.Struct, kw_only=True):
@@ -109,6 +128,8 @@ class AdapterRecord(msgspec.Struct, kw_only=True):
     required_roles: list[str] = msgspec.field(default_factory=list)
     use_workload_identity: bool = False
     upstream_auth: UpstreamAuth = msgspec.field(default_factory=UpstreamAuth)
+    tool_policy: list[ToolRule] | None = None
+    rate_limits: list[RateRule] | None = None
     created_by: str = ""
     created_at: datetime | None = None
     last_updated_at: datetime | None = None
@@ -148,6 +169,8 @@ class AdapterResource(msgspec.Struct, rename="camel", kw_only=True):
     last_updated_at: datetime
     generation: int
     upstream_auth: UpstreamAuth = msgspec.field(default_factory=UpstreamAuth)
+    tool_policy: list[ToolRule] | None = None
+    rate_limits: list[RateRule] | None = None
 
     @classmethod
     def from_record(cls, r: AdapterRecord) -> AdapterResource:
@@ -168,6 +191,8 @@ class AdapterResource(msgspec.Struct, rename="camel", kw_only=True):
             last_updated_at=r.last_updated_at,
             generation=r.generation,
             upstream_auth=r.upstream_auth,
+            tool_policy=r.tool_policy,
+            rate_limits=r.rate_limits,
         )
 
 

@@ -176,6 +176,27 @@ class Settings:
     gateway_mcp_prefix: bool = setting(
         True, "On /mcp, prefix each tool and prompt with its adapter's name and '_' (off: names as the adapters say)."
     )
+    # --- policy and audit ----------------------------------------------------------------
+    sse_keepalive_interval: float = setting(
+        15.0,
+        "Seconds an SSE stream the gateway relays may stay silent before it sends a ': keep-alive' comment "
+        "(between events only); keep it below every idle timeout in the path. 0 turns keep-alives off.",
+    )
+    default_user_rate: str = setting(
+        "",
+        "REQUESTS/SECONDS each user may send to each adapter (e.g. 600/60), unless the adapter's rateLimits "
+        "has its own per-user rule without tools; empty: no default limit.",
+    )
+    rate_limit_failure: Literal["open", "closed"] = setting(
+        "open",
+        "What a rate-limit store (Redis) outage means: open (admit, counted and logged) or closed (503).",
+    )
+    rate_limit_timeout: float = setting(0.25, "Seconds one Redis rate-limit check may take before the failure mode.")
+    audit: str = setting("off", "Audit trail sink: off, stdout or file:PATH (JSON lines, rotated by size).")
+    audit_hash_arguments: bool = setting(False, "Record the SHA-256 of each tools/call's arguments in the audit.")
+    audit_queue: int = setting(10000, "Audit records waiting for the writer before new ones are dropped (counted).")
+    audit_file_max_bytes: int = setting(50 * MiB, "Size at which the audit file (file:PATH) is rotated.")
+    audit_file_backups: int = setting(5, "Rotated audit files kept (PATH.1 ... PATH.N).")
 
     # --- sessions ------------------------------------------------------------------------
     session_ttl: float = setting(3600.0, "Sliding idle lifetime of a session, in seconds.")
@@ -475,6 +496,31 @@ def _check_edge_limits(s: Settings) -> None:
         _fail("max_connections", f"must be 0 (automatic) or more, got {s.max_connections}")
 
 
+def _check_policy(s: Settings) -> None:
+    from gateway.policy.audit import parse_audit_setting
+    from gateway.policy.ratelimit import parse_rate
+
+    if s.sse_keepalive_interval < 0:
+        _fail("sse_keepalive_interval", f"must be 0 (off) or more, got {s.sse_keepalive_interval:g}")
+    if s.rate_limit_timeout <= 0:
+        _fail("rate_limit_timeout", f"must be greater than 0, got {s.rate_limit_timeout:g}")
+    if s.audit_queue < 1:
+        _fail("audit_queue", f"must be at least 1, got {s.audit_queue}")
+    if s.audit_file_max_bytes < 1024:
+        _fail("audit_file_max_bytes", f"must be at least 1024, got {s.audit_file_max_bytes}")
+    if s.audit_file_backups < 0:
+        _fail("audit_file_backups", f"must be 0 or more, got {s.audit_file_backups}")
+    try:
+        parse_rate(s.default_user_rate, "default rate")
+    except ValueError as exc:
+        _fail("default_user_rate", str(exc))
+    if not s.audit.startswith("file:"):  # a FileSink would open the file here
+        try:
+            parse_audit_setting(s.audit, "the audit sink")
+        except ValueError as exc:
+            _fail("audit", str(exc))
+
+
 def _check_settings(s: Settings) -> None:
     if not 0 < s.port < 65536:
         _fail("port", f"must be between 1 and 65535, got {s.port}")
@@ -497,6 +543,7 @@ def _check_settings(s: Settings) -> None:
     ):
         if getattr(s, name) <= 0:
             _fail(name, f"must be greater than 0, got {getattr(s, name)}")
+    _check_policy(s)
     if not s.kube_lease_duration > s.kube_lease_renew_deadline > s.kube_lease_retry_period:
         _fail(
             "kube_lease_renew_deadline",

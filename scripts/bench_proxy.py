@@ -557,6 +557,12 @@ def added_p50_ms(cells: dict[tuple[str, str, str, int], Cell], key: tuple[str, s
 
 # --- many users ---------------------------------------------------------------------------------
 
+POLICY_ROWS: dict[str, Any] = {
+    "toolPolicy": [{"tools": ["echo", "add"], "roles": ["*"]}],
+    "rateLimits": [{"per": "user", "requests": 1_000_000, "seconds": 1}],
+}
+"""The gw+policy rows (issue 15): every call is classified, authorized and counted, none refused."""
+
 MANY_USERS = (1, 64, 1000)
 MANY_USERS_CONCURRENCY = 64
 MANY_USERS_ROLE = "bench.user"
@@ -710,7 +716,7 @@ def report(
             reps = len(cells[(upstream, mode, "direct", 1)].runs)
             print(f"\n{upstream} upstream, {title} tools/call (medians of {reps})")
             print(
-                f"{'path':8} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+                f"{'path':9} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
                 f"{'proxy CPU ms/req':>16} {'rps vs direct':>13} {'p50 vs direct':>13}"
             )
             for c in concurrencies:
@@ -722,7 +728,7 @@ def report(
                     rr = "" if t.path == "direct" else f"{ratio(cells, key, 'rps'):.3f}"
                     pr = "" if t.path == "direct" else f"+{added_p50_ms(cells, key):.2f} ms"
                     print(
-                        f"{t.path:8} {c:>3} {cell.median('rps'):>9.0f} {fmt_ms(cell.median('p50_us')):>8} "
+                        f"{t.path:9} {c:>3} {cell.median('rps'):>9.0f} {fmt_ms(cell.median('p50_us')):>8} "
                         f"{fmt_ms(cell.median('p99_us')):>8} {errors:>6} "
                         f"{'' if cpu != cpu else f'{cpu:.3f}':>16} {rr:>13} {pr:>13}"
                     )
@@ -732,6 +738,17 @@ def report(
         checks.append((f"example {mode}: gateway rps at c16 >= 0.85 x direct", r16 >= 0.85, f"{r16:.3f}"))
         added = added_p50_ms(cells, ("example", mode, "gateway", 1))
         checks.append((f"example {mode}: gateway added p50 at c1 <= 1 ms", added <= 1.0, f"{added:+.2f} ms"))
+        # issue 15: what a tool policy and a rate limit add on top of the plain gateway
+        p16 = ratio(cells, ("example", mode, "gw+policy", 16), "rps") / max(r16, 1e-9)
+        checks.append((f"example {mode}: gw+policy rps at c16 >= 0.95 x gateway", p16 >= 0.95, f"{p16:.3f}"))
+        policy_added = added_p50_ms(cells, ("example", mode, "gw+policy", 1)) - added
+        checks.append(
+            (
+                f"example {mode}: policy added p50 at c1 <= 0.3 ms",
+                policy_added <= 0.3,
+                f"{policy_added:+.2f} ms",
+            )
+        )
     paths = {t.path for t in upstreams["stub"]}
     for mode in ("stateless", "session"):
         if "nginx" in paths:
@@ -818,16 +835,30 @@ def bench(args: argparse.Namespace) -> int:
             wait_http(f"http://127.0.0.1:{example_port}/healthz", proc=example)
             wait_http(f"{gw_url}/healthz", proc=gateway)
             with httpx.Client(base_url=gw_url, timeout=30) as api:
-                for name, image, version in (("example", "mcp-example", "1.0.0"), ("stub", "bench-stub", "1.0")):
-                    body = {"name": name, "imageName": image, "imageVersion": version, "replicaCount": 1}
+                for name, image, version in (
+                    ("example", "mcp-example", "1.0.0"),
+                    ("stub", "bench-stub", "1.0"),
+                    ("example-policy", "mcp-example", "1.0.0"),
+                ):
+                    body: dict[str, Any] = {
+                        "name": name,
+                        "imageName": image,
+                        "imageVersion": version,
+                        "replicaCount": 1,
+                    }
                     body["requiredRoles"] = [MANY_USERS_ROLE]  # the many-users rows' users may use it
+                    if name == "example-policy":  # the policy rows: a tool policy and a limit that never refuses
+                        body |= POLICY_ROWS
                     r = api.post("/adapters", json=body)
                     if r.status_code != 201:
                         raise RuntimeError(f"POST /adapters {name}: {r.status_code} {r.text}")
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
-                    ready = [api.get(f"/adapters/{n}/status").json().get("readyReplicas") for n in ("example", "stub")]
-                    if ready == [1, 1]:
+                    ready = [
+                        api.get(f"/adapters/{n}/status").json().get("readyReplicas")
+                        for n in ("example", "stub", "example-policy")
+                    ]
+                    if ready == [1, 1, 1]:
                         break
                     time.sleep(0.2)
                 else:
@@ -859,6 +890,8 @@ def bench(args: argparse.Namespace) -> int:
             else:
                 print("nginx not found at /usr/sbin/nginx: no nginx rows")
             upstreams["example"].append(Target("gateway", f"{gw_url}/adapters/example/mcp", [gateway.pid]))
+            policy_url = f"{gw_url}/adapters/example-policy/mcp"
+            upstreams["example"].append(Target("gw+policy", policy_url, [gateway.pid]))
             upstreams["stub"].append(Target("gateway", f"{gw_url}/adapters/stub/mcp", [gateway.pid]))
 
             print(f"set-up done in {time.monotonic() - started:.1f}s; measuring")

@@ -120,7 +120,7 @@ def test_a_refused_exchange_tells_the_client_what_to_do(entra_gw: GatewayProcess
     assert mfa.status_code == 401, mfa.text
     www = mfa.headers["www-authenticate"]
     assert 'error="invalid_token"' in www and f'scope="{SCOPE}"' in www and "claims=" in www
-    assert mfa.json()["error"]["code"] == -32006 and "sign in again" in mfa.json()["error"]["message"]
+    assert mfa.json()["error"]["code"] == -32009 and "sign in again" in mfa.json()["error"]["message"]
 
     consent = call(entra_gw, idp.entra_token("oid-consent", ["reader-role"]))
     assert consent.status_code == 403, consent.text

@@ -137,7 +137,7 @@ def test_www_authenticate_names_the_error_and_the_scope() -> None:
     consent = _credential_error(
         ConsentRequired("needs consent", adapter="a", scopes=SCOPES), www, "/adapters/a/mcp", {}
     )
-    assert consent.status == 403 and consent.code == -32006 and consent.message == "needs consent"
+    assert consent.status == 403 and consent.code == -32009 and consent.message == "needs consent"
     assert consent.headers["WWW-Authenticate"].endswith(
         f'error="insufficient_scope", error_description="d", scope="{SCOPES[0]}"'
     )
@@ -145,7 +145,7 @@ def test_www_authenticate_names_the_error_and_the_scope() -> None:
     assert obo.status == 401 and 'error="invalid_token"' in obo.headers["WWW-Authenticate"]
     assert 'claims="{\\"a\\":\\"b\\"}"' in obo.headers["WWW-Authenticate"]
     missing = _credential_error(CredentialUnavailable("secret 'k' is unavailable", adapter="a"), www, "/p", {})
-    assert missing.status == 502 and missing.code == -32007 and "WWW-Authenticate" not in missing.headers
+    assert missing.status == 502 and missing.code == -32010 and "WWW-Authenticate" not in missing.headers
 
 
 class FakeCredential:

@@ -16,6 +16,7 @@ from gateway.control.validation import validate_input, validate_name, validate_u
 from gateway.envpolicy import DEFAULT_POLICY, EnvPolicy
 from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed
 from gateway.models import AdapterInput, AdapterPage, AdapterRecord, AdapterResource, AdapterStatus, Identity
+from gateway.policy.audit import AuditTrail, Event, changed_fields
 from gateway.runtime.base import InstanceNotFound, Runtime
 from gateway.sessions.base import SessionStore
 from gateway.store.base import AdapterExists, AdapterStore, EtagMismatch
@@ -48,6 +49,7 @@ class AdapterService:
         tracing: Tracing | None = None,
         env_policy: EnvPolicy = DEFAULT_POLICY,
         auth_mode: str = "dev",
+        audit: AuditTrail | None = None,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -61,6 +63,7 @@ class AdapterService:
         self._tracing = tracing or DISABLED
         self._env_policy = env_policy
         self._auth_mode = auth_mode
+        self._audit = audit
 
     async def _readable(self, identity: Identity, name: str) -> AdapterRecord:
         validate_name(name)
@@ -90,6 +93,8 @@ class AdapterService:
             use_workload_identity=data.use_workload_identity,
             upstream_auth=data.upstream_auth,
             created_by=identity.user_id,
+            tool_policy=data.tool_policy,
+            rate_limits=data.rate_limits,
             created_at=now,
             last_updated_at=now,
             generation=1,
@@ -100,6 +105,7 @@ class AdapterService:
             raise Conflict(f"adapter {data.name!r} already exists", field="name") from None
         self._view.put(stored)
         self._reconciler.kick()
+        self._record_change("adapter.create", identity, None, stored)
         log.info("adapter %s created by user %s", stored.name, hash_user(identity.user_id))
         return stored
 
@@ -156,6 +162,8 @@ class AdapterService:
             required_roles=_dedupe(data.required_roles),
             upstream_auth=data.upstream_auth,
             last_updated_at=datetime.now(UTC),
+            tool_policy=data.tool_policy,
+            rate_limits=data.rate_limits,
         )
         if not updated.same_deployment(current):
             updated.generation = current.generation + 1
@@ -166,10 +174,27 @@ class AdapterService:
         except KeyError:
             raise NotFound(f"adapter {name!r} does not exist") from None
         self._view.put(stored)
+        self._record_change("adapter.update", identity, current, stored)
         if stored.generation != current.generation:
             self._reconciler.kick()
         log.info("adapter %s updated by user %s (generation %d)", name, hash_user(identity.user_id), stored.generation)
         return stored
+
+    def _record_change(
+        self, event: Event, identity: Identity, before: AdapterRecord | None, after: AdapterRecord | None
+    ) -> None:
+        """Audit a control-plane change: the names of the changed fields, never their values."""
+        if self._audit is None or not self._audit.enabled:
+            return
+        wire = [None if r is None else msgspec.to_builtins(AdapterResource.from_record(r)) for r in (before, after)]
+        self._audit.record(
+            event,
+            "allowed",
+            user=identity.user_id,
+            roles=identity.roles,
+            adapter=subject.name if (subject := after or before) is not None else None,
+            changed=changed_fields(wire[0], wire[1]),
+        )
 
     async def _readable_or_writable(self, identity: Identity, name: str) -> AdapterRecord:
         record = await self._readable(identity, name)
@@ -190,6 +215,7 @@ class AdapterService:
         await self._runtime.remove(name)
         await self._sessions.revoke_adapter(name)
         self._clock.forget(name)
+        self._record_change("adapter.delete", identity, record, None)
         log.info("adapter %s deleted by user %s", name, hash_user(identity.user_id))
 
     @traced("adapter.status")

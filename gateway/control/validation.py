@@ -15,6 +15,8 @@ from gateway.models import (
     AdapterInput,
     UpstreamAuth,
 )
+from gateway.policy.ratelimit import validate_rate_limits
+from gateway.policy.toolpolicy import validate_tool_policy
 from gateway.proxy.headers import STRIPPED_UPSTREAM
 
 _NAME = re.compile(NAME_PATTERN)
@@ -44,6 +46,9 @@ def validate_input(data: AdapterInput, *, max_replicas: int, env_policy: EnvPoli
     loaded or interpreted (gateway/envpolicy.py; issue 12): 400 naming the variable.
     """
     validate_name(data.name)
+    for problems in (validate_tool_policy(data.tool_policy), validate_rate_limits(data.rate_limits)):
+        if problems:  # "toolPolicy[0].tools[1]: ..." → field "toolPolicy[0].tools[1]"
+            raise InvalidRequest(problems[0], field=problems[0].split(":", 1)[0])
     if not _IMAGE_NAME.fullmatch(data.image_name) or ".." in data.image_name:
         raise InvalidRequest(
             f"imageName must match {IMAGE_NAME_PATTERN} and not contain '..'; got {data.image_name!r}",

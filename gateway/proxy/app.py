@@ -36,9 +36,21 @@ from gateway.browser.cors import preflight_headers, request_origin, with_cors
 from gateway.browser.hosts import HostPolicy
 from gateway.credentials import UpstreamCredentialError, UpstreamCredentials, merge_headers
 from gateway.errors import GatewayError, SessionStoreUnavailable, Unauthenticated
-from gateway.models import Identity
+from gateway.models import AdapterRecord, Identity
+from gateway.policy.audit import AuditTrail
+from gateway.policy.ratelimit import MemoryRateLimiter
+from gateway.policy.toolpolicy import (
+    MAX_SSE_EVENT,
+    SseEventTooLarge,
+    ToolsListSseFilter,
+    filter_tools_list_body,
+    merge_batch_response,
+    sse_message_event,
+)
 from gateway.proxy.balancer import Balancer
 from gateway.proxy.headers import downstream_headers, upstream_headers
+from gateway.proxy.policy import McpStages, Plan
+from gateway.proxy.routes import ALLOWED_METHODS
 from gateway.proxy.sealing import SessionClaims
 from gateway.proxy.sessions import SessionIdTooLong, SessionRejected, SessionRouter
 from gateway.proxy.sse import EndpointRewriter, upstream_path
@@ -53,7 +65,8 @@ from gateway.proxy.upstream import (
 from gateway.runtime.base import Endpoint, Runtime
 from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.view import AdapterView
-from gateway.telemetry.requests import RequestTelemetry
+from gateway.telemetry.logs import sanitize
+from gateway.telemetry.requests import SCOPE_KEY, RequestTelemetry
 
 log = logging.getLogger("gateway.proxy")
 
@@ -63,7 +76,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _encoder = msgspec.json.Encoder()
-ALLOWED_METHODS = {"mcp": ("POST", "GET", "DELETE"), "sse": ("GET",), "messages": ("POST",)}
+
+"""The forward stage's hook for upstream credentials (``upstreamAuth``): extra headers for one request
+to adapter ``name`` on behalf of ``identity``. None (the default): no extra headers."""
 UPSTREAM_PATHS = {"mcp": "/mcp", "sse": "/sse"}
 
 
@@ -118,6 +133,8 @@ class McpProxy:
         upstream_max_header_bytes: int = 64 * 1024,
         upstream_max_header_fields: int = 100,
         trusted_proxies: tuple[str, ...] = (),
+        sse_keepalive_interval: float = 15.0,
+        stages: McpStages | None = None,
         credentials: UpstreamCredentials | None = None,
     ) -> None:
         self._auth = authenticator
@@ -137,8 +154,12 @@ class McpProxy:
         self._max_header_fields = upstream_max_header_fields
         self._trusted = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
         self._releases: set[asyncio.Task[None]] = set()
+        self._keepalive = sse_keepalive_interval
+        self.stages = stages or McpStages(limiter=MemoryRateLimiter(), audit=AuditTrail([]))
         self._credentials = credentials
+        self._channels: dict[str, _LegacyChannel] = {}
         self.open_streams = 0
+        self.keepalives_sent = 0
         self.upstream_aborts: dict[str, int] = {}
         """Responses whose upstream body broke off, by reason (closed, protocol, timeout)."""
 
@@ -215,6 +236,25 @@ class McpProxy:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, name: str, route: str) -> None:
+        """The pipeline after the edge (gateway/edge.py) and CORS (``__call__``), in order; each stage
+        raises ProxyError/GatewayError to answer, or returns what the next stage needs (README: the table)."""
+        headers = self._stage_host_origin(scope, route)
+        identity = await self._auth.authenticate(headers)  # authentication
+        adapter = self._stage_adapter(name, identity)
+        plan = await self._stage_mcp(scope, receive, headers, identity, adapter, route)
+        if plan is not None and plan.local is not None and route != "messages":
+            await _answer(send, plan.local.status, plan.local.body, plan.local.headers)
+            return
+        # routing (stateless / pinned / legacy) → forward → response filters
+        if route == "mcp":
+            await self._streamable(scope, receive, send, name, identity, headers, plan, adapter)
+        elif route == "sse":
+            await self._sse(scope, receive, send, name, identity, headers, adapter)
+        else:
+            await self._messages(scope, receive, send, name, identity, headers, plan, adapter)
+
+    def _stage_host_origin(self, scope: Scope, route: str) -> dict[str, str]:
+        """Method allowed on the route (405), Host and Origin accepted (gateway/browser/hosts.py); the headers."""
         method: str = scope["method"]
         allowed = ALLOWED_METHODS[route]
         if method not in allowed:
@@ -223,23 +263,50 @@ class McpProxy:
         problem = self._hosts.check(headers.get("host"), headers.get("origin"))
         if problem is not None:
             raise ProxyError(problem[0], -32600, problem[1])
-        identity = await self._auth.authenticate(headers)
+        return headers
+
+    def _stage_adapter(self, name: str, identity: Identity) -> AdapterRecord:
+        """The adapter exists (404) and the caller may use it (403)."""
         adapter = self._view.get(name)
         if adapter is None:
             raise ProxyError(404, -32601, f"adapter {name!r} does not exist")
         if not can_read(identity, adapter):
             raise ProxyError(403, -32600, f"you may not use adapter {name!r}")
-        if route == "mcp":
-            await self._streamable(scope, receive, send, name, identity, headers)
-        elif route == "sse":
-            await self._sse(scope, receive, send, name, identity, headers)
-        else:
-            await self._messages(scope, receive, send, name, identity, headers)
+        return adapter
+
+    async def _stage_mcp(
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: dict[str, str],
+        identity: Identity,
+        adapter: AdapterRecord,
+        route: str,
+    ) -> Plan | None:
+        """Classify → tool authorization → rate limits (gateway/proxy/policy.py) on POST bodies, only
+        when a stage is configured for the adapter; None (the body is not read) otherwise."""
+        if scope["method"] != "POST" or not self.stages.active(adapter):
+            return None
+        body, _ = await self._request_body(scope, receive, headers)
+        request_id = trace_id = None
+        if self.stages.audit.enabled:
+            request_id, trace_id = _request_ids(scope, headers)
+        return await self.stages.plan(
+            adapter, identity, headers, body, legacy=route == "messages", request_id=request_id, trace_id=trace_id
+        )
 
     # --- Streamable HTTP --------------------------------------------------------------------
 
     async def _streamable(
-        self, scope: Scope, receive: Receive, send: Send, name: str, identity: Identity, headers: dict[str, str]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        identity: Identity,
+        headers: dict[str, str],
+        plan: Plan | None,
+        record: AdapterRecord,
     ) -> None:
         token = headers.get("mcp-session-id")
         if token:
@@ -248,15 +315,20 @@ class McpProxy:
             query = scope.get("query_string", b"")
             url = endpoint.url + "/mcp" + (f"?{query.decode('latin-1')}" if query else "")
             status = await self._forward(
-                scope, receive, send, endpoint, url, identity, headers, upstream_session=claims.upstream, claims=claims
-            )
+                scope, receive, send, endpoint, url, identity, headers,
+                upstream_session=claims.upstream, claims=claims, plan=plan, record=record,
+            )  # fmt: skip
             if (scope["method"] == "DELETE" and (200 <= status < 300 or status in (404, 405))) or status == 404:
                 await self._sessions.revoke(claims)
+                self._audit_session("session.end", claims, identity, status)
             return
         endpoint = self._choose(name)
         query = scope.get("query_string", b"")
         url = endpoint.url + "/mcp" + (f"?{query.decode('latin-1')}" if query else "")
-        await self._forward(scope, receive, send, endpoint, url, identity, headers, upstream_session=None, claims=None)
+        await self._forward(
+            scope, receive, send, endpoint, url, identity, headers,
+            upstream_session=None, claims=None, plan=plan, record=record,
+        )  # fmt: skip
 
     async def _check_session(self, token: str, kind: str, name: str, identity: Identity) -> SessionClaims:
         try:
@@ -291,12 +363,22 @@ class McpProxy:
         *,
         upstream_session: str | None,
         claims: SessionClaims | None,
+        plan: Plan | None = None,
+        record: AdapterRecord | None = None,
     ) -> int:
-        """Send the request to ``url`` and stream the answer back; returns the upstream status."""
+        """Send the request to ``url`` and stream the answer back; returns the upstream status.
+
+        The forward stage: ``plan`` (from the MCP stages) carries the already-read body and what the
+        response filters need; without it the body streams through unread.
+        """
         assert self._client is not None
         out_headers = self._upstream_headers(scope, identity, upstream_session, request_headers)
-        out_headers = await self._with_credentials(scope, identity, out_headers)  # issue 18: forward stage
-        body, body_done = await self._request_body(scope, receive, request_headers)
+        out_headers = await self._with_credentials(scope, identity, out_headers)  # upstreamAuth (issue 18)
+        if plan is not None:
+            body, body_done = plan.body, True
+        else:
+            body, body_done = await self._request_body(scope, receive, request_headers)
+        status = 0
         self._balancer.begin(endpoint)
         try:
             async with _DisconnectWatch(receive, body_done):
@@ -308,6 +390,7 @@ class McpProxy:
                 except UpstreamError as exc:
                     raise _upstream_failure(exc, endpoint.replica) from None
                 async with response:
+                    status = response.status
                     headers = downstream_headers(response.raw_headers)
                     upstream_id = response.header("mcp-session-id")
                     self._telemetry.upstream_answered(scope, endpoint.replica, sent, opened_session=bool(upstream_id))
@@ -317,10 +400,12 @@ class McpProxy:
                         headers.append((b"mcp-session-id", token.encode()))
                     elif upstream_id and "mcp-session-id" in request_headers:  # echo the client's sealed id
                         headers.append((b"mcp-session-id", request_headers["mcp-session-id"].encode("latin-1")))
-                    await self._stream_response(send, response, headers, endpoint.replica)
+                    await self._stream_response(send, response, headers, endpoint.replica, plan, identity)
                     return response.status
         finally:
             self._balancer.end(endpoint)
+            if plan is not None and record is not None:
+                self.stages.answered(plan, record, identity, status)
 
     async def _open_session(
         self, kind: str, endpoint: Endpoint, upstream: str, scope: Scope, identity: Identity
@@ -333,7 +418,7 @@ class McpProxy:
         """
         name = scope["path"].split("/")[2]
         try:
-            return await self._sessions.open_session(
+            opened = await self._sessions.open_session(
                 kind=kind,
                 adapter=name,
                 replica=endpoint.replica,
@@ -341,6 +426,8 @@ class McpProxy:
                 upstream=upstream,
                 user_id=identity.user_id,
             )
+            self._audit_session("session.start", opened[1], identity, 200)
+            return opened
         except SessionStoreUnavailable as exc:
             raise ProxyError(503, -32005, f"cannot open a session: {exc.detail}", {"Retry-After": "5"}) from None
         except SessionLimitExceeded as exc:
@@ -349,7 +436,7 @@ class McpProxy:
             holder = f"user {identity.user_id!r}" if exc.limit == "per_user" else "all users together"
             raise ProxyError(
                 429,
-                -32006,
+                SESSION_LIMITED,
                 f"session limit reached: {holder} may hold at most {exc.maximum} open sessions on adapter "
                 f"{name!r} ({exc.setting}); close a session (DELETE) or retry later",
                 {"Retry-After": str(math.ceil(exc.retry_after))},
@@ -389,9 +476,27 @@ class McpProxy:
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
-    async def _stream_response(self, send: Send, response: UpstreamResponse, headers: list[Any], replica: str) -> None:
-        """Stream the upstream's answer to the client; a body that breaks off aborts the client's response."""
+    async def _stream_response(
+        self,
+        send: Send,
+        response: UpstreamResponse,
+        headers: list[Any],
+        replica: str,
+        plan: Plan | None = None,
+        identity: Identity | None = None,
+    ) -> None:
+        """Stream the upstream's answer to the client; a body that breaks off aborts the client's response.
+
+        Response filters: with a ``plan`` that has ``tools/list`` answers to trim or local errors to
+        merge (a batch mixing allowed and denied calls), JSON answers are read whole and rewritten,
+        SSE answers are filtered event by event.
+        """
         streaming = response.content_type == "text/event-stream"
+        rewrite = plan is not None and (bool(plan.listing_ids) or bool(plan.merged))
+        if rewrite and not streaming:
+            assert plan is not None and identity is not None
+            await self._rewrite_json(send, response, headers, replica, plan, identity)
+            return
         if streaming:
             self.open_streams += 1
         try:
@@ -405,6 +510,13 @@ class McpProxy:
                     self._count_abort(exc)
                     raise _upstream_failure(exc, replica) from None
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            if streaming:
+                sse_filter = None
+                if plan is not None and plan.policy is not None and plan.listing_ids and identity is not None:
+                    sse_filter = ToolsListSseFilter(plan.listing_ids, plan.policy, identity.roles)
+                extra = [sse_message_event(e) for e in plan.merged] if plan is not None else []
+                await self._relay_events(send, response, replica, b"", sse_filter=sse_filter, extra=extra)
+                return
             try:
                 chunk = first or await response.read_chunk()
                 while chunk:
@@ -420,6 +532,154 @@ class McpProxy:
         finally:
             if streaming:
                 self.open_streams -= 1
+
+    async def _rewrite_json(
+        self,
+        send: Send,
+        response: UpstreamResponse,
+        headers: list[Any],
+        replica: str,
+        plan: Plan,
+        identity: Identity,
+    ) -> None:
+        """Response filter for JSON answers: trim ``tools/list`` results, merge a mixed batch's local errors."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while chunk := await response.read_chunk():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_SSE_EVENT:
+                    too_large = f"replica {replica} answered more than {MAX_SSE_EVENT} bytes to filter"
+                    raise ProxyError(502, -32003, too_large)
+        except UpstreamError as exc:
+            self._count_abort(exc)
+            raise _upstream_failure(exc, replica) from None
+        body = b"".join(chunks)
+        status = response.status
+        if plan.policy is not None and plan.listing_ids:
+            body = filter_tools_list_body(body, plan.listing_ids, plan.policy, identity.roles)
+        if plan.merged:
+            body = merge_batch_response(body, plan.merged)
+            if status == 202:  # only notifications went upstream: the local errors are the answer
+                status = 200
+                headers = [h for h in headers if h[0] != b"content-type"] + [(b"content-type", b"application/json")]
+        await _answer_raw(send, status, body, headers)
+
+    async def _relay_events(
+        self,
+        send: Send,
+        response: UpstreamResponse,
+        replica: str,
+        sent: bytes,
+        *,
+        sse_filter: ToolsListSseFilter | None = None,
+        extra: list[bytes] | None = None,
+        channel: _LegacyChannel | None = None,
+    ) -> None:
+        """Relay an SSE body (headers already sent; ``sent`` = the bytes already sent, if any).
+
+        Every ``sse_keepalive_interval`` seconds without upstream bytes, and only between two events
+        (the bytes sent so far end with a blank line), the client gets a comment line ``: keep-alive``,
+        which every SSE parser ignores: load balancers in the path (Azure LB ≈ 4 min, App Gateway)
+        then never see the connection idle (2026-11-30, issue 14). Events pass byte for byte.
+        """
+        if channel is not None:
+            await self._relay_legacy(send, response, replica, sent, channel, sse_filter)
+            return
+        interval = self._keepalive
+        loop = asyncio.get_running_loop()
+        tail = sent[-4:] if sent else b"\n\n"
+        silent_since = loop.time()
+        try:
+            while True:
+                if interval > 0:
+                    chunk = await response.read_chunk_or_idle(interval, silent_since)
+                    if chunk is None:
+                        if tail.endswith(_EVENT_ENDS):
+                            await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                            self.keepalives_sent += 1
+                        continue
+                else:
+                    chunk = await response.read_chunk()
+                if not chunk:
+                    break
+                silent_since = loop.time()
+                if sse_filter is not None:
+                    chunk = sse_filter.feed(chunk)
+                    if not chunk:
+                        continue
+                tail = (tail + chunk)[-4:]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if sse_filter is not None and (rest := sse_filter.flush()):
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
+        except UpstreamError as exc:
+            self._abort(exc, replica)
+        except SseEventTooLarge as exc:
+            log.warning("aborting the SSE answer from replica %s: %s", replica, exc)
+            raise ResponseAborted(str(exc)) from None
+        if extra:  # local errors of a batch mixing allowed and denied calls
+            await send({"type": "http.response.body", "body": b"".join(extra), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _relay_legacy(
+        self,
+        send: Send,
+        response: UpstreamResponse,
+        replica: str,
+        sent: bytes,
+        channel: _LegacyChannel,
+        sse_filter: ToolsListSseFilter | None,
+    ) -> None:
+        """Relay a legacy SSE stream, interleaving the gateway's own events (denied calls posted to
+        ``/messages``) between the upstream's events, with keep-alives on idle."""
+        queue = channel.queue
+        credits = asyncio.Semaphore(RELAY_AHEAD)  # backpressure: the reader stays at most this many chunks ahead
+
+        async def reader() -> None:
+            try:
+                while chunk := await response.read_chunk():
+                    await credits.acquire()
+                    queue.put_nowait((False, chunk))
+                queue.put_nowait((False, b""))
+            except UpstreamError as exc:
+                queue.put_nowait((False, exc))
+
+        task = asyncio.create_task(reader())
+        tail = sent[-4:] if sent else b"\n\n"
+        held: list[bytes] = []
+        interval = self._keepalive if self._keepalive > 0 else None
+        try:
+            while True:
+                try:
+                    local, item = await asyncio.wait_for(queue.get(), interval)
+                except TimeoutError:
+                    if tail.endswith(_EVENT_ENDS):
+                        await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                        self.keepalives_sent += 1
+                    continue
+                if isinstance(item, UpstreamError):
+                    self._abort(item, replica)
+                if local:
+                    held.append(item)
+                elif not item:
+                    break
+                else:
+                    credits.release()
+                    if sse_filter is not None:
+                        item = sse_filter.feed(item)
+                    if item:
+                        tail = (tail + item)[-4:]
+                        await send({"type": "http.response.body", "body": item, "more_body": True})
+                if held and tail.endswith(_EVENT_ENDS):
+                    out, held = b"".join(held), []
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except SseEventTooLarge as exc:
+            log.warning("aborting the SSE stream from replica %s: %s", replica, exc)
+            raise ResponseAborted(str(exc)) from None
+        finally:
+            task.cancel()
 
     def _count_abort(self, exc: UpstreamError) -> str:
         if isinstance(exc, UpstreamClosed):
@@ -500,7 +760,14 @@ class McpProxy:
     # --- legacy HTTP+SSE --------------------------------------------------------------------
 
     async def _sse(
-        self, scope: Scope, receive: Receive, send: Send, name: str, identity: Identity, headers: dict[str, str]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        identity: Identity,
+        headers: dict[str, str],
+        record: AdapterRecord,
     ) -> None:
         assert self._client is not None
         endpoint = self._choose(name)
@@ -539,18 +806,24 @@ class McpProxy:
                     )
                     await send({"type": "http.response.body", "body": rewriter[0], "more_body": True})
                     self.open_streams += 1
+                    channel = self._channels[claims.sid] = _LegacyChannel()
+                    policy = self.stages.policy(record)
+                    sse_filter = (
+                        ToolsListSseFilter(channel.listing_ids, policy, identity.roles)
+                        if policy is not None and policy.restricts(identity.roles)
+                        else None
+                    )
                     try:
-                        try:
-                            while chunk := await response.read_chunk():
-                                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                        except UpstreamError as exc:
-                            self._abort(exc, endpoint.replica)
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        await self._relay_events(
+                            send, response, endpoint.replica, rewriter[0], sse_filter=sse_filter, channel=channel
+                        )
                     finally:
                         self.open_streams -= 1
         finally:
             self._balancer.end(endpoint)
             if claims is not None:
+                self._channels.pop(claims.sid, None)
+                self._audit_session("session.end", claims, identity, 200)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._sessions.revoke(claims))
 
@@ -589,19 +862,79 @@ class McpProxy:
         return EndpointRewriter(gateway_url).feed(buffered), claims
 
     async def _messages(
-        self, scope: Scope, receive: Receive, send: Send, name: str, identity: Identity, headers: dict[str, str]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        identity: Identity,
+        headers: dict[str, str],
+        plan: Plan | None,
+        record: AdapterRecord,
     ) -> None:
         params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         token = params.get("session_id") or params.get("sessionId")
         if not token:
             raise ProxyError(400, -32600, "session_id query parameter is required")
         claims = await self._check_session(token, "sse", name, identity)
+        channel = self._channels.get(claims.sid)
+        if plan is not None and plan.local is not None:
+            if channel is None or plan.local.status != 403 or channel.queue.qsize() >= MAX_INJECTED:
+                # Limits (429/503) and unusable bodies (400) answer the POST itself; a denied call whose
+                # client stream is held by another gateway replica can only be answered here too.
+                await _answer(send, plan.local.status, plan.local.body, plan.local.headers)
+                return
+            for response in plan.local.responses:  # the error arrives on the client's stream, like an answer
+                channel.queue.put_nowait((True, sse_message_event(response)))
+            await _answer(send, 202, b"", {})
+            return
+        if plan is not None and channel is not None:
+            channel.listing_ids.update(plan.listing_ids)
+            for response in plan.merged:
+                channel.queue.put_nowait((True, sse_message_event(response)))
+            plan.merged = []
+            plan.listing_ids = set()
         endpoint = self._pinned(claims)
         url = endpoint.url + claims.upstream
         await self._forward(
-            scope, receive, send, endpoint, url, identity, headers, upstream_session=None, claims=claims
-        )
+            scope, receive, send, endpoint, url, identity, headers,
+            upstream_session=None, claims=claims, plan=plan, record=record,
+        )  # fmt: skip
 
+    def _audit_session(self, event: Any, claims: SessionClaims, identity: Identity, status: int) -> None:
+        audit = self.stages.audit
+        if audit.enabled:
+            audit.record(
+                event, "allowed", user=identity.user_id, roles=identity.roles, adapter=claims.adapter,
+                status=status, era="legacy" if claims.kind == "sse" else "session",
+            )  # fmt: skip
+
+
+SESSION_LIMITED = -32008
+"""JSON-RPC code of a refused session (per-user / per-adapter cap); see docs/policy.md's table."""
+
+
+RELAY_AHEAD = 4
+"""Upstream chunks a legacy SSE relay reads ahead of a slow client (then the upstream is not read)."""
+MAX_INJECTED = 256
+"""Gateway events waiting for a legacy stream; beyond, a denied call's error answers the POST itself."""
+
+
+class _LegacyChannel:
+    """What the ``/messages`` stage shares with the legacy SSE stream of the same session on this gateway:
+    the gateway's own events to interleave (local errors) and the ids of ``tools/list`` requests to trim."""
+
+    __slots__ = ("listing_ids", "queue")
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+        self.listing_ids: set[Any] = set()
+
+
+KEEPALIVE = b": keep-alive\n\n"
+"""An SSE comment: parsers skip it; it only keeps idle connections open."""
+_EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r", b"\r\n\r\n", b"\r\r\n")
+"""Endings of an SSE byte stream that sit between events (a blank line was just completed)."""
 
 PREREAD_BYTES = 64 * 1024
 """A non-SSE upstream body up to this size is read whole before the client's response starts."""
@@ -631,6 +964,20 @@ def _upstream_failure(exc: UpstreamError, replica: str) -> ProxyError:
     if isinstance(exc, UpstreamProtocolError):
         return ProxyError(502, -32003, f"replica {replica} sent an invalid response: {exc}")
     return ProxyError(502, -32003, f"replica {replica} is unreachable: {exc}")
+
+
+def _request_ids(scope: Scope, headers: dict[str, str]) -> tuple[str | None, str | None]:
+    """Request id (the telemetry's, else the client's X-Request-Id) and trace id (the request span's, else
+    the client's traceparent) for audit records."""
+    req = scope.get(SCOPE_KEY)
+    request_id = getattr(req, "request_id", None) or sanitize(headers.get("x-request-id", ""), 64) or None
+    span = getattr(req, "span", None)
+    if span is not None:
+        trace_id: str | None = format(span.get_span_context().trace_id, "032x")
+    else:
+        parent = headers.get("traceparent", "")
+        trace_id = parent[3:35] if len(parent) >= 55 and all(c in "0123456789abcdef" for c in parent[3:35]) else None
+    return request_id, trace_id
 
 
 def _in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
@@ -700,6 +1047,22 @@ class _DisconnectWatch:
             raise ClientDisconnected() from None
 
 
+async def _answer(send: Send, status: int, body: bytes, extra: Mapping[str, str]) -> None:
+    """A local answer of the MCP stages (JSON body, or empty for 202)."""
+    headers = [(b"content-length", str(len(body)).encode())]
+    if body:
+        headers.append((b"content-type", b"application/json"))
+    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _answer_raw(send: Send, status: int, body: bytes, headers: list[Any]) -> None:
+    out = [h for h in headers if h[0] != b"content-length"] + [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 async def _error(send: Send, exc: ProxyError) -> None:
     body = _encoder.encode({"jsonrpc": "2.0", "id": None, "error": {"code": exc.code, "message": exc.message}})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -720,7 +1083,8 @@ def _from_gateway_error(
 
 
 #: JSON-RPC codes of upstream-credential failures: the caller must act (consent, new token) / the gateway's.
-CREDENTIAL_ACTION_CODE, CREDENTIAL_UNAVAILABLE_CODE = -32006, -32007
+CREDENTIAL_ACTION_CODE, CREDENTIAL_UNAVAILABLE_CODE = -32009, -32010
+"""JSON-RPC codes of upstream-credential failures (docs/policy.md has every code the gateway uses)."""
 
 
 def _credential_error(

@@ -481,6 +481,27 @@ class UpstreamResponse:
                 return b""
             await conn.wait("data")
 
+    async def read_chunk_or_idle(self, idle: float, silent_since: float) -> bytes | None:
+        """Like ``read_chunk``, but None when nothing arrived within ``idle`` seconds (2026-11-30, issue 14).
+
+        The read timeout still counts from ``silent_since`` (loop time of the last chunk), so an SSE
+        relay that wakes up every ``idle`` seconds to send a keep-alive does not hide a silent upstream.
+        Nothing is consumed when it returns None: the next call picks up where this one stopped.
+        """
+        conn = self._conn
+        loop = conn._loop
+        deadline = silent_since + conn._pool.read_timeout
+        wake = loop.time() + idle
+        while True:
+            if self.buffer or self.complete:
+                return await self.read_chunk()
+            try:
+                await conn.wait("data", min(deadline, wake))
+            except UpstreamTimeout:
+                if loop.time() < deadline and conn._exc is None:
+                    return None
+                raise
+
     def at_eof(self) -> bool:
         """Whether the whole body has been read and ended cleanly."""
         return self.complete and not self.buffer and self._conn._exc is None

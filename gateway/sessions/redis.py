@@ -297,6 +297,12 @@ class RedisSessionStore:
             self._client = self._make_client()
         await self._guard(self._client.ping(), deadline=START_TIMEOUT, strict=True)
 
+    def client(self) -> Redis:
+        """The Redis client (built now if ``start`` has not run): other Redis users share it (rate limits)."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
     async def close(self) -> None:
         """Close the connections and the Entra ID credential."""
         client, self._client = self._client, None

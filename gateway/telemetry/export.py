@@ -15,6 +15,7 @@ Imports happen only for the exporter in use, so an unused one costs nothing at s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -42,6 +43,20 @@ def span_exporters(settings: Settings) -> Sequence[SpanExporter]:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         out.append(OTLPSpanExporter(endpoint=settings.otlp_endpoint))
+    return out
+
+
+def log_exporters(settings: Settings) -> Sequence[Any]:
+    """The log exporters settings ask for (the audit trail's OpenTelemetry sink; empty: no logs exported)."""
+    out: list[Any] = []
+    if settings.applicationinsights_connection_string:
+        from azure.monitor.opentelemetry.exporter import AzureMonitorLogExporter
+
+        out.append(AzureMonitorLogExporter(connection_string=settings.applicationinsights_connection_string))
+    if settings.otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+        out.append(OTLPLogExporter(endpoint=settings.otlp_endpoint))
     return out
 
 

@@ -303,6 +303,13 @@ class GatewayMetrics:
              "Sessions revoked because the replica they were pinned to left the ready endpoints."),
             ("mcpgw_upstream_credentials", "counter",
              "Upstream credentials attached or refused, by upstreamAuth type and outcome (issue 18)."),
+            ("mcpgw_tool_denials", "counter", "tools/call requests refused by an adapter's toolPolicy, by adapter."),
+            ("mcpgw_rate_limited", "counter", "Requests refused by a rate limit, by adapter and limit."),
+            ("mcpgw_rate_limit_store_failures", "counter",
+             "Rate-limit checks the store (Redis) could not answer, by the failure mode applied (open, closed)."),
+            ("mcpgw_audit_records", "counter",
+             "Audit records by result: written (to every sink), dropped (queue full), failed (a sink refused)."),
+            ("mcpgw_sse_keepalives", "counter", "Keep-alive comments sent on idle relayed SSE streams."),
         ):  # fmt: skip
             callback = self._observer(name)
             if kind == "gauge":

@@ -26,7 +26,7 @@ from gateway.runtime.base import Runtime
 from gateway.sessions.base import SessionStore
 from gateway.settings import Settings
 from gateway.store.base import AdapterStore
-from gateway.telemetry.export import metric_readers, span_exporters
+from gateway.telemetry.export import log_exporters, metric_readers, span_exporters
 from gateway.telemetry.instrumented import InstrumentedAdapterStore, InstrumentedRuntime, InstrumentedSessionStore
 from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, GatewayMetrics, PrometheusReader
 from gateway.telemetry.requests import RequestTelemetry
@@ -70,6 +70,13 @@ class _Reconciler(Protocol):
     def leading(self) -> bool: ...
 
 
+class _Stages(Protocol):
+    denials: dict[str, int]
+    limited_by: dict[tuple[str, str], int]
+    limiter: Any
+    audit: Any
+
+
 class Telemetry:
     """Metrics (``/metrics`` and exporters), tracing and the data plane's per-request reporting."""
 
@@ -82,6 +89,7 @@ class Telemetry:
         batch_spans: bool = True,
         access_log: str = "errors",
         version: str = "0",
+        log_exporters: Sequence[Any] = (),
     ) -> None:
         resource = Resource(
             {"service.name": "mcp-gateway", "service.version": version, "service.instance.id": socket.gethostname()}
@@ -90,6 +98,15 @@ class Telemetry:
         readers = [*([self.prometheus] if self.prometheus is not None else []), *metric_readers]
         self.metrics = GatewayMetrics(readers, resource, export=bool(metric_readers)) if readers else None
         self.tracing = Tracing(span_exporters, resource, batch=batch_spans)
+        self.logger_provider: Any = None
+        """An OpenTelemetry LoggerProvider when logs are exported (the audit trail's sink), else None."""
+        if log_exporters:
+            from opentelemetry.sdk._logs import LoggerProvider
+            from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+            self.logger_provider = LoggerProvider(resource=resource)
+            for exporter in log_exporters:
+                self.logger_provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
         self._view: _View | None = None
         self.requests = RequestTelemetry(self.metrics, self.tracing, self._known_adapter, access_log=access_log)
 
@@ -102,6 +119,7 @@ class Telemetry:
             metric_readers=metric_readers(settings),
             access_log=settings.access_log,
             version=version,
+            log_exporters=log_exporters(settings),
         )
 
     def _known_adapter(self, name: str) -> bool:
@@ -178,6 +196,36 @@ class Telemetry:
                 lambda: [(n, {"type": t, "outcome": o}) for (t, o), n in list(credentials.outcomes.items())],
             )
 
+    def observe_policy(self, stages: _Stages, proxy: Any) -> None:
+        """Point the issue-15 counters (denials, limits, audit, keep-alives) at the data plane's stages."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        metrics.set_source("mcpgw_tool_denials", lambda: [(n, {"adapter": a}) for a, n in list(stages.denials.items())])
+        metrics.set_source(
+            "mcpgw_rate_limited",
+            lambda: [(n, {"adapter": a, "limit": lim}) for (a, lim), n in list(stages.limited_by.items())],
+        )
+
+        def store_failures() -> Iterable[tuple[float, dict[str, str]]]:
+            limiter = stages.limiter
+            return [
+                (getattr(limiter, "failed_open", 0), {"mode": "open"}),
+                (getattr(limiter, "failed_closed", 0), {"mode": "closed"}),
+            ]
+
+        metrics.set_source("mcpgw_rate_limit_store_failures", store_failures)
+        audit = stages.audit
+        metrics.set_source(
+            "mcpgw_audit_records",
+            lambda: [
+                (audit.written, {"result": "written"}),
+                (audit.dropped, {"result": "dropped"}),
+                (audit.failed, {"result": "failed"}),
+            ],
+        )
+        metrics.set_source("mcpgw_sse_keepalives", lambda: [(proxy.keepalives_sent, {})])
+
     def render_metrics(self) -> str:
         """The Prometheus text exposition (empty when metrics are disabled)."""
         if self.prometheus is None or self.metrics is None:
@@ -190,6 +238,8 @@ class Telemetry:
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.shutdown)
         await asyncio.to_thread(self.tracing.shutdown)
+        if self.logger_provider is not None:
+            await asyncio.to_thread(self.logger_provider.shutdown)
 
 
 def metrics_route(telemetry: Telemetry, token: str | None = None) -> HTTPRouteHandler:

@@ -3,8 +3,9 @@
 Run as a replica by the local runtime (image ``recorder:1.0`` in tests/upstreams/images.toml):
 POST /mcp answers a JSON-RPC result describing the request. Headers steer it:
 ``x-test-status`` (answer with that status), ``x-test-sleep`` (seconds before answering),
-``x-test-stream`` (N SSE events, ``x-test-interval`` apart), ``x-test-session`` (issue that
-Mcp-Session-Id), ``x-test-exit`` (die mid-request). GET /stats counts cancelled requests.
+``x-test-stream`` (N SSE events, ``x-test-interval`` apart; ``x-test-split``: each with a pause
+inside), ``x-test-session`` (issue that Mcp-Session-Id), ``x-test-exit`` (die mid-request).
+GET /stats counts cancelled requests.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             for index in range(count):
                 event = json.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"n": index}})
                 chunk = f"id: ev-{index}\nretry: 1000\nevent: message\ndata: {event}\n\n".encode()
+                if "x-test-split" in headers:  # half an event, a pause, the rest (an idle gap inside an event)
+                    half = len(chunk) // 2
+                    await send({"type": "http.response.body", "body": chunk[:half], "more_body": True})
+                    await wait_or_disconnect(receive, interval)
+                    chunk = chunk[half:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await wait_or_disconnect(receive, interval)
             final = json.dumps({"jsonrpc": "2.0", "id": request_id, "result": report})
