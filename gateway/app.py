@@ -154,6 +154,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         workload_identity_roles=settings.workload_identity_roles,
         tracing=telemetry.tracing,
         env_policy=EnvPolicy(settings.env_deny),
+        runtime_kind=settings.runtime,
     )
     router = SessionRouter(
         i_sessions,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from gateway.auth.base import can_read, can_use_workload_identity, can_write
+from gateway.control import serverjson
 from gateway.control.reconciler import Reconciler
 from gateway.control.status import ConditionClock, build_status
 from gateway.control.validation import validate_input, validate_name
@@ -46,6 +47,7 @@ class AdapterService:
         workload_identity_roles: tuple[str, ...],
         tracing: Tracing | None = None,
         env_policy: EnvPolicy = DEFAULT_POLICY,
+        runtime_kind: str = "local",
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -58,6 +60,18 @@ class AdapterService:
         self._clock = ConditionClock()
         self._tracing = tracing or DISABLED
         self._env_policy = env_policy
+        self._runtime_kind = runtime_kind
+
+    def _resolve_source(self, data: AdapterInput) -> tuple[AdapterInput, str]:
+        """A serverJson becomes the package/image, transport, args and env it stands for (serverjson.py)."""
+        if data.server_json is None:
+            if data.package is not None and self._runtime_kind != "local":
+                raise InvalidRequest(
+                    "package adapters run on the local runtime; on Kubernetes name an image", field="package"
+                )
+            return data, ""
+        registries = serverjson.LOCAL_REGISTRIES if self._runtime_kind == "local" else serverjson.KUBERNETES_REGISTRIES
+        return serverjson.resolve(data, registries=registries)
 
     async def _readable(self, identity: Identity, name: str) -> AdapterRecord:
         validate_name(name)
@@ -71,6 +85,7 @@ class AdapterService:
     @traced("adapter.create")
     async def create(self, identity: Identity, data: AdapterInput) -> AdapterRecord:
         """Store a new adapter; the reconciler deploys it."""
+        data, server_name = self._resolve_source(data)
         validate_input(data, max_replicas=self._max_replicas, env_policy=self._env_policy)
         if data.use_workload_identity and not can_use_workload_identity(identity, self._wi_roles):
             raise Forbidden("useWorkloadIdentity requires the mcp.admin role", field="useWorkloadIdentity")
@@ -84,6 +99,11 @@ class AdapterService:
             description=data.description,
             required_roles=_dedupe(data.required_roles),
             use_workload_identity=data.use_workload_identity,
+            transport=data.transport,
+            command=data.command,
+            args=data.args,
+            package=data.package,
+            server_name=server_name,
             created_by=identity.user_id,
             created_at=now,
             last_updated_at=now,
@@ -135,6 +155,7 @@ class AdapterService:
         # (schema-valid, so not 400; the same body is fine for the adapter it names).
         if data.name != name:
             raise Conflict(f"name is immutable: the body says {data.name!r}, the URL {name!r}", field="name")
+        data, server_name = self._resolve_source(data)
         validate_input(data, max_replicas=self._max_replicas, env_policy=self._env_policy)
         if data.use_workload_identity != current.use_workload_identity:
             raise Conflict("useWorkloadIdentity cannot be changed after creation", field="useWorkloadIdentity")
@@ -148,6 +169,11 @@ class AdapterService:
             replica_count=data.replica_count,
             description=data.description,
             required_roles=_dedupe(data.required_roles),
+            transport=data.transport,
+            command=data.command,
+            args=data.args,
+            package=data.package,
+            server_name=server_name,
             last_updated_at=datetime.now(UTC),
         )
         if not updated.same_deployment(current):

@@ -212,7 +212,15 @@ class Isolation:
 
     # --- launching ------------------------------------------------------------------------
 
-    def launch(self, command: Sequence[str], *, cwd: str | None, replica: str) -> Launch:
+    def shares_data_dir_folders(self) -> bool:
+        """True when a folder under the data dir can be handed to a replica (``launch(writable=...)``).
+
+        In the sandbox it is bound in; as the gateway's own user it is reachable anyway; as another
+        user without a sandbox it is not (the data dir is 0700), and callers do without.
+        """
+        return self.bwrap is not None or self.user is None
+
+    def launch(self, command: Sequence[str], *, cwd: str | None, replica: str, writable: Sequence[Path] = ()) -> Launch:
         """The full argv (``setpriv --pdeathsig KILL`` first), cwd, env overrides and preexec_fn of a replica.
 
         Without a sandbox the drop to the replica user happens in the same ``setpriv`` as
@@ -220,7 +228,8 @@ class Isolation:
         uid, and setpriv sets it after the change (a second setpriv would lose it).
         """
         if self.bwrap is not None:
-            argv, preexec = launch([*self.sandbox_argv(command, cwd=cwd), *self._drop(), *command])
+            sandbox = self.sandbox_argv(command, cwd=cwd, writable=writable)
+            argv, preexec = launch([*sandbox, *self._drop(), *command])
             return Launch(argv=argv, cwd="/", env={"HOME": "/tmp", "TMPDIR": "/tmp"}, preexec=preexec)
         work = str(self._work_dir(replica))
         env = {"HOME": work, "TMPDIR": work}
@@ -236,8 +245,13 @@ class Isolation:
         uid, gid = str(self.user.uid), str(self.user.gid)
         return [self.setpriv, "--reuid", uid, "--regid", gid, "--clear-groups", "--no-new-privs", "--"]
 
-    def sandbox_argv(self, command: Sequence[str], *, cwd: str | None) -> list[str]:
-        """``bwrap <options> --`` for a program ``command`` run in ``cwd`` (see the module docstring)."""
+    def sandbox_argv(self, command: Sequence[str], *, cwd: str | None, writable: Sequence[Path] = ()) -> list[str]:
+        """``bwrap <options> --`` for a program ``command`` run in ``cwd`` (see the module docstring).
+
+        ``writable`` folders under the data dir (a package adapter's cache, issue 17) are bound back
+        read-write at their own path; the data dir itself stays an empty tmpfs (0711: traversable,
+        not listable), so nothing else in it shows.
+        """
         assert self.bwrap is not None
         hidden = [Path("/tmp"), Path("/var/tmp"), *self._hidden]
         exposed = self._exposures(command, cwd, hidden)
@@ -278,7 +292,15 @@ class Isolation:
                     argv += ["--perms", "0755", "--dir", str(parent)]
                     made.add(parent)
             argv += ["--ro-bind", str(path), str(path)]
-        argv += ["--perms", "0700", "--tmpfs", str(self.data_dir)]  # last: hidden even inside an exposed path
+        shared = [Path(w).resolve() for w in writable if _under(Path(w).resolve(), self.data_dir)]
+        # Last: hidden even inside an exposed path.
+        argv += ["--perms", "0711" if shared else "0700", "--tmpfs", str(self.data_dir)]
+        for path in shared:
+            for parent in reversed(path.parents):
+                if _under(parent, self.data_dir) and parent != self.data_dir and parent not in made:
+                    argv += ["--perms", "0711", "--dir", str(parent)]
+                    made.add(parent)
+            argv += ["--bind", str(path), str(path)]
         argv += ["--chdir", cwd or "/"]
         if os.geteuid() == 0:
             # bwrap run by root keeps every capability unless told: drop them all, keep only what

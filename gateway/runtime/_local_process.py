@@ -85,8 +85,15 @@ def free_port() -> int:
         return port
 
 
+READY_CLIENT_ERRORS = (b"400", b"405", b"406")
+"""Answers to a plain GET that still mean "an MCP endpoint is here": Streamable-HTTP servers answer a GET
+of ``/mcp`` without a session with 400 (server-everything 2026.8.31, the TypeScript and Python SDKs), 405
+when they offer no GET stream, or 406 without ``Accept: text/event-stream`` (issue 17)."""
+
+
 async def probe(port: int, path: str | None, limit: float) -> bool:
-    """True when 127.0.0.1:port accepts a connection and, with ``path``, answers GET path with 2xx/3xx."""
+    """True when 127.0.0.1:port accepts a connection and, with ``path``, answers GET path with 2xx/3xx
+    (or one of READY_CLIENT_ERRORS)."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(limit):
@@ -100,7 +107,11 @@ async def probe(port: int, path: str | None, limit: float) -> bool:
             await writer.drain()
             status_line = await reader.readline()
             parts = status_line.split()
-            return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in (b"2", b"3")
+            return (
+                len(parts) >= 2
+                and parts[0].startswith(b"HTTP/")
+                and (parts[1][:1] in (b"2", b"3") or parts[1] in READY_CLIENT_ERRORS)
+            )
     except (OSError, TimeoutError, ValueError):
         return False
     finally:

@@ -44,6 +44,8 @@ class LaunchSpec:
     env: tuple[tuple[str, str], ...]
     ready_path: str | None
     cwd: str | None
+    writable: tuple[str, ...] = ()
+    """Folders under the data dir the replica may write (a package cache), bound into its sandbox."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -201,7 +203,9 @@ class Replica:
                 f"{self.spec.image} generation {self.generation} on port {self.port} (uid {self.uid}) -----\n".encode(),
             )
             # The log file is opened here and handed over: the replica never opens the log dir.
-            start = self._ctx.isolation.launch(command, cwd=self.spec.cwd, replica=self.name)
+            start = self._ctx.isolation.launch(
+                command, cwd=self.spec.cwd, replica=self.name, writable=[Path(w) for w in self.spec.writable]
+            )
             process = await asyncio.create_subprocess_exec(
                 *start.argv,
                 stdin=asyncio.subprocess.DEVNULL,

@@ -52,9 +52,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +67,7 @@ import msgspec
 from gateway.envpolicy import EnvPolicy
 from gateway.errors import RuntimeUnavailable
 from gateway.models import AdapterRecord, InstanceStatus
-from gateway.runtime._local_catalog import CatalogError, ImageCatalog
+from gateway.runtime._local_catalog import REPO_DIR, CatalogError, ImageCatalog, ImageEntry
 from gateway.runtime._local_isolation import Isolation, IsolationError, detect
 from gateway.runtime._local_process import (
     SETPRIV,
@@ -79,6 +82,23 @@ from gateway.settings import Settings
 
 log = logging.getLogger("gateway.runtime.local")
 
+PACKAGE_TOOL_ENV = (
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "no_proxy",
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX_URL",
+    "npm_config_registry",
+)
+"""Gateway variables a package adapter's npx/uvx also gets: how this machine reaches npm and PyPI (its CA
+bundle, proxy, mirror). Measured 2026-11-30: without SSL_CERT_FILE, uvx in the sandbox fails with
+"invalid peer certificate: UnknownIssuer" behind this machine's TLS-inspecting proxy."""
 FOLLOWER_POLL = 0.25
 """Seconds between a follower's checks of the leader's state file."""
 LOCK_RETRY = 1.0
@@ -394,22 +414,30 @@ class LocalRuntime:
     # --- desired state -------------------------------------------------------------------
 
     def _resolve(self, record: AdapterRecord) -> tuple[LaunchSpec | None, RuntimeIssue | None]:
-        try:
-            entry = self._catalog.lookup(record.image)
-            known = sorted(self._catalog.load())
-        except CatalogError as exc:
-            return None, RuntimeIssue("InvalidImageCatalog", str(exc))
-        if entry is None:
-            where = (
-                "the built-in catalog"
-                if self._settings.image_catalog is None
-                else (f"the built-in catalog or {self._settings.image_catalog}")
-            )
-            return None, RuntimeIssue(
-                "ImageNotFound",
-                f"image {record.image} is not in {where}; known images: {', '.join(known) or 'none'}. "
-                "Add it to the catalog file named by MCPGW_IMAGE_CATALOG.",
-            )
+        if record.package is not None:
+            entry, writable, issue = self._package_entry(record)
+            if issue is not None:
+                return None, issue
+            assert entry is not None
+        else:
+            writable = ()
+            try:
+                found = self._catalog.lookup(record.image)
+                known = sorted(self._catalog.load())
+            except CatalogError as exc:
+                return None, RuntimeIssue("InvalidImageCatalog", str(exc))
+            if found is None:
+                where = (
+                    "the built-in catalog"
+                    if self._settings.image_catalog is None
+                    else (f"the built-in catalog or {self._settings.image_catalog}")
+                )
+                return None, RuntimeIssue(
+                    "ImageNotFound",
+                    f"image {record.image} is not in {where}; known images: {', '.join(known) or 'none'}. "
+                    "Add it to the catalog file named by MCPGW_IMAGE_CATALOG.",
+                )
+            entry = dataclasses.replace(found, command=(*(record.command or found.command), *(record.args or ())))
         denied = self._env_policy.denied_names(record.environment_variables)
         if denied:
             return None, RuntimeIssue(
@@ -420,14 +448,84 @@ class LocalRuntime:
             )
         env = dict(entry.env)
         env.update(record.environment_variables)
+        command, ready_path, cwd = entry.command, entry.ready_path, entry.cwd
+        if (record.transport or entry.transport) == "stdio":
+            # The replica is the stdio bridge wrapping the command (gateway/stdio/bridge.py): an HTTP
+            # replica like any other, in the same isolation; its children inherit user and sandbox.
+            command = (
+                sys.executable,
+                "-m",
+                "gateway.stdio.bridge",
+                "--port",
+                "{port}",
+                "--max-sessions",
+                str(self._settings.stdio_max_sessions),
+                "--idle-timeout",
+                f"{self._settings.stdio_idle_timeout:g}",
+                *(["--allow-roots"] if self._settings.stdio_allow_roots else []),
+                *(["--cwd", cwd] if cwd else []),
+                "--",
+                *command,
+            )
+            ready_path, cwd = "/healthz", str(REPO_DIR)
         spec = LaunchSpec(
             image=record.image,
-            command=entry.command,
+            command=command,
             env=tuple(sorted(env.items())),
-            ready_path=entry.ready_path,
-            cwd=entry.cwd,
+            ready_path=ready_path,
+            cwd=cwd,
+            writable=writable,
         )
         return spec, None
+
+    def _package_entry(self, record: AdapterRecord) -> tuple[ImageEntry | None, tuple[str, ...], RuntimeIssue | None]:
+        """How a package adapter runs: ``npx -y name@version`` or ``uvx --from name==version bin`` (issue 17).
+
+        Each adapter has its own cache, ``<data_dir>/packages/<name>``, owned by the replica user and
+        bound into the sandbox, so a restart or a second replica starts warm (measured: filesystem
+        via npx cold 5.4 s, warm 0.95 s; time via uvx cold 2.5 s, warm 1.3 s). Installing needs the
+        registry (npm, PyPI): the sandbox shares the gateway's network namespace.
+        """
+        pkg = record.package
+        assert pkg is not None
+        cache = self._data_dir / "packages" / record.name
+        assert self._isolation is not None
+        writable: tuple[str, ...] = ()
+        env: dict[str, str] = {}
+        if self._isolation.shares_data_dir_folders():
+            cache.mkdir(parents=True, exist_ok=True)
+            cache.chmod(0o700)
+            if self._isolation.user is not None:  # what the replica writes in it is its own already
+                os.chown(cache, self._isolation.user.uid, self._isolation.user.gid)
+            writable = (str(cache),)
+        env.update({name: os.environ[name] for name in PACKAGE_TOOL_ENV if os.environ.get(name)})
+        if pkg.registry == "npm":
+            npx = shutil.which("npx")
+            if npx is None:
+                return None, (), RuntimeIssue("PackageToolMissing", "npx is not on PATH: install Node.js 20+ and npm")
+            spec = f"{pkg.name}@{pkg.version}"
+            command = [npx, "-y", "--package", spec, *record.command] if record.command else [npx, "-y", spec]
+            env.update(npm_config_update_notifier="false", npm_config_fund="false", npm_config_audit="false")
+            if writable:
+                env["npm_config_cache"] = str(cache / "npm")
+        else:
+            uvx = shutil.which("uvx") or str(Path(sys.executable).with_name("uvx"))
+            if not os.path.exists(uvx):
+                return None, (), RuntimeIssue("PackageToolMissing", "uvx is not on PATH: pip install uv")
+            command = [uvx, "--from", f"{pkg.name}=={pkg.version}", *(record.command or [pkg.name])]
+            env.update(UV_PYTHON=os.path.realpath(sys.executable), UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
+            if writable:
+                env["UV_CACHE_DIR"] = str(cache / "uv")
+        command += record.args or []
+        transport = record.transport or "streamable-http"
+        entry = ImageEntry(
+            command=tuple(command),
+            env=tuple(env.items()),
+            ready_path="/mcp" if transport == "streamable-http" else None,
+            cwd=None,
+            transport=transport,
+        )
+        return entry, writable, None
 
     def _new_replica(self, name: str, index: int, spec: LaunchSpec, generation: int) -> Replica:
         assert self._ctx is not None
@@ -525,6 +623,7 @@ class LocalRuntime:
         if dep is None:
             return
         await self._stop_all(dep.replicas())
+        await asyncio.to_thread(shutil.rmtree, self._data_dir / "packages" / name, True)
         for index in set(dep.slots) | set(range(dep.desired)):
             for suffix in (".log", ".log.1"):
                 with contextlib.suppress(FileNotFoundError):
