@@ -46,6 +46,8 @@ class LaunchSpec:
     cwd: str | None
     writable: tuple[str, ...] = ()
     """Folders under the data dir the replica may write (a package cache), bound into its sandbox."""
+    expose: tuple[str, ...] = ()
+    """Further folders the replica needs to see (a stdio server's working directory)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -204,7 +206,11 @@ class Replica:
             )
             # The log file is opened here and handed over: the replica never opens the log dir.
             start = self._ctx.isolation.launch(
-                command, cwd=self.spec.cwd, replica=self.name, writable=[Path(w) for w in self.spec.writable]
+                command,
+                cwd=self.spec.cwd,
+                replica=self.name,
+                writable=[Path(w) for w in self.spec.writable],
+                expose=[Path(e) for e in self.spec.expose],
             )
             process = await asyncio.create_subprocess_exec(
                 *start.argv,

@@ -449,6 +449,7 @@ class LocalRuntime:
         env = dict(entry.env)
         env.update(record.environment_variables)
         command, ready_path, cwd = entry.command, entry.ready_path, entry.cwd
+        expose: tuple[str, ...] = ()
         if (record.transport or entry.transport) == "stdio":
             # The replica is the stdio bridge wrapping the command (gateway/stdio/bridge.py): an HTTP
             # replica like any other, in the same isolation; its children inherit user and sandbox.
@@ -463,11 +464,12 @@ class LocalRuntime:
                 "--idle-timeout",
                 f"{self._settings.stdio_idle_timeout:g}",
                 *(["--allow-roots"] if self._settings.stdio_allow_roots else []),
-                *(["--cwd", cwd] if cwd else []),
+                # One argument: an absolute path on its own would make the sandbox expose its parent.
+                *([f"--cwd={cwd}"] if cwd else []),
                 "--",
                 *command,
             )
-            ready_path, cwd = "/healthz", str(REPO_DIR)
+            ready_path, cwd, expose = "/healthz", str(REPO_DIR), ((cwd,) if cwd else ())
         spec = LaunchSpec(
             image=record.image,
             command=command,
@@ -475,6 +477,7 @@ class LocalRuntime:
             ready_path=ready_path,
             cwd=cwd,
             writable=writable,
+            expose=expose,
         )
         return spec, None
 

@@ -601,7 +601,12 @@ async def serve(args: argparse.Namespace) -> None:
     )
     server = uvicorn.Server(config)
     if args.cwd:
-        os.chdir(args.cwd)  # the children inherit it; the bridge has imported what it needs
+        try:
+            os.chdir(args.cwd)  # the children inherit it; the bridge has imported what it needs
+        except OSError as exc:
+            log.warning(
+                "cannot enter the server's working directory %s (%s); staying in %s", args.cwd, exc, os.getcwd()
+            )
     failed = False
 
     async def warm_up() -> None:
