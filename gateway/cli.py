@@ -129,6 +129,38 @@ def print_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_server_json(args: argparse.Namespace) -> int:
+    """POST an MCP Registry server.json to a gateway: ``mcp-gateway import server.json [--url ...]`` (issue 17).
+
+    The gateway picks the package that fits its runtime and answers with the adapter it stored (or a
+    problem naming the field at fault, e.g. a required environment variable); this prints either.
+    """
+    import re
+
+    import httpx
+
+    try:
+        doc = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"mcp-gateway import: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    name = args.name or re.sub(r"[^a-z0-9-]+", "-", str(doc.get("name", "")).rsplit("/", 1)[-1].lower()).strip("-")
+    body: dict[str, Any] = {"name": name[:52].rstrip("-"), "serverJson": doc, "replicaCount": args.replicas}
+    env = dict(item.split("=", 1) for item in args.env)
+    if env:
+        body["environmentVariables"] = env
+    if args.arg:
+        body["args"] = args.arg
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {"X-Dev-User-Id": args.user}
+    try:
+        response = httpx.post(args.url.rstrip("/") + "/adapters", json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        print(f"mcp-gateway import: cannot reach the gateway at {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(response.json(), indent=2) if response.content else response.status_code)
+    return 0 if response.status_code == 201 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mcp-gateway`` console script."""
     parser = argparse.ArgumentParser(prog="mcp-gateway", description="MCP Gateway: host and route MCP servers.")
@@ -145,6 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     openapi_parser.set_defaults(handler=write_openapi)
     settings_parser = commands.add_parser("settings", help="print every setting as a Markdown table")
     settings_parser.set_defaults(handler=print_settings)
+    import_parser = commands.add_parser(
+        "import", help="register an adapter from an MCP Registry server.json (POST /adapters with serverJson)"
+    )
+    import_parser.add_argument("file", help="the server.json document")
+    import_parser.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway (default %(default)s)")
+    import_parser.add_argument("--name", default="", help="adapter name (default: from the document's name)")
+    import_parser.add_argument("--replicas", type=int, default=1, help="replicaCount (default 1)")
+    import_parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an env var")
+    import_parser.add_argument("--arg", action="append", default=[], help="a server argument (replaces the document's)")
+    import_parser.add_argument("--token", default="", help="bearer token (else dev auth as --user)")
+    import_parser.add_argument("--user", default="dev", help="dev-auth user id (default dev)")
+    import_parser.set_defaults(handler=import_server_json)
     args = parser.parse_args(argv)
     result: int = args.handler(args)
     return result
