@@ -64,6 +64,12 @@ class AdapterService:
 
     def _resolve_source(self, data: AdapterInput) -> tuple[AdapterInput, str]:
         """A serverJson becomes the package/image, transport, args and env it stands for (serverjson.py)."""
+        if self._runtime_kind != "local" and data.transport == "stdio":
+            # Not yet: a stdio image on Kubernetes needs the bridge in its pod (docs/kubernetes.md, "stdio").
+            raise InvalidRequest(
+                "stdio adapters run on the local runtime; on Kubernetes use a Streamable-HTTP image",
+                field="transport",
+            )
         if data.server_json is None:
             if data.package is not None and self._runtime_kind != "local":
                 raise InvalidRequest(
@@ -71,7 +77,13 @@ class AdapterService:
                 )
             return data, ""
         registries = serverjson.LOCAL_REGISTRIES if self._runtime_kind == "local" else serverjson.KUBERNETES_REGISTRIES
-        return serverjson.resolve(data, registries=registries)
+        resolved, name = serverjson.resolve(data, registries=registries)
+        if self._runtime_kind != "local" and resolved.transport == "stdio":
+            raise InvalidRequest(
+                "the server.json's OCI package speaks stdio; stdio adapters run on the local runtime for now",
+                field="serverJson.packages",
+            )
+        return resolved, name
 
     async def _readable(self, identity: Identity, name: str) -> AdapterRecord:
         validate_name(name)
