@@ -44,7 +44,7 @@ def complete_openapi(
         props = adapter_input.properties
         _schema(props["environmentVariables"]).max_properties = MAX_ENV_VARS
         denied = globs_pattern(denied_env_globs)
-        allowed = globs_pattern(allowed_env_names)
+        allowed = globs_pattern(sorted(allowed_env_names))  # a frozenset: its order changes with the hash seed
         refused = Schema(pattern=denied, schema_not=Schema(pattern=allowed) if allowed else None) if denied else None
         _schema(props["environmentVariables"]).property_names = Schema(pattern=ENV_NAME_PATTERN, schema_not=refused)
         _schema(props["environmentVariables"]).additional_properties = Schema(
