@@ -1,0 +1,95 @@
+"""A runtime that explains itself (issue 17): what a newcomer following the README ran into."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.runtime._local_process import probe_detail
+from tests.gateway_process import start_gateway, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_port_in_use_stops_start_up_with_one_line_naming_port(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "--port" in lines[0] and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
+    assert not (tmp_path / "d" / "gateway.db").exists(), "nothing was registered"
+
+
+async def _answering(status: bytes) -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("status", "ready"),
+    [(b"200 OK", True), (b"400 Bad Request", True), (b"405 Method Not Allowed", True), (b"404 Not Found", False)],
+)
+def test_default_probe_accepts_mcp_endpoints_that_refuse_a_plain_get(status: bytes, ready: bool) -> None:
+    async def run() -> tuple[bool, str]:
+        server, port = await _answering(status)
+        async with server:
+            return await probe_detail(port, "/mcp", 2.0)
+
+    ok, seen = asyncio.run(run())
+    assert ok is ready
+    assert seen == f"HTTP {status.split()[0].decode()} from GET /mcp"
+
+
+def test_probe_says_nothing_listens() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ok, seen = asyncio.run(probe_detail(port, "/mcp", 2.0))
+    assert not ok and "refused" in seen
+
+
+def test_failed_readiness_probe_shows_its_last_result_in_status(tmp_path: Path) -> None:
+    catalog = tmp_path / "images.toml"
+    catalog.write_text(
+        '["wrong-path:1.0"]\ncommand = ["{python}", "{repo}/examples/mcp-example/server.py"]\n'
+        'ready_path = "/no-such-path"\ncwd = "{repo}"\n'
+    )
+    env = {"MCPGW_IMAGE_CATALOG": str(catalog), "MCPGW_LOCAL_READY_TIMEOUT": "4"}
+    with start_gateway(tmp_path / "data", env=env) as gw, gw.client() as api:
+        body = {"name": "wrong", "imageName": "wrong-path", "imageVersion": "1.0", "replicaCount": 1}
+        assert api.post("/adapters", json=body).status_code == 201
+
+        def instance_message() -> str:
+            status = api.get("/adapters/wrong/status").json()
+            return str(status["instances"][0]["message"])
+
+        wait_for(lambda: "readiness probe: HTTP 404 from GET /no-such-path" in instance_message(), timeout=30)
+
+        def degraded() -> str:
+            conditions = {c["type"]: c for c in api.get("/adapters/wrong/status").json()["conditions"]}
+            message = str(conditions["Degraded"]["message"])
+            return message if conditions["Degraded"]["status"] == "True" else ""
+
+        message = wait_for(degraded, timeout=40, what="Degraded")
+        assert "last probe: HTTP 404 from GET /no-such-path" in message
