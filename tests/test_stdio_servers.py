@@ -222,3 +222,16 @@ def test_sigkill_of_the_gateway_leaves_no_stdio_process(tmp_path: Path) -> None:
         assert time.monotonic() - start < 10
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("route", ["mcp", "sse"])
+def test_inspector_cli_calls_the_stdio_servers(gw: GatewayProcess, files: Path, route: str) -> None:
+    from tests.conformance_fixtures import run_inspector
+
+    url = f"{gw.url}/adapters/time/{route}"
+    tools = run_inspector(url, "tools/list")
+    assert {t["name"] for t in tools["tools"]} == {"get_current_time", "convert_time"}
+    result = run_inspector(url, "tools/call", "--tool-name", "get_current_time", "--tool-arg", "timezone=UTC")
+    assert '"timezone": "UTC"' in result["content"][0]["text"]
+    listed = run_inspector(f"{gw.url}/adapters/fs/{route}", "tools/call", "--tool-name", "list_allowed_directories")
+    assert str(files) in listed["content"][0]["text"]

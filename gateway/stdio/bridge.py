@@ -101,6 +101,11 @@ class Child:
         self._write_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
 
+    @property
+    def busy(self) -> bool:
+        """True while a request waits for its answer (such a session is never idle)."""
+        return bool(self._pending)
+
     async def start(self) -> None:
         """Spawn the program in its own process group, dying with the bridge (raise ChildGone when it cannot)."""
         argv, preexec = launch(self.argv)
@@ -319,7 +324,8 @@ class Bridge:
             await asyncio.sleep(period)
             now = time.monotonic()
             for session in list(self.sessions.values()):
-                if session.kind == "mcp" and not session.streaming and now - session.last_used > self.idle_timeout:
+                idle = now - session.last_used > self.idle_timeout
+                if session.kind == "mcp" and idle and not session.streaming and not session.child.busy:
                     log.info(
                         "stdio session idle for %.0fs; ending its process %s", self.idle_timeout, session.child.pid
                     )
@@ -398,6 +404,7 @@ class Bridge:
             except ChildGone as exc:
                 await self.close_session(session)
                 raise _HTTPError(502, -32603, str(exc), id=msg_id) from None
+            session.last_used = time.monotonic()  # idle from the answer on, not from the (slow) start
             await _respond(send, 200, _encode(answer), {"mcp-session-id": session.id})
             return
         if sid is None:
