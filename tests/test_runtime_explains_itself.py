@@ -93,3 +93,18 @@ def test_failed_readiness_probe_shows_its_last_result_in_status(tmp_path: Path) 
 
         message = wait_for(degraded, timeout=40, what="Degraded")
         assert "last probe: HTTP 404 from GET /no-such-path" in message
+
+
+def test_logs_of_replicas_scaled_away_or_removed_are_deleted(tmp_path: Path) -> None:
+    from tests.gateway_process import example_adapter, wait_ready
+
+    with start_gateway(tmp_path / "data") as gw, gw.client() as api:
+        assert api.post("/adapters", json=example_adapter("logs", replicas=2)).status_code == 201
+        wait_ready(api, "logs", 2)
+        logs = gw.data_dir / "logs"
+        assert (logs / "logs-1.log").exists()
+        assert api.put("/adapters/logs", json=example_adapter("logs", replicas=1)).status_code == 200
+        wait_for(lambda: not (logs / "logs-1.log").exists(), timeout=20, what="logs-1.log deleted")
+        assert (logs / "logs-0.log").exists()
+        assert api.delete("/adapters/logs").status_code == 204
+        assert not (logs / "logs-0.log").exists()

@@ -557,6 +557,13 @@ class LocalRuntime:
             self._refresh(adapter.name)
         if to_stop:
             await self._stop_all(to_stop)
+            # Logs of replicas scaled away go with them (issue 17), unless the index came back meanwhile.
+            dep = self._deployments.get(adapter.name)
+            for index in {r.index for r in to_stop}:
+                if dep is not None and index >= dep.desired:
+                    for suffix in (".log", ".log.1"):
+                        with contextlib.suppress(FileNotFoundError):
+                            (self._log_dir / f"{adapter.name}-{index}{suffix}").unlink()
 
     def _converge_slot(self, dep: _Deployment, index: int) -> list[Replica]:
         """Bring replica ``index`` towards the deployment's spec; return the replicas to stop."""
