@@ -108,3 +108,23 @@ def test_logs_of_replicas_scaled_away_or_removed_are_deleted(tmp_path: Path) -> 
         assert (logs / "logs-0.log").exists()
         assert api.delete("/adapters/logs").status_code == 204
         assert not (logs / "logs-0.log").exists()
+
+
+def test_a_changed_image_catalog_reaches_existing_adapters(tmp_path: Path) -> None:
+    from tests.gateway_process import wait_ready
+
+    catalog = tmp_path / "images.toml"
+    entry = '["cat:1.0"]\ncommand = ["{{python}}", "{{repo}}/examples/mcp-example/server.py"]\n'
+    entry += 'ready_path = "/healthz"\ncwd = "{{repo}}"\nenv = {{ GREETING = "{greeting}" }}\n'
+    catalog.write_text(entry.format(greeting="first"))
+    env = {"MCPGW_IMAGE_CATALOG": str(catalog)}
+    with start_gateway(tmp_path / "data", env=env) as gw, gw.client() as api:
+        body = {"name": "cat", "imageName": "cat", "imageVersion": "1.0", "replicaCount": 1}
+        assert api.post("/adapters", json=body).status_code == 201
+        wait_ready(api, "cat", 1)
+        log = gw.data_dir / "logs" / "cat-0.log"
+        assert log.read_text().count("starting cat:1.0") == 1
+        catalog.write_text(entry.format(greeting="second, a bit longer"))  # new size: re-read at once
+        wait_for(lambda: log.read_text().count("starting cat:1.0") == 2, timeout=30, what="a rolling replacement")
+        wait_ready(api, "cat", 1)
+        assert api.get("/adapters/cat").json()["generation"] == 1, "the adapter itself did not change"

@@ -165,6 +165,7 @@ class _Deployment:
         self.desired = 0
         self.spec: LaunchSpec | None = None
         self.issue: RuntimeIssue | None = None
+        self.record: AdapterRecord | None = None
         self.slots: dict[int, _Slot] = {}
 
     def replicas(self) -> list[Replica]:
@@ -548,7 +549,7 @@ class LocalRuntime:
             if dep is None:
                 dep = self._deployments[adapter.name] = _Deployment(adapter.name)
             dep.generation, dep.image, dep.desired = adapter.generation, adapter.image, adapter.replica_count
-            dep.spec, dep.issue = spec, issue
+            dep.spec, dep.issue, dep.record = spec, issue, adapter
             for index in sorted(dep.slots):
                 if index >= adapter.replica_count:
                     to_stop.extend(dep.slots.pop(index).replicas())
@@ -643,8 +644,25 @@ class LocalRuntime:
         """Adapters and the generation last applied (the leader's, for a follower)."""
         self._require_started()
         if self._role == "leader":
-            return {name: dep.generation for name, dep in self._deployments.items()}
+            return {name: self._applied_generation(dep) for name, dep in self._deployments.items()}
         return {name: snap.generation for name, snap in self._shared.adapters.items()}
+
+    def _applied_generation(self, dep: _Deployment) -> int:
+        """The generation applied, or -1 when the image catalog has changed what it stands for.
+
+        The catalog's content is part of what is applied (issue 17): an edited entry (command, env,
+        transport) or an image that appeared reaches existing adapters at the reconciler's next pass,
+        as a rolling replacement, without recreating them. The catalog is re-read only when a file's
+        mtime or size changed, so a pass costs two stat calls and a tuple comparison per adapter.
+        """
+        record = dep.record
+        if record is None or record.package is not None:
+            return dep.generation
+        spec, issue = self._resolve(record)
+        if spec != dep.spec or (spec is None and issue != dep.issue):
+            log.info("local runtime: the image catalog changed %s for adapter %s; applying again", dep.image, dep.name)
+            return -1
+        return dep.generation
 
     # --- observation ---------------------------------------------------------------------
 
