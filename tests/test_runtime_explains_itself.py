@@ -128,3 +128,42 @@ def test_a_changed_image_catalog_reaches_existing_adapters(tmp_path: Path) -> No
         wait_for(lambda: log.read_text().count("starting cat:1.0") == 2, timeout=30, what="a rolling replacement")
         wait_ready(api, "cat", 1)
         assert api.get("/adapters/cat").json()["generation"] == 1, "the adapter itself did not change"
+
+
+def _status(generation: int, **runtime: object) -> dict[str, object]:
+    from datetime import UTC, datetime
+
+    from gateway.control.status import ConditionClock, build_status
+    from gateway.models import AdapterRecord
+    from gateway.runtime.base import RuntimeIssue, RuntimeStatus
+
+    now = datetime.now(UTC)
+    record = AdapterRecord(
+        name="a", image_name="x", image_version="1", replica_count=2, generation=generation, created_at=now
+    )
+    fields: dict[str, object] = {
+        "observed_generation": generation,
+        "image": "x:1",
+        "desired": 2,
+        "ready": 0,
+        "updated": 0,
+        "available": 0,
+    }
+    fields.update(runtime)
+    if fields.pop("issue", None):
+        fields["issues"] = (RuntimeIssue("CrashLoopBackOff", "replica a-1 keeps failing"),)
+    status = build_status(record, RuntimeStatus(**fields), ConditionClock())  # type: ignore[arg-type]
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    return {"replicaStatus": status.replica_status, **conditions}
+
+
+def test_first_rollout_reads_new_replicas_and_replica_status_follows_the_conditions() -> None:
+    first = _status(1, observed_generation=0)
+    assert first["Progressing"] == ("True", "NewReplicas") and first["replicaStatus"] == "Progressing: 0/2 ready"
+    starting = _status(1, progressing=True, updated=2)
+    assert starting["Progressing"] == ("True", "NewReplicas")
+    assert _status(2, progressing=True, updated=1)["Progressing"] == ("True", "RollingUpdate")
+    # Ready counts alone are not health: an issue makes Ready False, and replicaStatus agrees.
+    flapping = _status(3, ready=2, updated=2, available=2, issue=True)
+    assert flapping["Ready"] == ("False", "CrashLoopBackOff") and flapping["replicaStatus"] == "Degraded: 2/2 ready"
+    assert _status(3, ready=2, updated=2, available=2)["replicaStatus"] == "Healthy"

@@ -46,12 +46,16 @@ def build_status(record: AdapterRecord, rs: RuntimeStatus, clock: ConditionClock
 
     conditions = [condition("Accepted", "True", "Stored", f"spec stored at generation {record.generation}")]
 
+    # The first rollout creates replicas; later ones replace them (issue 17: a newcomer's first adapter
+    # read "RollingUpdate" before anything had ever run).
+    first = record.generation == 1
     if not current:
-        conditions.append(
-            condition("Progressing", "True", "Pending", f"generation {record.generation} not yet applied")
-        )
+        reason = "NewReplicas" if first else "Pending"
+        message = f"generation {record.generation} not yet applied"
+        conditions.append(condition("Progressing", "True", reason, message))
     elif rs.progressing or rs.updated < desired:
-        conditions.append(condition("Progressing", "True", "RollingUpdate", f"{rs.updated}/{desired} replicas updated"))
+        reason = "NewReplicas" if first else "RollingUpdate"
+        conditions.append(condition("Progressing", "True", reason, f"{rs.updated}/{desired} replicas updated"))
     else:
         conditions.append(condition("Progressing", "False", "Complete", "all replicas run the current spec"))
 
@@ -71,7 +75,15 @@ def build_status(record: AdapterRecord, rs: RuntimeStatus, clock: ConditionClock
     else:
         conditions.append(condition("Degraded", "False", "AsExpected", "no replica problems observed"))
 
-    replica_status = "Healthy" if rs.ready >= desired else f"Degraded: {rs.ready}/{desired} ready"
+    # Derived from the conditions, so it never contradicts them (ready counts alone said "Healthy" while
+    # Ready was False for an issue or an unapplied generation).
+    ready_condition = next(c for c in conditions if c.type == "Ready")
+    if ready_condition.status == "True":
+        replica_status = "Healthy"
+    elif first_issue is None and (not current or rs.progressing):
+        replica_status = f"Progressing: {rs.ready}/{desired} ready"
+    else:
+        replica_status = f"Degraded: {rs.ready}/{desired} ready"
     return AdapterStatus(
         name=record.name,
         image=rs.image or record.image,
