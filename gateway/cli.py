@@ -21,7 +21,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(Settings)
     for f in setting_fields():
         default = f.default
-        shown = "" if default is None or default == () else f" Default: {default}."
+        shown = "" if default is None or default == () or default == "" else f" Default: {default}."
         if f.metadata["secret"]:
             shown = ""
         envs = env_name(f) + (f" or {f.metadata['env']}" if f.metadata["env"] else "")

@@ -167,3 +167,13 @@ def test_first_rollout_reads_new_replicas_and_replica_status_follows_the_conditi
     flapping = _status(3, ready=2, updated=2, available=2, issue=True)
     assert flapping["Ready"] == ("False", "CrashLoopBackOff") and flapping["replicaStatus"] == "Degraded: 2/2 ready"
     assert _status(3, ready=2, updated=2, available=2)["replicaStatus"] == "Healthy"
+
+
+def test_serve_help_shows_no_empty_defaults() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "Default: ." not in text and "Default: ()" not in text
+    assert "--stdio-idle-timeout SECONDS" in text
