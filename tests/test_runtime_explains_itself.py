@@ -175,5 +175,5 @@ def test_serve_help_shows_no_empty_defaults() -> None:
     )
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
-    assert "Default: ." not in text and "Default: ()" not in text
+    assert "Default: . [" not in text and "Default: ()" not in text
     assert "--stdio-idle-timeout SECONDS" in text
