@@ -20,6 +20,8 @@ PackageRegistry = Literal["npm", "pypi"]
 PACKAGE_VERSION_PATTERN = r"^[0-9][0-9A-Za-z.+-]{0,127}$"
 #: npm (``@scope/name``) and PyPI project names.
 PACKAGE_NAME_PATTERN = r"^(@[a-z0-9][a-z0-9._~-]*/)?[A-Za-z0-9][A-Za-z0-9._~-]{0,213}$"
+#: No NUL: command and args reach execve.
+NO_NUL_PATTERN = "^[^\\x00]*$"
 #: Longest adapter name: NAME_PATTERN allows 1 + 50 + 1 characters (StatefulSet and Service name limits).
 NAME_MAX_LENGTH = 52
 
@@ -90,11 +92,24 @@ class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
             description="How the server speaks MCP: streamable-http (default) or stdio (bridged by the gateway)."
         ),
     ] = None
-    command: Annotated[
-        list[str] | None,
-        msgspec.Meta(description="Replaces the image's entrypoint (local: the catalog command; a package: its bin)."),
-    ] = None
-    args: Annotated[list[str] | None, msgspec.Meta(description="Arguments after the command.")] = None
+    command: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=NO_NUL_PATTERN)]],
+            msgspec.Meta(
+                min_length=1,
+                max_length=64,
+                description="Replaces the image's entrypoint (local: the catalog command; a package: its bin).",
+            ),
+        ]
+        | None
+    ) = None
+    args: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(max_length=4096, pattern=NO_NUL_PATTERN)]],
+            msgspec.Meta(max_length=64, description="Arguments after the command."),
+        ]
+        | None
+    ) = None
     package: Annotated[
         PackageRef | None, msgspec.Meta(description="Run an npm/PyPI package instead of an image (local runtime).")
     ] = None

@@ -134,6 +134,11 @@ class Settings:
     stdio_idle_timeout: float = setting(
         600.0, "Seconds a stdio session may stay idle (no request, no open GET stream) before its process ends."
     )
+    local_packages: bool = setting(
+        False,
+        "Let adapters run npm/PyPI packages (npx/uvx, fetched from the registries) on the local runtime. Off: "
+        "package adapters are stored but start nothing (status PackagesDisabled).",
+    )
     stdio_allow_roots: bool = setting(
         False,
         "Pass the client's roots capability to stdio servers (server-filesystem then serves the client's roots "

@@ -14,7 +14,7 @@ from gateway.control.reconciler import Reconciler
 from gateway.control.status import ConditionClock, build_status
 from gateway.control.validation import validate_input, validate_name
 from gateway.envpolicy import DEFAULT_POLICY, EnvPolicy
-from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed
+from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed, Unprocessable
 from gateway.models import AdapterInput, AdapterPage, AdapterRecord, AdapterResource, AdapterStatus, Identity
 from gateway.runtime.base import InstanceNotFound, Runtime
 from gateway.sessions.base import SessionStore
@@ -66,20 +66,24 @@ class AdapterService:
         """A serverJson becomes the package/image, transport, args and env it stands for (serverjson.py)."""
         if self._runtime_kind != "local" and data.transport == "stdio":
             # Not yet: a stdio image on Kubernetes needs the bridge in its pod (docs/kubernetes.md, "stdio").
-            raise InvalidRequest(
+            raise Unprocessable(
                 "stdio adapters run on the local runtime; on Kubernetes use a Streamable-HTTP image",
                 field="transport",
             )
+        if data.server_json is not None and (data.image_name or data.image_version or data.package is not None):
+            raise Unprocessable(
+                "give either serverJson or imageName/imageVersion or package, not both", field="serverJson"
+            )
         if data.server_json is None:
             if data.package is not None and self._runtime_kind != "local":
-                raise InvalidRequest(
+                raise Unprocessable(
                     "package adapters run on the local runtime; on Kubernetes name an image", field="package"
                 )
             return data, ""
         registries = serverjson.LOCAL_REGISTRIES if self._runtime_kind == "local" else serverjson.KUBERNETES_REGISTRIES
         resolved, name = serverjson.resolve(data, registries=registries)
         if self._runtime_kind != "local" and resolved.transport == "stdio":
-            raise InvalidRequest(
+            raise Unprocessable(
                 "the server.json's OCI package speaks stdio; stdio adapters run on the local runtime for now",
                 field="serverJson.packages",
             )

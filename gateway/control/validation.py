@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from gateway.envpolicy import DEFAULT_POLICY, EnvPolicy
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, Unprocessable
 from gateway.models import (
     ENV_NAME_PATTERN,
     IMAGE_NAME_PATTERN,
@@ -47,7 +47,11 @@ def validate_input(data: AdapterInput, *, max_replicas: int, env_policy: EnvPoli
         raise InvalidRequest("serverJson must be resolved before validation", field="serverJson")
     if data.package is not None:
         if data.image_name or data.image_version:
-            raise InvalidRequest("give either imageName/imageVersion or package, not both", field="package")
+            raise Unprocessable("give either imageName/imageVersion or package, not both", field="package")
+    elif not data.image_name:
+        raise Unprocessable("imageName is required unless package or serverJson is given", field="imageName")
+    elif not data.image_version:
+        raise Unprocessable("imageVersion is required with imageName", field="imageVersion")
     elif not _IMAGE_NAME.fullmatch(data.image_name) or ".." in data.image_name:
         raise InvalidRequest(
             f"imageName must match {IMAGE_NAME_PATTERN} and not contain '..'; got {data.image_name!r}",

@@ -492,6 +492,17 @@ class LocalRuntime:
         """
         pkg = record.package
         assert pkg is not None
+        if not self._settings.local_packages:
+            # Opt-in: a package runs code fetched from a public registry on this machine (in the sandbox).
+            return (
+                None,
+                (),
+                RuntimeIssue(
+                    "PackagesDisabled",
+                    f"package {record.image} is not run: this gateway does not run npm/PyPI packages; "
+                    "an operator can allow them with MCPGW_LOCAL_PACKAGES=true",
+                ),
+            )
         cache = self._data_dir / "packages" / record.name
         assert self._isolation is not None
         writable: tuple[str, ...] = ()

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.control import serverjson
-from gateway.errors import InvalidRequest
+from gateway.errors import Unprocessable
 from gateway.models import AdapterInput
 from tests.gateway_process import free_port, wait_for
 
@@ -48,7 +48,7 @@ def test_any_server_json_is_resolved_or_refused_with_a_field(doc: dict[str, Any]
     data = msgspec.convert({"name": "x", "serverJson": doc}, AdapterInput)
     try:
         serverjson.resolve(data, registries=serverjson.LOCAL_REGISTRIES)
-    except InvalidRequest as exc:
+    except Unprocessable as exc:
         assert exc.field and exc.detail
 
 
