@@ -29,6 +29,7 @@ from gateway.control.problems import EXCEPTION_HANDLERS
 from gateway.control.reconciler import Reconciler
 from gateway.control.routes import AdapterController, healthz, readyz
 from gateway.control.service import AdapterService
+from gateway.control.status import ConditionClock
 from gateway.envpolicy import ALLOWED_PYTHON, EnvPolicy
 from gateway.errors import SessionStoreUnavailable, StoreUnavailable
 from gateway.models import AdapterInput, Identity
@@ -155,6 +156,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         tracing=telemetry.tracing,
         env_policy=EnvPolicy(settings.env_deny),
         runtime_kind=settings.runtime,
+        condition_clock=ConditionClock(settings.data_dir / "conditions.json"),
     )
     router = SessionRouter(
         i_sessions,

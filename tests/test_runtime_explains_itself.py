@@ -177,3 +177,17 @@ def test_serve_help_shows_no_empty_defaults() -> None:
     text = " ".join(done.stdout.split())
     assert "Default: . [" not in text and "Default: ()" not in text
     assert "--stdio-idle-timeout SECONDS" in text
+
+
+def test_last_transition_time_is_kept_across_restarts(tmp_path: Path) -> None:
+    from tests.gateway_process import example_adapter
+
+    def accepted(api: object) -> str:
+        status = api.get("/adapters/kept/status").json()  # type: ignore[attr-defined]
+        return str(next(c for c in status["conditions"] if c["type"] == "Accepted")["lastTransitionTime"])
+
+    with start_gateway(tmp_path / "data") as gw, gw.client() as api:
+        assert api.post("/adapters", json=example_adapter("kept", replicas=0)).status_code == 201
+        before = accepted(api)
+    with start_gateway(tmp_path / "data") as gw, gw.client() as api:
+        assert accepted(api) == before

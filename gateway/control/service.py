@@ -48,6 +48,7 @@ class AdapterService:
         tracing: Tracing | None = None,
         env_policy: EnvPolicy = DEFAULT_POLICY,
         runtime_kind: str = "local",
+        condition_clock: ConditionClock | None = None,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -57,7 +58,7 @@ class AdapterService:
         self._max_replicas = max_replicas
         self._list_max_limit = list_max_limit
         self._wi_roles = workload_identity_roles
-        self._clock = ConditionClock()
+        self._clock = condition_clock or ConditionClock()
         self._tracing = tracing or DISABLED
         self._env_policy = env_policy
         self._runtime_kind = runtime_kind

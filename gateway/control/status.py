@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 from gateway.models import AdapterRecord, AdapterStatus, Condition, ConditionStatus, ConditionType
 from gateway.runtime.base import RuntimeStatus
 
 
 class ConditionClock:
-    """Remembers when each condition last changed status, for lastTransitionTime."""
+    """Remembers when each condition last changed status, for lastTransitionTime.
 
-    def __init__(self) -> None:
+    With ``path`` the history is kept in a small JSON file (written whole, then renamed, on each
+    transition), so a restarted gateway reports when a condition really changed, not when it came
+    back (issue 17). Transitions are rare: a write per change of a condition's status.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
         self._seen: dict[tuple[str, str], tuple[str, datetime]] = {}
+        if path is not None:
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                for adapter, types in json.loads(path.read_text()).items():
+                    for type_, (status, stamp) in types.items():
+                        self._seen[(adapter, type_)] = (status, datetime.fromisoformat(stamp))
 
     def stamp(self, adapter: str, type_: str, status: str) -> datetime:
         """The time ``type_`` entered ``status`` (now, if it just did)."""
@@ -22,12 +37,26 @@ class ConditionClock:
             return previous[1]
         now = datetime.now(UTC)
         self._seen[key] = (status, now)
+        self._save()
         return now
 
     def forget(self, adapter: str) -> None:
         """Drop the history of a deleted adapter."""
         for key in [k for k in self._seen if k[0] == adapter]:
             del self._seen[key]
+        self._save()
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        doc: dict[str, dict[str, tuple[str, str]]] = {}
+        for (adapter, type_), (status, stamp) in self._seen.items():
+            doc.setdefault(adapter, {})[type_] = (status, stamp.isoformat())
+        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(doc))
+            os.chmod(tmp, 0o600)
+            tmp.replace(self._path)
 
 
 def build_status(record: AdapterRecord, rs: RuntimeStatus, clock: ConditionClock) -> AdapterStatus:
