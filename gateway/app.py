@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -231,8 +232,18 @@ def create_litestar(c: Components) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        stopping: list[float] = []
+
+        async def stopped() -> None:
+            # One line at shutdown (issue 17), after every other component closed.
+            took = f" in {time.monotonic() - stopping[0]:.1f}s" if stopping else ""
+            log.info("gateway stopped%s", took)
+            for handler in logging.getLogger().handlers:  # INFO is buffered; the process exits next
+                handler.flush()
+
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(c.telemetry.close)
+            stack.push_async_callback(stopped)
             try:
                 await c.store.start()
             except StoreUnavailable as exc:  # start not ready; the store reconnects on its next call
@@ -262,6 +273,7 @@ def create_litestar(c: Components) -> Litestar:
                 c.settings.auth,
             )
             settle_garbage_collector()
+            stack.callback(lambda: stopping.append(time.monotonic()))  # runs first when closing
             yield
 
     state: dict[str, Any] = {

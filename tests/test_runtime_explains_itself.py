@@ -191,3 +191,14 @@ def test_last_transition_time_is_kept_across_restarts(tmp_path: Path) -> None:
         before = accepted(api)
     with start_gateway(tmp_path / "data") as gw, gw.client() as api:
         assert accepted(api) == before
+
+
+def test_shutdown_logs_one_line(tmp_path: Path) -> None:
+    from tests.gateway_process import example_adapter, wait_ready
+
+    with start_gateway(tmp_path / "data") as gw, gw.client() as api:
+        assert api.post("/adapters", json=example_adapter("bye", replicas=1)).status_code == 201
+        wait_ready(api, "bye", 1)
+    lines = [line for line in gw.log_text().splitlines() if line.strip()]
+    assert "gateway stopped in" in lines[-1], lines[-5:]
+    assert sum("stop" in line.lower() for line in lines) == 1, lines[-5:]
