@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -29,6 +30,7 @@ from gateway.control.problems import EXCEPTION_HANDLERS
 from gateway.control.reconciler import Reconciler
 from gateway.control.routes import AdapterController, healthz, readyz
 from gateway.control.service import AdapterService
+from gateway.control.status import ConditionClock
 from gateway.credentials import UpstreamCredentials
 from gateway.drain import Drain
 from gateway.envpolicy import ALLOWED_PYTHON, EnvPolicy
@@ -234,6 +236,8 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         env_policy=EnvPolicy(settings.env_deny),
         auth_mode=settings.auth,
         audit=audit,
+        runtime_kind=settings.runtime,
+        condition_clock=ConditionClock(settings.data_dir / "conditions.json"),
     )
     router = SessionRouter(
         i_sessions,
@@ -337,10 +341,20 @@ def create_litestar(c: Components) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        stopping: list[float] = []
+
+        async def stopped() -> None:
+            # One line at shutdown (issue 17), after every other component closed.
+            took = f" in {time.monotonic() - stopping[0]:.1f}s" if stopping else ""
+            log.info("gateway stopped%s", took)
+            for handler in logging.getLogger().handlers:  # INFO is buffered; the process exits next
+                handler.flush()
+
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(c.telemetry.close)
             if c.azure_credential is not None:
                 stack.push_async_callback(c.azure_credential.close)
+            stack.push_async_callback(stopped)
             try:
                 await c.store.start()
             except StoreUnavailable as exc:  # start not ready; the store reconnects on its next call
@@ -377,6 +391,7 @@ def create_litestar(c: Components) -> Litestar:
                 c.settings.auth,
             )
             settle_garbage_collector()
+            stack.callback(lambda: stopping.append(time.monotonic()))  # runs first when closing
             yield
 
     state: dict[str, Any] = {

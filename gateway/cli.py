@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import socket
 import sys
 import typing
 from pathlib import Path
@@ -20,7 +21,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(Settings)
     for f in setting_fields():
         default = f.default
-        shown = "" if default is None or default == () else f" Default: {default}."
+        shown = "" if default is None or default == () or default == "" else f" Default: {default}."
         if f.metadata["secret"]:
             shown = ""
         envs = env_name(f) + (f" or {f.metadata['env']}" if f.metadata["env"] else "")
@@ -64,6 +65,11 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.edge import EdgeLimits, edge_protocol
 
+    # Bind first (issue 17): a port in use stops start-up with one line, before any adapter is
+    # registered or any replica started (uvicorn would bind only after the lifespan has run).
+    sock = _listen(settings.host, settings.port)
+    if sock is None:
+        return 2
     try:
         app = create_app(settings)
     except ValueError as exc:
@@ -87,8 +93,26 @@ def serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     server = app.server(config)  # a uvicorn.Server that drains on SIGTERM (gateway/drain.py)
-    server.run()
+    server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def _listen(host: str, port: int) -> socket.socket | None:
+    """The gateway's listening socket, or None after printing why it cannot be had (naming --port)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(4096)
+    except OSError as exc:
+        print(
+            f"mcp-gateway: cannot listen on {host}:{port}: {exc.strerror or exc}; "
+            "stop what uses it or choose another port with --port (MCPGW_PORT)",
+            file=sys.stderr,
+        )
+        return None
+    return sock
 
 
 def openapi_document() -> dict[str, Any]:

@@ -66,6 +66,15 @@ class PreconditionFailed(GatewayError):
     title = "Precondition failed"
 
 
+class Unprocessable(GatewayError):
+    """The body is well-formed and schema-valid, but what it asks for cannot be deployed (422): a
+    server.json without a package this runtime runs, a required variable or argument left out, a
+    missing image source. ``field`` names the part at fault."""
+
+    status = 422
+    title = "Unprocessable content"
+
+
 class PayloadTooLarge(GatewayError):
     """The request body is over the configured limit (413)."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -17,6 +17,14 @@ NAME_PATTERN = r"^[a-z]([a-z0-9-]{0,50}[a-z0-9])?$"
 IMAGE_NAME_PATTERN = r"^[a-z0-9]+([._/-][a-z0-9]+)*$"
 IMAGE_VERSION_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+Transport = Literal["streamable-http", "stdio"]
+PackageRegistry = Literal["npm", "pypi"]
+#: An exact package version: no ranges, tags or "latest" (npm semver or PEP 440 release, as registries publish).
+PACKAGE_VERSION_PATTERN = r"^[0-9][0-9A-Za-z.+-]{0,127}$"
+#: npm (``@scope/name``) and PyPI project names.
+PACKAGE_NAME_PATTERN = r"^(@[a-z0-9][a-z0-9._~-]*/)?[A-Za-z0-9][A-Za-z0-9._~-]{0,213}$"
+#: No NUL: command and args reach execve.
+NO_NUL_PATTERN = "^[^\\x00]*$"
 #: Longest adapter name: NAME_PATTERN allows 1 + 50 + 1 characters (StatefulSet and Service name limits).
 NAME_MAX_LENGTH = 52
 
@@ -62,6 +70,18 @@ class UpstreamAuth(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
     prefix: Annotated[str | None, msgspec.Meta(description="Text before the secret value, e.g. 'Bearer '.")] = None
 
 
+class PackageRef(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    """An npm or PyPI package the local runtime runs with ``npx -y name@version`` or ``uvx name==version``."""
+
+    registry: Annotated[PackageRegistry, msgspec.Meta(description="npm or pypi.")]
+    name: Annotated[
+        str, msgspec.Meta(pattern=PACKAGE_NAME_PATTERN, description="Package name (npm may be @scope/name).")
+    ]
+    version: Annotated[
+        str, msgspec.Meta(pattern=PACKAGE_VERSION_PATTERN, description="Exact version (no ranges, no 'latest').")
+    ]
+
+
 class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
     """Body of POST /adapters and PUT /adapters/{name}."""
 
@@ -75,9 +95,15 @@ class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
         ),
     ]
     image_name: Annotated[
-        str, msgspec.Meta(pattern=IMAGE_NAME_PATTERN, description="Image name (path segments; never '..').")
-    ]
-    image_version: Annotated[str, msgspec.Meta(pattern=IMAGE_VERSION_PATTERN, description="Image tag.")]
+        str,
+        msgspec.Meta(
+            pattern=IMAGE_NAME_PATTERN,
+            description="Image name (path segments; never '..'). Required unless package or serverJson is given.",
+        ),
+    ] = ""
+    image_version: Annotated[
+        str, msgspec.Meta(pattern=IMAGE_VERSION_PATTERN, description="Image tag. Required with imageName.")
+    ] = ""
     environment_variables: Annotated[dict[str, str], msgspec.Meta(description="Environment of each replica.")] = (
         msgspec.field(default_factory=dict)
     )
@@ -110,6 +136,37 @@ class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
         ]
         | None
     ) = None
+    transport: Annotated[
+        Transport | None,
+        msgspec.Meta(
+            description="How the server speaks MCP: streamable-http (default) or stdio (bridged by the gateway)."
+        ),
+    ] = None
+    command: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=NO_NUL_PATTERN)]],
+            msgspec.Meta(
+                min_length=1,
+                max_length=64,
+                description="Replaces the image's entrypoint (local: the catalog command; a package: its bin).",
+            ),
+        ]
+        | None
+    ) = None
+    args: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(max_length=4096, pattern=NO_NUL_PATTERN)]],
+            msgspec.Meta(max_length=64, description="Arguments after the command."),
+        ]
+        | None
+    ) = None
+    package: Annotated[
+        PackageRef | None, msgspec.Meta(description="Run an npm/PyPI package instead of an image (local runtime).")
+    ] = None
+    server_json: Annotated[
+        dict[str, Any] | None,
+        msgspec.Meta(description="An MCP Registry server.json; the gateway picks the package that fits its runtime."),
+    ] = None
 
 
 class AdapterRecord(msgspec.Struct, kw_only=True):
@@ -135,10 +192,20 @@ class AdapterRecord(msgspec.Struct, kw_only=True):
     last_updated_at: datetime | None = None
     generation: int = 1
     etag: str = ""
+    transport: str | None = None
+    """None: the image decides (streamable-http unless the local catalog says stdio)."""
+    command: list[str] | None = None
+    args: list[str] | None = None
+    package: PackageRef | None = None
+    server_name: str = ""
+    """The server.json ``name`` the adapter was imported from ("" when it was not)."""
 
     @property
     def image(self) -> str:
-        """imageName:imageVersion."""
+        """imageName:imageVersion, or ``npm:name@version`` / ``pypi:name==version`` for a package."""
+        if self.package is not None:
+            sep = "@" if self.package.registry == "npm" else "=="
+            return f"{self.package.registry}:{self.package.name}{sep}{self.package.version}"
         return f"{self.image_name}:{self.image_version}"
 
     def same_deployment(self, other: AdapterRecord) -> bool:
@@ -149,6 +216,10 @@ class AdapterRecord(msgspec.Struct, kw_only=True):
             and self.environment_variables == other.environment_variables
             and self.replica_count == other.replica_count
             and self.use_workload_identity == other.use_workload_identity
+            and self.transport == other.transport
+            and self.command == other.command
+            and self.args == other.args
+            and self.package == other.package
         )
 
 
@@ -171,6 +242,11 @@ class AdapterResource(msgspec.Struct, rename="camel", kw_only=True):
     upstream_auth: UpstreamAuth = msgspec.field(default_factory=UpstreamAuth)
     tool_policy: list[ToolRule] | None = None
     rate_limits: list[RateRule] | None = None
+    transport: str | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    package: PackageRef | None = None
+    server_name: str = ""
 
     @classmethod
     def from_record(cls, r: AdapterRecord) -> AdapterResource:
@@ -193,6 +269,11 @@ class AdapterResource(msgspec.Struct, rename="camel", kw_only=True):
             upstream_auth=r.upstream_auth,
             tool_policy=r.tool_policy,
             rate_limits=r.rate_limits,
+            transport=r.transport,
+            command=r.command,
+            args=r.args,
+            package=r.package,
+            server_name=r.server_name,
         )
 
 

@@ -126,6 +126,24 @@ class Settings:
         "Run each local replica in a bubblewrap sandbox (read-only root, private /tmp and /proc, data dir "
         "hidden): auto (when bwrap works), bwrap (required: start fails without it) or off.",
     )
+    # --- stdio servers and packages (local runtime; issue 17) ---
+    stdio_max_sessions: int = setting(
+        32,
+        "Processes (one per client session) a replica of a stdio adapter runs at once; over it, 503 + Retry-After.",
+    )
+    stdio_idle_timeout: float = setting(
+        600.0, "Seconds a stdio session may stay idle (no request, no open GET stream) before its process ends."
+    )
+    local_packages: bool = setting(
+        False,
+        "Let adapters run npm/PyPI packages (npx/uvx, fetched from the registries) on the local runtime. Off: "
+        "package adapters are stored but start nothing (status PackagesDisabled).",
+    )
+    stdio_allow_roots: bool = setting(
+        False,
+        "Pass the client's roots capability to stdio servers (server-filesystem then serves the client's roots "
+        "instead of the adapter's configured directories).",
+    )
 
     # --- data plane ----------------------------------------------------------------------
     max_body_bytes: int = setting(4 * MiB, "Largest MCP request body; larger requests get 413.")

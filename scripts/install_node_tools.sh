@@ -5,6 +5,8 @@
 #   .tools/conformance/   @modelcontextprotocol/conformance@0.2.0-alpha.12
 #   .tools/inspector/     @modelcontextprotocol/inspector@2.12.0 (its CLI)
 #   .tools/cosmosdb-server/ @vercel/cosmosdb-server@1.0.1 (a local Cosmos DB stand-in)
+#   .tools/server-filesystem/ @modelcontextprotocol/server-filesystem@2026.8.31 (a stdio MCP server)
+#   .tools/server-everything/ @modelcontextprotocol/server-everything@2026.8.31 (stdio + Streamable HTTP)
 #
 # Needs only a system node + npm (Node 20 is enough). Idempotent: a tool whose pinned version is
 # already present is skipped, so a second run takes well under a second. npm's chatter goes to a log
@@ -20,6 +22,8 @@ PINS=(
   "conformance|@modelcontextprotocol/conformance|0.2.0-alpha.12"
   "inspector|@modelcontextprotocol/inspector|2.12.0"
   "cosmosdb-server|@vercel/cosmosdb-server|1.0.1"
+  "server-filesystem|@modelcontextprotocol/server-filesystem|2026.8.31"
+  "server-everything|@modelcontextprotocol/server-everything|2026.8.31"
 )
 
 die() { echo "install_node_tools: $*" >&2; exit 1; }

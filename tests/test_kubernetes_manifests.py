@@ -32,6 +32,7 @@ RECORDS = {
     "scaled-to-zero": record("zero", replica_count=0),
     "own-replica-id": record("own", environment_variables={"MCP_REPLICA_ID": "fixed"}),
     "longest-name": record("a" + "b" * 50 + "c"),
+    "command-and-args": record("cmd", command=["/bin/server", "--http"], args=["--port", "8000"]),
 }
 SETTINGS = {
     "defaults": Settings(runtime="kubernetes"),
@@ -74,6 +75,16 @@ def test_image_carries_the_registry_prefix() -> None:
     assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "myacr.azurecr.io/team/tool:v2.1-rc.1"
     sts = statefulset_manifest(RECORDS["plain"], SETTINGS["defaults"])
     assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "mcp-example:1.0.0"
+
+
+def test_command_and_args_replace_the_entrypoint_and_keep_the_security_context() -> None:
+    container = statefulset_manifest(RECORDS["command-and-args"], SETTINGS["defaults"])["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["command"] == ["/bin/server", "--http"] and container["args"] == ["--port", "8000"]
+    assert container["securityContext"]["runAsNonRoot"] is True
+    plain = statefulset_manifest(RECORDS["plain"], SETTINGS["defaults"])["spec"]["template"]["spec"]["containers"][0]
+    assert "command" not in plain and "args" not in plain
 
 
 def test_a_built_statefulset_carries_its_own_generation() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -348,11 +349,18 @@ def import_server_json(args: argparse.Namespace, api: GatewayApi, out: TextIO) -
     server_json = _read_json(args.file)
     if not isinstance(server_json, dict):
         raise UsageError(f"{args.file} must hold a JSON object (a server.json)")
-    body: dict[str, Any] = {"serverJson": server_json}
-    if args.name:
-        body["name"] = args.name
+    # The adapter is named after the document ("io.github.x/time" → "time") unless --name says otherwise.
+    derived = re.sub(r"[^a-z0-9-]+", "-", str(server_json.get("name", "")).rsplit("/", 1)[-1].lower()).strip("-")
+    body: dict[str, Any] = {"serverJson": server_json, "name": args.name or derived[:52].rstrip("-")}
     if args.replicas is not None:
         body["replicaCount"] = args.replicas
+    if args.env:
+        pairs = [item.partition("=") for item in args.env]
+        if any(not sep or not key for key, sep, _ in pairs):
+            raise UsageError("--env takes NAME=VALUE")
+        body["environmentVariables"] = {key: value for key, _, value in pairs}
+    if args.arg:
+        body["args"] = list(args.arg)
     created = api.json("POST", "/adapters", body=body)
     _show(args, created, out, f"created adapter {created.get('name') if isinstance(created, dict) else ''}")
 
@@ -514,8 +522,10 @@ def register(commands: Any) -> None:
 
     imp = leaf(commands, "import", import_server_json, "create an adapter from a server.json (MCP registry format)")
     imp.add_argument("file", metavar="server.json", help="the file ('-' for stdin)")
-    imp.add_argument("--name", help="adapter name (default: derived by the gateway)")
+    imp.add_argument("--name", help="adapter name (default: the last part of the document's name)")
     imp.add_argument("--replicas", type=int, metavar="N")
+    imp.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an environment variable")
+    imp.add_argument("--arg", action="append", default=[], help="a server argument (replaces the document's)")
 
     target_help = "adapter name, or servers/<name> (or --server) for a virtual server"
     tools_parser = leaf(commands, "tools", tools, "list the tools an adapter or virtual server offers you")

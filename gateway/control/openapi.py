@@ -63,6 +63,12 @@ def complete_openapi(
         _schema(props["environmentVariables"]).additional_properties = Schema(
             type=OpenAPIType.STRING, max_length=MAX_ENV_VALUE, pattern=NO_NUL_PATTERN
         )
+        # command/args (issue 17): Litestar keeps the list bounds, drops the items' (they reach execve).
+        for name, min_length in (("command", 1), ("args", None)):
+            array = next(o for o in _schema(props[name]).one_of or () if _schema(o).type == OpenAPIType.ARRAY)
+            _schema(array).items = Schema(
+                type=OpenAPIType.STRING, min_length=min_length, max_length=4096, pattern=NO_NUL_PATTERN
+            )
         _schema(props["replicaCount"]).maximum = max_replicas
         _schema(props["description"]).max_length = MAX_DESCRIPTION
         roles = _schema(props["requiredRoles"])
@@ -70,6 +76,9 @@ def complete_openapi(
         roles.items = Schema(type=OpenAPIType.STRING, min_length=1, max_length=ROLE_MAX_LENGTH, pattern=r"\S")
     if schemas is not None and "UpstreamAuth" in schemas:
         schemas["UpstreamAuth"] = upstream_auth_schema(auth_mode)
+    package_ref = schemas.get("PackageRef") if schemas else None
+    if package_ref is not None:
+        package_ref.additional_properties = False  # forbid_unknown_fields=True, like AdapterInput
     listing = doc.paths.get("/adapters") if doc.paths else None
     if listing is not None and listing.get is not None:
         for parameter in listing.get.parameters or []:

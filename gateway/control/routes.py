@@ -49,6 +49,7 @@ _WHY: dict[int, str] = {
     413: "The body is larger than the gateway accepts.",
     415: "The body is not application/json.",
     421: "The Host header does not name this gateway.",
+    422: "The body is valid but cannot be deployed (no image source, a server.json it cannot host); `field` names why.",
     503: "A dependency (adapter store, identity provider) is unavailable; see Retry-After.",
 }
 
@@ -195,7 +196,7 @@ class AdapterController(Controller):
         "/",
         status_code=201,
         summary="Create an adapter",
-        responses=problems(*_ANY, 409, 413, 415),
+        responses=problems(*_ANY, 409, 413, 415, 422),
         response_headers=[
             *_ETAG,
             ResponseHeader(name="Location", description="URL of the new adapter.", documentation_only=True),
@@ -240,7 +241,7 @@ class AdapterController(Controller):
     @put(
         "/{name:str}",
         summary="Update an adapter",
-        responses=problems(*_ANY, 404, 409, 412, 413, 415),
+        responses=problems(*_ANY, 404, 409, 412, 413, 415, 422),
         response_headers=_ETAG,
     )
     async def update_adapter(

@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 import msgspec
 
 from gateway.auth.base import can_read, can_use_workload_identity, can_write
+from gateway.control import serverjson
 from gateway.control.reconciler import Reconciler
 from gateway.control.status import ConditionClock, build_status
 from gateway.control.validation import validate_input, validate_name, validate_upstream_auth
 from gateway.envpolicy import DEFAULT_POLICY, EnvPolicy
-from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed
+from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed, Unprocessable
 from gateway.models import AdapterInput, AdapterPage, AdapterRecord, AdapterResource, AdapterStatus, Identity
 from gateway.policy.audit import AuditTrail, Event, changed_fields
 from gateway.runtime.base import InstanceNotFound, Runtime
@@ -50,6 +51,8 @@ class AdapterService:
         env_policy: EnvPolicy = DEFAULT_POLICY,
         auth_mode: str = "dev",
         audit: AuditTrail | None = None,
+        runtime_kind: str = "local",
+        condition_clock: ConditionClock | None = None,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -59,11 +62,39 @@ class AdapterService:
         self._max_replicas = max_replicas
         self._list_max_limit = list_max_limit
         self._wi_roles = workload_identity_roles
-        self._clock = ConditionClock()
+        self._clock = condition_clock or ConditionClock()
         self._tracing = tracing or DISABLED
         self._env_policy = env_policy
         self._auth_mode = auth_mode
         self._audit = audit
+        self._runtime_kind = runtime_kind
+
+    def _resolve_source(self, data: AdapterInput) -> tuple[AdapterInput, str]:
+        """A serverJson becomes the package/image, transport, args and env it stands for (serverjson.py)."""
+        if self._runtime_kind != "local" and data.transport == "stdio":
+            # Not yet: a stdio image on Kubernetes needs the bridge in its pod (docs/kubernetes.md, "stdio").
+            raise Unprocessable(
+                "stdio adapters run on the local runtime; on Kubernetes use a Streamable-HTTP image",
+                field="transport",
+            )
+        if data.server_json is not None and (data.image_name or data.image_version or data.package is not None):
+            raise Unprocessable(
+                "give either serverJson or imageName/imageVersion or package, not both", field="serverJson"
+            )
+        if data.server_json is None:
+            if data.package is not None and self._runtime_kind != "local":
+                raise Unprocessable(
+                    "package adapters run on the local runtime; on Kubernetes name an image", field="package"
+                )
+            return data, ""
+        registries = serverjson.LOCAL_REGISTRIES if self._runtime_kind == "local" else serverjson.KUBERNETES_REGISTRIES
+        resolved, name = serverjson.resolve(data, registries=registries)
+        if self._runtime_kind != "local" and resolved.transport == "stdio":
+            raise Unprocessable(
+                "the server.json's OCI package speaks stdio; stdio adapters run on the local runtime for now",
+                field="serverJson.packages",
+            )
+        return resolved, name
 
     async def _readable(self, identity: Identity, name: str) -> AdapterRecord:
         validate_name(name)
@@ -77,6 +108,7 @@ class AdapterService:
     @traced("adapter.create")
     async def create(self, identity: Identity, data: AdapterInput) -> AdapterRecord:
         """Store a new adapter; the reconciler deploys it."""
+        data, server_name = self._resolve_source(data)
         validate_input(data, max_replicas=self._max_replicas, env_policy=self._env_policy)
         validate_upstream_auth(data.upstream_auth, auth_mode=self._auth_mode)
         if data.use_workload_identity and not can_use_workload_identity(identity, self._wi_roles):
@@ -92,6 +124,11 @@ class AdapterService:
             required_roles=_dedupe(data.required_roles),
             use_workload_identity=data.use_workload_identity,
             upstream_auth=data.upstream_auth,
+            transport=data.transport,
+            command=data.command,
+            args=data.args,
+            package=data.package,
+            server_name=server_name,
             created_by=identity.user_id,
             tool_policy=data.tool_policy,
             rate_limits=data.rate_limits,
@@ -146,6 +183,7 @@ class AdapterService:
         # (schema-valid, so not 400; the same body is fine for the adapter it names).
         if data.name != name:
             raise Conflict(f"name is immutable: the body says {data.name!r}, the URL {name!r}", field="name")
+        data, server_name = self._resolve_source(data)
         validate_input(data, max_replicas=self._max_replicas, env_policy=self._env_policy)
         validate_upstream_auth(data.upstream_auth, auth_mode=self._auth_mode)
         if data.use_workload_identity != current.use_workload_identity:
@@ -161,6 +199,11 @@ class AdapterService:
             description=data.description,
             required_roles=_dedupe(data.required_roles),
             upstream_auth=data.upstream_auth,
+            transport=data.transport,
+            command=data.command,
+            args=data.args,
+            package=data.package,
+            server_name=server_name,
             last_updated_at=datetime.now(UTC),
             tool_policy=data.tool_policy,
             rate_limits=data.rate_limits,

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 from gateway.models import AdapterRecord, AdapterStatus, Condition, ConditionStatus, ConditionType
 from gateway.runtime.base import RuntimeStatus
 
 
 class ConditionClock:
-    """Remembers when each condition last changed status, for lastTransitionTime."""
+    """Remembers when each condition last changed status, for lastTransitionTime.
 
-    def __init__(self) -> None:
+    With ``path`` the history is kept in a small JSON file (written whole, then renamed, on each
+    transition), so a restarted gateway reports when a condition really changed, not when it came
+    back (issue 17). Transitions are rare: a write per change of a condition's status.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
         self._seen: dict[tuple[str, str], tuple[str, datetime]] = {}
+        if path is not None:
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                for adapter, types in json.loads(path.read_text()).items():
+                    for type_, (status, stamp) in types.items():
+                        self._seen[(adapter, type_)] = (status, datetime.fromisoformat(stamp))
 
     def stamp(self, adapter: str, type_: str, status: str) -> datetime:
         """The time ``type_`` entered ``status`` (now, if it just did)."""
@@ -22,12 +37,26 @@ class ConditionClock:
             return previous[1]
         now = datetime.now(UTC)
         self._seen[key] = (status, now)
+        self._save()
         return now
 
     def forget(self, adapter: str) -> None:
         """Drop the history of a deleted adapter."""
         for key in [k for k in self._seen if k[0] == adapter]:
             del self._seen[key]
+        self._save()
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        doc: dict[str, dict[str, tuple[str, str]]] = {}
+        for (adapter, type_), (status, stamp) in self._seen.items():
+            doc.setdefault(adapter, {})[type_] = (status, stamp.isoformat())
+        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(doc))
+            os.chmod(tmp, 0o600)
+            tmp.replace(self._path)
 
 
 def build_status(record: AdapterRecord, rs: RuntimeStatus, clock: ConditionClock) -> AdapterStatus:
@@ -46,12 +75,16 @@ def build_status(record: AdapterRecord, rs: RuntimeStatus, clock: ConditionClock
 
     conditions = [condition("Accepted", "True", "Stored", f"spec stored at generation {record.generation}")]
 
+    # The first rollout creates replicas; later ones replace them (issue 17: a newcomer's first adapter
+    # read "RollingUpdate" before anything had ever run).
+    first = record.generation == 1
     if not current:
-        conditions.append(
-            condition("Progressing", "True", "Pending", f"generation {record.generation} not yet applied")
-        )
+        reason = "NewReplicas" if first else "Pending"
+        message = f"generation {record.generation} not yet applied"
+        conditions.append(condition("Progressing", "True", reason, message))
     elif rs.progressing or rs.updated < desired:
-        conditions.append(condition("Progressing", "True", "RollingUpdate", f"{rs.updated}/{desired} replicas updated"))
+        reason = "NewReplicas" if first else "RollingUpdate"
+        conditions.append(condition("Progressing", "True", reason, f"{rs.updated}/{desired} replicas updated"))
     else:
         conditions.append(condition("Progressing", "False", "Complete", "all replicas run the current spec"))
 
@@ -71,7 +104,15 @@ def build_status(record: AdapterRecord, rs: RuntimeStatus, clock: ConditionClock
     else:
         conditions.append(condition("Degraded", "False", "AsExpected", "no replica problems observed"))
 
-    replica_status = "Healthy" if rs.ready >= desired else f"Degraded: {rs.ready}/{desired} ready"
+    # Derived from the conditions, so it never contradicts them (ready counts alone said "Healthy" while
+    # Ready was False for an issue or an unapplied generation).
+    ready_condition = next(c for c in conditions if c.type == "Ready")
+    if ready_condition.status == "True":
+        replica_status = "Healthy"
+    elif first_issue is None and (not current or rs.progressing):
+        replica_status = f"Progressing: {rs.ready}/{desired} ready"
+    else:
+        replica_status = f"Degraded: {rs.ready}/{desired} ready"
     return AdapterStatus(
         name=record.name,
         image=rs.image or record.image,

@@ -6,7 +6,7 @@ import fnmatch
 import re
 
 from gateway.envpolicy import DEFAULT_POLICY, EnvPolicy
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, Unprocessable
 from gateway.models import (
     ENV_NAME_PATTERN,
     IMAGE_NAME_PATTERN,
@@ -27,6 +27,8 @@ MAX_ENV_VARS = 200
 MAX_ENV_VALUE = 32 * 1024
 MAX_DESCRIPTION = 2000
 MAX_ROLES = 50
+MAX_COMMAND_ITEMS = 64
+MAX_COMMAND_ITEM = 4096
 
 
 def validate_name(name: str, field: str = "name") -> None:
@@ -49,15 +51,26 @@ def validate_input(data: AdapterInput, *, max_replicas: int, env_policy: EnvPoli
     for problems in (validate_tool_policy(data.tool_policy), validate_rate_limits(data.rate_limits)):
         if problems:  # "toolPolicy[0].tools[1]: ..." → field "toolPolicy[0].tools[1]"
             raise InvalidRequest(problems[0], field=problems[0].split(":", 1)[0])
-    if not _IMAGE_NAME.fullmatch(data.image_name) or ".." in data.image_name:
+    if data.server_json is not None:
+        raise InvalidRequest("serverJson must be resolved before validation", field="serverJson")
+    if data.package is not None:
+        if data.image_name or data.image_version:
+            raise Unprocessable("give either imageName/imageVersion or package, not both", field="package")
+    elif not data.image_name:
+        raise Unprocessable("imageName is required unless package or serverJson is given", field="imageName")
+    elif not data.image_version:
+        raise Unprocessable("imageVersion is required with imageName", field="imageVersion")
+    elif not _IMAGE_NAME.fullmatch(data.image_name) or ".." in data.image_name:
         raise InvalidRequest(
             f"imageName must match {IMAGE_NAME_PATTERN} and not contain '..'; got {data.image_name!r}",
             field="imageName",
         )
-    if not _IMAGE_VERSION.fullmatch(data.image_version):
+    if data.package is None and not _IMAGE_VERSION.fullmatch(data.image_version):
         raise InvalidRequest(
             f"imageVersion must match {IMAGE_VERSION_PATTERN}; got {data.image_version!r}", field="imageVersion"
         )
+    for field, items in (("command", data.command), ("args", data.args)):
+        validate_argv(field, items)
     if not 0 <= data.replica_count <= max_replicas:
         raise InvalidRequest(
             f"replicaCount must be between 0 and {max_replicas}; got {data.replica_count}", field="replicaCount"
@@ -186,3 +199,23 @@ def validate_upstream_auth(auth: UpstreamAuth, *, auth_mode: str) -> None:
     for extra in ("scopes", "header", "secret", "prefix"):
         if getattr(auth, extra) is not None:
             raise InvalidRequest(f"upstreamAuth.{extra} is not used by type none", field=f"upstreamAuth.{extra}")
+
+
+def validate_argv(field: str, items: list[str] | None) -> None:
+    """``command`` / ``args``: at most 64 strings of at most 4096 characters, no NUL; a command is not empty.
+
+    They reach ``execve`` (local) or the container spec (Kubernetes) as a list, never a shell, so
+    other characters are the program's business. Least privilege does not change with them: the
+    same user, sandbox and security context run whatever the command is.
+    """
+    if items is None:
+        return
+    if field == "command" and (not items or not items[0]):
+        raise InvalidRequest("command must name a program (a non-empty first item)", field=field)
+    if len(items) > MAX_COMMAND_ITEMS:
+        raise InvalidRequest(f"{field} has more than {MAX_COMMAND_ITEMS} items", field=field)
+    for i, item in enumerate(items):
+        if len(item) > MAX_COMMAND_ITEM or "\x00" in item:
+            raise InvalidRequest(
+                f"{field}[{i}] is longer than {MAX_COMMAND_ITEM} characters or contains NUL", field=f"{field}[{i}]"
+            )

@@ -180,6 +180,12 @@ def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    # The adapter's command/args replace the image's ENTRYPOINT/CMD (issue 17); the security context
+    # above stays the same whatever runs.
+    if adapter.command is not None:
+        container["command"] = list(adapter.command)
+    if adapter.args is not None:
+        container["args"] = list(adapter.args)
     spec: Manifest = {
         "replicas": adapter.replica_count,
         "serviceName": adapter.name,

@@ -19,7 +19,7 @@ BUILTIN_CATALOG = Path(__file__).with_name("images.toml")
 REPO_DIR = Path(__file__).resolve().parent.parent.parent
 """The folder holding the ``gateway`` package: the checkout, with ``examples/`` beside it."""
 
-_KEYS = {"command", "env", "ready_path", "cwd"}
+_KEYS = {"command", "env", "ready_path", "cwd", "transport"}
 
 
 class CatalogError(ValueError):
@@ -34,6 +34,8 @@ class ImageEntry:
     env: tuple[tuple[str, str], ...] = ()
     ready_path: str | None = None
     cwd: str | None = None
+    transport: str = "streamable-http"
+    """``stdio``: the command speaks MCP on stdin/stdout and runs behind the stdio bridge."""
 
 
 def _expand(text: str, values: Mapping[str, str]) -> str:
@@ -68,11 +70,15 @@ def _entry(path: Path, image: str, raw: Any) -> ImageEntry:
     cwd = raw.get("cwd", "{catalog_dir}")
     if not isinstance(cwd, str):
         raise CatalogError(f"{where}: 'cwd' must be a string")
+    transport = raw.get("transport", "streamable-http")
+    if transport not in ("streamable-http", "stdio"):
+        raise CatalogError(f"{where}: 'transport' must be 'streamable-http' or 'stdio'")
     return ImageEntry(
         command=tuple(_expand(c, values) for c in command),
         env=tuple((k, _expand(v, values)) for k, v in env.items()),
         ready_path=ready_path,
         cwd=_expand(cwd, values),
+        transport=transport,
     )
 
 

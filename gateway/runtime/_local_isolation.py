@@ -212,7 +212,23 @@ class Isolation:
 
     # --- launching ------------------------------------------------------------------------
 
-    def launch(self, command: Sequence[str], *, cwd: str | None, replica: str) -> Launch:
+    def shares_data_dir_folders(self) -> bool:
+        """True when a folder under the data dir can be handed to a replica (``launch(writable=...)``).
+
+        In the sandbox it is bound in; as the gateway's own user it is reachable anyway; as another
+        user without a sandbox it is not (the data dir is 0700), and callers do without.
+        """
+        return self.bwrap is not None or self.user is None
+
+    def launch(
+        self,
+        command: Sequence[str],
+        *,
+        cwd: str | None,
+        replica: str,
+        writable: Sequence[Path] = (),
+        expose: Sequence[Path] = (),
+    ) -> Launch:
         """The full argv (``setpriv --pdeathsig KILL`` first), cwd, env overrides and preexec_fn of a replica.
 
         Without a sandbox the drop to the replica user happens in the same ``setpriv`` as
@@ -220,7 +236,8 @@ class Isolation:
         uid, and setpriv sets it after the change (a second setpriv would lose it).
         """
         if self.bwrap is not None:
-            argv, preexec = launch([*self.sandbox_argv(command, cwd=cwd), *self._drop(), *command])
+            sandbox = self.sandbox_argv(command, cwd=cwd, writable=writable, expose=expose)
+            argv, preexec = launch([*sandbox, *self._drop(), *command])
             return Launch(argv=argv, cwd="/", env={"HOME": "/tmp", "TMPDIR": "/tmp"}, preexec=preexec)
         work = str(self._work_dir(replica))
         env = {"HOME": work, "TMPDIR": work}
@@ -236,11 +253,19 @@ class Isolation:
         uid, gid = str(self.user.uid), str(self.user.gid)
         return [self.setpriv, "--reuid", uid, "--regid", gid, "--clear-groups", "--no-new-privs", "--"]
 
-    def sandbox_argv(self, command: Sequence[str], *, cwd: str | None) -> list[str]:
-        """``bwrap <options> --`` for a program ``command`` run in ``cwd`` (see the module docstring)."""
+    def sandbox_argv(
+        self, command: Sequence[str], *, cwd: str | None, writable: Sequence[Path] = (), expose: Sequence[Path] = ()
+    ) -> list[str]:
+        """``bwrap <options> --`` for a program ``command`` run in ``cwd`` (see the module docstring).
+
+        ``writable`` folders under the data dir (a package adapter's cache, issue 17) are bound back
+        read-write at their own path; the data dir itself stays an empty tmpfs (0711: traversable,
+        not listable), so nothing else in it shows. ``expose`` adds folders to make visible read-only
+        like the ``cwd`` (a stdio server's own working directory, which is not the bridge's).
+        """
         assert self.bwrap is not None
         hidden = [Path("/tmp"), Path("/var/tmp"), *self._hidden]
-        exposed = self._exposures(command, cwd, hidden)
+        exposed = self._exposures(command, cwd, hidden, expose)
         if self.user is not None:
             # Directories the replica user could not traverse become empty tmpfs too, so that the
             # exposed paths below them are reachable (and nothing else in them is visible).
@@ -278,7 +303,15 @@ class Isolation:
                     argv += ["--perms", "0755", "--dir", str(parent)]
                     made.add(parent)
             argv += ["--ro-bind", str(path), str(path)]
-        argv += ["--perms", "0700", "--tmpfs", str(self.data_dir)]  # last: hidden even inside an exposed path
+        shared = [Path(w).resolve() for w in writable if _under(Path(w).resolve(), self.data_dir)]
+        # Last: hidden even inside an exposed path.
+        argv += ["--perms", "0711" if shared else "0700", "--tmpfs", str(self.data_dir)]
+        for path in shared:
+            for parent in reversed(path.parents):
+                if _under(parent, self.data_dir) and parent != self.data_dir and parent not in made:
+                    argv += ["--perms", "0711", "--dir", str(parent)]
+                    made.add(parent)
+            argv += ["--bind", str(path), str(path)]
         argv += ["--chdir", cwd or "/"]
         if os.geteuid() == 0:
             # bwrap run by root keeps every capability unless told: drop them all, keep only what
@@ -288,7 +321,9 @@ class Isolation:
                 argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         return [*argv, "--"]
 
-    def _exposures(self, command: Sequence[str], cwd: str | None, hidden: list[Path]) -> list[Path]:
+    def _exposures(
+        self, command: Sequence[str], cwd: str | None, hidden: list[Path], extra: Sequence[Path] = ()
+    ) -> list[Path]:
         """Folders the program needs that the sandbox would hide or the replica user could not reach.
 
         Candidates: the interpreter's prefixes, the catalog's ``cwd``, and for each absolute path
@@ -298,6 +333,7 @@ class Isolation:
         candidates: list[Path] = [Path(sys.prefix), Path(sys.base_prefix)]
         if cwd:
             candidates.append(Path(cwd))
+        candidates.extend(extra)
         for arg in command:
             if arg.startswith("/") and os.path.exists(arg):
                 for path in {Path(arg), Path(os.path.realpath(arg))}:

@@ -86,14 +86,27 @@ def free_port() -> int:
         return port
 
 
+READY_CLIENT_ERRORS = (b"400", b"405", b"406")
+"""Answers to a plain GET that still mean "an MCP endpoint is here": Streamable-HTTP servers answer a GET
+of ``/mcp`` without a session with 400 (server-everything 2026.8.31, the TypeScript and Python SDKs), 405
+when they offer no GET stream, or 406 without ``Accept: text/event-stream`` (issue 17)."""
+
+
 async def probe(port: int, path: str | None, limit: float) -> bool:
-    """True when 127.0.0.1:port accepts a connection and, with ``path``, answers GET path with 2xx/3xx."""
+    """True when 127.0.0.1:port accepts a connection and, with ``path``, answers GET path with 2xx/3xx
+    (or one of READY_CLIENT_ERRORS)."""
+    ok, _ = await probe_detail(port, path, limit)
+    return ok
+
+
+async def probe_detail(port: int, path: str | None, limit: float) -> tuple[bool, str]:
+    """``probe`` with what it saw: "HTTP 404 from GET /healthz", "connection refused", "timed out after 2s"."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(limit):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             if path is None:
-                return True
+                return True, "TCP connect succeeded"
             writer.write(
                 f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
                 "User-Agent: mcp-gateway-probe\r\n\r\n".encode()
@@ -101,9 +114,16 @@ async def probe(port: int, path: str | None, limit: float) -> bool:
             await writer.drain()
             status_line = await reader.readline()
             parts = status_line.split()
-            return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in (b"2", b"3")
-    except (OSError, TimeoutError, ValueError):
-        return False
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+                return False, f"GET {path} got no HTTP answer ({status_line[:60]!r})"
+            ok = parts[1][:1] in (b"2", b"3") or parts[1] in READY_CLIENT_ERRORS
+            return ok, f"HTTP {parts[1].decode(errors='replace')} from GET {path}"
+    except TimeoutError:
+        return False, f"no answer within {limit:g}s"
+    except ConnectionRefusedError:
+        return False, f"connection to port {port} refused (nothing listens yet)"
+    except (OSError, ValueError) as exc:
+        return False, f"probe failed: {exc}"
     finally:
         if writer is not None:
             writer.close()

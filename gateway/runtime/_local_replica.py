@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gateway.runtime._local_catalog import expand_process
 from gateway.runtime._local_isolation import Isolation
-from gateway.runtime._local_process import OWNER_ENV, free_port, probe, signal_group, wait_group_gone
+from gateway.runtime._local_process import OWNER_ENV, free_port, probe, probe_detail, signal_group, wait_group_gone
 from gateway.runtime.base import Endpoint
 
 log = logging.getLogger("gateway.runtime.local")
@@ -44,6 +44,10 @@ class LaunchSpec:
     env: tuple[tuple[str, str], ...]
     ready_path: str | None
     cwd: str | None
+    writable: tuple[str, ...] = ()
+    """Folders under the data dir the replica may write (a package cache), bound into its sandbox."""
+    expose: tuple[str, ...] = ()
+    """Further folders the replica needs to see (a stdio server's working directory)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -201,7 +205,13 @@ class Replica:
                 f"{self.spec.image} generation {self.generation} on port {self.port} (uid {self.uid}) -----\n".encode(),
             )
             # The log file is opened here and handed over: the replica never opens the log dir.
-            start = self._ctx.isolation.launch(command, cwd=self.spec.cwd, replica=self.name)
+            start = self._ctx.isolation.launch(
+                command,
+                cwd=self.spec.cwd,
+                replica=self.name,
+                writable=[Path(w) for w in self.spec.writable],
+                expose=[Path(e) for e in self.spec.expose],
+            )
             process = await asyncio.create_subprocess_exec(
                 *start.argv,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -251,10 +261,14 @@ class Replica:
                     return 0.0
                 if self._stopping:
                     continue
-                if await probe(self.port, self.spec.ready_path, PROBE_TIMEOUT):
+                ok, seen = await probe_detail(self.port, self.spec.ready_path, PROBE_TIMEOUT)
+                if ok:
                     break
+                if f"readiness probe: {seen}" != self.message:
+                    # Status shows what the probe saw, not an empty "Starting" (issue 17).
+                    self._update(message=f"readiness probe: {seen}")
                 if loop.time() > deadline:
-                    self.last_failure = f"not ready within {self._ctx.ready_timeout:g}s"
+                    self.last_failure = f"not ready within {self._ctx.ready_timeout:g}s (last probe: {seen})"
                     signal_group(process.pid, signal.SIGKILL)
                     await exited
                     return 0.0

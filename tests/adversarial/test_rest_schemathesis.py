@@ -28,7 +28,7 @@ from tests.gateway_process import GatewayProcess, start_gateway
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 CONFIG = """\
 [checks.positive_data_acceptance]
-expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "412", "429"]
+expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "412", "422", "429"]
 
 [parameters]
 "query.follow" = false

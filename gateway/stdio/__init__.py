@@ -1,0 +1,1 @@
+"""stdio MCP servers behind Streamable HTTP: the bridge a stdio adapter's replica runs (``bridge.py``)."""
