@@ -74,6 +74,11 @@ def page(browser: Any) -> Iterator[Any]:
     assert not errors, f"the page threw or broke its CSP: {errors}"
 
 
+# page.wait_for_function takes "() => ..." here, never a bare expression: Playwright polls a bare
+# expression with eval(), which the portal's CSP (script-src 'self') refuses, so such a wait passed
+# only when its condition already held at the first check (checked 2026-11-30, Playwright + chromium).
+
+
 def shot(page: Any, shots: Path, name: str) -> None:
     path = shots / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -157,7 +162,7 @@ def test_server_json_import_shows_the_api_answer(gw: GatewayProcess, page: Any, 
     page.set_input_files("#import-file", str(doc))
     # Either the gateway imports it (serverJson supported) and the page moves on, or its refusal shows.
     page.wait_for_function(
-        "document.querySelector('#import-result .alert') !== null || !location.hash.endsWith('/new-adapter')"
+        "() => document.querySelector('#import-result .alert') !== null || !location.hash.endsWith('/new-adapter')"
     )
     if page.url.endswith("/new-adapter"):
         assert "refused" in page.inner_text("#import-result .alert")
@@ -343,7 +348,9 @@ def test_virtual_servers_tab_follows_the_api(gw: GatewayProcess, page: Any) -> N
     page.goto(gw.url + "/ui/")
     page.locator("#adapter-list table, #adapter-list .empty").first.wait_for()
     has_servers = httpx.get(gw.url + "/servers").status_code not in (404, 405)
-    page.wait_for_function("document.getElementById('nav-servers').hidden === " + ("false" if has_servers else "true"))
+    page.wait_for_function(
+        "() => document.getElementById('nav-servers').hidden === " + ("false" if has_servers else "true")
+    )
 
 
 def test_edit_form_saves_with_the_etag(gw: GatewayProcess, page: Any, shots: Path) -> None:
