@@ -74,6 +74,11 @@ def page(browser: Any) -> Iterator[Any]:
     assert not errors, f"the page threw or broke its CSP: {errors}"
 
 
+# page.wait_for_function takes "() => ..." here, never a bare expression: Playwright polls a bare
+# expression with eval(), which the portal's CSP (script-src 'self') refuses, so such a wait passed
+# only when its condition already held at the first check (checked 2026-11-30, Playwright + chromium).
+
+
 def shot(page: Any, shots: Path, name: str) -> None:
     path = shots / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -157,7 +162,7 @@ def test_server_json_import_shows_the_api_answer(gw: GatewayProcess, page: Any, 
     page.set_input_files("#import-file", str(doc))
     # Either the gateway imports it (serverJson supported) and the page moves on, or its refusal shows.
     page.wait_for_function(
-        "document.querySelector('#import-result .alert') !== null || !location.hash.endsWith('/new-adapter')"
+        "() => document.querySelector('#import-result .alert') !== null || !location.hash.endsWith('/new-adapter')"
     )
     if page.url.endswith("/new-adapter"):
         assert "refused" in page.inner_text("#import-result .alert")
@@ -198,6 +203,87 @@ def test_console_calls_add_with_the_keyboard(gw: GatewayProcess, page: Any, shot
     page.click("[data-tool='echo']")
     page.click("#call-tool")
     page.locator("#tool-form .error", has_text="text is required").wait_for()
+
+
+POLICY_ADAPTER = "portal-policy"
+# add for calc.user only; echo and whoami for every reader; get_env (it reads the replica's
+# environment) granted to nobody, so only mcp.admin sees it.
+TOOL_POLICY = [{"tools": ["add"], "roles": ["calc.user"]}, {"tools": ["echo", "whoami"], "roles": ["*"]}]
+
+
+def console_tools(page: Any, gw: GatewayProcess, user: str, roles: str) -> list[str]:
+    """Sign in through the dev switcher, open the console on the policy adapter, return the listed tools."""
+    page.goto(gw.url + "/ui/#/signin")
+    page.fill("#dev-user", user)
+    page.fill("#dev-roles", roles)
+    page.click("text=Use this identity")
+    page.locator("#nav-identity", has_text=re.compile(rf"^User: {re.escape(user)}")).wait_for()
+    page.goto(f"{gw.url}/ui/#/console/adapters/{POLICY_ADAPTER}")
+    page.locator("#console-info", has_text=f"Connected to {POLICY_ADAPTER}").wait_for()
+    page.locator("#console-tools [data-tool]").first.wait_for()
+    return sorted(page.eval_on_selector_all("#console-tools [data-tool]", "els => els.map(e => e.dataset.tool)"))
+
+
+def test_console_lists_only_the_tools_a_role_grants(gw: GatewayProcess, page: Any, shots: Path) -> None:
+    """toolPolicy in the portal: one browser, two identities in turn; add shows only for calc.user.
+
+    bob may use the adapter (he holds its requiredRoles role calc.reader) but not add; switching
+    from alice to bob in the same page must not keep alice's tool list.
+    """
+    body = {
+        "name": POLICY_ADAPTER,
+        "imageName": "mcp-example",
+        "imageVersion": "1.0.0",
+        "replicaCount": 1,
+        "requiredRoles": ["calc.reader"],
+        "toolPolicy": TOOL_POLICY,
+    }
+    with gw.client() as c:
+        created = c.post("/adapters", json=body)
+        assert created.status_code == 201, created.text
+    try:
+        page.goto(f"{gw.url}/ui/#/adapters/{POLICY_ADAPTER}")
+        policy = page.locator("#adapter-toolPolicy")
+        policy.wait_for()
+        text = policy.inner_text()
+        assert "Tool policy" in text and "calc.user" in text and "whoami" in text, text
+        page.locator("#conditions .chip.ok", has_text=re.compile("^Ready$")).wait_for(timeout=30_000)
+        shot(page, shots, "08a-adapter-tool-policy")
+
+        assert console_tools(page, gw, "alice", "calc.reader, calc.user") == ["add", "echo", "whoami"]
+        page.click("[data-tool='add']")
+        page.fill("#arg-a", "2")
+        page.fill("#arg-b", "3")
+        page.click("#call-tool")
+        page.locator("#tool-result .result-text", has_text=re.compile(r"^5$")).wait_for()
+
+        assert console_tools(page, gw, "bob", "calc.reader") == ["echo", "whoami"]
+        assert page.locator("#console-tools", has_text="Tools (2)").count() == 1
+        shot(page, shots, "08b-console-without-role")
+        # The list is the convenience; the gateway refuses the call itself (docs/policy.md).
+        with gw.client("bob", "calc.reader") as c:
+            denied = c.post(
+                f"/adapters/{POLICY_ADAPTER}/mcp",
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": {"name": "add", "arguments": {"a": 2, "b": 3}},
+                },
+                headers={
+                    "Accept": "application/json, text/event-stream",
+                    "MCP-Protocol-Version": "2026-07-28",
+                    "Mcp-Method": "tools/call",
+                    "Mcp-Name": "add",
+                },
+            )
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == -32006, denied.text
+
+        # mcp.admin sees everything, get_env included.
+        assert console_tools(page, gw, "root", "mcp.admin") == ["add", "echo", "get_env", "whoami"]
+    finally:
+        with gw.client() as c:
+            c.delete(f"/adapters/{POLICY_ADAPTER}")
 
 
 def test_virtual_server_page_shows_members_and_merged_tools(gw: GatewayProcess, page: Any, shots: Path) -> None:
@@ -262,7 +348,9 @@ def test_virtual_servers_tab_follows_the_api(gw: GatewayProcess, page: Any) -> N
     page.goto(gw.url + "/ui/")
     page.locator("#adapter-list table, #adapter-list .empty").first.wait_for()
     has_servers = httpx.get(gw.url + "/servers").status_code not in (404, 405)
-    page.wait_for_function("document.getElementById('nav-servers').hidden === " + ("false" if has_servers else "true"))
+    page.wait_for_function(
+        "() => document.getElementById('nav-servers').hidden === " + ("false" if has_servers else "true")
+    )
 
 
 def test_edit_form_saves_with_the_etag(gw: GatewayProcess, page: Any, shots: Path) -> None:
