@@ -51,14 +51,16 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     with start_gateway(root / "data", env) as g:
         with g.client() as api:
             limit = [{"per": "user", "tools": ["add"], "requests": 2, "seconds": 60}]
+            one = [{"per": "user", "requests": 1, "seconds": 60}]  # every request counts, the handshake too
             for body in (
                 example_adapter("calc", replicas=1, toolPolicy=POLICY, **READERS),
                 example_adapter("rec", imageName="recorder", imageVersion="1.0", toolPolicy=POLICY, **READERS),
                 example_adapter("lim", replicas=1, rateLimits=limit, **READERS),
+                example_adapter("tight", replicas=1, rateLimits=one, **READERS),
             ):
                 created = api.post("/adapters", json=body)
                 assert created.status_code == 201, created.text
-            for name in ("calc", "rec", "lim"):
+            for name in ("calc", "rec", "lim", "tight"):
                 wait_ready(api, name, 1, timeout=40)
             team = {
                 "name": "team",
@@ -70,6 +72,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
                 ],
             }
             assert api.post("/servers", json=team).status_code == 201
+            solo = {"name": "solo", **READERS, "members": [{"adapter": "tight"}]}
+            assert api.post("/servers", json=solo).status_code == 201
         yield g
 
 
@@ -133,8 +137,8 @@ def test_listing_omits_policy_denied_tools_and_a_denied_call_gets_the_error(
 class Raw:
     """A bare JSON-RPC client of /servers/team/mcp (the recorder's answers are no CallToolResult)."""
 
-    def __init__(self, gw: GatewayProcess, mode: str, headers: dict[str, str]) -> None:
-        self.url = f"{gw.url}/servers/team/mcp"
+    def __init__(self, gw: GatewayProcess, mode: str, headers: dict[str, str], server: str = "team") -> None:
+        self.url = f"{gw.url}/servers/{server}/mcp"
         self.modern = mode == "2026-07-28"
         self.headers = {"Accept": "application/json, text/event-stream", **headers}
         if self.modern:
@@ -203,3 +207,20 @@ def test_a_member_rate_limit_holds_through_the_server(gw: GatewayProcess) -> Non
     assert not isinstance(other, MCPError), other  # per user
     record = wait_audit(gw, event="tools/call", outcome="limited", user="carol", adapter="lim", tool="add")
     assert record["limit"] == "rateLimits[0]"
+
+
+def test_a_member_handshake_over_the_limit_is_relayed_not_taken_for_another_era(gw: GatewayProcess) -> None:
+    """``tight`` allows each user one request a minute; a session-era client's first call opens the
+    member's session (``initialize``: that one request), so the call itself is refused, as -32007."""
+    frank = Raw(gw, "legacy", {"X-Dev-User-Id": "frank", "X-Dev-Roles": "calc.reader"}, server="solo")
+    refused = frank.call(1, "add")
+    assert refused.status_code < 500, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == RATE_LIMITED and "rate limit rateLimits[0]" in error["message"], error
+    assert error["data"]["limit"] == "rateLimits[0]" and error["data"]["member"] == "tight", error
+    # The refusal was not taken for "the member does not speak 2025" (before 2026-11-30 the next client
+    # was sent to probe another era and got "member unavailable", -32003): the next user gets the same.
+    grace = Raw(gw, "legacy", {"X-Dev-User-Id": "grace", "X-Dev-Roles": "calc.reader"}, server="solo")
+    error = grace.call(1, "add").json()["error"]
+    assert error["code"] == RATE_LIMITED and error["data"]["member"] == "tight", error
+    assert "Traceback" not in gw.log_text()
