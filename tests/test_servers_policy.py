@@ -210,16 +210,21 @@ def test_a_member_rate_limit_holds_through_the_server(gw: GatewayProcess) -> Non
 
 
 def test_a_member_handshake_over_the_limit_is_relayed_not_taken_for_another_era(gw: GatewayProcess) -> None:
-    """``tight`` allows each user one request a minute; a session-era client's first call opens the
-    member's session (``initialize``: that one request), so the call itself is refused, as -32007."""
-    frank = Raw(gw, "legacy", {"X-Dev-User-Id": "frank", "X-Dev-Roles": "calc.reader"}, server="solo")
-    refused = frank.call(1, "add")
+    """``tight`` allows each user one request a minute (every request counts). Frank spends his directly;
+    then his session-era client's call through ``solo`` must open the member's session, and that
+    ``initialize`` is refused: he gets the limit's -32007, not "member unavailable" (before 2026-11-30
+    the refusal was taken for "the member does not speak 2025", the other era was probed, and the
+    client got -32003)."""
+    frank = {"X-Dev-User-Id": "frank", "X-Dev-Roles": "calc.reader"}
+    spend = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {}}}
+    accept = {"Accept": "application/json, text/event-stream"}
+    httpx.post(f"{gw.url}/adapters/tight/mcp", json=spend, headers={**accept, **frank})
+    refused = Raw(gw, "legacy", frank, server="solo").call(1, "add")
     assert refused.status_code < 500, refused.text
     error = refused.json()["error"]
     assert error["code"] == RATE_LIMITED and "rate limit rateLimits[0]" in error["message"], error
     assert error["data"]["limit"] == "rateLimits[0]" and error["data"]["member"] == "tight", error
-    # The refusal was not taken for "the member does not speak 2025" (before 2026-11-30 the next client
-    # was sent to probe another era and got "member unavailable", -32003): the next user gets the same.
+    # Another user's first call through the server is the handshake (their one request): refused alike.
     grace = Raw(gw, "legacy", {"X-Dev-User-Id": "grace", "X-Dev-Roles": "calc.reader"}, server="solo")
     error = grace.call(1, "add").json()["error"]
     assert error["code"] == RATE_LIMITED and error["data"]["member"] == "tight", error
