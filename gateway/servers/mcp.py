@@ -77,16 +77,22 @@ class Member:
     spec: ServerMember
     adapter: AdapterRecord
 
-    def visible(self, tool: str, identity: Identity) -> bool:
-        """The member's include/exclude globs and the adapter's toolPolicy (when the field exists)."""
+    def selected(self, tool: str) -> bool:
+        """The member's include/exclude globs: whether the server offers ``tool`` at all."""
         if self.spec.tools is not None and not _matcher(tuple(self.spec.tools)).matches(tool):
             return False
-        if self.spec.exclude and _matcher(tuple(self.spec.exclude)).matches(tool):
-            return False
-        rules = getattr(self.adapter, "tool_policy", None)
+        return not (self.spec.exclude and _matcher(tuple(self.spec.exclude)).matches(tool))
+
+    def permitted(self, tool: str, identity: Identity) -> bool:
+        """The member adapter's ``toolPolicy`` for this caller (``mcp.admin`` may call everything)."""
+        rules = self.adapter.tool_policy
         return rules is None or _POLICIES.get(self.adapter.name, self.adapter.etag, rules).may_call(
             tool, identity.roles
         )
+
+    def visible(self, tool: str, identity: Identity) -> bool:
+        """Listed for this caller: selected by the member and permitted by the adapter's toolPolicy."""
+        return self.selected(tool) and self.permitted(tool, identity)
 
     def uri_out(self, uri: str) -> str:
         return f"{URI_SCHEME}{self.spec.adapter}:{uri}" if self.spec.prefix else uri
@@ -531,12 +537,21 @@ class VirtualServers:
                     inner = name[len(member.spec.prefix) :]
                     if identity is None or member.visible(inner, identity):
                         return member, inner
+        refused: tuple[Member, str] | None = None
         for member in sorted(members, key=lambda m: -len(m.spec.prefix)):
             if name.startswith(member.spec.prefix):
                 inner = name[len(member.spec.prefix) :]
                 if identity is not None and not member.visible(inner, identity):
+                    if refused is None and member.selected(inner):
+                        refused = (member, inner)
                     continue
                 return member, inner
+        if refused is not None:
+            # A tool the member offers but its toolPolicy denies this caller: the call goes to the data
+            # plane, which refuses it there (-32006, never forwarded upstream), audits it as denied and
+            # counts it, exactly as a direct call (2026-11-30; before, the virtual server answered
+            # "unknown tool" itself and the denial left no audit record).
+            return refused
         return None, name
 
     def _by_uri(self, members: Sequence[Member], uri: str) -> tuple[Member | None, str]:

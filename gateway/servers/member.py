@@ -177,6 +177,22 @@ async def asgi_post(
     return Reply(status=status, headers=response_headers, messages=messages)
 
 
+#: Data-plane answers that are the policy stages' refusals of the caller (toolPolicy 403, rateLimits
+#: 429), not a sign of the member's era: relayed to the client as they are (docs/policy.md codes).
+REFUSALS = frozenset({403, 429})
+
+
+def _refusal(reply: Reply) -> dict[str, Any] | None:
+    """The JSON-RPC error of a data-plane refusal (``REFUSALS``), else None."""
+    if reply.status not in REFUSALS:
+        return None
+    for m in reply.messages:
+        if isinstance(m, dict) and isinstance(m.get("error"), dict):
+            error: dict[str, Any] = m["error"]
+            return error
+    return None
+
+
 def _meta() -> dict[str, Any]:
     return {
         "io.modelcontextprotocol/protocolVersion": MODERN,
@@ -206,6 +222,10 @@ class MemberClient:
         self._eras = eras  # shared per process: "adapter\0era" → whether the member speaks it
         self._prefer_legacy = prefer_legacy
         self._session: str | None = None
+        self._opened = False
+        """The 2025 handshake was made (a member may answer it without an Mcp-Session-Id: then there is
+        no session to hold, but it is not made again before every request; 2026-11-30, a test showed
+        two extra upstream requests per call)."""
         self._lock = asyncio.Lock()
         self._log_level: str | None = None
         self._client_capabilities: dict[str, Any] | None = None
@@ -233,7 +253,7 @@ class MemberClient:
     async def _era(self, scope: Mapping[str, Any]) -> str:
         """The era to call the member in: the client's own when the member speaks it (a 2025-era client
         keeps subscriptions, log levels and server-to-client requests), else the other one."""
-        if self._session is not None:
+        if self._session is not None or self._opened:
             return LEGACY
         order = (LEGACY, MODERN) if self._prefer_legacy else (MODERN, LEGACY)
         for era in order:
@@ -249,6 +269,9 @@ class MemberClient:
                 if reply.status == 200 and any(isinstance(m, dict) and "result" in m for m in reply.messages):
                     self._eras[key] = True
                     return MODERN
+                refusal = _refusal(reply)
+                if refusal is not None:
+                    raise MemberError(self.adapter, str(refusal.get("message")), status=reply.status, error=refusal)
                 if reply.status not in (400, 404, 405):
                     raise MemberError(
                         self.adapter, f"server/discover answered HTTP {reply.status}", status=reply.status
@@ -256,7 +279,7 @@ class MemberClient:
                 self._eras[key] = False
                 continue
             async with self._lock:
-                if self._session is not None:
+                if self._session is not None or self._opened:
                     return LEGACY
                 try:
                     await self._open(scope)
@@ -325,12 +348,16 @@ class MemberClient:
         }
         reply = await self._post(scope, init, modern=False)
         session = reply.headers.get("mcp-session-id")
+        refusal = _refusal(reply)
+        if refusal is not None:  # over a rate limit, not "another era": the client sees the data plane's error
+            raise MemberError(self.adapter, str(refusal.get("message")), status=reply.status, error=refusal)
         if reply.status != 200 or not any(isinstance(m, dict) and "result" in m for m in reply.messages):
             status = reply.status
             refused = any(isinstance(m, dict) and isinstance(m.get("error"), dict) for m in reply.messages)
             # A JSON-RPC error to initialize (-32601 from a modern-only server) means "not this era".
             raise MemberError(self.adapter, f"initialize answered HTTP {status}", status=404 if refused else status)
         self._session = session
+        self._opened = True
         note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
         await self._post(scope, note, modern=False)
 
@@ -387,11 +414,13 @@ class MemberClient:
                 return m.get("result")
         if reply.status >= 400 or reply.status == 0:
             self._forget_eras()
+            self._opened = False
         raise MemberError(self.adapter, f"no answer to {method} (HTTP {reply.status})", status=reply.status)
 
     async def close(self, scope: Mapping[str, Any]) -> None:
         """End the member session, if one was opened."""
         session, self._session = self._session, None
+        self._opened = False
         if session is None:
             return
         headers = [(b"mcp-session-id", session.encode()), (b"mcp-protocol-version", LEGACY.encode())]
