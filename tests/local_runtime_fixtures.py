@@ -115,6 +115,9 @@ CRASHER = {"command": ["{python}", "-c", "import sys; print('boom', flush=True);
 ESCAPER = {
     "command": ["/bin/sh", "-c", "sleep 300 & exec {python} {repo}/examples/mcp-example/server.py"],
     "ready_path": "/healthz",
+    # The script path is inside the shell string, so the sandbox cannot see it there: the catalog's
+    # cwd is what makes its folder visible when the checkout lives under a path the sandbox hides (/tmp).
+    "cwd": "{repo}/examples/mcp-example",
 }
 """The example server, with a grandchild (sleep) that PDEATHSIG does not reach when the gateway dies."""
 

@@ -159,8 +159,10 @@ def test_sandbox_hides_container_secret_mounts_even_when_world_readable(
     arena: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pod's service-account token or a Docker secret is often 0644: the sandbox shows it empty."""
-    # Not under /tmp (the sandbox replaces all of /tmp anyway): a folder the sandbox would show.
-    secrets = Path(tempfile.mkdtemp(dir=REPO, prefix=".run-secrets-"))
+    # Not under /tmp (the sandbox replaces all of /tmp anyway, and the checkout may live there): a
+    # folder the sandbox would show.
+    parent = next((p for p in ("/var/lib", "/srv", "/opt") if os.access(p, os.W_OK)), str(REPO))
+    secrets = Path(tempfile.mkdtemp(dir=parent, prefix=".mcpgw-run-secrets-"))
     try:
         secrets.chmod(0o755)
         (secrets / "token").write_text("eyJ-not-for-replicas")
