@@ -175,6 +175,11 @@ class LatencyHistogram:
         series[0][bisect.bisect_left(self.bounds, value)] += 1
         series[1] += value
 
+    def keep_only(self, adapters: set[str]) -> None:
+        """Drop the series of every adapter not in ``adapters``."""
+        for adapter in [a for a in self._series if a not in adapters]:
+            del self._series[adapter]
+
     def prometheus(self) -> list[str]:
         """The histogram family in Prometheus text format."""
         lines = [f"# HELP {self.name} {_escape_help(self.description)}", f"# TYPE {self.name} histogram"]
@@ -223,6 +228,7 @@ class GatewayMetrics:
         self._methods: set[str] = set()
         self._adapter_attrs: dict[str, dict[str, str]] = {}
         self._sources: dict[str, Callable[[], Iterable[tuple[float, dict[str, str]]]]] = {}
+        self._adapter_names: Callable[[], Iterable[str]] | None = None
         meter.create_observable_counter(
             "mcpgw_requests",
             [self._observe_requests],
@@ -362,7 +368,34 @@ class GatewayMetrics:
 
         return callback
 
+    def set_adapter_names(self, names: Callable[[], Iterable[str]]) -> None:
+        """Where the names of the adapters that exist now come from (``observe`` in setup wires it).
+
+        Each collection then drops the request counts, latency series and attribute dicts of
+        adapters that no longer exist. Soak 2026-11-30: every deleted adapter left ~44 lines in
+        ``/metrics`` (two histograms and its request counts) for the life of the process, and
+        the SDK kept an aggregation per label set until its cardinality limit (2,000), after
+        which new adapters' requests would be counted under an overflow label. The cost: a
+        deleted and re-created adapter starts its counters again from 0, which Prometheus reads
+        as a counter reset (``rate()`` handles it), and a scrape walks the series once.
+        """
+        self._adapter_names = names
+
+    def forget_gone_adapters(self) -> None:
+        """Drop every per-adapter series of adapters that no longer exist (``unknown`` stays)."""
+        if self._adapter_names is None:
+            return
+        live = {*self._adapter_names(), UNKNOWN}
+        requests = self._requests
+        for key in [k for k in requests if k[0] not in live]:
+            del requests[key]
+        for histogram in self.local:
+            histogram.keep_only(live)
+        for adapter in [a for a in self._adapter_attrs if a not in live]:
+            del self._adapter_attrs[adapter]
+
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        self.forget_gone_adapters()  # every collection (scrape or export) comes through here
         return [
             Observation(count, {"adapter": a, "era": e, "method": m, "status": str(s)})
             for (a, e, m, s), count in list(self._requests.items())

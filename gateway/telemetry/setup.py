@@ -152,6 +152,7 @@ class Telemetry:
         def replicas_ready() -> Iterable[tuple[float, dict[str, str]]]:
             return [(len(runtime.endpoints(name)), {"adapter": name}) for name in view.names()]
 
+        metrics.set_adapter_names(view.names)
         metrics.set_source("mcpgw_sessions_active", sessions_active)
         metrics.set_source("mcpgw_replicas_ready", replicas_ready)
         metrics.set_source("mcpgw_open_streams", lambda: [(proxy.open_streams, {})])
