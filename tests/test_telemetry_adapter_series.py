@@ -13,7 +13,7 @@ from gateway.telemetry.metrics import UNKNOWN, GatewayMetrics, PrometheusReader
 
 
 def scrape(reader: PrometheusReader, metrics: GatewayMetrics) -> str:
-    return reader.render(frozenset(h.name for h in metrics.local)) + metrics.render_local()
+    return reader.render(metrics.local_names) + metrics.render_local()
 
 
 def test_series_of_a_deleted_adapter_leave_the_scrape_and_memory() -> None:
@@ -44,3 +44,45 @@ def test_series_of_a_deleted_adapter_leave_the_scrape_and_memory() -> None:
     metrics.count_request("gone", "modern", "tools/call", 200)
     again = scrape(reader, metrics)
     assert 'mcpgw_requests_total{adapter="gone",era="modern",method="tools/call",status="200"} 1' in again
+
+
+def test_new_adapters_keep_their_own_series_after_thousands_came_and_went() -> None:
+    """The SDK's asynchronous instruments fold label sets past 2,000 ever seen into an overflow series."""
+    reader = PrometheusReader()
+    metrics = GatewayMetrics([reader], Resource({}))
+    adapters = {"keep"}
+    metrics.set_adapter_names(lambda: sorted(adapters))
+    sessions: dict[str, int] = {}
+    metrics.set_source("mcpgw_sessions_active", lambda: [(n, {"replica": r}) for r, n in sessions.items()])
+    for i in range(2_100):
+        adapters.add(f"tmp-{i}")
+        sessions[f"replica-{i}"] = 1
+        metrics.count_request(f"tmp-{i}", "modern", "tools/call", 200)
+        scrape(reader, metrics)
+        adapters.discard(f"tmp-{i}")
+        del sessions[f"replica-{i}"]
+    metrics.count_request("keep", "modern", "tools/call", 200)
+    sessions["replica-last"] = 3
+    text = scrape(reader, metrics)
+    assert "overflow" not in text
+    assert 'mcpgw_requests_total{adapter="keep",era="modern",method="tools/call",status="200"} 1' in text
+    assert 'mcpgw_sessions_active{replica="replica-last"} 3' in text
+    assert len(text.splitlines()) < 100
+
+
+def test_exporters_still_receive_the_observed_series() -> None:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    exported = InMemoryMetricReader()
+    prometheus = PrometheusReader()
+    metrics = GatewayMetrics([prometheus, exported], Resource({}), export=True)
+    metrics.set_adapter_names(lambda: ["keep"])
+    metrics.set_source("mcpgw_open_streams", lambda: [(2, {})])
+    metrics.count_request("keep", "modern", "tools/call", 200)
+    data = exported.get_metrics_data()
+    assert data is not None
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert {"mcpgw_requests", "mcpgw_open_streams"} <= names
+    text = scrape(prometheus, metrics)
+    assert text.count("# TYPE mcpgw_requests_total counter") == 1  # not twice (SDK and local)
+    assert "mcpgw_open_streams 2" in text

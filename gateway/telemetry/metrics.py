@@ -229,13 +229,16 @@ class GatewayMetrics:
         self._adapter_attrs: dict[str, dict[str, str]] = {}
         self._sources: dict[str, Callable[[], Iterable[tuple[float, dict[str, str]]]]] = {}
         self._adapter_names: Callable[[], Iterable[str]] | None = None
-        meter.create_observable_counter(
-            "mcpgw_requests",
-            [self._observe_requests],
-            unit="1",
-            description="Proxied MCP requests by adapter, era (modern, session, legacy-sse, unknown), "
-            "method (Mcp-Method header, else the HTTP method) and status.",
+        requests = (
+            "Proxied MCP requests by adapter, era (modern, session, legacy-sse, unknown), "
+            "method (Mcp-Method header, else the HTTP method) and status."
         )
+        # Observed series go straight into /metrics (render_local), not through the SDK: its
+        # asynchronous instruments keep an aggregation for every label set ever observed, and
+        # past 2,000 report every new one (a new replica, adapter) as an overflow series.
+        self._observed: list[tuple[str, str, str]] = [("mcpgw_requests", "counter", requests)]
+        if export:
+            meter.create_observable_counter("mcpgw_requests", [self._observe_requests], unit="1", description=requests)
         upstream = "Time from sending a request to a replica to receiving its response headers."
         overhead = (
             "Latency the gateway adds to a proxied request: time to the response headers minus the upstream latency."
@@ -310,6 +313,9 @@ class GatewayMetrics:
             ("mcpgw_upstream_credentials", "counter",
              "Upstream credentials attached or refused, by upstreamAuth type and outcome (issue 18)."),
         ):  # fmt: skip
+            self._observed.append((name, kind, description))
+            if not export:
+                continue
             callback = self._observer(name)
             if kind == "gauge":
                 meter.create_observable_gauge(name, [callback], unit="1", description=description)
@@ -333,9 +339,27 @@ class GatewayMetrics:
             self._exported[0].record(upstream, attrs)
             self._exported[1].record(overhead, attrs)
 
+    @property
+    def local_names(self) -> frozenset[str]:
+        """Names ``render_local`` writes (a Prometheus reader of the SDK must skip them)."""
+        return frozenset([*(h.name for h in self.local), *(name for name, _, _ in self._observed)])
+
     def render_local(self) -> str:
-        """The hot-path histograms in Prometheus text format."""
-        return "\n".join(line for histogram in self.local for line in histogram.prometheus()) + "\n"
+        """The hot-path histograms and the observed series in Prometheus text format."""
+        self.forget_gone_adapters()
+        lines = [line for histogram in self.local for line in histogram.prometheus()]
+        for name, kind, description in self._observed:
+            if kind == "counter":
+                name += "_total"
+            points = self._observe_requests_points() if name == "mcpgw_requests_total" else self._points(name)
+            lines.append(f"# HELP {name} {_escape_help(description)}")
+            lines.append(f"# TYPE {name} {kind}")
+            lines.extend(f"{name}{_labels(attrs)} {_number(value)}" for value, attrs in points)
+        return "\n".join(lines) + "\n"
+
+    def _points(self, name: str) -> list[tuple[float, dict[str, str]]]:
+        source = self._sources.get(name.removesuffix("_total"))
+        return [] if source is None else list(source())
 
     def method_label(self, method: str) -> str:
         """A bounded label for a client-supplied method name."""
@@ -394,12 +418,15 @@ class GatewayMetrics:
         for adapter in [a for a in self._adapter_attrs if a not in live]:
             del self._adapter_attrs[adapter]
 
-    def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
-        self.forget_gone_adapters()  # every collection (scrape or export) comes through here
+    def _observe_requests_points(self) -> list[tuple[float, dict[str, str]]]:
         return [
-            Observation(count, {"adapter": a, "era": e, "method": m, "status": str(s)})
+            (count, {"adapter": a, "era": e, "method": m, "status": str(s)})
             for (a, e, m, s), count in list(self._requests.items())
         ]
+
+    def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        self.forget_gone_adapters()  # every export comes through here
+        return [Observation(value, attrs) for value, attrs in self._observe_requests_points()]
 
     def shutdown(self) -> None:
         """Flush and stop every reader (exporters send what they hold)."""

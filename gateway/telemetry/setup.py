@@ -183,8 +183,7 @@ class Telemetry:
         """The Prometheus text exposition (empty when metrics are disabled)."""
         if self.prometheus is None or self.metrics is None:
             return ""
-        local = self.metrics.local
-        return self.prometheus.render(frozenset(h.name for h in local)) + self.metrics.render_local()
+        return self.prometheus.render(self.metrics.local_names) + self.metrics.render_local()
 
     async def close(self) -> None:
         """Flush exporters and stop (in a thread: exporters may block on the network)."""
