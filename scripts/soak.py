@@ -30,6 +30,10 @@ traffic mostly failed; 2 when the set-up failed.
 Session records live ``--session-ttl`` seconds (default 120, shorter than the warm-up) so the
 abandoned sessions reach their steady state before the slope is measured.
 ``--gateway-repo`` runs the gateway from another checkout (to measure an older version).
+``--churn-every SECONDS`` packs the rollouts and throwaways closer (a kill every 1.5 times that),
+to show in minutes what churn does in hours. ``--series`` keeps every sample: RSS, fds, threads,
+and anonymous vs file-backed RSS with the line count of ``/metrics``. ``--gateway-env NAME=VALUE``
+and ``--malloc-trim SECONDS`` are for diagnosis (allocator settings; glibc ``malloc_trim(0)``).
 ``--tracemalloc FILE`` runs the gateway under ``tracemalloc`` and writes to FILE, every minute,
 the source lines whose allocations grew most since the end of the warm-up (to find a leak; the
 gateway is slower then, so the slope of such a run is not the one to report).
