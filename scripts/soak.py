@@ -30,6 +30,10 @@ traffic mostly failed; 2 when the set-up failed.
 Session records live ``--session-ttl`` seconds (default 120, shorter than the warm-up) so the
 abandoned sessions reach their steady state before the slope is measured.
 ``--gateway-repo`` runs the gateway from another checkout (to measure an older version).
+``--churn-every SECONDS`` packs the rollouts and throwaways closer (a kill every 1.5 times that),
+to show in minutes what churn does in hours. ``--series`` keeps every sample: RSS, fds, threads,
+and anonymous vs file-backed RSS with the line count of ``/metrics``. ``--gateway-env NAME=VALUE``
+and ``--malloc-trim SECONDS`` are for diagnosis (allocator settings; glibc ``malloc_trim(0)``).
 ``--tracemalloc FILE`` runs the gateway under ``tracemalloc`` and writes to FILE, every minute,
 the source lines whose allocations grew most since the end of the warm-up (to find a leak; the
 gateway is slower then, so the slope of such a run is not the one to report).
@@ -99,6 +103,17 @@ def thread_count(pid: int) -> int:
         if line.startswith("Threads:"):
             return int(line.split()[1])
     return 0
+
+
+def smaps_mib(pid: int) -> tuple[float, float]:
+    """Anonymous and file-backed resident memory of ``pid`` in MiB (from /proc/<pid>/smaps_rollup)."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        with contextlib.suppress(ValueError, IndexError):
+            fields[name] = int(rest.split()[0])
+    anon = fields.get("Anonymous", 0)
+    return anon / 1024, (fields.get("Rss", 0) - anon) / 1024
 
 
 def fd_count(pid: int) -> int:
@@ -180,6 +195,8 @@ class Stats:
 
     requests: Counter[str] = field(default_factory=Counter)
     samples: list[tuple[float, float, int, int]] = field(default_factory=list)
+    memory: list[tuple[float, float, float, int]] = field(default_factory=list)
+    """(seconds, anonymous MiB, file-backed MiB, lines of ``/metrics``) per sample."""
     events: list[dict[str, Any]] = field(default_factory=list)
     open_streams: int = 0
 
@@ -466,7 +483,8 @@ class Soak:
     async def churn(self, api: httpx.AsyncClient, client: httpx.AsyncClient) -> None:
         pending: set[asyncio.Task[None]] = set()
         n = 0
-        next_minute, next_kill = 60.0, 90.0
+        every = self.args.churn_every
+        next_minute, next_kill = every, every * 1.5
         if self.args.minutes < 1.5:  # a smoke run: one of each, early
             next_minute, next_kill = self.args.minutes * 60 * 0.2, self.args.minutes * 60 * 0.4
         while not self.stop.is_set():
@@ -475,21 +493,27 @@ class Soak:
                 n += 1
                 pending.add(asyncio.create_task(self.event("rollout", self.rollout(api, client))))
                 pending.add(asyncio.create_task(self.event("throwaway", self.throwaway(api, client, n))))
-                next_minute += 60.0
+                next_minute += every
             if elapsed >= next_kill:
                 pending.add(asyncio.create_task(self.event("kill", self.kill(api, client))))
-                next_kill += 90.0
+                next_kill += every * 1.5
             await self.pause(0.5)
         if pending:  # let the last events finish recovering (bounded by their own timeout)
             await asyncio.wait(pending)
 
     # --- sampling ------------------------------------------------------------------------------
 
-    async def sample_loop(self) -> None:
+    async def sample_loop(self, api: httpx.AsyncClient) -> None:
         while not self.stop.is_set():
             with contextlib.suppress(OSError):
                 t = time.monotonic() - self.started
                 self.stats.samples.append((t, rss_mib(self.pid), fd_count(self.pid), thread_count(self.pid)))
+                anon, file = smaps_mib(self.pid)
+                lines = -1
+                with contextlib.suppress(httpx.HTTPError):
+                    r = await api.get("/metrics")
+                    lines = r.text.count("\n") if r.status_code == 200 else -1
+                self.stats.memory.append((t, anon, file, lines))
             await self.pause(SAMPLE_EVERY)
 
     # --- the run -------------------------------------------------------------------------------
@@ -506,7 +530,7 @@ class Soak:
             redis_before = self.redis_connections()
             rss_before = rss_mib(self.pid)
             tasks = [
-                asyncio.create_task(self.sample_loop()),
+                asyncio.create_task(self.sample_loop(api)),
                 asyncio.create_task(self.churn(api, client)),
                 *(asyncio.create_task(self.stateless_loop(client)) for _ in range(2)),
                 *(asyncio.create_task(self.session_loop(client)) for _ in range(2)),
@@ -585,6 +609,15 @@ class Soak:
             "threads_after_warmup": next((n for t, _, _, n in self.stats.samples if t >= warmup * 60), 0),
             "threads_max": max((s[3] for s in self.stats.samples), default=0),
             "rss_series": [[round(t, 1), round(r, 2), f, n] for t, r, f, n in self.stats.samples],
+            "anon_slope_mib_per_min": round(
+                slope_per_minute([(t, a) for t, a, _, _ in self.stats.memory if t >= warmup * 60]), 4
+            ),
+            "file_slope_mib_per_min": round(
+                slope_per_minute([(t, f) for t, _, f, _ in self.stats.memory if t >= warmup * 60]), 4
+            ),
+            "metrics_lines_after_warmup": next((n for t, _, _, n in self.stats.memory if t >= warmup * 60), 0),
+            "metrics_lines_end": self.stats.memory[-1][3] if self.stats.memory else 0,
+            "memory_series": [[round(t, 1), round(a, 2), round(f, 2), n] for t, a, f, n in self.stats.memory],
             "failures": failures,
             "ok": not failures,
         }
@@ -664,15 +697,19 @@ def soak(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mcpgw-soak-"))
     procs: list[subprocess.Popen[bytes]] = []
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPGW_")} | {
-        "MCPGW_HOST": "127.0.0.1",
-        "MCPGW_PORT": str(port),
-        "MCPGW_DATA_DIR": str(workdir / "data"),
-        "MCPGW_EXAMPLE_ADAPTER": "true",
-        "MCPGW_LOG_LEVEL": "warning",
-        "MCPGW_SESSION_TTL": str(args.session_ttl),
-        "MCPGW_SESSIONS": args.sessions,
-    }
+    env = (
+        {k: v for k, v in os.environ.items() if not k.startswith("MCPGW_")}
+        | {
+            "MCPGW_HOST": "127.0.0.1",
+            "MCPGW_PORT": str(port),
+            "MCPGW_DATA_DIR": str(workdir / "data"),
+            "MCPGW_EXAMPLE_ADAPTER": "true",
+            "MCPGW_LOG_LEVEL": "warning",
+            "MCPGW_SESSION_TTL": str(args.session_ttl),
+            "MCPGW_SESSIONS": args.sessions,
+        }
+        | dict(item.split("=", 1) for item in args.gateway_env)
+    )
     code = 2
     try:
         redis_port = 0
@@ -686,6 +723,8 @@ def soak(args: argparse.Namespace) -> int:
         if args.tracemalloc:
             warmup = 60 * (args.warmup if args.warmup is not None else min(3.0, args.minutes / 4))
             argv = [sys.executable, str(Path(__file__).resolve()), "traced-gateway", args.tracemalloc, str(warmup)]
+        if args.malloc_trim:
+            argv = [sys.executable, str(Path(__file__).resolve()), "trimmed-gateway", str(args.malloc_trim)]
         gateway = subprocess.Popen(
             argv,
             cwd=repo,
@@ -711,6 +750,7 @@ def soak(args: argparse.Namespace) -> int:
         result["gateway_log"] = str(workdir / "gateway.log")
         if not args.series:
             result.pop("rss_series")
+            result.pop("memory_series")
         text = json.dumps(result, indent=2)
         print(text)
         if args.json:
@@ -726,7 +766,29 @@ def soak(args: argparse.Namespace) -> int:
     return code
 
 
+def trimmed_gateway(every: float) -> None:
+    """Run ``gateway.cli serve`` calling glibc's ``malloc_trim(0)`` every ``every`` seconds (a diagnosis)."""
+    import ctypes
+    import runpy
+    import threading
+
+    libc = ctypes.CDLL("libc.so.6")
+
+    def trim() -> None:
+        while True:
+            time.sleep(every)
+            libc.malloc_trim(0)
+
+    threading.Thread(target=trim, daemon=True).start()
+    sys.argv = ["gateway.cli", "serve"]
+    runpy.run_module("gateway.cli", run_name="__main__", alter_sys=True)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["trimmed-gateway"]:
+        sys.path.insert(0, os.getcwd())
+        trimmed_gateway(float(sys.argv[2]))
+        return 0
     if sys.argv[1:2] == ["traced-gateway"]:
         sys.path.insert(0, os.getcwd())
         traced_gateway(sys.argv[2], float(sys.argv[3]))
@@ -744,6 +806,26 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the result to this file")
     parser.add_argument("--tracemalloc", default=None, help="trace the gateway's allocations into this file")
     parser.add_argument("--series", action="store_true", help="include every RSS/fd sample in the result")
+    parser.add_argument(
+        "--churn-every",
+        type=float,
+        default=60.0,
+        help="seconds between rollouts and throwaway adapters; a replica is killed every 1.5 times that (default 60)",
+    )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment variable of the gateway (repeatable), e.g. MALLOC_ARENA_MAX=2",
+    )
+    parser.add_argument(
+        "--malloc-trim",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="diagnosis: the gateway calls glibc malloc_trim(0) this often (0: never)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs) even when the run passed")
     return soak(parser.parse_args())
 

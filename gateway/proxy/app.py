@@ -1038,9 +1038,10 @@ class _DisconnectWatch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._watcher is None:
+        watcher, self._watcher = self._watcher, None  # its CancelledError's frames hold self: no cycle
+        if watcher is None:
             return
-        self._watcher.cancel()
+        watcher.cancel()
         if self._disconnected and exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
             assert self._task is not None
             self._task.uncancel()

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import socket
 import ssl
 import time
@@ -133,6 +134,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._parser = None  # the parser holds this protocol's callbacks: a cycle otherwise
         self._pool._lost(self)
         response = self._response
         if response is not None and not response.complete:
@@ -355,10 +357,22 @@ class _Connection(asyncio.Protocol):
         if not waiter.done():
             waiter.set_exception(UpstreamTimeout(f"the upstream sent no {what} within {self._pool.read_timeout:g}s"))
 
+    def failure(self) -> BaseException:
+        """A fresh copy of what went wrong, to raise.
+
+        Raising the stored exception itself would attach a traceback whose frames hold this
+        connection: a cycle (connection, exception, traceback, frame) that only a full GC pass
+        frees, with the stream's buffers and the request around it. Soak 2026-11-30: every
+        replica kill broke 50 streams this way; garbage piled up between full passes and the
+        RSS rose in steps.
+        """
+        assert self._exc is not None
+        return copy.copy(self._exc)
+
     async def wait(self, what: str, deadline: float | None = None) -> None:
         """Wait for more from the upstream (at most read_timeout, or until ``deadline``); raise what went wrong."""
         if self._exc is not None:
-            raise self._exc
+            raise self.failure()
         waiter = self._loop.create_future()
         self._waiter = waiter
         delay = self._pool.read_timeout if deadline is None else deadline - self._loop.time()
@@ -369,7 +383,7 @@ class _Connection(asyncio.Protocol):
             timer.cancel()
             self._waiter = None
         if self._exc is not None:
-            raise self._exc
+            raise self.failure()
 
     def consumed(self, response: UpstreamResponse) -> None:
         if self._paused and response.buffered < LOW_WATER and self.transport is not None:
@@ -477,7 +491,7 @@ class UpstreamResponse:
                 return chunk
             if self.complete:
                 if conn._exc is not None:
-                    raise conn._exc
+                    raise conn.failure()
                 return b""
             await conn.wait("data")
 

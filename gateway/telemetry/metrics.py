@@ -175,6 +175,11 @@ class LatencyHistogram:
         series[0][bisect.bisect_left(self.bounds, value)] += 1
         series[1] += value
 
+    def keep_only(self, adapters: set[str]) -> None:
+        """Drop the series of every adapter not in ``adapters``."""
+        for adapter in [a for a in self._series if a not in adapters]:
+            del self._series[adapter]
+
     def prometheus(self) -> list[str]:
         """The histogram family in Prometheus text format."""
         lines = [f"# HELP {self.name} {_escape_help(self.description)}", f"# TYPE {self.name} histogram"]
@@ -223,13 +228,17 @@ class GatewayMetrics:
         self._methods: set[str] = set()
         self._adapter_attrs: dict[str, dict[str, str]] = {}
         self._sources: dict[str, Callable[[], Iterable[tuple[float, dict[str, str]]]]] = {}
-        meter.create_observable_counter(
-            "mcpgw_requests",
-            [self._observe_requests],
-            unit="1",
-            description="Proxied MCP requests by adapter, era (modern, session, legacy-sse, unknown), "
-            "method (Mcp-Method header, else the HTTP method) and status.",
+        self._adapter_names: Callable[[], Iterable[str]] | None = None
+        requests = (
+            "Proxied MCP requests by adapter, era (modern, session, legacy-sse, unknown), "
+            "method (Mcp-Method header, else the HTTP method) and status."
         )
+        # Observed series go straight into /metrics (render_local), not through the SDK: its
+        # asynchronous instruments keep an aggregation for every label set ever observed, and
+        # past 2,000 report every new one (a new replica, adapter) as an overflow series.
+        self._observed: list[tuple[str, str, str]] = [("mcpgw_requests", "counter", requests)]
+        if export:
+            meter.create_observable_counter("mcpgw_requests", [self._observe_requests], unit="1", description=requests)
         upstream = "Time from sending a request to a replica to receiving its response headers."
         overhead = (
             "Latency the gateway adds to a proxied request: time to the response headers minus the upstream latency."
@@ -311,6 +320,9 @@ class GatewayMetrics:
              "Audit records by result: written (to every sink), dropped (queue full), failed (a sink refused)."),
             ("mcpgw_sse_keepalives", "counter", "Keep-alive comments sent on idle relayed SSE streams."),
         ):  # fmt: skip
+            self._observed.append((name, kind, description))
+            if not export:
+                continue
             callback = self._observer(name)
             if kind == "gauge":
                 meter.create_observable_gauge(name, [callback], unit="1", description=description)
@@ -334,9 +346,27 @@ class GatewayMetrics:
             self._exported[0].record(upstream, attrs)
             self._exported[1].record(overhead, attrs)
 
+    @property
+    def local_names(self) -> frozenset[str]:
+        """Names ``render_local`` writes (a Prometheus reader of the SDK must skip them)."""
+        return frozenset([*(h.name for h in self.local), *(name for name, _, _ in self._observed)])
+
     def render_local(self) -> str:
-        """The hot-path histograms in Prometheus text format."""
-        return "\n".join(line for histogram in self.local for line in histogram.prometheus()) + "\n"
+        """The hot-path histograms and the observed series in Prometheus text format."""
+        self.forget_gone_adapters()
+        lines = [line for histogram in self.local for line in histogram.prometheus()]
+        for name, kind, description in self._observed:
+            if kind == "counter":
+                name += "_total"
+            points = self._observe_requests_points() if name == "mcpgw_requests_total" else self._points(name)
+            lines.append(f"# HELP {name} {_escape_help(description)}")
+            lines.append(f"# TYPE {name} {kind}")
+            lines.extend(f"{name}{_labels(attrs)} {_number(value)}" for value, attrs in points)
+        return "\n".join(lines) + "\n"
+
+    def _points(self, name: str) -> list[tuple[float, dict[str, str]]]:
+        source = self._sources.get(name.removesuffix("_total"))
+        return [] if source is None else list(source())
 
     def method_label(self, method: str) -> str:
         """A bounded label for a client-supplied method name."""
@@ -369,11 +399,41 @@ class GatewayMetrics:
 
         return callback
 
-    def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+    def set_adapter_names(self, names: Callable[[], Iterable[str]]) -> None:
+        """Where the names of the adapters that exist now come from (``observe`` in setup wires it).
+
+        Each collection then drops the request counts, latency series and attribute dicts of
+        adapters that no longer exist. Soak 2026-11-30: every deleted adapter left ~44 lines in
+        ``/metrics`` (two histograms and its request counts) for the life of the process, and
+        the SDK kept an aggregation per label set until its cardinality limit (2,000), after
+        which new adapters' requests would be counted under an overflow label. The cost: a
+        deleted and re-created adapter starts its counters again from 0, which Prometheus reads
+        as a counter reset (``rate()`` handles it), and a scrape walks the series once.
+        """
+        self._adapter_names = names
+
+    def forget_gone_adapters(self) -> None:
+        """Drop every per-adapter series of adapters that no longer exist (``unknown`` stays)."""
+        if self._adapter_names is None:
+            return
+        live = {*self._adapter_names(), UNKNOWN}
+        requests = self._requests
+        for key in [k for k in requests if k[0] not in live]:
+            del requests[key]
+        for histogram in self.local:
+            histogram.keep_only(live)
+        for adapter in [a for a in self._adapter_attrs if a not in live]:
+            del self._adapter_attrs[adapter]
+
+    def _observe_requests_points(self) -> list[tuple[float, dict[str, str]]]:
         return [
-            Observation(count, {"adapter": a, "era": e, "method": m, "status": str(s)})
+            (count, {"adapter": a, "era": e, "method": m, "status": str(s)})
             for (a, e, m, s), count in list(self._requests.items())
         ]
+
+    def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        self.forget_gone_adapters()  # every export comes through here
+        return [Observation(value, attrs) for value, attrs in self._observe_requests_points()]
 
     def shutdown(self) -> None:
         """Flush and stop every reader (exporters send what they hold)."""

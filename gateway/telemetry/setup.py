@@ -170,6 +170,7 @@ class Telemetry:
         def replicas_ready() -> Iterable[tuple[float, dict[str, str]]]:
             return [(len(runtime.endpoints(name)), {"adapter": name}) for name in view.names()]
 
+        metrics.set_adapter_names(view.names)
         metrics.set_source("mcpgw_sessions_active", sessions_active)
         metrics.set_source("mcpgw_replicas_ready", replicas_ready)
         metrics.set_source("mcpgw_open_streams", lambda: [(proxy.open_streams, {})])
@@ -230,8 +231,7 @@ class Telemetry:
         """The Prometheus text exposition (empty when metrics are disabled)."""
         if self.prometheus is None or self.metrics is None:
             return ""
-        local = self.metrics.local
-        return self.prometheus.render(frozenset(h.name for h in local)) + self.metrics.render_local()
+        return self.prometheus.render(self.metrics.local_names) + self.metrics.render_local()
 
     async def close(self) -> None:
         """Flush exporters and stop (in a thread: exporters may block on the network)."""
