@@ -436,6 +436,7 @@ def create_litestar(c: Components) -> Litestar:
         list_max_limit=c.settings.list_max_limit,
         denied_env_globs=env_policy.patterns,
         allowed_env_names=sorted(ALLOWED_PYTHON),
+        server_max_members=c.settings.server_max_members,
         auth_mode=c.settings.auth,
     )
     return app

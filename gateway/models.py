@@ -124,7 +124,8 @@ class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
         Annotated[
             list[ToolRule],
             msgspec.Meta(
-                description="Who may see and call which tools (docs/policy.md); absent = every reader, every tool."
+                max_length=100,
+                description="Who may see and call which tools (docs/policy.md); absent = every reader, every tool.",
             ),
         ]
         | None
@@ -132,7 +133,10 @@ class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
     rate_limits: (
         Annotated[
             list[RateRule],
-            msgspec.Meta(description="Request rate limits per user or per adapter (docs/policy.md); absent = none."),
+            msgspec.Meta(
+                max_length=20,
+                description="Request rate limits per user or per adapter (docs/policy.md); absent = none.",
+            ),
         ]
         | None
     ) = None

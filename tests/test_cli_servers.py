@@ -156,11 +156,11 @@ def test_create_from_a_file_with_tool_filters(gw: GatewayProcess, tmp_path: Path
 def test_invalid_member_exits_1_naming_the_field(gw: GatewayProcess, tmp_path: Path) -> None:
     result = cli(gw, "servers", "create", "bad", "--member", "no-such-adapter:x_", home=tmp_path)
     assert result.returncode == 1
-    assert result.stderr.startswith("error: 400 ") and "(field: members[0].adapter)" in result.stderr, result.stderr
+    assert result.stderr.startswith("error: 422 ") and "(field: members[0].adapter)" in result.stderr, result.stderr
     result = cli(gw, "servers", "create", "bad", "--member", "calc:a_", "--member", "calc:b_", "--json", home=tmp_path)
     assert result.returncode == 1
     error = json.loads(result.stderr)["error"]
-    assert error["status"] == 400 and error["field"] == "members[1].adapter"
+    assert error["status"] == 422 and error["field"] == "members[1].adapter"
     result = cli(gw, "servers", "create", "bad", "--member", "calc:bad prefix", home=tmp_path)
     assert result.returncode == 1 and "(field: members[0].prefix)" in result.stderr, result.stderr
 

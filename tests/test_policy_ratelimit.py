@@ -43,7 +43,14 @@ class FakeClock:
 
 
 def rules(value: object) -> list[RateRule]:
-    return msgspec.convert(value, list[RateRule])
+    """Rules decoded as the API does; ones the schema keywords refuse are built as code would build them
+    (the constructor checks no keywords), so the validator's own messages stay under test."""
+    try:
+        return msgspec.convert(value, list[RateRule])
+    except msgspec.ValidationError as exc:
+        if not any(word in str(exc) for word in ("length", "matching regex", ">=", "<=")):
+            raise  # a wrong type or an unknown member: the decoder's refusal is what is under test
+        return [RateRule(**item) for item in value]  # type: ignore[union-attr,attr-defined]
 
 
 def client(url: str) -> Redis:

@@ -52,24 +52,27 @@ def server(name: str, **extra: Any) -> dict[str, Any]:
 
 MEMBERS = server("x")["members"]
 INVALID = [
-    ({"members": []}, "members"),
-    ({"members": [*MEMBERS, {"adapter": "bobs", "prefix": "b_"}, {"adapter": "d", "prefix": "d_"}]}, "members"),
-    ({"members": [MEMBERS[0], {"adapter": "text", "prefix": "bad prefix"}]}, "members[1].prefix"),
-    ({"members": [MEMBERS[0], {"adapter": "text", "prefix": "calc_"}]}, "members[1].prefix"),
-    ({"members": [MEMBERS[0], {"adapter": "calc", "prefix": "c2_"}]}, "members[1].adapter"),
-    ({"members": [MEMBERS[0], {"adapter": "Bad", "prefix": "b_"}]}, "members[1].adapter"),
-    ({"members": [MEMBERS[0], {"adapter": "text", "prefix": "t_", "tools": [""]}]}, "members[1].tools[0]"),
-    ({"members": [MEMBERS[0], {"adapter": "text", "prefix": "t_", "extra": 1}]}, "extra"),
-    ({"members": [{"adapter": "bobs", "prefix": "b_"}]}, "members[0].adapter"),  # bob's: alice may not read
-    ({"members": [{"adapter": "ghost", "prefix": "g_"}]}, "members[0].adapter"),  # same answer as unreadable
-    ({"requiredRoles": [""]}, "requiredRoles"),
-    ({"name": "Upper"}, "name"),
+    ({"members": []}, "members", 400),
+    ({"members": [*MEMBERS, {"adapter": "bobs", "prefix": "b_"}, {"adapter": "d", "prefix": "d_"}]}, "members", 400),
+    ({"members": [MEMBERS[0], {"adapter": "text", "prefix": "bad prefix"}]}, "members[1].prefix", 400),
+    ({"members": [MEMBERS[0], {"adapter": "Bad", "prefix": "b_"}]}, "members[1].adapter", 400),
+    ({"members": [MEMBERS[0], {"adapter": "text", "prefix": "t_", "tools": [""]}]}, "members[1].tools[0]", 400),
+    ({"members": [MEMBERS[0], {"adapter": "text", "prefix": "t_", "extra": 1}]}, "extra", 400),
+    ({"requiredRoles": [""]}, "requiredRoles[0]", 400),
+    ({"name": "Upper"}, "name", 400),
+    # Schema-valid bodies that cannot be carried out: 422 naming the field.
+    ({"members": [MEMBERS[0], {"adapter": "text", "prefix": "calc_"}]}, "members[1].prefix", 422),
+    ({"members": [MEMBERS[0], {"adapter": "calc", "prefix": "c2_"}]}, "members[1].adapter", 422),
+    ({"members": [{"adapter": "bobs", "prefix": "b_"}]}, "members[0].adapter", 422),  # bob's: alice may not read
+    ({"members": [{"adapter": "ghost", "prefix": "g_"}]}, "members[0].adapter", 422),  # same answer as unreadable
 ]
 
 
-@pytest.mark.parametrize(("change", "field"), INVALID, ids=[f for _, f in INVALID])
-def test_invalid_server_is_400_naming_the_field(alice: httpx.Client, change: dict[str, Any], field: str) -> None:
-    body = problem(alice.post("/servers", json={**server("bad"), **change}), 400)
+@pytest.mark.parametrize(("change", "field", "status"), INVALID, ids=[f"{f}-{st}" for _, f, st in INVALID])
+def test_invalid_server_is_4xx_naming_the_field(
+    alice: httpx.Client, change: dict[str, Any], field: str, status: int
+) -> None:
+    body = problem(alice.post("/servers", json={**server("bad"), **change}), status)
     assert body["field"] == field, body
 
 

@@ -40,6 +40,7 @@ def complete_openapi(
     list_max_limit: int,
     denied_env_globs: Iterable[str] = (),
     allowed_env_names: Iterable[str] = (),
+    server_max_members: int = 0,
     auth_mode: str = "dev",
 ) -> None:
     """Add nested and settings-dependent constraints to ``doc`` (the app's cached document) in place.
@@ -50,6 +51,7 @@ def complete_openapi(
     ``auth_mode`` decides whether ``upstreamAuth`` type ``entra-obo`` is offered (entra mode only).
     """
     components = doc.components
+    roles_items = Schema(type=OpenAPIType.STRING, min_length=1, max_length=ROLE_MAX_LENGTH, pattern=r"\S")
     schemas = components.schemas if components is not None and not isinstance(components, list) else None
     adapter_input = schemas.get("AdapterInput") if schemas else None
     if adapter_input is not None and adapter_input.properties:
@@ -73,17 +75,43 @@ def complete_openapi(
         _schema(props["description"]).max_length = MAX_DESCRIPTION
         roles = _schema(props["requiredRoles"])
         roles.max_items = MAX_ROLES
-        roles.items = Schema(type=OpenAPIType.STRING, min_length=1, max_length=ROLE_MAX_LENGTH, pattern=r"\S")
+        roles.items = roles_items
     if schemas is not None and "UpstreamAuth" in schemas:
         schemas["UpstreamAuth"] = upstream_auth_schema(auth_mode)
     package_ref = schemas.get("PackageRef") if schemas else None
     if package_ref is not None:
         package_ref.additional_properties = False  # forbid_unknown_fields=True, like AdapterInput
-    listing = doc.paths.get("/adapters") if doc.paths else None
-    if listing is not None and listing.get is not None:
-        for parameter in listing.get.parameters or []:
-            if isinstance(parameter, Parameter) and parameter.name == "limit" and parameter.schema is not None:
-                _schema(parameter.schema).maximum = list_max_limit
+    for path in ("/adapters", "/servers"):
+        listing = doc.paths.get(path) if doc.paths else None
+        if listing is not None and listing.get is not None:
+            for parameter in listing.get.parameters or []:
+                if isinstance(parameter, Parameter) and parameter.name == "limit" and parameter.schema is not None:
+                    _schema(parameter.schema).maximum = list_max_limit
+    # Item rules of nested lists (Litestar keeps the list's own keywords, not its items'): the same
+    # patterns the msgspec types decode with (gateway/policy/*.py, gateway/servers/models.py).
+    from gateway.policy.toolpolicy import GLOB_PATTERN, ROLE_PATTERN
+
+    glob = Schema(type=OpenAPIType.STRING, pattern=GLOB_PATTERN, min_length=1, max_length=128)
+    member_glob = Schema(type=OpenAPIType.STRING, pattern=r"^[^\x00-\x1f]*$", min_length=1, max_length=128)
+    role = Schema(type=OpenAPIType.STRING, pattern=ROLE_PATTERN, min_length=1, max_length=256)
+    for schema_name, prop, items in (
+        ("RateRule", "tools", glob),
+        ("ToolRule", "tools", glob),
+        ("ToolRule", "roles", role),
+        ("ServerMember", "tools", member_glob),
+        ("ServerMember", "exclude", member_glob),
+        ("ServerInput", "requiredRoles", roles_items),
+    ):
+        target = schemas.get(schema_name) if schemas else None
+        if target is not None and target.properties and prop in target.properties:
+            _set_items(_schema(target.properties[prop]), items)
+    for schema_name in ("RateRule", "ToolRule", "ServerMember", "ServerInput"):
+        target = schemas.get(schema_name) if schemas else None
+        if target is not None:
+            target.additional_properties = False  # forbid_unknown_fields=True: unknown fields are 400
+    server_input = schemas.get("ServerInput") if schemas else None
+    if server_input is not None and server_input.properties and server_max_members:
+        _schema(server_input.properties["members"]).max_items = server_max_members
 
 
 def upstream_auth_schema(auth_mode: str) -> Schema:
@@ -142,6 +170,15 @@ def upstream_auth_schema(auth_mode: str) -> Schema:
         ),
         one_of=variants,
     )
+
+
+def _set_items(prop: Schema, items: Schema) -> None:
+    """Give an array property (or the array variant of an array-or-null one) its item schema."""
+    if prop.items is not None:
+        prop.items = items
+    for variant in prop.one_of or []:
+        if isinstance(variant, Schema) and variant.items is not None:
+            variant.items = items
 
 
 def _schema(value: Schema | Reference) -> Schema:

@@ -84,13 +84,18 @@ async def provide_adapter_input(request: Request[Any, Any, Any], identity: Named
     Litestar converts handler arguments in msgspec's lax mode (strings to numbers, 0/1 to booleans),
     which accepts bodies the schema says are invalid; the ``data`` argument stays for the OpenAPI
     document (and the framework's own 400s), this is the value the handlers use. JSON Schema counts
-    ``2.0`` as an integer, so an integral ``replicaCount`` float is taken as that integer. It depends
-    on ``identity`` so that a caller without a valid credential gets 401, never details of the body.
+    ``2.0`` as an integer, so an integral ``replicaCount`` (or rate-rule ``requests``) float is taken
+    as that integer. It depends on ``identity`` so that a caller without a valid credential gets 401,
+    never details of the body.
     """
     try:
         raw = msgspec.json.decode(await request.body())
         if isinstance(raw, dict) and isinstance(count := raw.get("replicaCount"), float) and count.is_integer():
             raw["replicaCount"] = int(count)
+        if isinstance(raw, dict) and isinstance(rules := raw.get("rateLimits"), list):
+            for rule in rules:  # the same for each rate rule's integer request count
+                if isinstance(rule, dict) and isinstance(n := rule.get("requests"), float) and n.is_integer():
+                    rule["requests"] = int(n)
         return msgspec.convert(raw, AdapterInput, strict=True)
     except msgspec.ValidationError as exc:
         raise ValidationException(detail="invalid body", extra=[{"message": str(exc), "source": "body"}]) from None

@@ -42,7 +42,7 @@ from redis.commands.core import AsyncScript
 
 from gateway.errors import DependencyUnavailable
 from gateway.policy.classify import Message, RequestId
-from gateway.policy.toolpolicy import MAX_GLOB_LENGTH, GlobMatcher
+from gateway.policy.toolpolicy import GLOB_PATTERN, MAX_GLOB_LENGTH, GlobMatcher
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,20 @@ class RateRule(msgspec.Struct, forbid_unknown_fields=True):
         Literal["user", "adapter"],
         msgspec.Meta(description="'user': each caller has their own budget; 'adapter': all callers share one."),
     ]
-    requests: Annotated[int, msgspec.Meta(description=f"Requests admitted per window, 1 … {MAX_REQUESTS}.")]
-    seconds: Annotated[float, msgspec.Meta(description=f"Window length in seconds, 1 … {MAX_SECONDS}.")]
+    requests: Annotated[
+        int, msgspec.Meta(ge=1, le=MAX_REQUESTS, description=f"Requests admitted per window, 1 … {MAX_REQUESTS}.")
+    ]
+    seconds: Annotated[
+        float, msgspec.Meta(ge=1, le=MAX_SECONDS, description=f"Window length in seconds, 1 … {MAX_SECONDS}.")
+    ]
     tools: (
         Annotated[
-            list[str],
-            msgspec.Meta(description="Only tools/call of these tool name globs count; absent = every request."),
+            list[Annotated[str, msgspec.Meta(pattern=GLOB_PATTERN)]],
+            msgspec.Meta(
+                min_length=1,
+                max_length=MAX_TOOLS_PER_RULE,
+                description="Only tools/call of these tool name globs count; absent = every request.",
+            ),
         ]
         | None
     ) = None

@@ -45,6 +45,10 @@ MAX_ROLES_PER_RULE = 50
 MAX_GLOB_LENGTH = 128
 """MCP tool names SHOULD be 1-128 characters (2025-11-25 §Tool names); a glob need not be longer."""
 MAX_ROLE_LENGTH = 256
+GLOB_PATTERN = r"^[\x21-\x7e]{1,128}$"
+"""A tool name or glob: 1-128 visible ASCII characters (what MCP tool names are made of)."""
+ROLE_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]{0,254}[\x21-\x7e])?$"
+"""A role: 1-256 printable ASCII characters, no leading or trailing space."""
 DECISION_CACHE = 4096
 """Decisions (tool, roles) one compiled policy remembers; cleared when full (bounded memory)."""
 
@@ -61,13 +65,23 @@ _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 class ToolRule(msgspec.Struct, forbid_unknown_fields=True):
     """One rule of ``toolPolicy``: these tools, for these roles."""
 
+    # The rules below are schema keywords too (OpenAPI), so a body the document calls valid is accepted;
+    # validate_tool_policy repeats them for callers that build rules in code.
     tools: Annotated[
-        list[str],
-        msgspec.Meta(description="Tool name globs (fnmatch: *, ?, [seq]; case-sensitive), e.g. 'add', 'echo*'."),
+        list[Annotated[str, msgspec.Meta(pattern=GLOB_PATTERN)]],
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_TOOLS_PER_RULE,
+            description="Tool name globs (fnmatch: *, ?, [seq]; case-sensitive), e.g. 'add', 'echo*'.",
+        ),
     ]
     roles: Annotated[
-        list[str],
-        msgspec.Meta(description="Roles the rule grants; '*' = every caller who may read the adapter."),
+        list[Annotated[str, msgspec.Meta(pattern=ROLE_PATTERN)]],
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_ROLES_PER_RULE,
+            description="Roles the rule grants; '*' = every caller who may read the adapter.",
+        ),
     ]
 
 

@@ -14,6 +14,10 @@ PREFIX_PATTERN = r"^[A-Za-z0-9_.-]{0,64}$"
 PREFIX_MAX_LENGTH = 64
 
 
+Glob = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]*$")]
+"""A tool-name glob of a member: 1-128 characters, no control characters (also a schema keyword)."""
+
+
 class ServerMember(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
     """One adapter in a virtual server: its tools, prefixed and filtered."""
 
@@ -31,12 +35,16 @@ class ServerMember(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
             description="Put before each of the member's tool and prompt names (and into its resource URIs).",
         ),
     ] = ""
-    tools: Annotated[
-        list[str] | None,
-        msgspec.Meta(description="Globs of the member's tool names to include (absent: all)."),
-    ] = None
+    tools: (
+        Annotated[
+            list[Glob],
+            msgspec.Meta(max_length=100, description="Globs of the member's tool names to include (absent: all)."),
+        ]
+        | None
+    ) = None
     exclude: Annotated[
-        list[str], msgspec.Meta(description="Globs of the member's tool names to leave out (after `tools`).")
+        list[Glob],
+        msgspec.Meta(max_length=100, description="Globs of the member's tool names to leave out (after `tools`)."),
     ] = msgspec.field(default_factory=list)
 
 
@@ -49,11 +57,12 @@ class ServerInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw
             pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="Virtual server name; also its id. Immutable."
         ),
     ]
-    description: str = ""
+    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     required_roles: Annotated[
-        list[str], msgspec.Meta(description="Roles that grant read and data-plane use to non-owners.")
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"\S")]],
+        msgspec.Meta(max_length=50, description="Roles that grant read and data-plane use to non-owners."),
     ] = msgspec.field(default_factory=list)
-    members: Annotated[list[ServerMember], msgspec.Meta(description="The adapters composed, in order.")]
+    members: Annotated[list[ServerMember], msgspec.Meta(min_length=1, description="The adapters composed, in order.")]
 
 
 class ServerRecord(msgspec.Struct, kw_only=True):

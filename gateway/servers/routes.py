@@ -62,7 +62,7 @@ class ServerController(Controller):
         "/",
         status_code=201,
         summary="Create a virtual server",
-        responses=problems(*_ANY, 409, 413, 415),
+        responses=problems(*_ANY, 409, 413, 415, 422),
         response_headers=[
             *_ETAG,
             ResponseHeader(name="Location", description="URL of the new server.", documentation_only=True),
@@ -107,7 +107,7 @@ class ServerController(Controller):
     @put(
         "/{name:str}",
         summary="Update a virtual server",
-        responses=problems(*_ANY, 404, 409, 412, 413, 415),
+        responses=problems(*_ANY, 404, 409, 412, 413, 415, 422),
         response_headers=_ETAG,
     )
     async def update_server(

@@ -18,7 +18,7 @@ import msgspec
 from gateway.auth.base import can_read, can_write
 from gateway.control.service import _decode_cursor, _dedupe, _encode_cursor
 from gateway.control.validation import validate_name
-from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed
+from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed, Unprocessable
 from gateway.models import Identity
 from gateway.servers.models import (
     MemberStatus,
@@ -91,7 +91,7 @@ class ServerService:
                 continue
             adapter = await self._adapters.get(member.adapter)
             if adapter is None or not can_read(identity, adapter):
-                raise InvalidRequest(
+                raise Unprocessable(
                     f"members[{i}].adapter: there is no adapter {member.adapter!r} you may read",
                     field=f"members[{i}].adapter",
                 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from gateway.control.validation import MAX_DESCRIPTION, MAX_ROLES, validate_name
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, Unprocessable
 from gateway.servers.models import PREFIX_PATTERN, ServerInput
 
 _PREFIX = re.compile(PREFIX_PATTERN)
@@ -39,7 +39,7 @@ def validate_server(data: ServerInput, *, max_members: int) -> None:
         at = f"members[{i}]"
         validate_name(member.adapter, field=f"{at}.adapter")
         if member.adapter in seen_adapters:
-            raise InvalidRequest(
+            raise Unprocessable(
                 f"{at}.adapter: adapter {member.adapter!r} is already members[{seen_adapters[member.adapter]}]",
                 field=f"{at}.adapter",
             )
@@ -50,7 +50,7 @@ def validate_server(data: ServerInput, *, max_members: int) -> None:
                 field=f"{at}.prefix",
             )
         if len(data.members) > 1 and member.prefix in seen_prefixes:
-            raise InvalidRequest(
+            raise Unprocessable(
                 f"{at}.prefix: {member.prefix!r} is already the prefix of members[{seen_prefixes[member.prefix]}]; "
                 "give each member its own prefix so their names cannot collide",
                 field=f"{at}.prefix",
