@@ -828,6 +828,8 @@ def bench(args: argparse.Namespace) -> int:
                 "MCPGW_LOG_LEVEL": "warning",
                 # One replica holds every idle stream of the stream test (see docs/performance.md).
                 "MCPGW_UPSTREAM_POOL_SIZE": str(max(args.streams + 256, 256)),
+                # The idle-stream row opens every session as one user: lift the per-user session cap.
+                "MCPGW_SESSION_MAX_PER_USER": "0",
             }
             gateway = procs.start("gateway", [PYTHON, "-m", "gateway.cli", "serve"], gw_env)
             gw_url = f"http://127.0.0.1:{gw_port}"
