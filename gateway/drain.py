@@ -4,13 +4,17 @@ What a stopping gateway does, in order (``drain_delay`` 5 s and ``drain_timeout`
 
 1. At once: ``/readyz`` answers 503 ``draining`` so load balancers (the Kubernetes Service, an
    ingress) stop sending new requests, and the reconciler hands its Lease back so another gateway
-   leads within a Lease retry period instead of a full lease duration.
+   leads within a Lease retry period instead of a full lease duration. The 2025 GET streams
+   (``GET …/mcp``, which carry no response to an in-flight request) are ended cleanly now, so
+   their clients reconnect through the load balancer and their connections are reused, with
+   ``Connection: close``, while this gateway still serves.
 2. For ``drain_delay`` seconds it keeps accepting and serving everything, as usual: the load
-   balancers need that long to notice (readiness probe period x failure threshold).
+   balancers need that long to notice (readiness probe period x failure threshold). Every
+   response says ``Connection: close``.
 3. Then it stops accepting connections (uvicorn's shutdown), closes idle keep-alive connections
    and lets in-flight requests finish.
-4. After ``drain_timeout`` more seconds, responses still streaming (SSE: 2025 GET streams, legacy
-   ``/sse``, long tool calls) are ended cleanly: the chunked body gets its terminating chunk, so
+4. After ``drain_timeout`` more seconds, responses still streaming (SSE: legacy ``/sse``, long
+   tool calls, GET streams opened during the delay) are ended cleanly: the chunked body gets its terminating chunk, so
    the client sees the stream end (not a reset) and reconnects, to another gateway.
 5. Then the lifespan shutdown closes the components, as before.
 
@@ -85,6 +89,7 @@ class _Exchange:
     finished: bool = False
     stream: bool = False
     closing: bool = False
+    resumable: bool = False  # a 2025 GET stream (``GET …/mcp``): its client reconnects with GET at once
 
 
 class StreamTracker:
@@ -110,7 +115,9 @@ class StreamTracker:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        exchange = _Exchange(asyncio.current_task())
+        exchange = _Exchange(
+            asyncio.current_task(), resumable=scope.get("method") == "GET" and scope.get("path", "").endswith("/mcp")
+        )
         streams, drain = self._streams, self.drain
 
         async def tracked(message: Message) -> None:
@@ -141,10 +148,15 @@ class StreamTracker:
             self.in_flight -= 1
             streams.discard(exchange)
 
-    def close_streams(self) -> int:
-        """End every streaming response now (the client sees a complete, ended body); returns how many."""
+    def close_streams(self, *, resumable_only: bool = False) -> int:
+        """End streaming responses now (the client sees a complete, ended body); returns how many.
+
+        ``resumable_only``: just the 2025 GET streams, which carry no response to an in-flight request.
+        """
         count = 0
         for exchange in list(self._streams):
+            if resumable_only and not exchange.resumable:
+                continue
             if exchange.task is not None and not exchange.closing:
                 exchange.closing = True
                 exchange.task.cancel()
@@ -175,10 +187,23 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         self.drain.begin()
+        self._end_resumable_streams()
         asyncio.get_running_loop().create_task(self._stop_after_delay())
+
+    def _end_resumable_streams(self) -> None:
+        """End the 2025 GET streams opened before the drain, while this gateway still serves.
+
+        Their responses went out without ``Connection: close``, so their connections would go back
+        to the clients' pools when the streams end. Ended now, the next request on such a connection
+        is served (and told ``Connection: close``); ended at shutdown, it would race the close.
+        The clients reconnect their GET streams through the load balancer, to a ready gateway.
+        """
+        if self.tracker is not None and (count := self.tracker.close_streams(resumable_only=True)):
+            log.info("draining: ended %d open stream(s) so their clients reconnect elsewhere", count)
 
     async def _stop_after_delay(self) -> None:
         await asyncio.sleep(self.drain.delay)
+        self._end_resumable_streams()  # any opened during the delay said Connection: close; end them too
         log.info("draining: no longer accepting; in-flight requests have %.1f s", self.drain.timeout)
         self.should_exit = True
 

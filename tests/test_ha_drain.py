@@ -76,3 +76,37 @@ def test_sigterm_reports_not_ready_keeps_serving_then_ends_streams_cleanly(drain
     assert gw.proc.wait(10) == 0
     log = gw.log_text()
     assert "ended 1 open stream(s)" in log
+
+
+def test_sigterm_ends_2025_get_streams_at_once_and_their_connections_close_after_one_more_request(
+    draining_gateway: GatewayProcess,
+) -> None:
+    """A GET stream opened before the drain ends when the drain begins, while the gateway still serves:
+    the client's next request on that connection is answered, with ``Connection: close``, instead of
+    racing the close of an idle keep-alive connection when the gateway stops accepting."""
+    gw = draining_gateway
+    url = f"{gw.url}/adapters/dr/mcp"
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=1)) as http:  # one connection: reused
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        }
+        opened = http.post(url, json=init, headers=ACCEPT)
+        assert opened.status_code == 200
+        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert http.post(url, json=note, headers={**ACCEPT, **session}).status_code == 202
+        with http.stream("GET", url, headers={"Accept": "text/event-stream", **session}) as stream:
+            assert stream.status_code == 200 and "connection" not in stream.headers
+            assert gw.proc is not None
+            gw.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            stream.read()  # ends cleanly (a complete chunked body), well before the drain delay is over
+            assert time.monotonic() - signalled < DELAY, time.monotonic() - signalled
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        answered = http.post(url, json=ping, headers={**ACCEPT, **session})
+        assert answered.status_code == 200 and answered.headers["connection"] == "close"
+    assert gw.proc.wait(DELAY + TIMEOUT + 10) == 0
+    assert "ended 1 open stream(s)" in gw.log_text()

@@ -262,5 +262,7 @@ def test_caps_hold_across_gateways_sharing_redis(tmp_path: Path, redis_server: R
                     what="sessions revoked in Redis",
                 )
                 wait_ready(api, "shared", 1)
+            with second.client() as api:  # the follower reads the leader's published state every 0.25 s
+                wait_ready(api, "shared", 1)
             opened = [initialize((first, second)[i % 2], "shared", "zoe").status_code for i in range(3)]
             assert opened == [200, 200, 200]
