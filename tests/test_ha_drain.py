@@ -16,6 +16,12 @@ from tests.gateway_process import GatewayProcess, example_adapter, start_gateway
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 DELAY, TIMEOUT = 1.5, 2.0
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
 
 
 @pytest.fixture
@@ -29,13 +35,7 @@ def draining_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
 
 
 def call(gw: GatewayProcess) -> int:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    return httpx.post(f"{gw.url}/adapters/dr/mcp", json=init, headers=ACCEPT, timeout=10).status_code
+    return httpx.post(f"{gw.url}/adapters/dr/mcp", json=INIT, headers=ACCEPT, timeout=10).status_code
 
 
 def test_sigterm_reports_not_ready_keeps_serving_then_ends_streams_cleanly(draining_gateway: GatewayProcess) -> None:
@@ -87,13 +87,7 @@ def test_sigterm_ends_2025_get_streams_at_once_and_their_connections_close_after
     gw = draining_gateway
     url = f"{gw.url}/adapters/dr/mcp"
     with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=1)) as http:  # one connection: reused
-        init = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-        }
-        opened = http.post(url, json=init, headers=ACCEPT)
+        opened = http.post(url, json=INIT, headers=ACCEPT)
         assert opened.status_code == 200
         session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
         note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
