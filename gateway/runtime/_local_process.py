@@ -78,12 +78,91 @@ def launch(command: Sequence[str]) -> tuple[list[str], Callable[[], None] | None
     return list(command), child_setup(os.getpid())
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the child binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+_claimed: set[int] = set()
+
+
+def claim_port() -> int:
+    """A loopback port nobody listens on right now and no other replica of this process was given.
+
+    The child binds it a moment later, so another program can still take it first: the readiness
+    check asks ``listener_owned`` before a replica counts as ready. ``release_port`` gives it back.
+    """
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _claimed:
+            _claimed.add(port)
+            return port
+    raise OSError("no free loopback port found in 64 tries")
+
+
+def release_port(port: int) -> None:
+    """The replica that was given ``port`` has exited."""
+    _claimed.discard(port)
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (any local address, IPv4 and IPv6), from /proc/net."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _process_tree(root: int) -> set[int]:
+    """``root`` and every process descended from it (by parent pid, read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_bytes()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses; split after the last ")"
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo.extend(children.get(pid, ()))
+    return tree
+
+
+def listener_owned(port: int, root: int) -> bool | None:
+    """Whether the socket listening on ``port`` belongs to process ``root`` or one of its descendants.
+
+    None when that cannot be told (no listener seen, or /proc/<pid>/fd unreadable: another user's
+    processes on a system that hides them). The readiness probe uses it so that a replica whose
+    port another program took first never becomes an endpoint for that program (issue 17).
+    """
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    unreadable = False
+    for pid in _process_tree(root):
+        try:
+            fds = os.scandir(f"/proc/{pid}/fd")
+        except OSError:
+            unreadable = True
+            continue
+        with fds:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd.path) in wanted:
+                        return True
+    return None if unreadable else False
 
 
 READY_CLIENT_ERRORS = (b"400", b"405", b"406")

@@ -15,7 +15,16 @@ from pathlib import Path
 
 from gateway.runtime._local_catalog import expand_process
 from gateway.runtime._local_isolation import Isolation
-from gateway.runtime._local_process import OWNER_ENV, free_port, probe, probe_detail, signal_group, wait_group_gone
+from gateway.runtime._local_process import (
+    OWNER_ENV,
+    claim_port,
+    listener_owned,
+    probe,
+    probe_detail,
+    release_port,
+    signal_group,
+    wait_group_gone,
+)
 from gateway.runtime.base import Endpoint
 
 log = logging.getLogger("gateway.runtime.local")
@@ -193,7 +202,13 @@ class Replica:
 
     async def _run_process(self) -> float:
         """Start one process and watch it until it exits; return how long it was ready."""
-        self.port = free_port()
+        self.port = claim_port()
+        try:
+            return await self._run_on_port()
+        finally:
+            release_port(self.port)
+
+    async def _run_on_port(self) -> float:
         self.uid = uuid.uuid4().hex[:16]
         self._update(ready=False, state="Starting", message="")
         command = [expand_process(c, port=self.port, replica=self.name) for c in self.spec.command]
@@ -262,6 +277,14 @@ class Replica:
                 if self._stopping:
                     continue
                 ok, seen = await probe_detail(self.port, self.spec.ready_path, PROBE_TIMEOUT)
+                if ok and await asyncio.to_thread(listener_owned, self.port, process.pid) is False:
+                    # Another program bound the port between our pick and the child's bind: what
+                    # answered is not this replica, and must never become its endpoint.
+                    self.last_failure = f"port {self.port} is held by another program, not by this replica"
+                    self._log_line(self.last_failure)
+                    signal_group(process.pid, signal.SIGKILL)
+                    await exited
+                    return 0.0
                 if ok:
                     break
                 if f"readiness probe: {seen}" != self.message:

@@ -20,7 +20,9 @@ How it works (Linux; asyncio or uvloop):
   (``local_sandbox``); the data dir is made 0700 with its files 0600. Start-up logs what is in
   force, and a WARNING when replicas are not isolated at all.
 * **Readiness.** HTTP GET of the catalog's ``ready_path`` (else a TCP connect) until it answers or
-  ``local_ready_timeout`` passes; later probes every few seconds take a stuck replica out. Only
+  ``local_ready_timeout`` passes, and the socket listening on the port must belong to the
+  replica's own process tree (a port another program took first never becomes an endpoint);
+  later probes every few seconds take a stuck replica out. Only
   ready replicas are endpoints; listeners hear of every change; ``endpoints()`` reads memory.
 * **Crashes.** A crashed replica leaves the endpoints at once and restarts after a backoff that
   doubles from 0.5 s up to ``local_restart_backoff_max``; restarts show in status, and a
