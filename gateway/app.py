@@ -42,7 +42,7 @@ from gateway.proxy.policy import McpStages
 from gateway.proxy.routes import DataPlaneRoutes
 from gateway.proxy.sealing import SessionSealer, load_or_create_key, parse_keys
 from gateway.proxy.sessions import SessionRouter
-from gateway.runtime.base import Runtime
+from gateway.runtime.base import Runtime, accepting
 from gateway.servers.mcp import VirtualServers
 from gateway.servers.routes import ServerController
 from gateway.servers.service import ServerService
@@ -249,6 +249,8 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     )
     # Sessions pinned to a replica that left the ready endpoints are revoked at once, not at their TTL.
     runtime.add_listener(lambda name: router.replicas_changed(name, runtime.endpoints(name)))
+    # A draining replica (replaced or scaled away) stops as soon as no session is pinned to it (issue 13).
+    runtime.set_session_counter(i_sessions.count_replica)
     credentials = UpstreamCredentials.from_settings(
         settings,
         kube_api_client=(lambda: cast(Any, runtime).api_client) if settings.runtime == "kubernetes" else None,
@@ -288,7 +290,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     server_service = ServerService(
         servers=server_store,
         adapters=i_store,
-        ready=lambda name: len(runtime.endpoints(name)),
+        ready=lambda name: len(accepting(runtime.endpoints(name))),
         max_members=settings.server_max_members,
         list_max_limit=settings.list_max_limit,
     )

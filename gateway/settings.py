@@ -58,6 +58,11 @@ class Settings:
     drain_timeout: float = setting(
         20.0, "Seconds a stopping gateway waits for in-flight requests before it closes open streams."
     )
+    replica_drain_timeout: float = setting(
+        60.0,
+        "Seconds a replaced or scaled-away adapter replica keeps serving the sessions pinned to it (it takes "
+        "no new ones) before it stops; it stops sooner when its last session ends. 0 stops it at once.",
+    )
     data_dir: Path = setting(
         Path(".mcp-gateway"), "Folder for the SQLite store, replica logs and the embedded session key."
     )
@@ -512,6 +517,8 @@ def _check_edge_limits(s: Settings) -> None:
             _fail(name, f"must be greater than 0, got {getattr(s, name)}")
     if s.max_connections < 0:
         _fail("max_connections", f"must be 0 (automatic) or more, got {s.max_connections}")
+    if s.replica_drain_timeout < 0:
+        _fail("replica_drain_timeout", f"must be 0 (no draining) or more, got {s.replica_drain_timeout:g}")
 
 
 def _check_policy(s: Settings) -> None:

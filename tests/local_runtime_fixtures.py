@@ -157,6 +157,8 @@ async def make_runtime(tmp_path: Path, test_catalog: Path) -> AsyncIterator[Runt
 
     async def make(data_dir: Path | None = None, **overrides: Any) -> LocalRuntime:
         data_dir = data_dir or tmp_path / "data"
+        # No replica draining unless a test asks for it: these tests watch processes come and go.
+        overrides.setdefault("replica_drain_timeout", 0)
         settings = Settings(data_dir=data_dir, image_catalog=overrides.pop("image_catalog", test_catalog), **overrides)
         runtime = LocalRuntime(settings)
         await runtime.start()

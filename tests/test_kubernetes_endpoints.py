@@ -8,6 +8,7 @@ from pathlib import Path
 
 import kmock
 
+from gateway.runtime.base import accepting
 from gateway.runtime.kubernetes import KubernetesRuntime
 from tests.kubernetes_fixtures import (
     ClusterEmulator,
@@ -42,13 +43,20 @@ async def test_only_ready_pods_with_an_ip_are_endpoints(runtime: KubernetesRunti
     del foreign["metadata"]["labels"]["app.kubernetes.io/managed-by"]
     cluster.put_object("pods", foreign)
 
-    await wait_for(lambda: len(runtime.endpoints("ex")) == 2, what="two endpoints")
+    await wait_for(lambda: len(runtime.endpoints("ex")) == 3, what="three endpoints")
     await asyncio.sleep(0.1)
-    e0, e3 = runtime.endpoints("ex")
-    assert (e0.replica, e0.url) == ("ex-0", "http://10.0.0.10:8000")
-    assert (e3.replica, e3.url) == ("ex-3", "http://[fd00::3]:8000")
+    e0, e3, e4 = runtime.endpoints("ex")
+    assert (e0.replica, e0.url, e0.draining) == ("ex-0", "http://10.0.0.10:8000", False)
+    assert (e3.replica, e3.url, e3.draining) == ("ex-3", "http://[fd00::3]:8000", False)
+    # Deleted but still Ready: in its preStop drain, it serves the sessions pinned to it, nothing new.
+    assert (e4.replica, e4.url, e4.draining) == ("ex-4", "http://10.0.0.14:8000", True)
+    assert accepting(runtime.endpoints("ex")) == (e0, e3)
     assert e0.uid == cluster.get("pods", "ex-0")["metadata"]["uid"]  # type: ignore[index]
     assert runtime.endpoints("other") == ()
+    # Once it stops answering its readiness probe, the draining pod is no endpoint at all.
+    terminating["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    cluster.put_object("pods", terminating)
+    await wait_for(lambda: len(runtime.endpoints("ex")) == 2, what="the drained pod gone")
 
 
 async def test_endpoints_change_within_a_second_of_the_watch_event(

@@ -87,6 +87,20 @@ def test_command_and_args_replace_the_entrypoint_and_keep_the_security_context()
     assert "command" not in plain and "args" not in plain
 
 
+def test_replaced_pods_drain_their_sessions_before_the_server_is_stopped() -> None:
+    """Issue 13: a replaced or scaled-away pod serves its pinned sessions for replica_drain_timeout."""
+    sts = statefulset_manifest(RECORDS["plain"], Settings(runtime="kubernetes", replica_drain_timeout=45.5))
+    pod_spec = sts["spec"]["template"]["spec"]
+    # The kubelet's own sleep action: no binary needed in a stock image; SIGTERM reaches the server after it.
+    assert pod_spec["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 46}}}
+    assert pod_spec["terminationGracePeriodSeconds"] == 46 + 30
+    # DNS names of terminating pods keep resolving (the gateway routes by its own pod watch).
+    assert service_manifest(RECORDS["plain"], SETTINGS["defaults"])["spec"]["publishNotReadyAddresses"] is True
+    off = statefulset_manifest(RECORDS["plain"], Settings(runtime="kubernetes", replica_drain_timeout=0))
+    assert "lifecycle" not in off["spec"]["template"]["spec"]["containers"][0]
+    assert off["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30
+
+
 def test_a_built_statefulset_carries_its_own_generation() -> None:
     sts = statefulset_manifest(RECORDS["env-and-replicas"], SETTINGS["defaults"])
     assert applied_generation(sts) == 9

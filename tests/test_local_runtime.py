@@ -19,6 +19,7 @@ from gateway.errors import RuntimeUnavailable
 from gateway.runtime import InstanceNotFound
 from gateway.runtime._local_catalog import ImageCatalog, ImageEntry
 from gateway.runtime._local_isolation import bwrap_works
+from gateway.runtime.base import accepting
 from gateway.runtime.local import LocalRuntime
 from gateway.settings import Settings
 from tests.local_runtime_fixtures import (
@@ -440,3 +441,37 @@ def test_runs_under_uvloop(tmp_path: Path) -> None:
     assert whoami == "loopy-0"
     assert not pid_alive(pid)
     assert replica_processes(data) == {}
+
+
+async def test_scaled_away_replica_drains_until_its_sessions_end_or_the_timeout(
+    make_runtime: RuntimeFactory, tmp_path: Path
+) -> None:
+    """Issue 13: a scaled-away replica takes nothing new but stays for its pinned sessions."""
+    pinned: dict[str, int] = {}
+
+    async def counter(adapter: str, uid: str) -> int:
+        assert adapter == "dr"
+        return pinned.get(uid, 0)
+
+    runtime = await make_runtime(replica_drain_timeout=4)
+    runtime.set_session_counter(counter)
+    await runtime.apply(record("dr", 3))
+    endpoints = await wait_until(lambda: len(runtime.endpoints("dr")) == 3 and runtime.endpoints("dr"))
+    by_name = {e.replica: e for e in endpoints}
+    pinned[by_name["dr-1"].uid] = 2  # dr-1 has sessions; dr-2 has none
+
+    await runtime.apply(record("dr", 1, generation=2))
+    # dr-2 (no session) stops at the first check; dr-1 keeps serving its sessions, flagged draining.
+    await wait_until(lambda: {e.replica for e in runtime.endpoints("dr")} == {"dr-0", "dr-1"}, what="dr-2 gone")
+    assert [(e.replica, e.draining) for e in runtime.endpoints("dr")] == [("dr-0", False), ("dr-1", True)]
+    assert [e.replica for e in accepting(runtime.endpoints("dr"))] == ["dr-0"]
+    status = await runtime.status(record("dr", 1, generation=2))
+    assert [(i.name, i.state) for i in status.instances] == [("dr-0", "Running"), ("dr-1", "Draining")]
+    assert await call_tool(by_name["dr-1"].url, "whoami") == "dr-1"  # still serving
+    assert status.ready == 1
+    # Its sessions never end: it stops at the drain timeout, and its log goes with it.
+    started = time.monotonic()
+    await wait_until(lambda: len(runtime.endpoints("dr")) == 1, within=10, what="drain timeout")
+    assert time.monotonic() - started < 5
+    assert set(pids_of(tmp_path / "data")) == {"dr-0"}
+    await wait_until(lambda: not (tmp_path / "data" / "logs" / "dr-1.log").exists(), what="log of dr-1 removed")

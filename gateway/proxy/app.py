@@ -62,7 +62,7 @@ from gateway.proxy.upstream import (
     UpstreamProtocolError,
     UpstreamResponse,
 )
-from gateway.runtime.base import Endpoint, Runtime
+from gateway.runtime.base import Endpoint, Runtime, accepting
 from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.view import AdapterView
 from gateway.telemetry.logs import sanitize
@@ -346,7 +346,7 @@ class McpProxy:
         raise ProxyError(404, -32001, "session not found: its replica is gone; initialize a new session")
 
     def _choose(self, name: str) -> Endpoint:
-        endpoints = self._runtime.endpoints(name)
+        endpoints = accepting(self._runtime.endpoints(name))  # a draining replica serves its pinned sessions only
         if not endpoints:
             raise ProxyError(503, -32002, f"adapter {name!r} has no ready replica", {"Retry-After": "2"})
         return self._balancer.pick(name, endpoints)

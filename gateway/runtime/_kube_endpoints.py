@@ -3,19 +3,21 @@
 Every gateway replica runs its own watch (followers route too). The watch resumes from the last
 resourceVersion it saw, re-lists when the API answers 410 Gone, re-opens when the connection drops
 or the server ends the watch, and backs off (0.25 s doubling to 10 s, jittered) on errors. Only pods
-with the ``Ready`` condition, a pod IP and no deletion in progress are endpoints; listeners hear of
-a change as soon as the watch event is processed.
+with the ``Ready`` condition, a pod IP and no deletion in progress are endpoints; a deleted pod that
+is still Ready (in the preStop drain the manifest gives it) is a ``draining`` endpoint, for the
+sessions pinned to it. Listeners hear of a change as soon as the watch event is processed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 
 from gateway.runtime._kube_api import TRANSPORT_ERRORS, ApiError, KubeApi, unavailable
 from gateway.runtime._kube_manifests import ADAPTER_LABEL, CONTAINER_PORT, MANAGED_SELECTOR, Manifest, is_managed
-from gateway.runtime._kube_status import pod_ready, pod_uid
+from gateway.runtime._kube_status import pod_ready, pod_serving, pod_uid
 from gateway.runtime.base import Endpoint, EndpointListener
 from gateway.settings import Settings
 
@@ -61,7 +63,16 @@ class PodWatch:
     def _refresh(self, adapter: str) -> None:
         pods = self._pods.get(adapter, {})
         ready = sorted((self._endpoint(p, adapter) for p in pods.values() if pod_ready(p)), key=lambda e: e.replica)
-        new = tuple(ready)
+        # Deleted but still serving (the preStop drain of a replaced or scaled-away pod): pinned sessions only.
+        draining = sorted(
+            (
+                dataclasses.replace(self._endpoint(p, adapter), draining=True)
+                for p in pods.values()
+                if p["metadata"].get("deletionTimestamp") and pod_serving(p)
+            ),
+            key=lambda e: e.replica,
+        )
+        new = tuple(ready + draining)
         if new == self._endpoints.get(adapter, ()):
             return
         if new:

@@ -15,6 +15,7 @@ whose spec no longer contains the applied spec was edited out of band, and is re
 from __future__ import annotations
 
 import json
+import math
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -180,6 +181,11 @@ def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    drain = math.ceil(settings.replica_drain_timeout)
+    if drain > 0:
+        # A replaced or scaled-away pod keeps serving the sessions pinned to it for the drain (issue 13):
+        # the kubelet's own sleep (no binary needed in the image), then SIGTERM to the server.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": drain}}}
     # The adapter's command/args replace the image's ENTRYPOINT/CMD (issue 17); the security context
     # above stays the same whatever runs.
     if adapter.command is not None:
@@ -203,6 +209,8 @@ def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest
                 ),
                 "automountServiceAccountToken": adapter.use_workload_identity,
                 "enableServiceLinks": False,
+                # The drain, then the server's own shutdown (Kubernetes' default 30 s).
+                "terminationGracePeriodSeconds": drain + 30,
                 "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [container],
             },
@@ -226,7 +234,9 @@ def service_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest:
         "clusterIP": "None",
         "selector": selector_labels(adapter.name),
         "ports": [{"name": "mcp", "port": CONTAINER_PORT, "targetPort": CONTAINER_PORT, "protocol": "TCP"}],
-        "publishNotReadyAddresses": False,
+        # The gateway routes by its own pod watch; DNS names must keep resolving for a pod that is
+        # terminating but still serves its pinned sessions (the drain), so not-ready pods stay published.
+        "publishNotReadyAddresses": True,
     }
     return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(adapter, settings, spec), "spec": spec}
 

@@ -44,8 +44,13 @@ STUCK_REASONS = frozenset(
 
 def pod_ready(pod: Manifest) -> bool:
     """Ready condition, a pod IP, and no deletion in progress."""
+    return not pod.get("metadata", {}).get("deletionTimestamp") and pod_serving(pod)
+
+
+def pod_serving(pod: Manifest) -> bool:
+    """Ready condition and a pod IP, deleted or not: a terminating pod in its preStop drain still serves."""
     status = pod.get("status") or {}
-    if pod.get("metadata", {}).get("deletionTimestamp") or not status.get("podIP"):
+    if not status.get("podIP"):
         return False
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
@@ -182,7 +187,8 @@ def instance_status(
             label = reason
             issues.append(RuntimeIssue(reason, f"{meta['name']}: {message}"))
     if meta.get("deletionTimestamp"):
-        label = "Terminating"
+        # In its preStop sleep (replica_drain_timeout) a replaced pod serves its pinned sessions only.
+        label = "Draining" if pod_serving(pod) else "Terminating"
     revision = (meta.get("labels") or {}).get("controller-revision-hash")
     current = not update_revision or not revision or revision == update_revision
     return (

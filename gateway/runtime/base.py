@@ -8,7 +8,7 @@ so ``endpoints`` must answer from memory without I/O.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from gateway.errors import RuntimeUnavailable
@@ -17,15 +17,26 @@ from gateway.models import AdapterRecord, InstanceStatus
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A ready replica the data plane may route to.
+    """A replica the data plane may route to.
 
     ``replica`` is the stable name (``mcp-example-1``); ``uid`` changes whenever the replica is
     replaced (a new process, a new pod), so a session pinned to a dead incarnation is detected.
+    ``draining``: the replica was replaced or scaled away (issue 13): it still serves the sessions
+    pinned to it, until they end or ``replica_drain_timeout`` passes, but takes no new session and
+    no stateless request.
     """
 
     replica: str
     uid: str
     url: str
+    draining: bool = False
+
+
+def accepting(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """The endpoints that take new sessions and stateless requests (not draining)."""
+    if not any(e.draining for e in endpoints):
+        return endpoints
+    return tuple(e for e in endpoints if not e.draining)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,6 +97,9 @@ class Leadership(Protocol):
 EndpointListener = Callable[[str], None]
 """Called with an adapter name whenever its ready endpoints change."""
 
+SessionCounter = Callable[[str, str], Awaitable[int]]
+"""``counter(adapter, replica_uid)``: live sessions pinned to that replica incarnation."""
+
 
 class Runtime(Protocol):
     """Runs replicas of adapters and reports on them."""
@@ -123,7 +137,10 @@ class Runtime(Protocol):
         """
 
     def endpoints(self, name: str) -> tuple[Endpoint, ...]:
-        """Ready replicas of the adapter, from memory (hot path: no I/O)."""
+        """Ready replicas of the adapter, draining ones included (flagged), from memory (hot path: no I/O)."""
+
+    def set_session_counter(self, counter: SessionCounter) -> None:
+        """How many live sessions are pinned to a replica: a draining replica stops when it has none."""
 
     def add_listener(self, listener: EndpointListener) -> None:
         """Call ``listener(name)`` whenever the endpoints of an adapter change."""

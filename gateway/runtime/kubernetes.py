@@ -46,7 +46,7 @@ from gateway.runtime._kube_manifests import (
     tolerations,
 )
 from gateway.runtime._kube_status import adapter_status, follow_replica_logs, replica_logs
-from gateway.runtime.base import Endpoint, EndpointListener, NotLeading, RuntimeStatus
+from gateway.runtime.base import Endpoint, EndpointListener, NotLeading, RuntimeStatus, SessionCounter
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -263,3 +263,6 @@ class KubernetesRuntime:
         self._listeners.append(listener)
         if self._pods is not None:
             self._pods.add_listener(listener)
+
+    def set_session_counter(self, counter: SessionCounter) -> None:
+        """Not used: a replaced pod drains for its preStop sleep (``replica_drain_timeout``), whatever its sessions."""

@@ -60,6 +60,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -80,7 +81,14 @@ from gateway.runtime._local_process import (
     tail_lines,
 )
 from gateway.runtime._local_replica import LaunchSpec, Replica, ReplicaContext
-from gateway.runtime.base import Endpoint, EndpointListener, InstanceNotFound, RuntimeIssue, RuntimeStatus
+from gateway.runtime.base import (
+    Endpoint,
+    EndpointListener,
+    InstanceNotFound,
+    RuntimeIssue,
+    RuntimeStatus,
+    SessionCounter,
+)
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.runtime.local")
@@ -106,6 +114,8 @@ FOLLOWER_POLL = 0.25
 """Seconds between a follower's checks of the leader's state file."""
 LOCK_RETRY = 1.0
 """Seconds between a follower's attempts to take the leader lock."""
+DRAIN_POLL = 1.0
+"""Seconds between a draining replica's checks of how many sessions are still pinned to it."""
 
 
 class IssueSnapshot(msgspec.Struct):
@@ -121,6 +131,7 @@ class EndpointSnapshot(msgspec.Struct):
     replica: str
     uid: str
     url: str
+    draining: bool = False
 
 
 class AdapterSnapshot(msgspec.Struct, kw_only=True):
@@ -158,6 +169,16 @@ class _Slot:
         return [r for r in (self.current, self.next) if r is not None]
 
 
+class _Draining:
+    """A replaced or scaled-away replica serving its pinned sessions until ``until`` (wall clock)."""
+
+    __slots__ = ("replica", "until")
+
+    def __init__(self, replica: Replica, until: float) -> None:
+        self.replica = replica
+        self.until = until
+
+
 class _Deployment:
     """The leader's view of one adapter: what was applied and the replicas running it."""
 
@@ -170,16 +191,21 @@ class _Deployment:
         self.issue: RuntimeIssue | None = None
         self.record: AdapterRecord | None = None
         self.slots: dict[int, _Slot] = {}
+        self.draining: list[_Draining] = []
 
     def replicas(self) -> list[Replica]:
-        return [r for slot in self.slots.values() for r in slot.replicas()]
+        return [r for slot in self.slots.values() for r in slot.replicas()] + [d.replica for d in self.draining]
 
     def endpoints(self) -> tuple[Endpoint, ...]:
-        return tuple(
+        serving = tuple(
             slot.current.endpoint
             for _, slot in sorted(self.slots.items())
             if slot.current is not None and slot.current.ready
         )
+        draining = tuple(
+            dataclasses.replace(d.replica.endpoint, draining=True) for d in self.draining if d.replica.ready
+        )
+        return serving + draining
 
     def snapshot(self) -> AdapterSnapshot:
         instances = []
@@ -207,6 +233,21 @@ class _Deployment:
                     restarts=r.restarts,
                     generation=r.generation,
                     message=message,
+                )
+            )
+        for d in self.draining:
+            r = d.replica
+            until = time.strftime("%H:%M:%S", time.gmtime(d.until))
+            instances.append(
+                InstanceStatus(
+                    instance=r.index,
+                    name=r.name,
+                    ready=False,
+                    state="Draining",
+                    restarts=r.restarts,
+                    generation=r.generation,
+                    message=f"replaced: serves the sessions pinned to it, takes no new ones; stops when the last "
+                    f"one ends or at {until} UTC",
                 )
             )
         serving = [s.current for s in self.slots.values() if s.current is not None]
@@ -245,7 +286,7 @@ class _Deployment:
             progressing=progressing,
             instances=instances,
             issues=issues,
-            endpoints=[EndpointSnapshot(e.replica, e.uid, e.url) for e in self.endpoints()],
+            endpoints=[EndpointSnapshot(e.replica, e.uid, e.url, e.draining) for e in self.endpoints()],
         )
 
 
@@ -288,6 +329,8 @@ class LocalRuntime:
         self._background: set[asyncio.Task[None]] = set()
         self._follower_task: asyncio.Task[None] | None = None
         self._publish_pending = False
+        self._session_counter: SessionCounter | None = None
+        self._drainers: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -347,6 +390,8 @@ class LocalRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower_task
             self._follower_task = None
+        for drainer in list(self._drainers):
+            drainer.cancel()
         if self._role == "leader":
             replicas = [r for d in self._deployments.values() for r in d.replicas()]
             self._deployments.clear()
@@ -566,19 +611,75 @@ class LocalRuntime:
             dep.spec, dep.issue, dep.record = spec, issue, adapter
             for index in sorted(dep.slots):
                 if index >= adapter.replica_count:
-                    to_stop.extend(dep.slots.pop(index).replicas())
+                    slot = dep.slots.pop(index)
+                    if slot.next is not None:
+                        to_stop.append(slot.next)
+                    if slot.current is not None and not self._drain(dep, slot.current):
+                        to_stop.append(slot.current)
             for index in range(adapter.replica_count):
                 to_stop.extend(self._converge_slot(dep, index))
             self._refresh(adapter.name)
         if to_stop:
             await self._stop_all(to_stop)
-            # Logs of replicas scaled away go with them (issue 17), unless the index came back meanwhile.
-            dep = self._deployments.get(adapter.name)
             for index in {r.index for r in to_stop}:
-                if dep is not None and index >= dep.desired:
-                    for suffix in (".log", ".log.1"):
-                        with contextlib.suppress(FileNotFoundError):
-                            (self._log_dir / f"{adapter.name}-{index}{suffix}").unlink()
+                self._delete_scaled_away_log(adapter.name, index)
+
+    def _delete_scaled_away_log(self, name: str, index: int) -> None:
+        """Logs of replicas scaled away go with them (issue 17), unless the index is back (or draining)."""
+        dep = self._deployments.get(name)
+        if dep is None or index < dep.desired or any(d.replica.index == index for d in dep.draining):
+            return
+        for suffix in (".log", ".log.1"):
+            with contextlib.suppress(FileNotFoundError):
+                (self._log_dir / f"{name}-{index}{suffix}").unlink()
+
+    def set_session_counter(self, counter: SessionCounter) -> None:
+        """How many sessions are pinned to a replica: a draining replica with none stops before its timeout."""
+        self._session_counter = counter
+
+    def _drain(self, dep: _Deployment, replica: Replica) -> bool:
+        """Let a replaced or scaled-away replica drain (issue 13); False when it should stop now instead.
+
+        A ready replica keeps serving the sessions pinned to it, and takes no new session or stateless
+        request, until its last session ends (asked every DRAIN_POLL seconds of the session counter)
+        or ``replica_drain_timeout`` passes; a crash ends the drain too (it is not restarted).
+        """
+        timeout = self._settings.replica_drain_timeout
+        if timeout <= 0 or not replica.ready:
+            return False
+        entry = _Draining(replica, time.time() + timeout)
+        dep.draining.append(entry)
+        task = asyncio.get_running_loop().create_task(self._drain_then_stop(dep.name, entry, limit=timeout))
+        self._drainers.add(task)
+        task.add_done_callback(self._drainers.discard)
+        log.info("replica %s (generation %d) draining for up to %gs", replica.name, replica.generation, timeout)
+        return True
+
+    async def _drain_then_stop(self, name: str, entry: _Draining, *, limit: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        why = f"drain timeout ({limit:g}s)"
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(DRAIN_POLL, left))
+            if not entry.replica.ready:
+                why = "it stopped being ready"
+                break
+            if self._session_counter is not None and loop.time() < deadline:
+                try:
+                    pinned = await self._session_counter(name, entry.replica.uid)
+                except Exception as exc:  # the session store is down: keep draining until the timeout
+                    log.debug("draining replica %s: cannot count its sessions: %s", entry.replica.name, exc)
+                    continue
+                if pinned == 0:
+                    why = "its last session ended"
+                    break
+        log.info("replica %s (generation %d) drained: %s", entry.replica.name, entry.replica.generation, why)
+        dep = self._deployments.get(name)
+        if dep is not None and entry in dep.draining:
+            dep.draining.remove(entry)
+        self._refresh(name)
+        await entry.replica.stop()
+        self._delete_scaled_away_log(name, entry.replica.index)
 
     def _converge_slot(self, dep: _Deployment, index: int) -> list[Replica]:
         """Bring replica ``index`` towards the deployment's spec; return the replicas to stop."""
@@ -743,10 +844,10 @@ class LocalRuntime:
     def _replica_changed(self, replica: Replica) -> None:
         dep = self._deployments.get(replica.adapter)
         slot = dep.slots.get(replica.index) if dep is not None else None
-        if slot is not None and slot.next is replica and replica.ready:
-            # The successor is ready: it takes the endpoint, the old process goes.
+        if slot is not None and dep is not None and slot.next is replica and replica.ready:
+            # The successor is ready: it takes the endpoint, the old process drains, then goes.
             old, slot.current, slot.next = slot.current, replica, None
-            if old is not None:
+            if old is not None and not self._drain(dep, old):
                 self._track(asyncio.ensure_future(old.stop()))
         self._refresh(replica.adapter)
 
@@ -858,5 +959,7 @@ class LocalRuntime:
         self._shared = state
         for name in set(old.adapters) | set(state.adapters):
             snap = state.adapters.get(name)
-            endpoints = () if snap is None else tuple(Endpoint(e.replica, e.uid, e.url) for e in snap.endpoints)
+            endpoints = (
+                () if snap is None else tuple(Endpoint(e.replica, e.uid, e.url, e.draining) for e in snap.endpoints)
+            )
             self._set_endpoints(name, endpoints)

@@ -113,3 +113,6 @@ class SessionStore(Protocol):
 
     async def count_user(self, adapter: str, user_id: str) -> int:
         """Live records of one user on one adapter."""
+
+    async def count_replica(self, adapter: str, replica_uid: str) -> int:
+        """Live records pinned to one replica incarnation (a draining replica stops at 0)."""

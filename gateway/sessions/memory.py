@@ -129,6 +129,11 @@ class MemorySessionStore:
         self._sweep(time.monotonic(), None)
         return len(self._by_user.get((adapter, user_id), ()))
 
+    async def count_replica(self, adapter: str, replica_uid: str) -> int:
+        """Live records pinned to one replica incarnation."""
+        self._sweep(time.monotonic(), None)
+        return len(self._by_replica.get((adapter, replica_uid), ()))
+
     # --- internals ------------------------------------------------------------------------
 
     def _check(self, sids: set[str] | None, limit: str, maximum: int, now: float) -> None:

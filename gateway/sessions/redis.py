@@ -409,6 +409,10 @@ class RedisSessionStore:
         """Live records of one user on one adapter."""
         return int(await self._guard(self._run_script(_COUNT, [f"{self._base}u:{adapter}:{user_id}"], [])))
 
+    async def count_replica(self, adapter: str, replica_uid: str) -> int:
+        """Live records pinned to one replica incarnation."""
+        return int(await self._guard(self._run_script(_COUNT, [f"{self._base}r:{adapter}:{replica_uid}"], [])))
+
     # --- internals ------------------------------------------------------------------------
 
     @property

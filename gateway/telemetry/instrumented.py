@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from opentelemetry.trace import SpanKind
 
 from gateway.models import AdapterRecord
-from gateway.runtime.base import Endpoint, EndpointListener, InstanceNotFound, Runtime, RuntimeStatus
+from gateway.runtime.base import Endpoint, EndpointListener, InstanceNotFound, Runtime, RuntimeStatus, SessionCounter
 from gateway.sessions.base import SessionLimitExceeded, SessionLimits, SessionRecord, SessionStore
 from gateway.store.base import AdapterExists, AdapterStore, EtagMismatch
 from gateway.telemetry.metrics import GatewayMetrics
@@ -187,6 +187,11 @@ class InstrumentedSessionStore(_Instrumented[SessionStore]):
         with self._call("count_user", adapter):
             return await self.inner.count_user(adapter, user_id)
 
+    async def count_replica(self, adapter: str, replica_uid: str) -> int:
+        """See ``SessionStore.count_replica``."""
+        with self._call("count_replica", adapter):
+            return await self.inner.count_replica(adapter, replica_uid)
+
 
 class InstrumentedRuntime(_Instrumented[Runtime]):
     """A ``Runtime`` that reports its slow calls (``runtime.*`` spans, ``mcpgw_runtime_*``).
@@ -234,3 +239,7 @@ class InstrumentedRuntime(_Instrumented[Runtime]):
     def add_listener(self, listener: EndpointListener) -> None:
         """See ``Runtime.add_listener``."""
         self.inner.add_listener(listener)
+
+    def set_session_counter(self, counter: SessionCounter) -> None:
+        """See ``Runtime.set_session_counter``."""
+        self.inner.set_session_counter(counter)

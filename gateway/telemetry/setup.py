@@ -22,7 +22,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway.control.problems import problem_response
-from gateway.runtime.base import Runtime
+from gateway.runtime.base import Runtime, accepting
 from gateway.sessions.base import SessionStore
 from gateway.settings import Settings
 from gateway.store.base import AdapterStore
@@ -168,7 +168,7 @@ class Telemetry:
             ]
 
         def replicas_ready() -> Iterable[tuple[float, dict[str, str]]]:
-            return [(len(runtime.endpoints(name)), {"adapter": name}) for name in view.names()]
+            return [(len(accepting(runtime.endpoints(name))), {"adapter": name}) for name in view.names()]
 
         metrics.set_adapter_names(view.names)
         metrics.set_source("mcpgw_sessions_active", sessions_active)
