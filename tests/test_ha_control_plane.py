@@ -1,8 +1,7 @@
 """Issue 13, "Checked by": three gateway processes on one Kubernetes API emulator and one Cosmos
 stand-in, taking REST writes from all sides, with the reconciler leader killed mid-run.
 
-The issue asks for 60 s of writes; on the shared 2-core CI machine the suite runs 20 s by default
-(``MCPGW_TEST_HA_SECONDS`` changes it). No kubelet runs here: the check is the control plane, what
+The issue asks for 60 s of writes, and that is the default (``MCPGW_TEST_HA_SECONDS`` changes it). No kubelet runs here: the check is the control plane, what
 the gateways write to the API, recorded by the emulator in ``apply_log`` with the incarnation and
 generation annotations of every write.
 """
@@ -29,7 +28,7 @@ from tests.kubernetes_fixtures import AppliedWrite, ClusterThread, write_kubecon
 
 pytestmark = pytest.mark.slow
 
-SECONDS = float(os.environ.get("MCPGW_TEST_HA_SECONDS", "20"))
+SECONDS = float(os.environ.get("MCPGW_TEST_HA_SECONDS", "60"))
 NAMES = [f"ha{i:02d}" for i in range(20)]
 LEASE = {"duration": 3.0, "renew": 2.0, "retry": 0.5}
 LEASE_NAME = "mcp-gateway-reconciler"
