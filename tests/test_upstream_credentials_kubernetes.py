@@ -45,8 +45,13 @@ async def test_secret_is_read_by_name_with_get_only_and_sent_upstream(
         image_version="1.0.0",
         upstream_auth=UpstreamAuth(type="secret", secret="weather-key", prefix="Bearer "),
     )
-    for _ in range(3):  # kept for KUBE_SECRET_TTL: one read
-        assert await creds.headers_for(adapter, Identity("u"), None) == [(b"authorization", b"Bearer kube-value-1")]
+    # Kept for KUBE_SECRET_TTL: one read ("issued" in the audit), then "cached".
+    assert [(await creds.issue(adapter, Identity("u"), None)).outcome for _ in range(3)] == [
+        "issued",
+        "cached",
+        "cached",
+    ]
+    assert await creds.headers_for(adapter, Identity("u"), None) == [(b"authorization", b"Bearer kube-value-1")]
     reads = [r for r in list(cluster) if "/secrets" in r.url.path]
     assert [(r.method.value, r.url.path) for r in reads] == [
         ("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/weather-key")
