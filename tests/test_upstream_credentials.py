@@ -22,7 +22,7 @@ import pytest
 from gateway.control.validation import validate_upstream_auth
 from gateway.credentials import ConsentRequired, CredentialUnavailable, OboFailed, UpstreamCredentials, merge_headers
 from gateway.credentials._managed import ManagedIdentityTokens
-from gateway.credentials._obo import OboConfig, OboExchanger
+from gateway.credentials._obo import OboConfig, OboExchanger, _failure
 from gateway.credentials.errors import redact_tokens
 from gateway.credentials.secrets import FileSecretStore, SecretMissing
 from gateway.errors import InvalidRequest
@@ -321,3 +321,9 @@ async def test_a_refusal_quoting_the_assertion_never_carries_it_on(idp: OidcServ
     assert "[token redacted]" in detail and "[token redacted]" in claims_text
     for part in assertion.split("."):
         assert part[:16] not in detail and part[:16] not in claims_text
+
+
+def test_a_refusal_without_a_description_is_still_an_error_the_caller_can_act_on() -> None:
+    # Before 2026-11-30 an answer without error_description raised IndexError (a bare 502 -32603).
+    refused = _failure({"error": "invalid_grant"}, "rec", SCOPES)
+    assert isinstance(refused, OboFailed) and "invalid_grant" in refused.detail
