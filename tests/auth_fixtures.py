@@ -137,6 +137,9 @@ class OidcServer:
         self.obo_lifetime = 3600
         #: oid -> (error, suberror, error code, claims): refuse that user's exchanges like Entra does.
         self.obo_refusals: dict[str, tuple[str, str, int, str | None]] = {}
+        #: oids whose refusals quote the presented assertion back (error_description and claims), as a
+        #: careless provider or proxy might: the gateway must not pass it on (tests/adversarial).
+        self.obo_echo_assertion: set[str] = set()
         #: Successful on-behalf-of exchanges per user oid, and client credentials grants.
         self.obo_exchanges: collections.Counter[str] = collections.Counter()
         self.client_credentials_grants = 0
@@ -518,6 +521,10 @@ class OidcServer:
                 body["suberror"] = suberror
             if challenge:
                 body["claims"] = challenge
+            if oid in self.obo_echo_assertion:
+                assertion = form.get("assertion", "")
+                body["error_description"] += f" (assertion: {assertion}; again: {assertion[:40]}...)"
+                body["claims"] = json.dumps({"access_token": {"assertion": {"value": assertion}}})
             return 400, body
         with self._lock:
             self.obo_exchanges[oid] += 1

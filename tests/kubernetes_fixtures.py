@@ -16,7 +16,10 @@ depends on it. Each gap of kmock 0.8 it closes (see shared/research/feasibility.
 - ``coordination.k8s.io/v1`` Leases are stored like any object (kmock has no such kind), so the
   runtime's leader election runs against the emulator;
 - ``apply_log`` records every create, replace and delete of a StatefulSet or Service with the
-  incarnation and generation annotations it carried, in order, for the high-availability tests.
+  incarnation and generation annotations it carried, in order, for the high-availability tests;
+- ``secret_rules`` (namespace → the rules of the gateway's Role, as infra/gateway_k8s.py renders them)
+  makes Secrets obey RBAC as the apiserver would for the gateway's service account: a verb or a name
+  no rule grants → 403 Forbidden (kmock has no authorization).
 
 The workarounds live here, in the tests, never in gateway code.
 """
@@ -144,6 +147,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         self.compacted = 0
         self.stamp_uids = True  # False: leave metadata.uid empty, as plain kmock does
         self.apply_log: list[AppliedWrite] = []
+        self.secret_rules: dict[str, list[dict[str, Any]]] | None = None  # None: no RBAC on Secrets
         self._watchers: set[asyncio.Queue[tuple[ResourceId, dict[str, Any]] | str]] = set()
         for resource in KINDS:
             self.resources["/".join(p for p in resource if p)] = {"kind": KINDS[resource], "namespaced": True}
@@ -279,6 +283,10 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         params = {k: v for k, v in request.params.items()}
         method = request.method.value
         ns, name, sub = request.namespace, request.name, request.subresource
+        if res[2] == "secrets" and self.secret_rules is not None:
+            refused = self._forbidden(method, params, ns, name)
+            if refused is not None:
+                return refused
         if method == "GET" and params.get("watch", "").lower() in ("true", "1"):
             return self._watch(res, ns, name, params, request)
         if method == "GET" and name is None:
@@ -303,6 +311,22 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         if method == "PATCH":
             return self._patch(key, current, request.data, sub)
         return _status(405, "MethodNotAllowed", method)
+
+    def _forbidden(
+        self, method: str, params: dict[str, str], ns: str | None, name: str | None
+    ) -> kmock.KubernetesError | None:
+        """RBAC for Secrets: None when a rule of the namespace's Role grants the verb on the name."""
+        watch = params.get("watch", "").lower() in ("true", "1")
+        verbs = {"GET": "get" if name else "list", "POST": "create", "PUT": "update", "PATCH": "patch"}
+        verb = "watch" if watch else verbs.get(method, "delete")
+        for rule in (self.secret_rules or {}).get(ns or "", []):
+            names = rule.get("resourceNames") or []
+            granted = "secrets" in rule.get("resources", []) and verb in rule.get("verbs", [])
+            if granted and (not names or (name is not None and name in names)):
+                return None
+        who = 'User "system:serviceaccount:mcp-gateway:mcp-gateway"'
+        what = f'secrets "{name}" is forbidden' if name else "secrets is forbidden"
+        return _status(403, "Forbidden", f'{what}: {who} cannot {verb} resource "secrets" in the namespace "{ns}"')
 
     def _list(self, res: ResourceId, ns: str | None, params: dict[str, str]) -> dict[str, Any]:
         selector = params.get("labelSelector", "")
@@ -636,6 +660,12 @@ async def wait_for(predicate: Callable[[], bool], limit: float = 5.0, what: str 
 # --- a kubelet for end-to-end tests -----------------------------------------------------------
 
 EXAMPLE_SERVER = Path(__file__).resolve().parent.parent / "examples" / "mcp-example" / "server.py"
+RECORDER = Path(__file__).resolve().parent / "upstreams" / "recorder.py"
+
+
+def _program(image: str) -> Path:
+    """The program a pod of ``image`` runs: the recorder for ``<registry>/recorder:<tag>``, else the example."""
+    return RECORDER if image.rsplit("/", 1)[-1].split(":", 1)[0] == "recorder" else EXAMPLE_SERVER
 
 
 @dataclasses.dataclass
@@ -658,7 +688,8 @@ class Kubelet:
     container, then Running and Ready once the port accepts connections, then not Ready (container
     terminated, CrashLoopBackOff) when the process exits. It keeps each StatefulSet's status
     (ready/updated/available replicas, revisions) current. Whatever image is named, the example
-    server runs.
+    server runs — except an image named ``recorder`` (any registry and tag), which runs the
+    recording upstream (tests/upstreams/recorder.py) that reports the headers it received.
     """
 
     def __init__(self, cluster: ClusterEmulator, log_dir: Path, *, namespace: str = NAMESPACE) -> None:
@@ -752,8 +783,9 @@ class Kubelet:
         log_path = self.log_dir / f"{name}-{revision}.log"
         with open(log_path, "ab") as log:  # noqa: ASYNC230 - a local file, opened once per pod
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(EXAMPLE_SERVER), env=env, stdout=log, stderr=log, start_new_session=True
-            )
+                sys.executable, str(_program(container["image"])), env=env, stdout=log, stderr=log,
+                start_new_session=True,
+            )  # fmt: skip
         self.pods[name] = _PodProcess(name, sts["metadata"]["uid"], revision, ip, log_path, proc)
         self.cluster.pod_log_files[(self.namespace, name)] = log_path
         labels = {

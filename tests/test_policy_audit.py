@@ -24,6 +24,8 @@ from gateway.policy.audit import (
     arguments_sha256,
     audit_sinks,
     changed_fields,
+    credential_failed,
+    credential_used,
     iter_records,
     parse_audit_setting,
 )
@@ -350,3 +352,33 @@ async def test_a_record_that_cannot_be_built_is_counted_and_the_writer_goes_on()
     trail.record("tools/call", "allowed", user="u", target="after")
     await trail.close()
     assert trail.failed == 1 and [r.tool for r in sink.records] == ["after"]
+
+
+async def test_credential_use_is_recorded_as_kind_and_outcome_in_every_sink(tmp_path: Path) -> None:
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    path = tmp_path / "audit.jsonl"
+    trail = AuditTrail([FileSink(path), *audit_sinks("off", logger_provider=provider)])
+    await trail.start()
+    cached = credential_used("entra-obo", False)
+    assert credential_used("entra-obo", False) is cached  # shared: nothing allocated per request
+    trail.record("tools/call", "allowed", user="alice", adapter="graph", target="me", status=200, credential=cached)
+    failed = credential_failed("secret", -32010, "unavailable")
+    trail.record("upstream.credential", "error", user="bob", adapter="keyed", status=502, credential=failed)
+    trail.record("tools/call", "allowed", user="carol", adapter="plain", target="add", status=200)
+    await trail.close()
+    provider.shutdown()
+    written = lines(path)
+    assert written[0]["credential"] == {"type": "entra-obo", "outcome": "cached"}
+    assert written[1]["event"] == "upstream.credential"
+    assert written[1]["credential"] == {"type": "secret", "outcome": "failed", "code": -32010, "reason": "unavailable"}
+    assert "credential" not in written[2]
+    assert iter_records(path.read_bytes().splitlines())[1].credential == failed
+    exported = [e.log_record for e in exporter.get_finished_logs()]
+    assert exported[0].attributes is not None and exported[1].attributes is not None
+    assert exported[0].attributes["mcp.audit.credential.type"] == "entra-obo"
+    assert exported[1].attributes["mcp.audit.credential.outcome"] == "failed"

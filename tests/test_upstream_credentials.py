@@ -22,7 +22,8 @@ import pytest
 from gateway.control.validation import validate_upstream_auth
 from gateway.credentials import ConsentRequired, CredentialUnavailable, OboFailed, UpstreamCredentials, merge_headers
 from gateway.credentials._managed import ManagedIdentityTokens
-from gateway.credentials._obo import OboConfig, OboExchanger
+from gateway.credentials._obo import OboConfig, OboExchanger, _failure
+from gateway.credentials.errors import redact_tokens
 from gateway.credentials.secrets import FileSecretStore, SecretMissing
 from gateway.errors import InvalidRequest
 from gateway.models import AdapterRecord, Identity, UpstreamAuth
@@ -253,3 +254,76 @@ def test_valid_upstream_auth_is_accepted(auth: UpstreamAuth) -> None:
 def test_identity_never_shows_its_bearer_token() -> None:
     identity = Identity("u", bearer_token="eyJ.secret.token")
     assert "eyJ" not in repr(identity) and identity == Identity("u")
+
+
+# --- the audit of credential use (issue 18: "counted and audited, never the token") ----------------
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ConsentRequired("c", adapter="a", scopes=SCOPES), -32009),
+        (OboFailed("o", adapter="a", scopes=SCOPES), -32009),
+        (CredentialUnavailable("u", adapter="a"), -32010),
+    ],
+)
+def test_credential_errors_carry_the_json_rpc_code_the_client_gets(error: Exception, code: int) -> None:
+    def www(path: str, err: str | None, detail: str | None) -> str:
+        return "Bearer"
+
+    assert isinstance(error, ConsentRequired | OboFailed | CredentialUnavailable)
+    assert error.rpc_code == code == _credential_error(error, www, "/p", {}).code  # the audit's code is the client's
+
+
+async def test_issue_tells_issued_from_cached_for_every_kind(tmp_path: Path) -> None:
+    clock = Clock()
+    store = FileSecretStore(tmp_path / "secrets.json")
+    store.set("api-key", "value-1")
+    managed = ManagedIdentityTokens(client_id="mi", credential=FakeCredential(3600, clock), clock=clock)
+    creds = UpstreamCredentials(obo=None, managed=managed, secrets=store)
+    mi = record(UpstreamAuth(type="managed-identity", scopes=list(SCOPES)))
+    secret = record(UpstreamAuth(type="secret", secret="api-key"))
+    outcomes = [(await creds.issue(mi, Identity(u), None)).outcome for u in ("u1", "u2")]
+    assert outcomes == ["issued", "cached"]  # one token of the gateway's identity for every caller
+    assert [(await creds.issue(secret, Identity("u"), None)).outcome for _ in range(2)] == ["issued", "cached"]
+    store.set("api-key", "value-2")  # the file changed: read again
+    rotated = await creds.issue(secret, Identity("u"), None)
+    assert (rotated.outcome, rotated.headers) == ("issued", [(b"authorization", b"value-2")])
+    assert "value-2" not in repr(rotated) and repr(rotated) == "UpstreamCredential(type='secret', outcome='issued')"
+
+
+async def test_obo_issued_means_this_call_exchanged(idp: OidcServer) -> None:
+    obo = exchanger(idp)
+    user, token = "oid-obo-issued", idp.entra_token("oid-obo-issued")
+    results = await asyncio.gather(*(obo.acquire("rec", user, token, SCOPES) for _ in range(4)))
+    # Concurrent callers share one exchange: exactly one of them reports it as issued.
+    assert sorted(issued for _, issued in results) == [False, False, False, True]
+    assert (await obo.acquire("rec", user, token, SCOPES))[1] is False
+    assert idp.obo_exchanges[user] == 1
+
+
+def test_token_shaped_text_is_redacted_even_when_cut_short() -> None:
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJvaWQiOiJ4In0.c2lnbmF0dXJl"
+    assert redact_tokens(f"AADSTS50013: bad assertion {token}.") == "AADSTS50013: bad assertion [token redacted]."
+    assert token[:30] not in redact_tokens(f"cut: {token[:30]}")
+    assert redact_tokens("opaque s3cr3t here", "s3cr3t") == "opaque [token redacted] here"
+    assert redact_tokens("AADSTS65001: The user has not consented.") == "AADSTS65001: The user has not consented."
+
+
+async def test_a_refusal_quoting_the_assertion_never_carries_it_on(idp: OidcServer) -> None:
+    user = "oid-obo-echo"
+    idp.obo_refusals[user] = ("interaction_required", "", 50076, None)
+    idp.obo_echo_assertion.add(user)
+    assertion = idp.entra_token(user)
+    with pytest.raises(OboFailed) as refused:
+        await exchanger(idp).token("rec", user, assertion, SCOPES)
+    detail, claims_text = refused.value.detail, refused.value.claims or ""
+    assert "[token redacted]" in detail and "[token redacted]" in claims_text
+    for part in assertion.split("."):
+        assert part[:16] not in detail and part[:16] not in claims_text
+
+
+def test_a_refusal_without_a_description_is_still_an_error_the_caller_can_act_on() -> None:
+    # Before 2026-11-30 an answer without error_description raised IndexError (a bare 502 -32603).
+    refused = _failure({"error": "invalid_grant"}, "rec", SCOPES)
+    assert isinstance(refused, OboFailed) and "invalid_grant" in refused.detail

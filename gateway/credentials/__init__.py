@@ -6,17 +6,22 @@ never goes upstream (gateway/proxy/headers.py strips it); these headers are the 
 """
 
 from gateway.credentials.errors import (
+    CREDENTIAL_ACTION_CODE,
+    CREDENTIAL_UNAVAILABLE_CODE,
     ConsentRequired,
     CredentialUnavailable,
     OboFailed,
     UpstreamCredentialError,
 )
-from gateway.credentials.provider import UpstreamCredentials, merge_headers
+from gateway.credentials.provider import UpstreamCredential, UpstreamCredentials, merge_headers
 
 __all__ = [
+    "CREDENTIAL_ACTION_CODE",
+    "CREDENTIAL_UNAVAILABLE_CODE",
     "ConsentRequired",
     "CredentialUnavailable",
     "OboFailed",
+    "UpstreamCredential",
     "UpstreamCredentialError",
     "UpstreamCredentials",
     "merge_headers",

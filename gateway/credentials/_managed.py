@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.credentials.errors import CredentialUnavailable
+from gateway.credentials.errors import CredentialUnavailable, redact_tokens
 
 
 class ManagedIdentityTokens:
@@ -45,14 +45,18 @@ class ManagedIdentityTokens:
 
     async def token(self, adapter: str, scopes: tuple[str, ...]) -> str:
         """A token for ``scopes``; CredentialUnavailable naming the identity when none can be had."""
+        return (await self.acquire(adapter, scopes))[0]
+
+    async def acquire(self, adapter: str, scopes: tuple[str, ...]) -> tuple[str, bool]:
+        """The token and whether this call fetched it (True) or found it cached (False)."""
         hit = self._cache.get(scopes)
         if hit is not None and self._clock() < hit[1]:
-            return hit[0]
+            return hit[0], False
         lock = self._locks.setdefault(scopes, asyncio.Lock())
         async with lock:
             hit = self._cache.get(scopes)
             if hit is not None and self._clock() < hit[1]:
-                return hit[0]
+                return hit[0], False
             if self._credential is None:
                 self._credential = self._build()
             try:
@@ -60,14 +64,15 @@ class ManagedIdentityTokens:
             except Exception as exc:  # azure-identity raises ClientAuthenticationError, CredentialUnavailableError…
                 who = f"managed identity {self._client_id}" if self._client_id else "the gateway's Azure identity"
                 raise CredentialUnavailable(
-                    f"{who} could not get a token for {' '.join(scopes)}: {type(exc).__name__}: {str(exc)[:200]}",
+                    f"{who} could not get a token for {' '.join(scopes)}: {type(exc).__name__}: "
+                    f"{redact_tokens(str(exc))[:200]}",
                     adapter=adapter,
                     scopes=scopes,
                 ) from None
             lifetime = max(0.0, float(access.expires_on) - self._clock())
             renew = access.expires_on - (self._margin if lifetime > 2 * self._margin else lifetime / 2)
             self._cache[scopes] = (access.token, renew)
-            return str(access.token)
+            return str(access.token), True
 
     async def close(self) -> None:
         """Close the credential's transport (only one this object built itself)."""

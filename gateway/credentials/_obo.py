@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.credentials.errors import ConsentRequired, CredentialUnavailable, OboFailed
+from gateway.credentials.errors import ConsentRequired, CredentialUnavailable, OboFailed, redact_tokens
 
 #: Entra error codes that mean "consent is missing" (AADSTS65001 and its admin variant).
 CONSENT_CODES = frozenset({65001, 65004, 90094, 90099})
@@ -91,14 +91,21 @@ class OboExchanger:
 
     async def token(self, adapter: str, user_id: str, assertion: str | None, scopes: tuple[str, ...]) -> str:
         """An access token for ``scopes`` on behalf of ``user_id``, from the cache or one exchange."""
+        return (await self.acquire(adapter, user_id, assertion, scopes))[0]
+
+    async def acquire(
+        self, adapter: str, user_id: str, assertion: str | None, scopes: tuple[str, ...]
+    ) -> tuple[str, bool]:
+        """The token and whether this call exchanged it (True) or reused one (False: the cache, or a
+        concurrent caller's exchange it waited for) — so "issued" audit records count exchanges."""
         key = (user_id, scopes)
         hit = self._cache.get(key)
         if hit is not None and self._clock() < hit.renew_at:
             self._cache.move_to_end(key)
-            return hit.token
+            return hit.token, False
         pending = self._inflight.get(key)
         if pending is not None:
-            return await asyncio.shield(pending)
+            return await asyncio.shield(pending), False
         if not assertion:
             raise OboFailed(
                 "on-behalf-of needs the caller's Entra access token; none was presented",
@@ -110,7 +117,7 @@ class OboExchanger:
         try:
             token = await self._exchange(adapter, key, assertion)
             future.set_result(token)
-            return token
+            return token, True
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody else needs to
@@ -130,13 +137,14 @@ class OboExchanger:
             raise
         except Exception as exc:  # MSAL raises ValueError / requests errors for transport and config problems
             raise CredentialUnavailable(
-                f"Entra ID on-behalf-of at {self._config.authority}: {type(exc).__name__}: {str(exc)[:200]}",
+                f"Entra ID on-behalf-of at {self._config.authority}: {type(exc).__name__}: "
+                f"{redact_tokens(str(exc), assertion)[:200]}",
                 adapter=adapter,
                 scopes=scopes,
             ) from None
         self.exchanges += 1
         if "access_token" not in result:
-            raise _failure(result, adapter, scopes)
+            raise _failure(result, adapter, scopes, assertion)
         token = str(result["access_token"])
         lifetime = float(result.get("expires_in") or 600)
         ttl = lifetime - self._margin if lifetime > 2 * self._margin else lifetime / 2
@@ -172,12 +180,14 @@ class OboExchanger:
         return len(self._cache)
 
 
-def _failure(result: dict[str, Any], adapter: str, scopes: tuple[str, ...]) -> Exception:
-    error = str(result.get("error") or "unknown_error")
-    description = str(result.get("error_description") or "").splitlines()[0][:300] if result else ""
-    suberror = str(result.get("suberror") or "")
+def _failure(result: dict[str, Any], adapter: str, scopes: tuple[str, ...], assertion: str = "") -> Exception:
+    """The error for Entra's refusal; nothing of the provider's text that looks like a token is kept."""
+    error = redact_tokens(str(result.get("error") or "unknown_error"), assertion)[:100]
+    described = redact_tokens(str(result.get("error_description") or ""), assertion)
+    description = (described.splitlines() or [""])[0][:300]
+    suberror = redact_tokens(str(result.get("suberror") or ""), assertion)[:100]
     codes = {int(c) for c in result.get("error_codes") or [] if isinstance(c, int)}
-    claims = result.get("claims") if isinstance(result.get("claims"), str) else None
+    claims = redact_tokens(result["claims"], assertion) if isinstance(result.get("claims"), str) else None
     wanted = " ".join(scopes)
     if suberror == "consent_required" or codes & CONSENT_CODES:
         return ConsentRequired(

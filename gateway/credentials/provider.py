@@ -27,6 +27,30 @@ Headers = list[tuple[bytes, bytes]]
 _AUTHORIZATION = b"authorization"
 
 
+class UpstreamCredential:
+    """The headers for one upstream request, what kind of credential they carry, and whether it was
+    ``issued`` for this request (an on-behalf-of exchange, a managed-identity token request, a secret
+    read from its file or the Kubernetes API) or reused from the gateway's memory (``cached``).
+
+    ``repr`` shows the kind and the outcome, never the headers: they hold the token or the secret.
+    """
+
+    __slots__ = ("headers", "issued", "type")
+
+    def __init__(self, headers: Headers, type: str, issued: bool) -> None:
+        self.headers = headers
+        self.type = type
+        self.issued = issued
+
+    @property
+    def outcome(self) -> str:
+        """``issued`` or ``cached`` (the audit record's ``credential.outcome``)."""
+        return "issued" if self.issued else "cached"
+
+    def __repr__(self) -> str:
+        return f"UpstreamCredential(type={self.type!r}, outcome={self.outcome!r})"
+
+
 class UpstreamCredentials:
     """Turns an adapter's ``upstreamAuth`` into request headers.
 
@@ -93,20 +117,26 @@ class UpstreamCredentials:
 
         Raises ConsentRequired / OboFailed (the caller can act) or CredentialUnavailable (502).
         """
-        auth = adapter.upstream_auth
-        kind = auth.type
-        if kind == "none":
+        if adapter.upstream_auth.type == "none":
             return []
+        return (await self.issue(adapter, identity, raw_token)).headers
+
+    async def issue(self, adapter: AdapterRecord, identity: Identity, raw_token: str | None) -> UpstreamCredential:
+        """The credential for one request to ``adapter`` (not of type none) by ``identity``, with its
+        outcome for the audit; raises like :meth:`headers_for`. Counted in ``outcomes`` either way."""
+        kind = adapter.upstream_auth.type
         try:
-            headers = await self._headers(adapter, identity, raw_token)
+            credential = await self._credential(adapter, identity, raw_token)
         except UpstreamCredentialError as exc:
             self.outcomes[(kind, exc.outcome)] += 1
             log.warning("upstream credential for adapter %s (%s): %s: %s", adapter.name, kind, exc.outcome, exc.detail)
             raise
         self.outcomes[(kind, "ok")] += 1
-        return headers
+        return credential
 
-    async def _headers(self, adapter: AdapterRecord, identity: Identity, raw_token: str | None) -> Headers:
+    async def _credential(
+        self, adapter: AdapterRecord, identity: Identity, raw_token: str | None
+    ) -> UpstreamCredential:
         auth = adapter.upstream_auth
         scopes = tuple(auth.scopes or ())
         if auth.type == "entra-obo":
@@ -116,14 +146,14 @@ class UpstreamCredentials:
                     adapter=adapter.name,
                     scopes=scopes,
                 )
-            token = await self._obo.token(adapter.name, identity.user_id, raw_token, scopes)
-            return [(_AUTHORIZATION, b"Bearer " + token.encode("latin-1"))]
+            token, issued = await self._obo.acquire(adapter.name, identity.user_id, raw_token, scopes)
+            return UpstreamCredential([(_AUTHORIZATION, b"Bearer " + token.encode("latin-1"))], auth.type, issued)
         if auth.type == "managed-identity":
-            token = await self._managed.token(adapter.name, scopes)
-            return [(_AUTHORIZATION, b"Bearer " + token.encode("latin-1"))]
+            token, issued = await self._managed.acquire(adapter.name, scopes)
+            return UpstreamCredential([(_AUTHORIZATION, b"Bearer " + token.encode("latin-1"))], auth.type, issued)
         assert auth.secret is not None
         try:
-            value = await self._secrets.get(auth.secret)
+            value, issued = await self._secrets.read(auth.secret)
         except SecretMissing as exc:
             raise CredentialUnavailable(
                 f"secret {auth.secret!r} of adapter {adapter.name!r} is unavailable: {exc}", adapter=adapter.name
@@ -139,7 +169,7 @@ class UpstreamCredentials:
             raise CredentialUnavailable(
                 f"secret {auth.secret!r} of adapter {adapter.name!r} is not Latin-1 text", adapter=adapter.name
             ) from None
-        return [(header, encoded)]
+        return UpstreamCredential([(header, encoded)], auth.type, issued)
 
     @property
     def obo(self) -> OboExchanger | None:

@@ -37,6 +37,9 @@ class SecretStore(Protocol):
     async def get(self, name: str) -> str:
         """The value stored under ``name``; SecretMissing otherwise."""
 
+    async def read(self, name: str) -> tuple[str, bool]:
+        """The value and whether it was read from its source on this call (True) or from memory (False)."""
+
     async def close(self) -> None:
         """Release clients."""
 
@@ -50,12 +53,17 @@ class FileSecretStore:
         self._values: dict[str, str] = {}
 
     def _load(self) -> dict[str, str]:
+        return self._reload()[0]
+
+    def _reload(self) -> tuple[dict[str, str], bool]:
+        """The values, and whether the file was (re)read for them."""
         try:
             stat = self.path.stat()
         except FileNotFoundError:
             self._mtime, self._values = None, {}
-            return self._values
-        if stat.st_mtime_ns != self._mtime:
+            return self._values, False
+        fresh = stat.st_mtime_ns != self._mtime
+        if fresh:
             if stat.st_mode & 0o077:
                 raise SecretMissing(f"{self.path} is readable by others (mode {stat.st_mode & 0o777:o}); chmod 600 it")
             try:
@@ -66,14 +74,18 @@ class FileSecretStore:
                 raise SecretMissing(f"{self.path} is not a JSON object")
             self._values = {str(k): str(v) for k, v in raw.items()}
             self._mtime = stat.st_mtime_ns
-        return self._values
+        return self._values, fresh
 
     async def get(self, name: str) -> str:
         """The value, or SecretMissing naming the file."""
-        values = self._load()
+        return (await self.read(name))[0]
+
+    async def read(self, name: str) -> tuple[str, bool]:
+        """The value and whether the file was read for it (first use, or changed since)."""
+        values, fresh = self._reload()
         if name not in values:
             raise SecretMissing(f"no secret {name!r} in {self.path}; set it with 'mcp-gateway secrets set {name}'")
-        return values[name]
+        return values[name], fresh
 
     def names(self) -> list[str]:
         """The stored names, sorted."""
@@ -125,10 +137,14 @@ class KubernetesSecretStore:
 
     async def get(self, name: str) -> str:
         """The Secret's ``value`` key, cached for a short while; SecretMissing naming the Secret."""
+        return (await self.read(name))[0]
+
+    async def read(self, name: str) -> tuple[str, bool]:
+        """The value and whether the API was asked for it (True) or it came from the cache (False)."""
         hit = self._cache.get(name)
         now = time.monotonic()
         if hit is not None and now < hit[0]:
-            return hit[1]
+            return hit[1], False
         from kubernetes_asyncio.client import CoreV1Api
         from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -153,7 +169,7 @@ class KubernetesSecretStore:
         except (ValueError, UnicodeDecodeError):
             raise SecretMissing(f"{where}: '{KUBE_SECRET_KEY}' is not UTF-8 text") from None
         self._cache[name] = (now + self._ttl, value)
-        return value
+        return value, True
 
     async def close(self) -> None:
         """The API client belongs to the caller."""

@@ -7,6 +7,14 @@ status, latency, request id, trace id. Never recorded: tool arguments (unless
 ``hash_arguments`` asks for the SHA-256 of their canonical JSON), environment values, secrets, tokens,
 session ids. Control-plane records carry the *names* of the changed fields only.
 
+2026-11-30, upstream credentials (issue 18): every request forwarded to an adapter with
+``upstreamAuth`` is audited with ``credential`` = ``{type, outcome}`` — the kind (``entra-obo``,
+``managed-identity``, ``secret``) and ``issued`` (obtained for this request: an on-behalf-of exchange,
+a managed-identity token request, a secret read from its store), ``cached`` (reused from the
+gateway's memory) or ``failed`` (with the JSON-RPC ``code`` the client got, -32009 / -32010, and the
+``reason``). The record is the request's ``tools/call`` / ``resources/read`` / ``prompts/get`` records
+when it has any, else one ``upstream.credential`` record. Never the token or the secret.
+
 The hot path never waits for a sink: :meth:`AuditTrail.record` appends a tuple to a bounded deque
 and returns (no await, no lock, no I/O); a background task builds the :class:`AuditRecord` structs,
 hashes arguments when asked, encodes and writes them in batches (file and stdout writes in a worker
@@ -57,6 +65,7 @@ Event = Literal[
     "adapter.create",
     "adapter.update",
     "adapter.delete",
+    "upstream.credential",
 ]
 
 QUEUE_SIZE = 10_000
@@ -79,6 +88,36 @@ _BOOKKEEPING = frozenset(
     {"id", "etag", "generation", "createdAt", "createdBy", "lastUpdatedAt", "created_at", "last_updated_at"}
 )
 _ENV_FIELDS = frozenset({"environmentVariables", "environment_variables"})
+
+
+class CredentialAudit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The upstream credential (``upstreamAuth``) of a forwarded request: its kind and outcome, never its value."""
+
+    type: str
+    """``entra-obo``, ``managed-identity`` or ``secret``."""
+    outcome: str
+    """``issued`` (obtained for this request), ``cached`` (reused from memory) or ``failed``."""
+    code: int | None = None
+    """A failure's JSON-RPC code: -32009 (the caller must act) or -32010 (the gateway could not get it)."""
+    reason: str | None = None
+    """A failure's kind: ``consent_required``, ``obo_failed`` or ``unavailable``."""
+
+
+_USED: dict[tuple[str, bool], CredentialAudit] = {}
+
+
+def credential_used(kind: str, issued: bool) -> CredentialAudit:
+    """The (shared, immutable) record part of a credential that was issued or reused: no allocation per request."""
+    key = (kind, issued)
+    found = _USED.get(key)
+    if found is None:
+        found = _USED[key] = CredentialAudit(type=kind, outcome="issued" if issued else "cached")
+    return found
+
+
+def credential_failed(kind: str, code: int, reason: str) -> CredentialAudit:
+    """The record part of a credential that could not be had (``code``: the client's JSON-RPC error code)."""
+    return CredentialAudit(type=kind, outcome="failed", code=code, reason=reason)
 
 
 class AuditRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -106,6 +145,8 @@ class AuditRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     changed: list[str] | None = None
     """Control plane: names of the fields the change touched (``environmentVariables.API_URL``), never values."""
     arguments_sha256: str | None = None
+    credential: CredentialAudit | None = None
+    """The upstream credential of the request (adapters with ``upstreamAuth``): kind and outcome only."""
 
 
 class AuditSink(Protocol):
@@ -247,6 +288,9 @@ class OtelLogSink:
                 value = getattr(record, key)
                 if value is not None:
                     attributes[f"mcp.audit.{key}"] = value
+            if record.credential is not None:
+                attributes["mcp.audit.credential.type"] = record.credential.type
+                attributes["mcp.audit.credential.outcome"] = record.credential.outcome
             self._logger.emit(
                 timestamp=int(record.time.timestamp() * 1e9),
                 severity_number=self._severity,
@@ -337,6 +381,7 @@ _Pending = tuple[
     str | None,  # detail
     Sequence[str] | None,  # changed
     bytes | None,  # body (for the arguments hash)
+    CredentialAudit | None,  # credential
 ]
 
 
@@ -403,6 +448,7 @@ class AuditTrail:
         detail: str | None = None,
         changed: Sequence[str] | None = None,
         body: bytes | None = None,
+        credential: CredentialAudit | None = None,
     ) -> None:
         """Queue one record; returns at once. ``target`` is the tool, resource URI or prompt name.
 
@@ -431,6 +477,7 @@ class AuditTrail:
                 detail,
                 changed,
                 body if self.hash_arguments else None,
+                credential,
             )
         )
         if self._idle:
@@ -506,7 +553,7 @@ class AuditTrail:
 
     def _build(self, p: _Pending) -> AuditRecord:
         (ts, event, outcome, user, roles, adapter, target, status, latency, request_id, trace_id, rpc_id, era,
-         limit, detail, changed, body) = p  # fmt: skip
+         limit, detail, changed, body, credential) = p  # fmt: skip
         record = AuditRecord(
             time=datetime.fromtimestamp(ts, UTC),
             event=event,
@@ -526,6 +573,7 @@ class AuditTrail:
             limit=limit,
             detail=detail,
             changed=None if changed is None else list(changed),
+            credential=credential,
         )
         if body is not None and event == "tools/call":
             arguments = _arguments_in(body, rpc_id)

@@ -37,7 +37,7 @@ from gateway.browser.hosts import HostPolicy
 from gateway.credentials import UpstreamCredentialError, UpstreamCredentials, merge_headers
 from gateway.errors import GatewayError, SessionStoreUnavailable, Unauthenticated
 from gateway.models import AdapterRecord, Identity
-from gateway.policy.audit import AuditTrail
+from gateway.policy.audit import AuditTrail, CredentialAudit, credential_failed, credential_used
 from gateway.policy.ratelimit import MemoryRateLimiter
 from gateway.policy.toolpolicy import (
     MAX_SSE_EVENT,
@@ -373,7 +373,7 @@ class McpProxy:
         """
         assert self._client is not None
         out_headers = self._upstream_headers(scope, identity, upstream_session, request_headers)
-        out_headers = await self._with_credentials(scope, identity, out_headers)  # upstreamAuth (issue 18)
+        out_headers = await self._with_credentials(scope, identity, out_headers, plan)  # upstreamAuth (issue 18)
         if plan is not None:
             body, body_done = plan.body, True
         else:
@@ -715,13 +715,40 @@ class McpProxy:
         return out
 
     async def _with_credentials(
-        self, scope: Scope, identity: Identity, out: list[tuple[bytes, bytes]]
+        self, scope: Scope, identity: Identity, out: list[tuple[bytes, bytes]], plan: Plan | None = None
     ) -> list[tuple[bytes, bytes]]:
-        """The adapter's upstream credential (``upstreamAuth``) added to ``out`` (issue 18)."""
+        """The adapter's upstream credential (``upstreamAuth``) added to ``out``; its kind and outcome
+        (issued, cached, failed with its JSON-RPC code) audited, never its value (issue 18)."""
         adapter = self._view.get(scope["path"].split("/")[2]) if self._credentials is not None else None
         if adapter is None or self._credentials is None or adapter.upstream_auth.type == "none":
             return out
-        return merge_headers(out, await self._credentials.headers_for(adapter, identity, identity.bearer_token))
+        audit = self.stages.audit.enabled
+        try:
+            credential = await self._credentials.issue(adapter, identity, identity.bearer_token)
+        except UpstreamCredentialError as exc:
+            if audit:
+                used = credential_failed(adapter.upstream_auth.type, exc.rpc_code, exc.outcome)
+                self._audit_credential(scope, plan, adapter, identity, used, exc.status)
+            raise
+        if audit:
+            self._audit_credential(
+                scope, plan, adapter, identity, credential_used(credential.type, credential.issued), None
+            )
+        return merge_headers(out, credential.headers)
+
+    def _audit_credential(
+        self,
+        scope: Scope,
+        plan: Plan | None,
+        adapter: AdapterRecord,
+        identity: Identity,
+        used: CredentialAudit,
+        status: int | None,
+    ) -> None:
+        """The credential's audit record(s) (gateway/proxy/policy.py ``credential_audit``); a request without
+        a plan (GET, DELETE) takes its request and trace ids from its headers here."""
+        ids = _request_ids(scope, _header_map(scope["headers"])) if plan is None else (None, None)
+        self.stages.credential_audit(plan, adapter, identity, used, status=status, request_id=ids[0], trace_id=ids[1])
 
     async def _request_body(
         self, scope: Scope, receive: Receive, request_headers: dict[str, str]

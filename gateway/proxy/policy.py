@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from gateway.models import AdapterRecord, Identity
-from gateway.policy.audit import AuditTrail, Event
+from gateway.policy.audit import AuditTrail, CredentialAudit, Event
 from gateway.policy.classify import Message, RequestId, classify
 from gateway.policy.ratelimit import (
     AdapterLimits,
@@ -73,6 +73,8 @@ class Plan:
     started: float = 0.0
     request_id: str | None = None
     trace_id: str | None = None
+    credential: CredentialAudit | None = None
+    """The upstream credential the request was forwarded with (``upstreamAuth``), for ``audited``'s records."""
 
 
 class McpStages:
@@ -204,8 +206,47 @@ class McpStages:
             self.audit.record(
                 m.method, outcome, user=identity.user_id, roles=identity.roles, adapter=record.name,  # type: ignore[arg-type]
                 target=m.name, status=status or None, latency_ms=round(latency, 3), rpc_id=m.id, era=plan.era,
-                request_id=plan.request_id, trace_id=plan.trace_id, body=plan.body,
+                request_id=plan.request_id, trace_id=plan.trace_id, body=plan.body, credential=plan.credential,
             )  # fmt: skip
+
+    def credential_audit(
+        self,
+        plan: Plan | None,
+        record: AdapterRecord,
+        identity: Identity,
+        credential: CredentialAudit,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        """Audit the upstream credential of one request to an adapter with ``upstreamAuth`` (issue 18).
+
+        The request's audited calls carry it: in ``answered`` once the upstream answered, or here at
+        once when the credential failed (nothing is forwarded; outcome ``error``, ``status`` the
+        client's). A request without audited calls (``initialize``, ``tools/list``, a GET stream, a
+        DELETE) gets one ``upstream.credential`` record, so every issued token is in the trail.
+        """
+        failed = credential.outcome == "failed"
+        if plan is not None and plan.audited:
+            if not failed:
+                plan.credential = credential
+                return
+            latency = round((time.perf_counter() - plan.started) * 1000, 3)
+            for m in plan.audited:
+                self.audit.record(
+                    m.method, "error", user=identity.user_id, roles=identity.roles, adapter=record.name,  # type: ignore[arg-type]
+                    target=m.name, status=status, latency_ms=latency, rpc_id=m.id, era=plan.era,
+                    request_id=plan.request_id, trace_id=plan.trace_id, detail=credential.reason,
+                    body=plan.body, credential=credential,
+                )  # fmt: skip
+            return
+        self.audit.record(
+            "upstream.credential", "error" if failed else "allowed", user=identity.user_id, roles=identity.roles,
+            adapter=record.name, status=status, era=plan.era if plan is not None else None,
+            request_id=plan.request_id if plan is not None else request_id,
+            trace_id=plan.trace_id if plan is not None else trace_id, detail=credential.reason, credential=credential,
+        )  # fmt: skip
 
 
 def _local(
