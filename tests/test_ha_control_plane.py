@@ -1,9 +1,10 @@
 """Issue 13, "Checked by": three gateway processes on one Kubernetes API emulator and one Cosmos
 stand-in, taking REST writes from all sides, with the reconciler leader killed mid-run.
 
-The issue asks for 60 s of writes, and that is the default (``MCPGW_TEST_HA_SECONDS`` changes it). No kubelet runs here: the check is the control plane, what
-the gateways write to the API, recorded by the emulator in ``apply_log`` with the incarnation and
-generation annotations of every write.
+The issue asks for 60 s of writes, and that is the default (``MCPGW_TEST_HA_SECONDS`` changes
+it). No kubelet runs here: the check is the control plane, what the gateways write to the API,
+recorded by the emulator in ``apply_log`` with the incarnation and generation annotations of
+every write.
 """
 
 from __future__ import annotations
