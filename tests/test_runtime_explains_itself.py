@@ -202,3 +202,27 @@ def test_shutdown_logs_one_line(tmp_path: Path) -> None:
     lines = [line for line in gw.log_text().splitlines() if line.strip()]
     assert "gateway stopped in" in lines[-1], lines[-5:]
     assert sum("stop" in line.lower() for line in lines) == 1, lines[-5:]
+
+
+def test_unknown_image_is_422_and_a_stored_adapter_whose_image_left_the_catalog_reports_image_not_found(
+    tmp_path: Path,
+) -> None:
+    catalog = tmp_path / "images.toml"
+    catalog.write_text(
+        '["cat:1.0"]\ncommand = ["{python}", "{repo}/examples/mcp-example/server.py"]\n'
+        'ready_path = "/healthz"\ncwd = "{repo}"\n'
+    )
+    with start_gateway(tmp_path / "data", env={"MCPGW_IMAGE_CATALOG": str(catalog)}) as gw, gw.client() as api:
+        body = {"name": "kept", "imageName": "cat", "imageVersion": "1.0", "replicaCount": 1}
+        assert api.post("/adapters", json=body).status_code == 201
+        catalog.write_text("# the entry was removed\n")
+        refused = api.post("/adapters", json={**body, "name": "new"})
+        assert refused.status_code == 422 and refused.json()["field"] == "imageName", refused.text
+        assert "cat:1.0" in refused.json()["detail"] and str(catalog) in refused.json()["detail"]
+
+        def ready_reason() -> str:
+            conditions = api.get("/adapters/kept/status").json()["conditions"]
+            return str(next(c for c in conditions if c["type"] == "Ready")["reason"])
+
+        wait_for(lambda: ready_reason() == "ImageNotFound", timeout=30, what="ImageNotFound for the stored adapter")
+        assert api.get("/adapters/kept/status").json()["readyReplicas"] == 0
