@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -177,6 +178,11 @@ def test_serve_help_shows_no_empty_defaults() -> None:
     text = " ".join(done.stdout.split())
     assert "Default: . [" not in text and "Default: ()" not in text
     assert "--stdio-idle-timeout SECONDS" in text
+    # every duration says SECONDS and every size BYTES; a boolean's default reads as the flag takes it
+    for unit in ("--drain-delay SECONDS", "--session-max-age SECONDS", "--local-restart-backoff-max SECONDS"):
+        assert unit in text
+    assert "--max-body-bytes BYTES" in text and "--max-header-bytes BYTES" in text
+    assert "Default: True." not in text and "Default: true. [MCPGW_EXAMPLE_ADAPTER]" in text
 
 
 def test_last_transition_time_is_kept_across_restarts(tmp_path: Path) -> None:
@@ -191,6 +197,19 @@ def test_last_transition_time_is_kept_across_restarts(tmp_path: Path) -> None:
         before = accepted(api)
     with start_gateway(tmp_path / "data") as gw, gw.client() as api:
         assert accepted(api) == before
+
+
+def test_last_transition_time_moves_only_when_the_condition_changes(tmp_path: Path) -> None:
+    from gateway.control.status import ConditionClock
+
+    clock = ConditionClock(tmp_path / "conditions.json")
+    became_false = clock.stamp("a", "Ready", "False")
+    assert clock.stamp("a", "Ready", "False") == became_false  # asked again: unchanged
+    became_true = clock.stamp("a", "Ready", "True")
+    assert became_true >= became_false and clock.stamp("a", "Ready", "True") == became_true
+    assert ConditionClock(tmp_path / "conditions.json").stamp("a", "Ready", "True") == became_true  # a restart
+    clock.forget("a")  # a deleted adapter's history goes with it
+    assert json.loads((tmp_path / "conditions.json").read_text()) == {}
 
 
 def test_shutdown_logs_one_line(tmp_path: Path) -> None:
