@@ -7,6 +7,8 @@ import json
 import socket
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -185,6 +187,10 @@ def test_serve_help_shows_no_empty_defaults() -> None:
     assert "Default: True." not in text and "Default: true. [MCPGW_EXAMPLE_ADAPTER]" in text
 
 
+def _when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 def test_last_transition_time_is_kept_across_restarts(tmp_path: Path) -> None:
     from tests.gateway_process import example_adapter
 
@@ -193,8 +199,11 @@ def test_last_transition_time_is_kept_across_restarts(tmp_path: Path) -> None:
         return str(next(c for c in status["conditions"] if c["type"] == "Accepted")["lastTransitionTime"])
 
     with start_gateway(tmp_path / "data") as gw, gw.client() as api:
-        assert api.post("/adapters", json=example_adapter("kept", replicas=0)).status_code == 201
+        created = api.post("/adapters", json=example_adapter("kept", replicas=0))
+        assert created.status_code == 201
+        time.sleep(0.05)  # the first status read comes later than the creation it reports
         before = accepted(api)
+        assert _when(before) == _when(created.json()["createdAt"]), "Accepted since the adapter was stored"
     with start_gateway(tmp_path / "data") as gw, gw.client() as api:
         assert accepted(api) == before
 
