@@ -18,21 +18,25 @@ OPENAPI_PATH = Path("openapi/mcp-gateway.openapi.json")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting. The metavar is the unit (issue 17): every float setting is a duration in
+    seconds (``--drain-delay N`` read as a count), an int named ``*_bytes`` a size; a boolean's default is
+    shown as the ``true``/``false`` the flag takes, and an empty default is not shown at all."""
     hints = typing.get_type_hints(Settings)
     for f in setting_fields():
         default = f.default
-        shown = "" if default is None or default == () or default == "" else f" Default: {default}."
+        tp = hints[f.name]
+        text = str(default).lower() if tp is bool else default
+        shown = "" if default is None or default == () or default == "" else f" Default: {text}."
         if f.metadata["secret"]:
             shown = ""
         envs = env_name(f) + (f" or {f.metadata['env']}" if f.metadata["env"] else "")
         metavar = "TEXT"
-        tp = hints[f.name]
         if tp is bool:
             metavar = "true|false"
         elif tp is int:
-            metavar = "N"
+            metavar = "BYTES" if f.name.endswith("_bytes") else "N"
         elif tp is float:
-            metavar = "SECONDS" if "timeout" in f.name or "interval" in f.name or "ttl" in f.name else "N"
+            metavar = "SECONDS"
         elif typing.get_origin(tp) is typing.Literal:
             metavar = "|".join(typing.get_args(tp))
         parser.add_argument(

@@ -174,6 +174,22 @@ def test_adapter_lifecycle_create_list_get_update_status_delete(gw: GatewayProce
     assert cli(gw, "adapters", "get", "scratch", home=tmp_path).returncode == 1
 
 
+def test_list_names_the_package_a_package_adapter_runs(gw: GatewayProcess, tmp_path: Path) -> None:
+    # Issue 17: package and server.json adapters have no imageName; the list showed ":" for them.
+    package = {"registry": "pypi", "name": "mcp-server-time", "version": "2026.10.19"}
+    body = {"name": "pkg-listed", "transport": "stdio", "package": package, "replicaCount": 0}
+    with gw.client() as api:
+        assert api.post("/adapters", json=body).status_code == 201
+    try:
+        people = cli(gw, "adapters", "list", home=tmp_path)
+        row = next(line for line in people.stdout.splitlines() if line.startswith("pkg-listed "))
+        assert "pypi:mcp-server-time==2026.10.19" in row, people.stdout
+        assert "mcp-example:1.0.0" in people.stdout
+    finally:
+        with gw.client() as api:
+            api.delete("/adapters/pkg-listed")
+
+
 def test_status_table_shows_conditions_and_replicas(gw: GatewayProcess, tmp_path: Path) -> None:
     result = cli(gw, "adapters", "status", "mcp-example", home=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -188,26 +188,26 @@ def test_list_pages_with_limit_and_cursor(gw: GatewayProcess) -> None:
 
 
 def test_logs_parameters_are_validated(alice: httpx.Client) -> None:
-    alice.post("/adapters", json=example_adapter("logparams", replicas=1, imageVersion="0.0.0-missing"))
+    alice.post("/adapters", json=example_adapter("logparams", replicas=1))
     assert problem(alice.get("/adapters/logparams/logs", params={"tail": 0}), 400)["field"] == "tail"
     assert problem(alice.get("/adapters/logparams/logs", params={"instance": -1}), 400)["field"] == "instance"
     problem(alice.get("/adapters/logparams/logs", params={"instance": 5}), 404)
     assert problem(alice.get("/adapters/logparams/logs", params={"tail": "x"}), 400)["field"] == "tail"
 
 
-def test_unknown_image_reports_image_not_found_without_crashing(alice: httpx.Client) -> None:
-    alice.post("/adapters", json=example_adapter("noimage", replicas=2, imageName="does-not-exist"))
-    from tests.gateway_process import wait_for
+def test_unknown_image_is_refused_at_post_and_put_with_422_naming_image_name(alice: httpx.Client) -> None:
+    # Issue 17: the local runtime asks its image catalog before anything is stored. Before, the adapter
+    # was stored and its status said ImageNotFound (records stored then still do: test_local_runtime.py).
+    refused = problem(alice.post("/adapters", json=example_adapter("noimage", imageName="does-not-exist")), 422)
+    assert refused["field"] == "imageName"
+    assert "does-not-exist:1.0.0" in refused["detail"] and "mcp-example:1.0.0" in refused["detail"]
+    problem(alice.get("/adapters/noimage"), 404)
 
-    def degraded() -> dict[str, Any] | None:
-        status: dict[str, Any] = alice.get("/adapters/noimage/status").json()
-        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-        return status if ready["reason"] == "ImageNotFound" else None
-
-    status = wait_for(degraded, timeout=10, what="ImageNotFound")
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "False" and "does-not-exist" in ready["message"]
-    assert alice.get("/healthz").status_code == 200
+    assert alice.post("/adapters", json=example_adapter("noimage", replicas=0)).status_code == 201
+    moved = example_adapter("noimage", replicas=0, imageVersion="0.0.0-missing")
+    assert problem(alice.put("/adapters/noimage", json=moved), 422)["field"] == "imageName"
+    assert alice.get("/adapters/noimage").json()["imageVersion"] == "1.0.0"
+    assert alice.delete("/adapters/noimage").status_code == 204
 
 
 def test_health_endpoints_need_no_identity(gw: GatewayProcess) -> None:

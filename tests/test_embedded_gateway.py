@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +189,18 @@ def test_example_adapter_is_registered_at_start_by_default(tmp_path: Path) -> No
         wait_ready(api, "mcp-example", 2)
         replies = {anyio.run(call, gw.url + "/adapters/mcp-example/mcp", "whoami") for _ in range(4)}
         assert replies == {"mcp-example-0", "mcp-example-1"}
+        # The README's Python snippet, as a newcomer runs it (only the port differs).
+        snippet = readme_python_snippet().replace("http://127.0.0.1:8000", gw.url)
+        done = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout) == (0, "5\n"), done.stderr
+
+
+def readme_python_snippet() -> str:
+    """The ```python block of the README that follows "Or from Python" (issue 17: it was not runnable)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    after = readme[readme.index("Or from Python") :]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start : after.index("```", start)]
 
 
 def test_invalid_setting_stops_startup_naming_it(tmp_path: Path) -> None:

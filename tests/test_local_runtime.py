@@ -217,6 +217,26 @@ async def test_unknown_image_reports_image_not_found_and_counts_as_applied(
     assert await runtime.logs("ghost", 1, 10) == ""
 
 
+async def test_check_image_names_unknown_images_on_leader_and_follower(
+    make_runtime: RuntimeFactory, test_catalog: Path
+) -> None:
+    # issue 17: the control plane asks before it stores an adapter (422 naming imageName); a follower
+    # (a second gateway on the same data dir, which runs nothing) answers from the same catalog files.
+    leader = await make_runtime()
+    follower = await make_runtime()
+    assert (leader.role, follower.role) == ("leader", "follower")
+    for runtime in (leader, follower):
+        assert runtime.check_image("mcp-example", "1.0.0") is None  # built in
+        assert runtime.check_image("sleeper", "1") is None  # the user catalog
+        problem = runtime.check_image("no-such-image", "9.9")
+        assert problem is not None and "no-such-image:9.9" in problem and str(test_catalog) in problem
+        assert "mcp-example:1.0.0" in problem and "MCPGW_IMAGE_CATALOG" in problem
+    # a catalog edited after start is read again: the new entry is known at once
+    late = '\n["late:2"]\ncommand = ["true"]\n'
+    await asyncio.to_thread(lambda: test_catalog.write_text(test_catalog.read_text() + late))
+    assert follower.check_image("late", "2") is None and leader.check_image("late", "2") is None
+
+
 async def test_replica_not_ready_in_time_is_killed_and_restarted(make_runtime: RuntimeFactory) -> None:
     runtime = await make_runtime(local_ready_timeout=0.5, local_restart_backoff_max=0.5)
     sleeper = record("sleepy", 1, image=("sleeper", "1"))

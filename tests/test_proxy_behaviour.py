@@ -173,6 +173,32 @@ def test_gateway_errors_are_jsonrpc_with_meaningful_status(gw: GatewayProcess) -
         jsonrpc_error(other.post("/adapters/rec/mcp", json=INIT, headers=ACCEPT), 403)
 
 
+def test_gateway_errors_answer_the_request_id_when_the_mcp_stages_parsed_the_body(gw: GatewayProcess) -> None:
+    # Issue 17: errors carried id null. With a stage configured (here rateLimits) the body is parsed
+    # anyway, so an error made after it answers the request's id; a batch, a notification and a body
+    # that is not JSON-RPC keep null, and an adapter without stages still never has its body read.
+    limits = [{"per": "user", "requests": 1000, "seconds": 60}]
+    body = example_adapter("limited", replicas=0, imageName="recorder", imageVersion="1.0", rateLimits=limits)
+    with gw.client() as api:
+        assert api.post("/adapters", json=body).status_code == 201
+    try:
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "add"}}
+        no_replica = post(gw, adapter="limited", json=call)
+        assert no_replica.status_code == 503 and no_replica.json()["id"] == 7, no_replica.text
+        assert no_replica.json()["error"]["code"] == -32002
+        forged = post(gw, adapter="limited", json={**call, "id": "s-1"}, headers={"Mcp-Session-Id": "forged"})
+        assert forged.status_code == 404 and forged.json()["id"] == "s-1", forged.text
+        for without_id in ([call], {"jsonrpc": "2.0", "method": "notifications/initialized"}, {"no": "method"}):
+            response = post(gw, adapter="limited", json=without_id)
+            assert response.status_code == 503 and response.json()["id"] is None, response.text
+        unparsable = httpx.post(f"{gw.url}/adapters/limited/mcp", content=b"{not json", headers=ACCEPT)
+        assert unparsable.status_code == 503 and unparsable.json()["id"] is None
+        assert jsonrpc_error(post(gw, adapter="empty", json=call), 503)  # no stage: the body is not read
+    finally:
+        with gw.client() as api:
+            assert api.delete("/adapters/limited").status_code == 204
+
+
 def test_upstream_timeout_is_504(gw: GatewayProcess) -> None:
     error = jsonrpc_error(post(gw, headers={"x-test-sleep": "4"}, timeout=10), 504)
     assert "rec-0" in error["message"]

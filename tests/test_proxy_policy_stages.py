@@ -63,6 +63,23 @@ async def test_header_mismatch_is_400() -> None:
     headers = {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "add"}
     plan = await stages().plan(rec, USER, headers, call(1, "secret"), legacy=False)
     assert plan.local is not None and plan.local.status == 400
+    assert json.loads(plan.local.body)["id"] == 1  # issue 17: the request's id, not null
+
+
+async def test_plan_carries_the_id_of_a_single_request_only() -> None:
+    rec = record(rate_limits=[RateRule(per="user", requests=100, seconds=60)])
+    s = stages()
+
+    async def rpc_id(body: bytes) -> Any:
+        plan = await s.plan(rec, USER, {}, body, legacy=False)
+        assert plan.local is None
+        return plan.rpc_id
+
+    assert await rpc_id(call(5, "add")) == 5
+    assert await rpc_id(call("x", "add")) == "x"
+    assert await rpc_id(b"[" + call(5, "add") + b"]") is None  # a batch: no single id
+    assert await rpc_id(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}') is None
+    assert await rpc_id(b"{not json") is None
 
 
 async def test_over_the_limit_is_429_with_retry_after() -> None:

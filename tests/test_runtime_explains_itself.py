@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -177,6 +180,15 @@ def test_serve_help_shows_no_empty_defaults() -> None:
     text = " ".join(done.stdout.split())
     assert "Default: . [" not in text and "Default: ()" not in text
     assert "--stdio-idle-timeout SECONDS" in text
+    # every duration says SECONDS and every size BYTES; a boolean's default reads as the flag takes it
+    for unit in ("--drain-delay SECONDS", "--session-max-age SECONDS", "--local-restart-backoff-max SECONDS"):
+        assert unit in text
+    assert "--max-body-bytes BYTES" in text and "--max-header-bytes BYTES" in text
+    assert "Default: True." not in text and "Default: true. [MCPGW_EXAMPLE_ADAPTER]" in text
+
+
+def _when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def test_last_transition_time_is_kept_across_restarts(tmp_path: Path) -> None:
@@ -187,10 +199,26 @@ def test_last_transition_time_is_kept_across_restarts(tmp_path: Path) -> None:
         return str(next(c for c in status["conditions"] if c["type"] == "Accepted")["lastTransitionTime"])
 
     with start_gateway(tmp_path / "data") as gw, gw.client() as api:
-        assert api.post("/adapters", json=example_adapter("kept", replicas=0)).status_code == 201
+        created = api.post("/adapters", json=example_adapter("kept", replicas=0))
+        assert created.status_code == 201
+        time.sleep(0.05)  # the first status read comes later than the creation it reports
         before = accepted(api)
+        assert _when(before) == _when(created.json()["createdAt"]), "Accepted since the adapter was stored"
     with start_gateway(tmp_path / "data") as gw, gw.client() as api:
         assert accepted(api) == before
+
+
+def test_last_transition_time_moves_only_when_the_condition_changes(tmp_path: Path) -> None:
+    from gateway.control.status import ConditionClock
+
+    clock = ConditionClock(tmp_path / "conditions.json")
+    became_false = clock.stamp("a", "Ready", "False")
+    assert clock.stamp("a", "Ready", "False") == became_false  # asked again: unchanged
+    became_true = clock.stamp("a", "Ready", "True")
+    assert became_true >= became_false and clock.stamp("a", "Ready", "True") == became_true
+    assert ConditionClock(tmp_path / "conditions.json").stamp("a", "Ready", "True") == became_true  # a restart
+    clock.forget("a")  # a deleted adapter's history goes with it
+    assert json.loads((tmp_path / "conditions.json").read_text()) == {}
 
 
 def test_shutdown_logs_one_line(tmp_path: Path) -> None:
@@ -202,3 +230,27 @@ def test_shutdown_logs_one_line(tmp_path: Path) -> None:
     lines = [line for line in gw.log_text().splitlines() if line.strip()]
     assert "gateway stopped in" in lines[-1], lines[-5:]
     assert sum("stop" in line.lower() for line in lines) == 1, lines[-5:]
+
+
+def test_unknown_image_is_422_and_a_stored_adapter_whose_image_left_the_catalog_reports_image_not_found(
+    tmp_path: Path,
+) -> None:
+    catalog = tmp_path / "images.toml"
+    catalog.write_text(
+        '["cat:1.0"]\ncommand = ["{python}", "{repo}/examples/mcp-example/server.py"]\n'
+        'ready_path = "/healthz"\ncwd = "{repo}"\n'
+    )
+    with start_gateway(tmp_path / "data", env={"MCPGW_IMAGE_CATALOG": str(catalog)}) as gw, gw.client() as api:
+        body = {"name": "kept", "imageName": "cat", "imageVersion": "1.0", "replicaCount": 1}
+        assert api.post("/adapters", json=body).status_code == 201
+        catalog.write_text("# the entry was removed\n")
+        refused = api.post("/adapters", json={**body, "name": "new"})
+        assert refused.status_code == 422 and refused.json()["field"] == "imageName", refused.text
+        assert "cat:1.0" in refused.json()["detail"] and str(catalog) in refused.json()["detail"]
+
+        def ready_reason() -> str:
+            conditions = api.get("/adapters/kept/status").json()["conditions"]
+            return str(next(c for c in conditions if c["type"] == "Ready")["reason"])
+
+        wait_for(lambda: ready_reason() == "ImageNotFound", timeout=30, what="ImageNotFound for the stored adapter")
+        assert api.get("/adapters/kept/status").json()["readyReplicas"] == 0

@@ -283,23 +283,38 @@ def test_the_inspector_cli_lists_prefixed_tools_and_calls_each_member(gw: Gatewa
 def test_malformed_requests_get_json_rpc_errors_never_a_5xx(gw: GatewayProcess) -> None:
     url = f"{gw.url}/servers/duo/mcp"
     accept = {"Accept": "application/json, text/event-stream"}
+    # The error answers the request's id once the body was read (issue 17); a batch, a body that is not
+    # JSON and errors found before the body is read (unknown server, forged legacy session) say null.
     cases = [
-        (httpx.post(url, content=b"{not json", headers=accept), 400, -32700),
-        (httpx.post(url, json=[{"jsonrpc": "2.0", "id": 1, "method": "ping"}], headers=accept), 400, -32600),
-        (httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=accept), 400, -32600),
+        (httpx.post(url, content=b"{not json", headers=accept), 400, -32700, None),
+        (httpx.post(url, json=[{"jsonrpc": "2.0", "id": 1, "method": "ping"}], headers=accept), 400, -32600, None),
+        (httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=accept), 400, -32600, 1),
+        (httpx.post(url, json={"jsonrpc": "2.0", "id": "no-method"}, headers=accept), 400, -32600, "no-method"),
         (
             httpx.post(url, json={"id": 1, "method": "ping"}, headers={**accept, "Mcp-Session-Id": "forged"}),
             404,
             -32001,
+            1,
         ),
-        (httpx.post(f"{gw.url}/servers/nope/mcp", json={"id": 1, "method": "ping"}, headers=accept), 404, -32601),
-        (httpx.post(f"{gw.url}/servers/duo/messages?session_id=forged", json={"id": 1}, headers=accept), 404, -32001),
-        (httpx.get(url, headers=accept), 405, -32600),
-        (httpx.post(url, content=b"[" * (5 * 1024 * 1024), headers=accept), 413, -32600),
+        (
+            httpx.post(f"{gw.url}/servers/nope/mcp", json={"id": 1, "method": "ping"}, headers=accept),
+            404,
+            -32601,
+            None,
+        ),
+        (
+            httpx.post(f"{gw.url}/servers/duo/messages?session_id=forged", json={"id": 1}, headers=accept),
+            404,
+            -32001,
+            None,
+        ),
+        (httpx.get(url, headers=accept), 405, -32600, None),
+        (httpx.post(url, content=b"[" * (5 * 1024 * 1024), headers=accept), 413, -32600, None),
     ]
-    for response, status, code in cases:
+    for response, status, code, ident in cases:
         assert response.status_code == status, (status, response.text[:200])
         assert response.json()["error"]["code"] == code
+        assert response.json()["id"] == ident, (status, response.text[:200])
     # Another user's session id is not theirs to use.
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
     session = httpx.post(url, json=init, headers=accept).headers["mcp-session-id"]

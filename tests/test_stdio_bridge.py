@@ -89,11 +89,11 @@ def test_errors_are_json_rpc_with_the_request_id(bridge: tuple[str, subprocess.P
         parse = http.post("/mcp", content=b"{not json", headers={"content-type": "application/json"})
         assert parse.status_code == 400 and parse.json()["error"]["code"] == -32700
         unknown = http.post("/mcp", json={"jsonrpc": "2.0", "id": 9, "method": "ping"}, headers={"Mcp-Session-Id": "x"})
-        assert unknown.status_code == 404 and unknown.json()["id"] is None
+        assert unknown.status_code == 404 and unknown.json()["id"] == 9  # issue 17: was null
         assert http.get("/mcp").status_code == 400  # no session: like real Streamable-HTTP servers
         sessions = [http.post("/mcp", json=INIT).headers["mcp-session-id"] for _ in range(2)]
         over = http.post("/mcp", json=INIT)
-        assert over.status_code == 503 and over.headers["retry-after"]
+        assert over.status_code == 503 and over.headers["retry-after"] and over.json()["id"] == INIT["id"]
         for sid in sessions:
             http.delete("/mcp", headers={"Mcp-Session-Id": sid})
 

@@ -163,11 +163,18 @@ def adapters_list(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> Non
     if args.json:
         print(dumps(items), file=out)
         return
-    rows = [
-        [a["name"], f"{a['imageName']}:{a['imageVersion']}", a["replicaCount"], a["createdBy"], a["lastUpdatedAt"]]
-        for a in items
-    ]
+    rows = [[a["name"], _image(a), a["replicaCount"], a["createdBy"], a["lastUpdatedAt"]] for a in items]
     table(rows, ["name", "image", "replicas", "created by", "updated"], out)
+
+
+def _image(adapter: dict[str, Any]) -> str:
+    """What the adapter runs, as status names it: ``name:version``, or ``npm:pkg@version`` / ``pypi:pkg==version``
+    for a package (issue 17: package and server.json adapters were listed as ``:``)."""
+    package = adapter.get("package")
+    if isinstance(package, dict):
+        sep = "@" if package.get("registry") == "npm" else "=="
+        return f"{package.get('registry')}:{package.get('name')}{sep}{package.get('version')}"
+    return f"{adapter['imageName']}:{adapter['imageVersion']}"
 
 
 def adapters_get(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:

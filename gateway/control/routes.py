@@ -49,7 +49,10 @@ _WHY: dict[int, str] = {
     413: "The body is larger than the gateway accepts.",
     415: "The body is not application/json.",
     421: "The Host header does not name this gateway.",
-    422: "The body is valid but cannot be deployed (no image source, a server.json it cannot host); `field` names why.",
+    422: (
+        "The body is valid but cannot be deployed (no image source, an image the local runtime's catalog does "
+        "not know, a server.json it cannot host); `field` names why."
+    ),
     503: "A dependency (adapter store, identity provider) is unavailable; see Retry-After.",
 }
 

@@ -96,6 +96,16 @@ class AdapterService:
             )
         return resolved, name
 
+    def _check_image(self, data: AdapterInput, server_name: str) -> None:
+        """An image the runtime cannot run is 422 naming ``imageName`` (issue 17: the local runtime asks its
+        catalog; it used to store the adapter and report ``ImageNotFound`` in status). A package or a
+        server.json needs no catalog image."""
+        if data.package is not None or server_name:
+            return
+        problem = self._runtime.check_image(data.image_name, data.image_version)
+        if problem is not None:
+            raise Unprocessable(problem, field="imageName")
+
     async def _readable(self, identity: Identity, name: str) -> AdapterRecord:
         validate_name(name)
         record = await self._store.get(name)
@@ -110,6 +120,7 @@ class AdapterService:
         """Store a new adapter; the reconciler deploys it."""
         data, server_name = self._resolve_source(data)
         validate_input(data, max_replicas=self._max_replicas, env_policy=self._env_policy)
+        self._check_image(data, server_name)
         validate_upstream_auth(data.upstream_auth, auth_mode=self._auth_mode)
         if data.use_workload_identity and not can_use_workload_identity(identity, self._wi_roles):
             raise Forbidden("useWorkloadIdentity requires the mcp.admin role", field="useWorkloadIdentity")
@@ -185,6 +196,7 @@ class AdapterService:
             raise Conflict(f"name is immutable: the body says {data.name!r}, the URL {name!r}", field="name")
         data, server_name = self._resolve_source(data)
         validate_input(data, max_replicas=self._max_replicas, env_policy=self._env_policy)
+        self._check_image(data, server_name)
         validate_upstream_auth(data.upstream_auth, auth_mode=self._auth_mode)
         if data.use_workload_identity != current.use_workload_identity:
             raise Conflict("useWorkloadIdentity cannot be changed after creation", field="useWorkloadIdentity")

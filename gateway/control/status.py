@@ -29,13 +29,18 @@ class ConditionClock:
                     for type_, (status, stamp) in types.items():
                         self._seen[(adapter, type_)] = (status, datetime.fromisoformat(stamp))
 
-    def stamp(self, adapter: str, type_: str, status: str) -> datetime:
-        """The time ``type_`` entered ``status`` (now, if it just did)."""
+    def stamp(self, adapter: str, type_: str, status: str, *, since: datetime | None = None) -> datetime:
+        """The time ``type_`` entered ``status`` (now, if it just did).
+
+        ``since``: when the condition is known to have held from, for its first observation (``Accepted``
+        is True from the adapter's creation, not from the first status read: issue 17, a newcomer's
+        adapter created at 21:36:54 read ``Accepted`` since 21:37:49, when they first asked).
+        """
         key = (adapter, type_)
         previous = self._seen.get(key)
         if previous is not None and previous[0] == status:
             return previous[1]
-        now = datetime.now(UTC)
+        now = since if previous is None and since is not None else datetime.now(UTC)
         self._seen[key] = (status, now)
         self._save()
         return now
@@ -64,16 +69,19 @@ def build_status(record: AdapterRecord, rs: RuntimeStatus, clock: ConditionClock
     desired = record.replica_count
     current = rs.observed_generation >= record.generation
 
-    def condition(type_: ConditionType, status: ConditionStatus, reason: str, message: str) -> Condition:
+    def condition(
+        type_: ConditionType, status: ConditionStatus, reason: str, message: str, since: datetime | None = None
+    ) -> Condition:
         return Condition(
             type=type_,
             status=status,
             reason=reason,
             message=message,
-            last_transition_time=clock.stamp(record.name, type_, status),
+            last_transition_time=clock.stamp(record.name, type_, status, since=since),
         )
 
-    conditions = [condition("Accepted", "True", "Stored", f"spec stored at generation {record.generation}")]
+    stored = f"spec stored at generation {record.generation}"
+    conditions = [condition("Accepted", "True", "Stored", stored, since=record.created_at)]
 
     # The first rollout creates replicas; later ones replace them (issue 17: a newcomer's first adapter
     # read "RollingUpdate" before anything had ever run).

@@ -38,6 +38,7 @@ from gateway.credentials import UpstreamCredentialError, UpstreamCredentials, me
 from gateway.errors import GatewayError, SessionStoreUnavailable, Unauthenticated
 from gateway.models import AdapterRecord, Identity
 from gateway.policy.audit import AuditTrail, CredentialAudit, credential_failed, credential_used
+from gateway.policy.classify import RequestId
 from gateway.policy.ratelimit import MemoryRateLimiter
 from gateway.policy.toolpolicy import (
     MAX_SSE_EVENT,
@@ -91,6 +92,8 @@ class ProxyError(Exception):
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+        self.rpc_id: RequestId = None
+        """The request's JSON-RPC id when the MCP stages parsed the body (``_serve``); else null."""
 
 
 class BodyTooLarge(Exception):
@@ -245,13 +248,23 @@ class McpProxy:
         if plan is not None and plan.local is not None and route != "messages":
             await _answer(send, plan.local.status, plan.local.body, plan.local.headers)
             return
-        # routing (stateless / pinned / legacy) → forward → response filters
-        if route == "mcp":
-            await self._streamable(scope, receive, send, name, identity, headers, plan, adapter)
-        elif route == "sse":
-            await self._sse(scope, receive, send, name, identity, headers, adapter)
-        else:
-            await self._messages(scope, receive, send, name, identity, headers, plan, adapter)
+        try:
+            # routing (stateless / pinned / legacy) → forward → response filters
+            if route == "mcp":
+                await self._streamable(scope, receive, send, name, identity, headers, plan, adapter)
+            elif route == "sse":
+                await self._sse(scope, receive, send, name, identity, headers, adapter)
+            else:
+                await self._messages(scope, receive, send, name, identity, headers, plan, adapter)
+        except (ProxyError, GatewayError) as exc:
+            if plan is None or plan.rpc_id is None:
+                raise
+            # The body was parsed by the MCP stages: the error answers the request's id (issue 17). A
+            # streamed body is never read just for this; its errors keep ``id: null``.
+            path = scope["path"]
+            error = exc if isinstance(exc, ProxyError) else _from_gateway_error(exc, self._www_authenticate, path)
+            error.rpc_id = plan.rpc_id
+            raise error from None
 
     def _stage_host_origin(self, scope: Scope, route: str) -> dict[str, str]:
         """Method allowed on the route (405), Host and Origin accepted (gateway/browser/hosts.py); the headers."""
@@ -1092,7 +1105,7 @@ async def _answer_raw(send: Send, status: int, body: bytes, headers: list[Any]) 
 
 
 async def _error(send: Send, exc: ProxyError) -> None:
-    body = _encoder.encode({"jsonrpc": "2.0", "id": None, "error": {"code": exc.code, "message": exc.message}})
+    body = _encoder.encode({"jsonrpc": "2.0", "id": exc.rpc_id, "error": {"code": exc.code, "message": exc.message}})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})

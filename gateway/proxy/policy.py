@@ -20,7 +20,7 @@ import msgspec
 
 from gateway.models import AdapterRecord, Identity
 from gateway.policy.audit import AuditTrail, CredentialAudit, Event
-from gateway.policy.classify import Message, RequestId, classify
+from gateway.policy.classify import Classification, Message, RequestId, classify
 from gateway.policy.ratelimit import (
     AdapterLimits,
     RateLimiter,
@@ -75,6 +75,9 @@ class Plan:
     trace_id: str | None = None
     credential: CredentialAudit | None = None
     """The upstream credential the request was forwarded with (``upstreamAuth``), for ``audited``'s records."""
+    rpc_id: RequestId = None
+    """The JSON-RPC id of a single-request body: gateway errors after this stage answer with it (issue 17).
+    None for a batch, a notification or a body that is not JSON-RPC (their errors carry ``id: null``)."""
 
 
 class McpStages:
@@ -138,7 +141,7 @@ class McpStages:
         # --- classify: the body is authoritative; headers that disagree with it → 400
         c = classify(headers, body, legacy=legacy)
         if c.error is not None:
-            error = {"jsonrpc": "2.0", "id": None, "error": {"code": c.error.code, "message": c.error.message}}
+            error = {"jsonrpc": "2.0", "id": single_id(c), "error": {"code": c.error.code, "message": c.error.message}}
             return _local(c.error.status, error, started)
         policy = self.policy(record)
         restricted = policy is not None and policy.restricts(roles)
@@ -194,6 +197,7 @@ class McpStages:
             started=started,
             request_id=request_id,
             trace_id=trace_id,
+            rpc_id=single_id(c),
         )
 
     def answered(self, plan: Plan, record: AdapterRecord, identity: Identity, status: int) -> None:
@@ -247,6 +251,13 @@ class McpStages:
             request_id=plan.request_id if plan is not None else request_id,
             trace_id=plan.trace_id if plan is not None else trace_id, detail=credential.reason, credential=credential,
         )  # fmt: skip
+
+
+def single_id(c: Classification) -> RequestId:
+    """The id of a body holding one JSON-RPC request; None for a batch, a notification or no parsed body."""
+    if c.parsed and not c.batch and len(c.messages) == 1 and c.messages[0].has_id:
+        return c.messages[0].id
+    return None
 
 
 def _local(

@@ -113,6 +113,13 @@ class Runtime(Protocol):
     async def ping(self) -> None:
         """Raise RuntimeUnavailable when the runtime cannot be reached."""
 
+    def check_image(self, image_name: str, image_version: str) -> str | None:
+        """Why this runtime cannot run the image (the control plane answers 422 naming ``imageName``), or None.
+
+        The local runtime answers from its image catalog; Kubernetes accepts any image (a missing one
+        shows as ``ImagePullBackOff`` in status). Called on POST/PUT, so it reads no network.
+        """
+
     async def apply(self, adapter: AdapterRecord) -> None:
         """Make the adapter's replicas match the record (idempotent; rolls on spec change)."""
 

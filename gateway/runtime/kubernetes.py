@@ -219,6 +219,10 @@ class KubernetesRuntime:
             raise unavailable(f"list statefulsets in namespace {self._namespace}", exc) from None
 
     # --- desired state -------------------------------------------------------------------------
+    def check_image(self, image_name: str, image_version: str) -> str | None:
+        """None: any image is accepted; a missing one shows as ``ImagePullBackOff`` in status."""
+        return None
+
     async def apply(self, adapter: AdapterRecord) -> None:
         """Create or replace the adapter's Service and StatefulSet (leader only; never to an older generation)."""
         applier = self._require_applier()

@@ -4,8 +4,10 @@ How it works (Linux; asyncio or uvloop):
 
 * **Images.** ``imageName:imageVersion`` resolves through the image catalog (``images.toml`` beside
   this module, overlaid by the user catalog of setting ``image_catalog``) to a command line. An
-  image no catalog knows starts nothing: status reports ``ImageNotFound`` and ``deployed()`` still
-  counts the generation as applied, so the reconciler does not retry in a loop.
+  image no catalog knows is refused by the API (``check_image``: 422 naming ``imageName``); a record
+  stored before (or whose catalog entry was removed since) starts nothing: status reports
+  ``ImageNotFound`` and ``deployed()`` still counts the generation as applied, so the reconciler does
+  not retry in a loop.
 * **Replicas.** Replica ``i`` of adapter ``N`` runs as ``N-i`` with a minimal environment (PATH,
   locale, TZ, VIRTUAL_ENV, PYTHONPATH; never the gateway's ``MCPGW_*`` settings or
   secrets), then the catalog's env, the adapter's ``environmentVariables``, ``HOME`` and
@@ -476,16 +478,7 @@ class LocalRuntime:
             except CatalogError as exc:
                 return None, RuntimeIssue("InvalidImageCatalog", str(exc))
             if found is None:
-                where = (
-                    "the built-in catalog"
-                    if self._settings.image_catalog is None
-                    else (f"the built-in catalog or {self._settings.image_catalog}")
-                )
-                return None, RuntimeIssue(
-                    "ImageNotFound",
-                    f"image {record.image} is not in {where}; known images: {', '.join(known) or 'none'}. "
-                    "Add it to the catalog file named by MCPGW_IMAGE_CATALOG.",
-                )
+                return None, RuntimeIssue("ImageNotFound", self._unknown_image(record.image, known))
             entry = dataclasses.replace(found, command=(*(record.command or found.command), *(record.args or ())))
         denied = self._env_policy.denied_names(record.environment_variables)
         if denied:
@@ -529,6 +522,34 @@ class LocalRuntime:
             expose=expose,
         )
         return spec, None
+
+    def _unknown_image(self, image: str, known: list[str]) -> str:
+        where = (
+            "the built-in catalog"
+            if self._settings.image_catalog is None
+            else f"the built-in catalog or {self._settings.image_catalog}"
+        )
+        return (
+            f"image {image} is not in {where}; known images: {', '.join(known) or 'none'}. "
+            "Add it to the catalog file named by MCPGW_IMAGE_CATALOG."
+        )
+
+    def check_image(self, image_name: str, image_version: str) -> str | None:
+        """Why ``image_name:image_version`` cannot run here (no catalog knows it), or None (issue 17).
+
+        The control plane asks before it stores an adapter, so an unknown image is a 422 naming
+        ``imageName`` instead of a record whose status says ``ImageNotFound``. A follower has the same
+        catalog files, so it answers as the leader would. A broken catalog file refuses nothing here:
+        the request is not at fault, and status reports ``InvalidImageCatalog``.
+        """
+        image = f"{image_name}:{image_version}"
+        try:
+            if self._catalog.lookup(image) is not None:
+                return None
+            known = sorted(self._catalog.load())
+        except CatalogError:
+            return None
+        return self._unknown_image(image, known)
 
     def _package_entry(self, record: AdapterRecord) -> tuple[ImageEntry | None, tuple[str, ...], RuntimeIssue | None]:
         """How a package adapter runs: ``npx -y name@version`` or ``uvx --from name==version bin`` (issue 17).

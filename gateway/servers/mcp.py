@@ -222,7 +222,10 @@ class VirtualServers:
             await _json(send, 400, _error(None, -32700, "the body is not JSON"))
             return
         if not isinstance(message, dict) or not isinstance(message.get("method"), str):
-            await _json(send, 400, _error(None, -32600, "send one JSON-RPC request or notification per POST"))
+            # An object without a method still names its id (issue 17: errors answer the request's id).
+            ident = message.get("id") if isinstance(message, dict) else None
+            ident = ident if isinstance(ident, (str, int, float)) and not isinstance(ident, bool) else None
+            await _json(send, 400, _error(ident, -32600, "send one JSON-RPC request or notification per POST"))
             return
         meta = (message.get("params") or {}).get("_meta") if isinstance(message.get("params"), dict) else None
         header_version = headers.get("mcp-protocol-version", "").strip()

@@ -396,6 +396,14 @@ class Bridge:
             raise _HTTPError(400, -32600, "JSON-RPC batches are not supported by the stdio bridge")
         if not isinstance(msg, dict):
             raise _HTTPError(400, -32600, "the body must be a JSON-RPC message object")
+        try:
+            await self._post_message(scope, send, msg, sid)
+        except _HTTPError as exc:
+            if exc.id is None:  # the session is gone, the cap is reached ...: still an answer to this id
+                exc.id = msg.get("id")
+            raise
+
+    async def _post_message(self, scope: Scope, send: Send, msg: dict[str, Any], sid: str | None) -> None:
         msg_id = msg.get("id")
         if sid is None and msg.get("method") == "initialize":
             if not self.allow_roots:

@@ -202,6 +202,10 @@ class InstrumentedRuntime(_Instrumented[Runtime]):
     def __init__(self, inner: Runtime, metrics: GatewayMetrics | None, tracing: Tracing) -> None:
         super().__init__(inner, "runtime", metrics, tracing)
 
+    def check_image(self, image_name: str, image_version: str) -> str | None:
+        """See ``Runtime.check_image`` (not instrumented: a catalog lookup in memory)."""
+        return self.inner.check_image(image_name, image_version)
+
     async def apply(self, adapter: AdapterRecord) -> None:
         """See ``Runtime.apply``."""
         with self._call("apply", adapter.name):

@@ -1,7 +1,7 @@
 """The REST API answers what its OpenAPI document says: schemathesis, every check, finds nothing.
 
 A gateway of its own (dev auth, embedded, ``MCPGW_MAX_REPLICAS=3`` so no generated adapter can ask
-for many replicas; generated image names are not in the catalog, so no replica process starts)
+for many replicas; generated image names are not in the catalog, so they are 422 and no replica process starts)
 is tested with ``schemathesis run --checks all`` over every phase (examples, coverage, fuzzing,
 stateful), derandomized so the same requests go out on every run. Checks include response
 conformance (status, media type, headers, body schema) and that schema-valid requests are accepted
