@@ -208,19 +208,23 @@ def test_three_gateways_converge_without_rollback_or_lost_adapters_while_the_lea
             stored = {r["name"]: r for r in api.get("/adapters", params={"limit": 100}).json()["items"]}
         assert stored, "the workload left no adapter stored"
 
-        def converged() -> bool:
+        def differences() -> list[str]:
             sets = managed_sets(k8s)
-            if sets.keys() != stored.keys():
-                return False
-            for name, rec in stored.items():
-                notes = sets[name]["metadata"]["annotations"]
+            found = [f"missing {n}" for n in sorted(stored.keys() - sets.keys())]
+            found += [f"extra {n}" for n in sorted(sets.keys() - stored.keys())]
+            for name in sorted(stored.keys() & sets.keys()):
+                rec, notes = stored[name], sets[name]["metadata"]["annotations"]
                 if int(notes["mcp-gateway/generation"]) != rec["generation"]:
-                    return False
+                    found.append(f"{name} at generation {notes['mcp-gateway/generation']}, stored {rec['generation']}")
                 if when(notes["mcp-gateway/created-at"]) != when(rec["createdAt"]):
-                    return False
-            return True
+                    found.append(f"{name} of another incarnation ({notes['mcp-gateway/created-at']})")
+            return found
 
-        wait_for(converged, timeout=20, what="the cluster to match the store")
+        # The leader polls the store every second; a loaded 2-core CI machine needs more than a few.
+        try:
+            wait_for(lambda: not differences(), timeout=45, what="the cluster to match the store")
+        except AssertionError:
+            raise AssertionError(f"the cluster does not match the store: {differences()}") from None
 
         log: list[AppliedWrite] = [
             w

@@ -18,6 +18,7 @@ import pytest
 
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_ready
 from tests.redis_fixtures import RedisServer, redis_server  # noqa: F401
+from tests.telemetry_fixtures import scrape, total
 
 CATALOG = Path(__file__).with_name("upstreams") / "images.toml"
 LIMIT = 10
@@ -62,7 +63,15 @@ def test_a_limit_holds_across_two_gateways_and_a_redis_outage_follows_the_settin
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda i: call(first if i % 2 else second, i), range(4 * LIMIT)))
     statuses = Counter(r.status_code for r in responses)
-    assert statuses == {200: LIMIT, 429: 3 * LIMIT}, statuses  # excess over the limit: 0
+    # Excess over the limit: 0, except for checks Redis did not answer within MCPGW_RATE_LIMIT_TIMEOUT,
+    # which the first gateway admits by its failure policy (fail open) and counts; on a loaded CI
+    # machine one such check was seen. Any other excess would be a counting bug.
+    failed_open = sum(
+        total(scrape(first.url), name, mode="open")
+        for name in ("mcpgw_rate_limit_store_failures", "mcpgw_rate_limit_store_failures_total")
+    )
+    assert LIMIT <= statuses[200] <= LIMIT + failed_open, (statuses, failed_open)
+    assert statuses[200] + statuses[429] == 4 * LIMIT, statuses
     refused = next(r for r in responses if r.status_code == 429)
     assert int(refused.headers["retry-after"]) >= 1
     error = refused.json()["error"]
