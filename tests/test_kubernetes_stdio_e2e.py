@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
+from mcp.client.sse import sse_client
 
 from gateway.runtime._kube_manifests import STDIO_VOLUME
 from tests.gateway_process import GatewayProcess, wait_for, wait_ready
@@ -103,6 +104,10 @@ def test_a_stdio_image_serves_pinned_sessions_one_process_each_and_put_changes_i
         async with Client(url) as modern:
             assert await call(modern, "argv") == [first]
             assert await call(modern, "whoami") in {"kst-0", "kst-1"}
+        # Legacy HTTP+SSE (2024-11-05): the stream's own process, pinned like a session.
+        async with Client(sse_client(url.removesuffix("/mcp") + "/sse"), mode="legacy") as legacy:
+            assert len({await call(legacy, "whoami") for _ in range(3)}) == 1
+            assert await call(legacy, "argv") == [first]
 
     anyio.run(sessions)
     # The sessions ended (the client's DELETE): their processes are gone; the shared ones remain.
@@ -128,4 +133,4 @@ def test_a_stdio_image_serves_pinned_sessions_one_process_each_and_put_changes_i
         assert api.delete("/adapters/kst").status_code == 204
     wait_for(lambda: k8s.kubelet.pods == {}, timeout=20, what="the test kubelet to stop every pod")  # type: ignore[union-attr]
     wait_for(lambda: not servers_with(second), timeout=20, what="no stdio server left")
-    assert not list(k8s.log_dir.glob(f"kst-*-{STDIO_VOLUME}"))
+    wait_for(lambda: not list(k8s.log_dir.glob(f"kst-*-{STDIO_VOLUME}")), timeout=10, what="the emptyDirs gone")
