@@ -3,7 +3,8 @@
 Decisions (2026-11-30, issue 17; the trade-offs are in docs/kubernetes.md, "stdio servers"):
 
 * **Three containers share one ``emptyDir`` at ``STDIO_DIR``.** An init container from the gateway
-  image copies a static ``busybox`` there and makes the control FIFO ``ctl``. The server container
+  image copies a static ``busybox`` there and makes ``s/`` (mode 0711: only the gateway image's user
+  may create or remove names in it) with the control FIFO ``s/ctl``. The server container
   (the adapter's stock image, its security context unchanged) runs ``SPAWNER`` with that busybox:
   a shell loop that starts the adapter's ``command``/``args`` once per client session. The bridge
   container (the gateway image) runs ``python -m gateway.stdio.bridge --fifo-dir STDIO_DIR``: the
@@ -16,12 +17,17 @@ Decisions (2026-11-30, issue 17; the trade-offs are in docs/kubernetes.md, "stdi
   ``busybox-static``, ~2 MB) runs in any Linux image, glibc, musl or none; the spawner uses only
   its shell's built-ins plus ``busybox setsid``. The bridge needs no shared pid namespace: it asks
   the spawner to signal a session's process group.
-* **Wire between the containers.** Per session the bridge makes two FIFOs, ``<id>.in`` and
-  ``<id>.out`` (mode 0666: the two containers may run as different users; nothing else mounts the
-  volume), opens ``<id>.out`` for reading, and writes ``start <id>`` to ``ctl``. The spawner runs
-  ``busybox setsid program args >id.out <id.in`` in the background (a new session, so the group
-  can be signalled). Once the bridge's open of ``<id>.in`` for writing succeeds, both ends are
-  open and the names are unlinked. The session's process ends like a local one: its stdin closes
+* **Wire between the containers.** Per session the bridge makes two FIFOs, ``s/<id>.in`` and
+  ``s/<id>.out`` (mode 0666: the two containers may run as different users), pins each with an
+  ``O_PATH`` descriptor and opens it only through ``/proc/self/fd`` from then on, opens the stdout
+  FIFO for reading, and writes ``start <id>`` to ``ctl``. The spawner runs ``busybox setsid
+  program args >s/<id>.out <s/<id>.in`` in the background (a new session, so the group can be
+  signalled). Once the bridge's open of the stdin FIFO for writing succeeds, both ends are open and
+  the names are unlinked. The server's processes run the adapter's code and can read ``ctl`` (they
+  share the spawner's user): ``s/`` keeps them from swapping a session's FIFO (and, as root in
+  their container, the pin does), so a neighbour can stall a session start but not read another
+  session's messages through the bridge; within one pod, sessions are as isolated from each other
+  as the local runtime's (processes of one user). The session's process ends like a local one: its stdin closes
   (EOF), then ``term <id>`` (SIGTERM to its group), then ``kill <id>`` (SIGKILL to the group, always,
   for grandchildren; the spawner forgets the id). Its stdout reaching EOF is its exit.
 * **No orphans.** The bridge holds ``ctl`` open for writing; when the bridge container stops or
@@ -37,6 +43,7 @@ import errno
 import logging
 import os
 import secrets
+import stat
 import time
 from pathlib import Path
 
@@ -53,7 +60,7 @@ START_TIMEOUT = 30.0
 
 SETUP = (
     f'bb={GATEWAY_BUSYBOX}; $bb cp $bb "$0/.busybox" && $bb mv -f "$0/.busybox" "$0/busybox" '
-    '&& { [ -p "$0/ctl" ] || $bb mkfifo -m 666 "$0/ctl"; }'
+    '&& $bb mkdir -p -m 711 "$0/s" && { [ -p "$0/s/ctl" ] || $bb mkfifo -m 666 "$0/s/ctl"; }'
 )
 """The init container's ``sh -c`` script (``$0`` is ``STDIO_DIR``); idempotent, as init containers may run again."""
 
@@ -64,13 +71,13 @@ while :; do
   while read -r verb sid; do
     case "$sid" in ''|*[!0-9a-f]*) echo "mcp-stdio spawner: ignored control line" >&2; continue;; esac
     case "$verb" in
-      start) "$bb" setsid "$@" >"$0/$sid.out" <"$0/$sid.in" & eval "pid_$sid=\\$!"; live="$live $sid" ;;
+      start) "$bb" setsid "$@" >"$0/s/$sid.out" <"$0/s/$sid.in" & eval "pid_$sid=\\$!"; live="$live $sid" ;;
       term) eval "p=\\${pid_$sid:-}"; [ -n "$p" ] && kill -TERM -- "-$p" 2>/dev/null ;;
       kill) eval "p=\\${pid_$sid:-}"
         if [ -n "$p" ]; then kill -KILL -- "-$p" 2>/dev/null; wait "$p" 2>/dev/null; unset "pid_$sid"; fi
         n=""; for s in $live; do [ "$s" = "$sid" ] || n="$n $s"; done; live="$n" ;;
     esac
-  done <"$0/ctl"
+  done <"$0/s/ctl"
   for s in $live; do eval "p=\\${pid_$s:-}"; [ -n "$p" ] && kill -KILL -- "-$p" 2>/dev/null; unset "pid_$s"; done
   [ -n "$live" ] && { wait 2>/dev/null; echo "mcp-stdio spawner: the bridge went away; ended its sessions" >&2; }
   live=""
@@ -101,7 +108,7 @@ class FifoSpawner:
 
     def paths(self, sid: str) -> tuple[Path, Path]:
         """The FIFOs of session ``sid``: its stdin, its stdout."""
-        return self.directory / f"{sid}.in", self.directory / f"{sid}.out"
+        return self.directory / "s" / f"{sid}.in", self.directory / "s" / f"{sid}.out"
 
     async def control(self, verb: str, sid: str) -> None:
         """Write ``verb sid`` to ``ctl`` (raise ChildGone when the spawner does not read it in time)."""
@@ -109,7 +116,7 @@ class FifoSpawner:
         async with self._lock:
             for _ in range(2):
                 if self._ctl is None:
-                    self._ctl = await open_writer(self.directory / "ctl", self.start_timeout, "the spawner")
+                    self._ctl = await open_writer(self.directory / "s" / "ctl", self.start_timeout, "the spawner")
                 try:
                     os.write(self._ctl, line)  # shorter than PIPE_BUF: one atomic write
                     return
@@ -127,13 +134,16 @@ class FifoSpawner:
             self._ctl = None
 
 
-async def open_writer(path: Path, wait: float, who: str) -> int:
-    """A non-blocking write end of the FIFO ``path``, once a reader has it open (ENXIO until then)."""
+async def open_writer(path: Path, wait: float, who: str, *, follow: bool = False) -> int:
+    """A non-blocking write end of the FIFO ``path``, once a reader has it open (ENXIO until then).
+
+    ``follow``: ``path`` is a ``/proc/self/fd`` link to the FIFO itself (see ``FifoChild.start``).
+    """
     deadline = time.monotonic() + wait
     delay = 0.005
     while True:
         try:
-            return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
         except OSError as exc:
             if exc.errno not in (errno.ENXIO, errno.ENOENT) or time.monotonic() > deadline:
                 raise ChildGone(
@@ -158,15 +168,22 @@ class FifoChild(Child):
         loop = asyncio.get_running_loop()
         stdin_path, stdout_path = self._spawner.paths(self._sid)
         out_fd = in_fd = -1
+        pins: list[int] = []
         try:
             for path in (stdin_path, stdout_path):
-                os.mkfifo(path)
+                os.mkfifo(path, 0o600)
                 os.chmod(path, 0o666)  # the server container may run as another user
+                # Pinned at once: from here on the bridge opens this very FIFO through /proc, never the
+                # name again, so a neighbour that swaps the name gets nothing from the bridge.
+                pins.append(os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC))
+                if not stat.S_ISFIFO(os.fstat(pins[-1]).st_mode):
+                    raise OSError(errno.EEXIST, f"{path} is not the FIFO the bridge made")
+            stdin_pin, stdout_pin = (Path(f"/proc/self/fd/{fd}") for fd in pins)
             # Reading end first, non-blocking: the spawner's open of it for writing then never waits.
-            out_fd = os.open(stdout_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            out_fd = os.open(stdout_pin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             await self._spawner.control("start", self._sid)
             self._started = True
-            in_fd = await open_writer(stdin_path, self._spawner.start_timeout, "the stdio server")
+            in_fd = await open_writer(stdin_pin, self._spawner.start_timeout, "the stdio server", follow=True)
         except (OSError, ChildGone) as exc:
             for fd in (out_fd, in_fd):
                 if fd >= 0:
@@ -178,6 +195,8 @@ class FifoChild(Child):
             raise exc if isinstance(exc, ChildGone) else ChildGone(f"cannot start a session: {exc}") from None
         finally:
             # Both ends are open (or never will be): the names are no longer needed.
+            for fd in pins:
+                os.close(fd)
             for path in (stdin_path, stdout_path):
                 with contextlib.suppress(OSError):
                     path.unlink()
