@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import logging
 import os
 import secrets
 import stat
@@ -48,8 +47,6 @@ import time
 from pathlib import Path
 
 from gateway.stdio.bridge import MAX_LINE, STDIN_GRACE, TERM_GRACE, Child, ChildGone
-
-log = logging.getLogger("gateway.stdio.bridge")
 
 STDIO_DIR = "/mcp-stdio"
 """Where the pod's shared ``emptyDir`` is mounted in all three containers."""
