@@ -20,6 +20,11 @@ RUN pip install --upgrade pip setuptools wheel \
 # --- run: the virtualenv on a clean base, no compilers, no source tree ---------------------------
 FROM ${PYTHON_IMAGE} AS run
 ARG UID=10001
+# busybox-static: a stdio adapter's pod copies /bin/busybox from this image into the server's container
+# to start one server process per session there (docs/kubernetes.md, "stdio servers").
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends busybox-static \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid ${UID} mcpgw \
  && useradd --system --uid ${UID} --gid ${UID} --home-dir /data --shell /usr/sbin/nologin mcpgw \
  && mkdir -p /data \

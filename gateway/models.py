@@ -152,7 +152,10 @@ class AdapterInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
             msgspec.Meta(
                 min_length=1,
                 max_length=64,
-                description="Replaces the image's entrypoint (local: the catalog command; a package: its bin).",
+                description=(
+                    "Replaces the image's entrypoint (local: the catalog command; a package: its bin). "
+                    "Required for a stdio image on Kubernetes: the program the pod's bridge starts per session."
+                ),
             ),
         ]
         | None

@@ -306,6 +306,12 @@ class Settings:
         "",
         "Tolerations of adapter pods: comma-separated key=value:Effect or key:Effect (e.g. pool=adapters:NoSchedule).",
     )
+    # --- kubernetes stdio ---
+    kube_stdio_bridge_image: str = setting(
+        "",
+        "Image of the stdio bridge in stdio adapter pods: the gateway image, with busybox-static "
+        "(default <kube_registry>/mcp-gateway:<gateway version>).",
+    )
 
     # --- auth ----------------------------------------------------------------------------
     auth_dev_allow_remote: bool = setting(

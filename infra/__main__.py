@@ -70,6 +70,8 @@ def _common_settings(cfg: StackConfig, public_url: pulumi.Input[str], registry: 
         "MCPGW_RUNTIME": "kubernetes",
         "MCPGW_KUBE_NAMESPACE": gw.adapter_namespace,
         "MCPGW_KUBE_REGISTRY": registry,
+        # stdio adapter pods run the bridge from the very image the gateway runs (docs/kubernetes.md, "stdio servers").
+        "MCPGW_KUBE_STDIO_BRIDGE_IMAGE": _image(cfg, registry),
         "MCPGW_KUBE_SERVICE_ACCOUNT": ADAPTER_SERVICE_ACCOUNT,
         "MCPGW_KUBE_WORKLOAD_SERVICE_ACCOUNT": WORKLOAD_SERVICE_ACCOUNT,
         "MCPGW_MAX_REPLICAS": str(gw.max_adapter_replicas),

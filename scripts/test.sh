@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)  # the local replica sandbox (docs/security.md)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)  # the Kubernetes stdio pod's spawner (tests/test_kubernetes_stdio_e2e.py)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the portal's browser tests (Playwright drives the system browser)
 if ((${#need_apt[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

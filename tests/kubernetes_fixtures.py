@@ -36,6 +36,9 @@ import inspect
 import json
 import os
 import random
+import re
+import shutil
+import signal
 import socket
 import sys
 import threading
@@ -50,6 +53,7 @@ import kmock
 import pytest
 
 from gateway.models import AdapterRecord
+from gateway.runtime._local_process import _process_tree
 from gateway.runtime.kubernetes import KubernetesRuntime
 from gateway.settings import Settings
 
@@ -668,6 +672,10 @@ def _program(image: str) -> Path:
     return RECORDER if image.rsplit("/", 1)[-1].split(":", 1)[0] == "recorder" else EXAMPLE_SERVER
 
 
+REPO_DIR = EXAMPLE_SERVER.parent.parent.parent
+_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
 @dataclasses.dataclass
 class _PodProcess:
     name: str
@@ -675,8 +683,33 @@ class _PodProcess:
     revision: str
     ip: str
     log_path: Path
-    proc: asyncio.subprocess.Process
+    proc: asyncio.subprocess.Process  # the first container's (the example server, or containers[0])
     phase: str = "starting"  # starting → ready → dead
+    sidecars: list[asyncio.subprocess.Process] = dataclasses.field(default_factory=list)
+    probe: dict[str, Any] | None = None  # the readinessProbe of the container that has one
+    volumes: list[Path] = dataclasses.field(default_factory=list)
+
+    @property
+    def procs(self) -> list[asyncio.subprocess.Process]:
+        return [self.proc, *self.sidecars]
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of command and args (``$$`` is a literal ``$``; unknown stays)."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _VAR_REF.sub(one, text)
+
+
+def _remap(text: str, mounts: dict[str, Path]) -> str:
+    """A path under a volume's mountPath, as the host directory that stands for the volume."""
+    for mount_path, host in mounts.items():
+        text = re.sub(re.escape(mount_path) + r"(?=/|$|\b)", str(host), text)
+    return text
 
 
 class Kubelet:
@@ -690,6 +723,16 @@ class Kubelet:
     (ready/updated/available replicas, revisions) current. Whatever image is named, the example
     server runs — except an image named ``recorder`` (any registry and tag), which runs the
     recording upstream (tests/upstreams/recorder.py) that reports the headers it received.
+
+    A pod whose first container has a ``command``, or that has init containers or several containers
+    (a stdio image with its bridge, issue 17), runs what it says instead: every image is this
+    machine with the project's venv first on ``PATH`` and the repository as working directory
+    (``python`` is the venv's). Init containers run to completion first; each ``emptyDir`` is a
+    fresh directory, and a mountPath in a command, an arg or an env value stands for it (no mount
+    namespaces here); ``$(VAR)`` in command and args is expanded from the container's env, whose
+    ``fieldRef`` may be ``metadata.name`` or ``status.podIP``. Readiness follows the container that
+    has a readinessProbe (``httpGet``: a 2xx/3xx answer; ``tcpSocket``: a connection). A container's
+    processes are its process tree: stopping a pod kills every process of every container.
     """
 
     def __init__(self, cluster: ClusterEmulator, log_dir: Path, *, namespace: str = NAMESPACE) -> None:
@@ -768,25 +811,82 @@ class Kubelet:
             for sts in sets.values():
                 self._write_statefulset_status(sts)
 
+    @staticmethod
+    def _container_env(container: dict[str, Any], pod_name: str, ip: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MCPGW_")}
+        fields = {"metadata.name": pod_name, "status.podIP": ip}
+        for item in container.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = item["value"]
+            elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") in fields:
+                env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+        return env
+
+    async def _run_container(
+        self, container: dict[str, Any], pod_name: str, ip: str, volumes: dict[str, Path], log_path: Path
+    ) -> asyncio.subprocess.Process:
+        """One container of a pod that says what it runs (see the class docstring)."""
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts") or []}
+        env = {k: _remap(v, mounts) for k, v in self._container_env(container, pod_name, ip).items()}
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', os.defpath)}"
+        argv = [_remap(_expand(a, env), mounts) for a in [*container["command"], *(container.get("args") or [])]]
+        if argv[0] == "python":
+            argv[0] = sys.executable
+        with open(log_path, "ab") as log:  # noqa: ASYNC230 - a local file, opened once per container
+            return await asyncio.create_subprocess_exec(
+                *argv, env=env, cwd=REPO_DIR, stdout=log, stderr=log, start_new_session=True
+            )
+
+    async def _start_containers(
+        self, sts: dict[str, Any], name: str, revision: str, ip: str, log_path: Path
+    ) -> _PodProcess:
+        """A pod that says what it runs: volumes, init containers to completion, then its containers."""
+        spec = sts["spec"]["template"]["spec"]
+        volumes: dict[str, Path] = {}
+        for volume in spec.get("volumes") or []:
+            assert "emptyDir" in volume, f"the test kubelet has only emptyDir volumes, not {volume}"
+            path = self.log_dir / f"{name}-{revision}-{volume['name']}"
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(mode=0o777)
+            volumes[volume["name"]] = path
+        owner = sts["metadata"]["uid"]
+        for init in spec.get("initContainers") or []:
+            proc = await self._run_container(init, name, ip, volumes, log_path)
+            if await proc.wait() != 0:  # the pod stays down; its log says why
+                return _PodProcess(name, owner, revision, ip, log_path, proc, volumes=list(volumes.values()))
+        first, *others = spec["containers"]
+        pp = _PodProcess(
+            name, owner, revision, ip, log_path, await self._run_container(first, name, ip, volumes, log_path)
+        )
+        pp.volumes = list(volumes.values())
+        for other in others:
+            other_log = self.log_dir / f"{name}-{revision}-{other['name']}.log"
+            pp.sidecars.append(await self._run_container(other, name, ip, volumes, other_log))
+        pp.probe = next((c["readinessProbe"] for c in spec["containers"] if c.get("readinessProbe")), None)
+        return pp
+
     async def _start_pod(self, sts: dict[str, Any], index: int, revision: str) -> None:
         name = f"{sts['metadata']['name']}-{index}"
         template = sts["spec"]["template"]
         container = template["spec"]["containers"][0]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MCPGW_")}
-        for item in container.get("env") or []:
-            if "value" in item:
-                env[item["name"]] = item["value"]
-            elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
-                env[item["name"]] = name
         ip = self._allocate_ip()
-        env.update({"HOST": ip, "PORT": "8000", "MCP_REPLICA_ID": env.get("MCP_REPLICA_ID", name)})
         log_path = self.log_dir / f"{name}-{revision}.log"
-        with open(log_path, "ab") as log:  # noqa: ASYNC230 - a local file, opened once per pod
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(_program(container["image"])), env=env, stdout=log, stderr=log,
-                start_new_session=True,
-            )  # fmt: skip
-        self.pods[name] = _PodProcess(name, sts["metadata"]["uid"], revision, ip, log_path, proc)
+        pod_spec = template["spec"]
+        if container.get("command") or pod_spec.get("initContainers") or len(pod_spec["containers"]) > 1:
+            self.pods[name] = await self._start_containers(sts, name, revision, ip, log_path)
+        else:
+            env = self._container_env(container, name, ip)
+            env.update({"HOST": ip, "PORT": "8000", "MCP_REPLICA_ID": env.get("MCP_REPLICA_ID", name)})
+            with open(log_path, "ab") as log:  # noqa: ASYNC230 - a local file, opened once per pod
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    str(_program(container["image"])),
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            self.pods[name] = _PodProcess(name, sts["metadata"]["uid"], revision, ip, log_path, proc)
         self.cluster.pod_log_files[(self.namespace, name)] = log_path
         labels = {
             **(template["metadata"].get("labels") or {}),
@@ -823,22 +923,34 @@ class Kubelet:
         )
 
     async def _observe(self, pp: _PodProcess) -> None:
-        if pp.proc.returncode is not None and pp.phase != "dead":
+        exited = next((p for p in pp.procs if p.returncode is not None), None)
+        if exited is not None and pp.phase != "dead":
             pp.phase = "dead"
             self._write_pod_status(
                 pp,
                 ready=False,
                 state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}},
-                last={"terminated": {"exitCode": pp.proc.returncode, "reason": "Error"}},
+                last={"terminated": {"exitCode": exited.returncode, "reason": "Error"}},
             )
         elif pp.phase == "starting":
+            http = (pp.probe or {}).get("httpGet")
+            port = int((http or (pp.probe or {}).get("tcpSocket") or {}).get("port", 8000))
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(pp.ip, 8000), 0.2)
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(pp.ip, port), 0.2)
             except (OSError, TimeoutError):
                 return
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            try:
+                if http:
+                    writer.write(f"GET {http.get('path', '/')} HTTP/1.0\r\nHost: {pp.ip}\r\n\r\n".encode())
+                    line = await asyncio.wait_for(reader.readline(), 1.0)
+                    if not line.split(b" ")[1:2] or not 200 <= int(line.split(b" ")[1]) < 400:
+                        return
+            except (OSError, TimeoutError, ValueError):
+                return
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
             pp.phase = "ready"
             self._write_pod_status(pp, ready=True, state={"running": {"startedAt": _now()}})
 
@@ -887,7 +999,7 @@ class Kubelet:
 
     async def _stop_pod(self, name: str) -> None:
         pp = self.pods.pop(name)
-        await _kill(pp.proc)
+        await _kill_pod(pp)
         if self.cluster.get("pods", name, self.namespace) is not None:
             self.cluster.delete_object("pods", name, self.namespace)
         self.cluster.pod_log_files.pop((self.namespace, name), None)
@@ -896,7 +1008,22 @@ class Kubelet:
         """Kill every pod process."""
         for name in list(self.pods):
             pp = self.pods.pop(name)
-            await _kill(pp.proc)
+            await _kill_pod(pp)
+
+
+async def _kill_pod(pp: _PodProcess) -> None:
+    """Every process of every container of the pod (a container's cgroup dies with it)."""
+    tree: set[int] = set()
+    for proc in pp.procs:
+        if proc.returncode is None:
+            tree |= _process_tree(proc.pid)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for proc in pp.procs:
+        await _kill(proc)
+    for path in pp.volumes:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:

@@ -11,6 +11,7 @@ from kubernetes_validate.utils import latest_version, schema_contents
 from referencing import Registry, Resource
 
 from gateway.runtime._kube_manifests import (
+    STDIO_VOLUME,
     applied_generation,
     contains,
     parse_quantity,
@@ -19,6 +20,7 @@ from gateway.runtime._kube_manifests import (
 )
 from gateway.runtime.kubernetes import KubernetesRuntime
 from gateway.settings import Settings
+from gateway.stdio.pod import STDIO_DIR, setup_command, spawner_command
 from tests.kubernetes_fixtures import ClusterEmulator, cluster, kubeconfig, pod, record, requests_to, runtime
 
 __all__ = ["cluster", "kubeconfig", "runtime"]  # fixtures
@@ -33,6 +35,7 @@ RECORDS = {
     "own-replica-id": record("own", environment_variables={"MCP_REPLICA_ID": "fixed"}),
     "longest-name": record("a" + "b" * 50 + "c"),
     "command-and-args": record("cmd", command=["/bin/server", "--http"], args=["--port", "8000"]),
+    "stdio": record("time", transport="stdio", command=["mcp-server-time"], args=["--local-timezone", "UTC"]),
 }
 SETTINGS = {
     "defaults": Settings(runtime="kubernetes"),
@@ -43,6 +46,13 @@ SETTINGS = {
         kube_memory_limit="1Gi",
         kube_image_pull_policy="Always",
         kube_namespace="mcp",
+    ),
+    "stdio-bridge": Settings(
+        runtime="kubernetes",
+        kube_stdio_bridge_image="myacr.azurecr.io/mcp-gateway@sha256:" + "a" * 64,
+        stdio_max_sessions=4,
+        stdio_idle_timeout=30,
+        stdio_allow_roots=True,
     ),
 }
 
@@ -99,6 +109,47 @@ def test_replaced_pods_drain_their_sessions_before_the_server_is_stopped() -> No
     off = statefulset_manifest(RECORDS["plain"], Settings(runtime="kubernetes", replica_drain_timeout=0))
     assert "lifecycle" not in off["spec"]["template"]["spec"]["containers"][0]
     assert off["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30
+
+
+def test_a_stdio_image_gets_the_bridge_beside_it_and_keeps_its_least_privilege() -> None:
+    pod = statefulset_manifest(RECORDS["stdio"], SETTINGS["stdio-bridge"])["spec"]["template"]["spec"]
+    plain = statefulset_manifest(RECORDS["plain"], SETTINGS["stdio-bridge"])["spec"]["template"]["spec"]
+    server, bridge = pod["containers"]
+    (setup,) = pod["initContainers"]
+    assert pod["volumes"] == [{"name": STDIO_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}]
+    # The stock image runs the spawner with the copied busybox; the adapter's command and args follow.
+    assert server["name"] == "mcp" and server["image"] == "mcp-example:1.0.0"
+    assert server["command"] == spawner_command() and server["command"][0] == f"{STDIO_DIR}/busybox"
+    assert server["args"] == ["mcp-server-time", "--local-timezone", "UTC"]
+    assert server["securityContext"] == plain["containers"][0]["securityContext"]
+    assert server["resources"] == plain["containers"][0]["resources"] and server["env"] == plain["containers"][0]["env"]
+    assert "ports" not in server and "readinessProbe" not in server
+    # The gateway image brings the bridge (serving the port, ready once the server answered ping) and busybox.
+    for container in (bridge, setup):
+        assert container["image"] == SETTINGS["stdio-bridge"].kube_stdio_bridge_image
+        assert container["securityContext"] == {**server["securityContext"], "readOnlyRootFilesystem": True}
+        assert container["volumeMounts"] == [{"name": STDIO_VOLUME, "mountPath": STDIO_DIR}]
+    assert setup["command"] == setup_command()
+    assert bridge["args"] == [
+        "--host=$(MCP_POD_IP)",
+        "--port=8000",
+        f"--fifo-dir={STDIO_DIR}",
+        "--max-sessions=4",
+        "--idle-timeout=30",
+        "--allow-roots",
+    ]
+    assert bridge["ports"] == plain["containers"][0]["ports"]
+    assert bridge["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8000}
+    assert not {"env", "envFrom"} & setup.keys() and [e["name"] for e in bridge["env"]] == ["MCP_POD_IP"]
+    # Default bridge image: the gateway's own, from the adapters' registry.
+    default = statefulset_manifest(RECORDS["stdio"], SETTINGS["registry-and-limits"])
+    assert default["spec"]["template"]["spec"]["containers"][1]["image"].startswith("myacr.azurecr.io/mcp-gateway:")
+
+
+def test_the_spawner_survives_kubernetes_variable_expansion() -> None:
+    # Kubernetes expands $(VAR) and turns $$ into $ in command and args: the scripts must hold neither.
+    for script in (spawner_command()[3], setup_command()[3]):
+        assert "$(" not in script and "$$" not in script
 
 
 def test_a_built_statefulset_carries_its_own_generation() -> None:

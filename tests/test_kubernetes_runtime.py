@@ -319,6 +319,22 @@ async def _deploy_with_pods(cluster: ClusterEmulator, runtime: KubernetesRuntime
         cluster.put_object("pods", p)
 
 
+def _stdio_pod_without_its_bridge_image() -> dict[str, Any]:
+    """A stdio pod whose setup init container (the gateway image) cannot be pulled: its server waits."""
+    bad = pod("ex", 1, waiting="PodInitializing")
+    bad["status"]["initContainerStatuses"] = [
+        {
+            "name": "stdio-setup",
+            "ready": False,
+            "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "gw:0.1.0"'}},
+            "image": "gw:0.1.0",
+            "imageID": "",
+        }
+    ]
+    return bad
+
+
 @pytest.mark.parametrize(
     ("bad_pod", "reason"),
     [
@@ -329,8 +345,9 @@ async def _deploy_with_pods(cluster: ClusterEmulator, runtime: KubernetesRuntime
             "CrashLoopBackOff",
         ),
         (pod("ex", 1, unschedulable="0/3 nodes are available: 3 Insufficient cpu."), "Unschedulable"),
+        (_stdio_pod_without_its_bridge_image(), "ImagePullBackOff"),
     ],
-    ids=["ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "Unschedulable"],
+    ids=["ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "Unschedulable", "stdio-bridge-image"],
 )
 async def test_status_reports_why_a_replica_is_not_ready(
     runtime: KubernetesRuntime, cluster: ClusterEmulator, bad_pod: dict[str, Any], reason: str

@@ -71,12 +71,6 @@ class AdapterService:
 
     def _resolve_source(self, data: AdapterInput) -> tuple[AdapterInput, str]:
         """A serverJson becomes the package/image, transport, args and env it stands for (serverjson.py)."""
-        if self._runtime_kind != "local" and data.transport == "stdio":
-            # Not yet: a stdio image on Kubernetes needs the bridge in its pod (docs/kubernetes.md, "stdio").
-            raise Unprocessable(
-                "stdio adapters run on the local runtime; on Kubernetes use a Streamable-HTTP image",
-                field="transport",
-            )
         if data.server_json is not None and (data.image_name or data.image_version or data.package is not None):
             raise Unprocessable(
                 "give either serverJson or imageName/imageVersion or package, not both", field="serverJson"
@@ -86,15 +80,10 @@ class AdapterService:
                 raise Unprocessable(
                     "package adapters run on the local runtime; on Kubernetes name an image", field="package"
                 )
-            return data, ""
+            return _stdio_image_named(data, self._runtime_kind), ""
         registries = serverjson.LOCAL_REGISTRIES if self._runtime_kind == "local" else serverjson.KUBERNETES_REGISTRIES
         resolved, name = serverjson.resolve(data, registries=registries)
-        if self._runtime_kind != "local" and resolved.transport == "stdio":
-            raise Unprocessable(
-                "the server.json's OCI package speaks stdio; stdio adapters run on the local runtime for now",
-                field="serverJson.packages",
-            )
-        return resolved, name
+        return _stdio_image_named(resolved, self._runtime_kind), name
 
     def _check_image(self, data: AdapterInput, server_name: str) -> None:
         """An image the runtime cannot run is 422 naming ``imageName`` (issue 17: the local runtime asks its
@@ -306,6 +295,23 @@ class AdapterService:
             return await self._runtime.logs(name, instance, tail)
         except InstanceNotFound:
             raise NotFound(f"adapter {name!r} has no instance {instance}") from None
+
+
+def _stdio_image_named(data: AdapterInput, runtime_kind: str) -> AdapterInput:
+    """On Kubernetes a stdio adapter names its program: ``command`` (422 otherwise).
+
+    The pod's bridge wraps the server's command (gateway/stdio/pod.py), and the gateway cannot read
+    an image's ENTRYPOINT without pulling its config from the registry; the local catalog knows its
+    images' commands.
+    """
+    if runtime_kind != "local" and data.transport == "stdio" and data.package is None and not data.command:
+        raise Unprocessable(
+            "a stdio image on Kubernetes needs command: the server's program as the image runs it "
+            '(e.g. ["mcp-server-time"] or ["node", "dist/index.js"]); the pod\'s stdio bridge starts it '
+            "once per client session, so the image's ENTRYPOINT cannot be used as is",
+            field="command",
+        )
+    return data
 
 
 def _dedupe(roles: list[str]) -> list[str]:

@@ -14,6 +14,8 @@ whose spec no longer contains the applied spec was edited out of band, and is re
 
 from __future__ import annotations
 
+import copy
+import importlib.metadata
 import json
 import math
 import re
@@ -23,6 +25,7 @@ from typing import Any
 from gateway.envpolicy import EnvPolicy
 from gateway.models import AdapterRecord
 from gateway.settings import Settings
+from gateway.stdio.pod import STDIO_DIR, setup_command, spawner_command
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "mcp-gateway"
@@ -216,6 +219,8 @@ def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest
             },
         },
     }
+    if adapter.transport == "stdio":
+        _with_stdio_bridge(spec["template"]["spec"], adapter, settings)
     if settings.kube_adapter_node_selector:
         spec["template"]["spec"]["nodeSelector"] = node_selector(settings.kube_adapter_node_selector)
     if settings.kube_adapter_tolerations:
@@ -226,6 +231,94 @@ def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest
         "metadata": _metadata(adapter, settings, spec),
         "spec": spec,
     }
+
+
+# --- stdio images (issue 17; gateway/stdio/pod.py has the design, docs/kubernetes.md the trade-offs) ---
+
+STDIO_VOLUME = "mcp-stdio"
+BRIDGE_CONTAINER_NAME = "bridge"
+SETUP_CONTAINER_NAME = "stdio-setup"
+POD_IP_ENV = "MCP_POD_IP"
+BRIDGE_RESOURCES: Manifest = {
+    # Measured 2026-11-30: the bridge holds 42 MiB RSS after warm-up and after 5 sessions alike; the
+    # server's processes count against the server container's own requests and limits.
+    "requests": {"cpu": "50m", "memory": "64Mi"},
+    "limits": {"cpu": "500m", "memory": "256Mi"},
+}
+
+
+def bridge_image(settings: Settings) -> str:
+    """The gateway image that brings the bridge (kube_stdio_bridge_image, else the registry's mcp-gateway)."""
+    if settings.kube_stdio_bridge_image:
+        return settings.kube_stdio_bridge_image
+    try:
+        version = importlib.metadata.version("mcp-gateway")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0.1.0"
+    registry = settings.kube_registry.strip().rstrip("/")
+    return f"{registry}/mcp-gateway:{version}" if registry else f"mcp-gateway:{version}"
+
+
+def _with_stdio_bridge(pod: Manifest, adapter: AdapterRecord, settings: Settings) -> None:
+    """Turn the pod of a stdio image into server container + bridge container + setup init container.
+
+    The server container keeps its image, env, resources and security context; its command becomes
+    the spawner run by the busybox the init container copied (so the image needs no shell), and its
+    args the adapter's ``command`` + ``args`` (the API requires ``command``: the image's ENTRYPOINT
+    cannot be wrapped without naming it). The port and probes move to the bridge, which answers
+    ``/healthz`` only once the server answered ``ping``. The gateway-image containers also get a
+    read-only root filesystem (they write only to the shared volume).
+    """
+    server = pod["containers"][0]
+    mount = {"name": STDIO_VOLUME, "mountPath": STDIO_DIR}
+    ports, liveness = server.pop("ports"), server.pop("livenessProbe")
+    server.pop("readinessProbe", None)
+    server["command"] = spawner_command()
+    server["args"] = [*(adapter.command or ()), *(adapter.args or ())]
+    server["volumeMounts"] = [mount]
+    locked = {**server["securityContext"], "readOnlyRootFilesystem": True}
+    image = bridge_image(settings)
+    bridge: Manifest = {
+        "name": BRIDGE_CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": settings.kube_image_pull_policy,
+        "command": ["python", "-m", "gateway.stdio.bridge"],
+        "args": [
+            f"--host=$({POD_IP_ENV})",
+            f"--port={CONTAINER_PORT}",
+            f"--fifo-dir={STDIO_DIR}",
+            f"--max-sessions={settings.stdio_max_sessions}",
+            f"--idle-timeout={settings.stdio_idle_timeout:g}",
+            *(["--allow-roots"] if settings.stdio_allow_roots else []),
+        ],
+        "env": [{"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "ports": ports,
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz", "port": CONTAINER_PORT},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": liveness,
+        "resources": copy.deepcopy(BRIDGE_RESOURCES),
+        "securityContext": locked,
+        "volumeMounts": [mount],
+    }
+    if "lifecycle" in server:  # a drain hook serves the bridge (it holds the connections) as much as the server
+        bridge["lifecycle"] = copy.deepcopy(server["lifecycle"])
+    pod["containers"].append(bridge)
+    pod["initContainers"] = [
+        {
+            "name": SETUP_CONTAINER_NAME,
+            "image": image,
+            "imagePullPolicy": settings.kube_image_pull_policy,
+            "command": setup_command(),
+            "resources": copy.deepcopy(BRIDGE_RESOURCES),
+            "securityContext": copy.deepcopy(locked),
+            "volumeMounts": [dict(mount)],
+        }
+    ]
+    pod["volumes"] = [{"name": STDIO_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}]
 
 
 def service_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest:

@@ -84,8 +84,20 @@ def pod_uid(pod: Manifest) -> str:
 
 
 def container_status(pod: Manifest) -> Manifest:
-    """The status of the adapter container (else the first container)."""
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+    """The status of the adapter container (else the first container).
+
+    A stdio pod's other containers (the bridge and its setup init container, from the gateway
+    image; issue 17) come first when they are stuck: a missing bridge image keeps the adapter's
+    container in PodInitializing, and the reason is theirs.
+    """
+    status = pod.get("status") or {}
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        if (
+            cs.get("name") != CONTAINER_NAME
+            and ((cs.get("state") or {}).get("waiting") or {}).get("reason") in STUCK_REASONS
+        ):
+            return cast(Manifest, cs)
+    for cs in status.get("containerStatuses") or []:
         if cs.get("name") == CONTAINER_NAME:
             return cast(Manifest, cs)
     statuses = (pod.get("status") or {}).get("containerStatuses") or []

@@ -49,6 +49,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -98,7 +99,11 @@ class Child:
         self.outbound: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.exited = asyncio.Event()
         self.pid: int | None = None
+        self.label = ""
+        """How logs name this server (its pid, or its session on Kubernetes)."""
         self._process: asyncio.subprocess.Process | None = None
+        self._stdin: asyncio.StreamWriter | None = None
+        self._stdout: asyncio.StreamReader | None = None
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._write_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
@@ -125,28 +130,38 @@ class Child:
             self.exited.set()
             raise ChildGone(f"cannot start {self.argv[0]!r}: {exc}") from None
         self.pid = self._process.pid
-        self._reader = asyncio.create_task(self._read(), name=f"stdio-child-{self.pid}")
+        self._connected(str(self.pid), self._process.stdin, self._process.stdout)
+
+    def _connected(self, label: str, stdin: asyncio.StreamWriter | None, stdout: asyncio.StreamReader | None) -> None:
+        """The program runs and these are its stdin and stdout: start routing its output."""
+        self.label, self._stdin, self._stdout = label, stdin, stdout
+        self._reader = asyncio.create_task(self._read(), name=f"stdio-child-{label}")
+
+    async def _exit_status(self) -> str:
+        """`` with code N`` once the program has exited (its stdout reached EOF)."""
+        assert self._process is not None
+        return f" with code {await self._process.wait()}"
 
     async def _read(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        stdout = self._process.stdout
+        assert self._stdout is not None
+        stdout = self._stdout
         try:
             while True:
                 try:
                     line = await stdout.readline()
                 except ValueError:
-                    log.warning("stdio server %s wrote a line longer than %d bytes; dropped", self.pid, MAX_LINE)
+                    log.warning("stdio server %s wrote a line longer than %d bytes; dropped", self.label, MAX_LINE)
                     continue
                 if not line:
                     break
                 self._route(line)
         finally:
-            rc = await self._process.wait()
-            log.info("stdio server %s exited (%s)", self.pid, rc)
+            how = await self._exit_status()
+            log.info("stdio server %s exited%s", self.label, how)
             self.exited.set()
             for fut in self._pending.values():
                 if not fut.done():
-                    fut.set_exception(ChildGone(f"the stdio server exited with code {rc} before answering"))
+                    fut.set_exception(ChildGone(f"the stdio server exited{how} before answering"))
             self._pending.clear()
             self.outbound.put_nowait(None)
 
@@ -157,7 +172,7 @@ class Child:
         try:
             msg = _decode(line)
         except msgspec.DecodeError:
-            log.warning("stdio server %s wrote a non-JSON line to stdout; dropped: %.200r", self.pid, line)
+            log.warning("stdio server %s wrote a non-JSON line to stdout; dropped: %.200r", self.label, line)
             return
         if (
             self.route_responses
@@ -176,12 +191,12 @@ class Child:
 
     async def send(self, msg: Any) -> None:
         """Write one message as one line (re-encoded: compact, no embedded newline)."""
-        if self._process is None or self._process.stdin is None or self.exited.is_set():
+        if self._stdin is None or self.exited.is_set():
             raise ChildGone("the stdio server has exited")
         async with self._write_lock:
             try:
-                self._process.stdin.write(_encode(msg) + b"\n")
-                await self._process.stdin.drain()
+                self._stdin.write(_encode(msg) + b"\n")
+                await self._stdin.drain()
             except (ConnectionError, RuntimeError) as exc:
                 raise ChildGone(f"the stdio server's stdin is closed: {exc}") from None
 
@@ -247,9 +262,17 @@ class Bridge:
     """The ASGI application: sessions, the shared stateless process, and the HTTP routes."""
 
     def __init__(
-        self, command: Sequence[str], *, max_sessions: int, idle_timeout: float, allow_roots: bool = False
+        self,
+        command: Sequence[str],
+        *,
+        max_sessions: int,
+        idle_timeout: float,
+        allow_roots: bool = False,
+        new_child: Callable[[bool], Child] | None = None,
     ) -> None:
         self.command = list(command)
+        # How a server process is started: here, or (Kubernetes) in the server's container (gateway/stdio/pod.py).
+        self._new_child = new_child or (lambda route_responses: Child(self.command, route_responses=route_responses))
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.allow_roots = allow_roots
@@ -269,7 +292,7 @@ class Bridge:
         log), not as a ready replica whose sessions all fail. Measured 2026-11-30: ``ping`` before
         ``initialize`` is answered by mcp-server-time 2026.10.19 and server-filesystem 2026.8.31.
         """
-        child = Child(self.command)
+        child = self._new_child(True)
         try:
             await child.start()
             await child.request({"jsonrpc": "2.0", "id": 0, "method": "ping"})
@@ -295,7 +318,7 @@ class Bridge:
                 f"this replica runs its maximum of {self.max_sessions} stdio sessions; retry later",
                 {"retry-after": RETRY_AFTER},
             )
-        child = Child(self.command, route_responses=kind == "mcp")
+        child = self._new_child(kind == "mcp")
         sid = secrets.token_urlsafe(24)
         session = Session(sid, child, kind)
         self.sessions[sid] = session  # counted while it starts
@@ -329,7 +352,7 @@ class Bridge:
                 idle = now - session.last_used > self.idle_timeout
                 if session.kind == "mcp" and idle and not session.streaming and not session.child.busy:
                     log.info(
-                        "stdio session idle for %.0fs; ending its process %s", self.idle_timeout, session.child.pid
+                        "stdio session idle for %.0fs; ending its process %s", self.idle_timeout, session.child.label
                     )
                     asyncio.get_running_loop().create_task(self.close_session(session))
 
@@ -346,7 +369,7 @@ class Bridge:
     async def _shared_child(self) -> Child:
         async with self._shared_lock:
             if self._shared is None or self._shared.exited.is_set():
-                child = Child(self.command)
+                child = self._new_child(True)
                 try:
                     await child.start()
                 except ChildGone as exc:
@@ -591,11 +614,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--no-warm-up", dest="warm_up", action="store_false", help="ready at once (do not ping the server first)"
     )
+    parser.add_argument(
+        "--fifo-dir",
+        default=None,
+        help="Kubernetes: start the server in the pod's server container through the spawner in this "
+        "directory (gateway/stdio/pod.py) instead of running the command here",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
-    if not args.command:
+    if not args.command and not args.fifo_dir:
         parser.error("name the stdio server's command after --")
     return args
 
@@ -604,8 +633,23 @@ async def serve(args: argparse.Namespace) -> None:
     """Run the bridge until SIGTERM/SIGINT, then end every child."""
     import uvicorn
 
+    new_child: Callable[[bool], Child] | None = None
+    spawner = None
+    if args.fifo_dir:
+        from gateway.stdio.pod import FifoChild, FifoSpawner  # imports this module
+
+        spawner = FifoSpawner(Path(args.fifo_dir))
+
+        def new_child(route_responses: bool) -> Child:
+            assert spawner is not None
+            return FifoChild(spawner, route_responses=route_responses)
+
     bridge = Bridge(
-        args.command, max_sessions=args.max_sessions, idle_timeout=args.idle_timeout, allow_roots=args.allow_roots
+        args.command,
+        max_sessions=args.max_sessions,
+        idle_timeout=args.idle_timeout,
+        allow_roots=args.allow_roots,
+        new_child=new_child,
     )
     config = uvicorn.Config(
         bridge,
@@ -642,6 +686,8 @@ async def serve(args: argparse.Namespace) -> None:
         if args.warm_up:
             warming.cancel()
         await bridge.close()
+        if spawner is not None:
+            spawner.close()
     if failed:
         raise SystemExit(1)
 

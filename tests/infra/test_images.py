@@ -56,6 +56,8 @@ def test_gateway_image_is_multi_stage_non_root_and_serves_on_all_interfaces() ->
     cmd = [args for word, args in stage if word == "CMD"][-1]
     assert json.loads(entrypoint) + json.loads(cmd) == ["mcp-gateway", "serve", "--host", "0.0.0.0"]
     assert ("EXPOSE", "8000") in stage
+    # stdio adapter pods copy its static busybox into the server's container (gateway/stdio/pod.py).
+    assert any(word == "RUN" and "busybox-static" in args for word, args in stage)
 
 
 def test_example_image_is_non_root_with_the_sdk_and_uvicorn() -> None:

@@ -509,6 +509,8 @@ def test_azure_gateway_settings_follow_the_contract(stack: str) -> None:
     assert env["AZURE_CLIENT_ID"] == identities["identity-gateway"]["clientId"]
     assert env["MCPGW_KUBE_NAMESPACE"] == "adapter"
     assert env["MCPGW_KUBE_REGISTRY"] == login_server
+    gateway_container = run.k8s("Deployment", "mcp-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert env["MCPGW_KUBE_STDIO_BRIDGE_IMAGE"] == gateway_container["image"]  # stdio pods' bridge
     assert env["MCPGW_KUBE_WORKLOAD_SERVICE_ACCOUNT"] == "mcp-adapter-workload"
     assert env["MCPGW_KUBE_SERVICE_ACCOUNT"] == "mcp-adapter"
     image = run.k8s("Deployment", "mcp-gateway")["spec"]["template"]["spec"]["containers"][0]["image"]
