@@ -110,7 +110,7 @@ class Child:
 
     async def start(self) -> None:
         """Spawn the program in its own process group, dying with the bridge (raise ChildGone when it cannot)."""
-        argv, preexec = launch(self.argv)
+        argv = launch(self.argv)
         try:
             self._process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -118,7 +118,6 @@ class Child:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=None,  # the replica's log
                 start_new_session=True,
-                preexec_fn=preexec,
                 limit=MAX_LINE,
             )
         except OSError as exc:
