@@ -37,7 +37,10 @@ def test_series_of_a_deleted_adapter_leave_the_scrape_and_memory() -> None:
     # Re-created under the same name: counts start again (Prometheus reads a counter reset).
     adapters.add("gone")
     metrics.count_request("gone", "modern", "tools/call", 200)
+    metrics.record_latency("gone", 0.01, 0.001)
+    metrics.record_latency("gone", 0.01, 0.001)
     again = scrape(metrics)
+    assert 'mcpgw_upstream_latency_seconds_count{adapter="gone"} 2' in again
     assert 'mcpgw_requests_total{adapter="gone",era="modern",method="tools/call",status="200"} 1' in again
 
 
