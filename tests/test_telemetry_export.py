@@ -8,6 +8,9 @@ what it receives.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import http.server
+import json
 import re
 import shutil
 import sys
@@ -276,6 +279,76 @@ def test_launch_runs_no_python_between_fork_and_exec(monkeypatch: pytest.MonkeyP
             assert start.argv == [sys.executable, "-c", "pass"]
         else:
             assert start.argv[:4] == [setpriv, "--pdeathsig", "KILL", "--"]
-        assert not hasattr(start, "preexec")
-        subprocess.run(start.argv, cwd=start.cwd, check=True, timeout=30, start_new_session=True, close_fds=True)
+        preexec = getattr(start, "preexec", None)  # what the runtime passes as preexec_fn (the field is gone)
+        options: dict[str, Any] = {"cwd": start.cwd, "start_new_session": True, "close_fds": True}
+        subprocess.run(start.argv, preexec_fn=preexec, check=True, timeout=30, **options)
         assert not marker.exists(), f"an at-fork hook ran in the child ({setpriv=})"
+
+
+class IngestionEndpoint:
+    """An Application Insights ingestion endpoint on loopback: keeps every ``/v2.1/track`` envelope."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[dict[str, Any]] = []
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                endpoint.envelopes.extend(json.loads(body))
+                answer = json.dumps({"itemsReceived": 1, "itemsAccepted": 1, "errors": []}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        port = self.server.server_address[1]
+        self.connection_string = (
+            f"InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=http://127.0.0.1:{port}/"
+        )
+
+    def metrics(self, name: str) -> list[tuple[dict[str, str], dict[str, Any]]]:
+        """(properties, metric) of every received data point named ``name``, in arrival order."""
+        out = []
+        for envelope in self.envelopes:
+            data = envelope["data"]["baseData"]
+            out.extend((data.get("properties", {}), m) for m in data["metrics"] if m["name"] == name)
+        return out
+
+
+def test_azure_monitor_exporter_receives_deltas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Application Insights sums what each export sends: counters and histograms go as deltas."""
+    from azure.monitor.opentelemetry.exporter import AzureMonitorMetricExporter
+
+    monkeypatch.setenv("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "true")  # no call home from a test
+    monkeypatch.setenv("APPLICATIONINSIGHTS_SDKSTATS_DISABLED", "true")  # nor SDK stats to the endpoint later
+    ingestion = IngestionEndpoint()
+    try:
+        metrics = GatewayMetrics()
+        exporter = AzureMonitorMetricExporter(
+            connection_string=ingestion.connection_string, disable_offline_storage=True
+        )
+        export = PeriodicExport(metrics.registry, Resource({}), MetricSink(exporter, delta=True, interval=3600))
+        metrics.count_request("a", "modern", "tools/call", 200)
+        metrics.record_latency("a", 0.02, 0.001)
+        export.export_now()
+        for _ in range(2):
+            metrics.count_request("a", "modern", "tools/call", 200)
+        export.shutdown()
+    finally:
+        ingestion.server.shutdown()
+    requests = ingestion.metrics("mcpgw_requests")
+    assert [m["value"] for _, m in requests] == [1, 2]
+    assert requests[0][0] == {"adapter": "a", "era": "modern", "method": "tools/call", "status": "200"}
+    (props, latency), *later = ingestion.metrics("mcpgw_upstream_latency_seconds")
+    assert props == {"adapter": "a"} and latency["count"] == 1 and latency["value"] == 0.02
+    assert latency["min"] == 0.01 and latency["max"] == 0.025
+    assert not later  # no new sample, nothing sent
