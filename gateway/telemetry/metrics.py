@@ -361,9 +361,10 @@ class Snapshotter:
         if self._delta:
             last[(metric.name, key)] = (counts, total)
             before = self._last.get((metric.name, key))
-            if before is not None and sum(counts) >= sum(before[0]):
-                counts = [now_ - then for now_, then in zip(counts, before[0], strict=True)]
+            if before is not None and all(n >= b for n, b in zip(counts, before[0], strict=True)):
+                counts = [n - b for n, b in zip(counts, before[0], strict=True)]
                 total -= before[1]
+            # else the series restarted (its adapter was deleted and re-created): all of it is new
         count = sum(counts)
         if self._delta and count == 0:
             return None
