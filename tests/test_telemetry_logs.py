@@ -6,7 +6,7 @@ import json
 import logging
 
 from gateway.telemetry.logs import JsonFormatter, TextFormatter, hash_user, redact, sanitize
-from gateway.telemetry.metrics import render_prometheus
+from gateway.telemetry.metrics import MetricRegistry, render_prometheus
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJl"
 
@@ -51,3 +51,4 @@ def test_user_hash_is_stable_and_not_the_id() -> None:
 
 def test_prometheus_text_of_no_data_is_valid() -> None:
     assert render_prometheus(None) == "\n"
+    assert render_prometheus(MetricRegistry()) == "\n"

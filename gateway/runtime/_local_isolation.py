@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import pwd
 import shutil
@@ -51,10 +52,12 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.runtime._local_process import SETPRIV, launch
+
+log = logging.getLogger("gateway.runtime.local")
 
 BWRAP_EXIT_SIGNAL_BASE = 128
 """bwrap exits with 128 + n when the program inside was killed by signal n."""
@@ -84,7 +87,6 @@ class Launch:
     argv: list[str]
     cwd: str | None
     env: dict[str, str]
-    preexec: Callable[[], None] | None
 
 
 def resolve_user(spec: str) -> ReplicaUser:
@@ -229,7 +231,7 @@ class Isolation:
         writable: Sequence[Path] = (),
         expose: Sequence[Path] = (),
     ) -> Launch:
-        """The full argv (``setpriv --pdeathsig KILL`` first), cwd, env overrides and preexec_fn of a replica.
+        """The full argv (``setpriv --pdeathsig KILL`` first), cwd and env overrides of a replica.
 
         Without a sandbox the drop to the replica user happens in the same ``setpriv`` as
         ``--pdeathsig``: the kernel clears the parent-death signal when a process changes its
@@ -237,15 +239,14 @@ class Isolation:
         """
         if self.bwrap is not None:
             sandbox = self.sandbox_argv(command, cwd=cwd, writable=writable, expose=expose)
-            argv, preexec = launch([*sandbox, *self._drop(), *command])
-            return Launch(argv=argv, cwd="/", env={"HOME": "/tmp", "TMPDIR": "/tmp"}, preexec=preexec)
+            argv = launch([*sandbox, *self._drop(), *command])
+            return Launch(argv=argv, cwd="/", env={"HOME": "/tmp", "TMPDIR": "/tmp"})
         work = str(self._work_dir(replica))
         env = {"HOME": work, "TMPDIR": work}
         if self.user is not None and self.setpriv is not None:
             drop = self._drop()[1:]  # without the program name: merged into the pdeathsig setpriv
-            return Launch(argv=[self.setpriv, "--pdeathsig", "KILL", *drop, *command], cwd=cwd, env=env, preexec=None)
-        argv, preexec = launch(command)
-        return Launch(argv=argv, cwd=cwd, env=env, preexec=preexec)
+            return Launch(argv=[self.setpriv, "--pdeathsig", "KILL", *drop, *command], cwd=cwd, env=env)
+        return Launch(argv=launch(command), cwd=cwd, env=env)
 
     def _drop(self) -> list[str]:
         if self.user is None or self.setpriv is None:
@@ -368,6 +369,12 @@ def detect(
     user does not exist.
     """
     environ = dict(os.environ) if environ is None else environ
+    if setpriv is None:
+        log.warning(
+            "util-linux setpriv is not on PATH: replicas start without a parent-death signal, so if this "
+            "gateway is killed (SIGKILL, OOM) they keep running until the next start on this data dir kills "
+            "them (owner marker); install util-linux (Debian/Ubuntu: apt-get install util-linux)"
+        )
     user: ReplicaUser | None = None
     if os.geteuid() == 0 and replica_user.strip():
         user = resolve_user(replica_user)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import os
 import shutil
@@ -27,8 +26,6 @@ root, which is exactly when they do (see _local_isolation); the sandbox passes i
 BASE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH")
 """The only variables replicas inherit from the gateway: never MCPGW_* settings or secrets."""
 
-_PR_SET_PDEATHSIG = 1
-
 
 def owner_marker(data_dir: Path) -> str:
     """The value of OWNER_ENV for runtimes of this data dir (a hash: paths are not the replica's business)."""
@@ -42,40 +39,28 @@ def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def child_setup(parent_pid: int) -> Callable[[], None]:
-    """A preexec_fn: SIGKILL this child when the gateway dies (pair it with start_new_session=True).
-
-    PR_SET_PDEATHSIG fires when the thread that forked exits; the runtime forks from the event
-    loop thread, which lives as long as the gateway. If the gateway died between fork and prctl,
-    the signal would never come, so the child checks its parent and kills itself. The function
-    does as little as possible: it runs between fork and exec.
-    """
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def setup() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return setup
-
-
 SETPRIV = shutil.which("setpriv")
 
 
-def launch(command: Sequence[str]) -> tuple[list[str], Callable[[], None] | None]:
-    """The argv and preexec_fn that start ``command`` so that it dies with the gateway.
+def launch(command: Sequence[str]) -> list[str]:
+    """The argv that starts ``command`` so that it dies with the gateway (pair it with start_new_session=True).
 
-    With util-linux's ``setpriv --pdeathsig KILL`` no Python code runs between fork and exec.
-    That matters: a preexec_fn makes CPython run every library's at-fork hooks in the child, and
-    a hook that touches a lock or a thread pool (OpenTelemetry's MeterProvider does) can hang the
-    forked child of a threaded gateway forever, before it ever execs. Without setpriv (not a
-    util-linux system), the preexec_fn is the fallback.
+    With util-linux's ``setpriv --pdeathsig KILL`` the kernel SIGKILLs the child when the gateway
+    dies, however it dies, and no Python code runs between fork and exec. That matters: a
+    ``preexec_fn`` makes CPython run every library's at-fork hooks in the child, and a hook that
+    touches a lock or a thread pool (OpenTelemetry's providers and batch processors register
+    such hooks) can hang the forked child of a threaded gateway forever, before it ever execs.
+
+    Without setpriv (not a util-linux system) the command runs as is, without a parent-death
+    signal (2026-11-30; it used to be a ``preexec_fn`` calling ``prctl``, which brought back the
+    at-fork hazard and needed the SDK's private fork hooks overridden). The local runtime logs a
+    WARNING at start (``_local_isolation.detect``); replicas of a SIGKILLed gateway then keep
+    running until the next start on the same data dir, which kills every process carrying its
+    owner marker. A clean stop (SIGTERM, Ctrl-C) stops every replica either way.
     """
     if SETPRIV is not None:
-        return [SETPRIV, "--pdeathsig", "KILL", "--", *command], None
-    return list(command), child_setup(os.getpid())
+        return [SETPRIV, "--pdeathsig", "KILL", "--", *command]
+    return list(command)
 
 
 _claimed: set[int] = set()

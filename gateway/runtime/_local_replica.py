@@ -234,7 +234,6 @@ class Replica:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._environment(start.env),
                 cwd=start.cwd,
-                preexec_fn=start.preexec,
                 start_new_session=True,  # own session and process group: signalled as one
                 close_fds=True,
             )

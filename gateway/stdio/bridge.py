@@ -14,7 +14,7 @@ policies, limits and audit treat it like any HTTP replica. Decisions (2026-11-30
   after ``--idle-timeout`` seconds without a request and without an open GET stream, and with the
   bridge. Shutdown follows the spec (basic/lifecycle): close stdin, wait, SIGTERM, SIGKILL, always to
   the child's whole process group (``npx`` → ``npm exec`` → ``sh`` → ``node``; ``uvx`` → ``uv`` →
-  ``python``). Each child gets ``PR_SET_PDEATHSIG`` (via ``setpriv``) so a SIGKILLed bridge takes its
+  ``python``). Each child gets ``PR_SET_PDEATHSIG`` (via ``setpriv``, when installed) so a SIGKILLed bridge takes its
   direct children with it; their own children then read EOF on stdin and exit (measured: all gone in
   2 s), and in the local runtime's sandbox the pid namespace ends every process at once.
 * **Stateless 2026-07-28 requests** (no session header, no ``initialize``) go to one shared process
@@ -115,7 +115,7 @@ class Child:
 
     async def start(self) -> None:
         """Spawn the program in its own process group, dying with the bridge (raise ChildGone when it cannot)."""
-        argv, preexec = launch(self.argv)
+        argv = launch(self.argv)
         try:
             self._process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -123,7 +123,6 @@ class Child:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=None,  # the replica's log
                 start_new_session=True,
-                preexec_fn=preexec,
                 limit=MAX_LINE,
             )
         except OSError as exc:

@@ -17,19 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway.settings import Settings
+from gateway.telemetry.metrics import MetricSink
 
-METRIC_EXPORT_INTERVAL_MS = 60_000
-
-
-class _PeriodicReader(PeriodicExportingMetricReader):
-    """A periodic reader that starts no thread in a forked child (see ``metrics._MeterProvider``)."""
-
-    def _at_fork_reinit(self) -> None:
-        pass
+METRIC_EXPORT_INTERVAL = 60.0
+"""Seconds between metric exports."""
 
 
 def span_exporters(settings: Settings) -> Sequence[SpanExporter]:
@@ -60,18 +54,20 @@ def log_exporters(settings: Settings) -> Sequence[Any]:
     return out
 
 
-def metric_readers(settings: Settings, interval_ms: int = METRIC_EXPORT_INTERVAL_MS) -> Sequence[MetricReader]:
-    """Periodic readers pushing metrics to the exporters settings ask for."""
-    out: list[MetricReader] = []
+def metric_sinks(settings: Settings, interval: float = METRIC_EXPORT_INTERVAL) -> Sequence[MetricSink]:
+    """Where the metric registry is pushed, as settings ask (``gateway.telemetry.metrics.PeriodicExport``).
+
+    Azure Monitor wants deltas of counters and histograms (its exporter's preferred temporality),
+    OTLP cumulative values (the protocol's default).
+    """
+    out: list[MetricSink] = []
     if settings.applicationinsights_connection_string:
         from azure.monitor.opentelemetry.exporter import AzureMonitorMetricExporter
 
         exporter = AzureMonitorMetricExporter(connection_string=settings.applicationinsights_connection_string)
-        out.append(_PeriodicReader(exporter, export_interval_millis=interval_ms))
+        out.append(MetricSink(exporter, delta=True, interval=interval))
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        out.append(
-            _PeriodicReader(OTLPMetricExporter(endpoint=settings.otlp_endpoint), export_interval_millis=interval_ms)
-        )
+        out.append(MetricSink(OTLPMetricExporter(endpoint=settings.otlp_endpoint), delta=False, interval=interval))
     return out

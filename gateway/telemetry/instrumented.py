@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from opentelemetry.trace import SpanKind
 
@@ -20,34 +20,37 @@ from gateway.models import AdapterRecord
 from gateway.runtime.base import Endpoint, EndpointListener, InstanceNotFound, Runtime, RuntimeStatus, SessionCounter
 from gateway.sessions.base import SessionLimitExceeded, SessionLimits, SessionRecord, SessionStore
 from gateway.store.base import AdapterExists, AdapterStore, EtagMismatch
-from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.metrics import Counter, GatewayMetrics, HistogramMetric
 from gateway.telemetry.tracing import Tracing
 
 _ANSWERS = (AdapterExists, EtagMismatch, KeyError, InstanceNotFound, SessionLimitExceeded)
 
 
 class _Calls:
-    """Times calls of one dependency into a histogram/counter pair and opens child spans."""
+    """Times calls of one dependency into a registry histogram/counter pair and opens child spans."""
 
-    def __init__(self, prefix: str, histogram: Any | None, errors: Any | None, tracing: Tracing) -> None:
+    def __init__(
+        self, prefix: str, histogram: HistogramMetric | None, errors: Counter | None, tracing: Tracing
+    ) -> None:
         self._prefix = prefix
         self._histogram = histogram
         self._errors = errors
         self._tracing = tracing
-        self._attrs: dict[str, dict[str, str]] = {}
+        self._keys: dict[str, tuple[str]] = {}
 
     @classmethod
-    def of(cls, prefix: str, metrics: GatewayMetrics | None, histogram: str, errors: str, tracing: Tracing) -> _Calls:
-        """Calls reported to the named instruments of ``metrics`` (none when metrics are off)."""
+    def of(cls, prefix: str, metrics: GatewayMetrics | None, tracing: Tracing) -> _Calls:
+        """Calls reported to ``<prefix>_latency`` / ``<prefix>_errors`` of ``metrics`` (none when metrics are off)."""
         if metrics is None:
             return cls(prefix, None, None, tracing)
-        return cls(prefix, getattr(metrics, histogram), getattr(metrics, errors), tracing)
+        histogram, errors = getattr(metrics, f"{prefix}_latency"), getattr(metrics, f"{prefix}_errors")
+        return cls(prefix, histogram, errors, tracing)
 
     @contextlib.contextmanager
     def __call__(self, operation: str, adapter: str | None = None) -> Iterator[None]:
-        attrs = self._attrs.get(operation)
-        if attrs is None:
-            attrs = self._attrs[operation] = {"operation": operation}
+        key = self._keys.get(operation)
+        if key is None:
+            key = self._keys[operation] = (operation,)
         start = time.perf_counter()
         try:
             if self._tracing.enabled:
@@ -60,11 +63,11 @@ class _Calls:
             raise
         except Exception:
             if self._errors is not None:
-                self._errors.add(1, attrs)
+                self._errors.add(key)
             raise
         finally:
             if self._histogram is not None:
-                self._histogram.record(time.perf_counter() - start, attrs)
+                self._histogram.record(time.perf_counter() - start, key)
 
 
 class _Lifecycle(Protocol):
@@ -83,7 +86,7 @@ class _Instrumented(Generic[_Inner]):
 
     def __init__(self, inner: _Inner, kind: str, metrics: GatewayMetrics | None, tracing: Tracing) -> None:
         self.inner = inner
-        self._call = _Calls.of(kind, metrics, f"{kind}_latency", f"{kind}_errors", tracing)
+        self._call = _Calls.of(kind, metrics, tracing)
 
     async def start(self) -> None:
         """Start the wrapped dependency."""

@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 from litestar import Request, Response, get
 from litestar.handlers import HTTPRouteHandler
-from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -26,9 +25,9 @@ from gateway.runtime.base import Runtime, accepting
 from gateway.sessions.base import SessionStore
 from gateway.settings import Settings
 from gateway.store.base import AdapterStore
-from gateway.telemetry.export import log_exporters, metric_readers, span_exporters
+from gateway.telemetry.export import log_exporters, metric_sinks, span_exporters
 from gateway.telemetry.instrumented import InstrumentedAdapterStore, InstrumentedRuntime, InstrumentedSessionStore
-from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, GatewayMetrics, PrometheusReader
+from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, GatewayMetrics, Key, MetricSink, PeriodicExport
 from gateway.telemetry.requests import RequestTelemetry
 from gateway.telemetry.tracing import Tracing
 
@@ -77,6 +76,11 @@ class _Stages(Protocol):
     audit: Any
 
 
+def _by_key(counts: Mapping[Any, float]) -> list[tuple[Key, float]]:
+    """A component's ``{label value or tuple of them: count}`` as (label values, value) pairs."""
+    return [(key if isinstance(key, tuple) else (key,), value) for key, value in list(counts.items())]
+
+
 class Telemetry:
     """Metrics (``/metrics`` and exporters), tracing and the data plane's per-request reporting."""
 
@@ -85,7 +89,7 @@ class Telemetry:
         *,
         metrics_enabled: bool = True,
         span_exporters: Sequence[SpanExporter] = (),
-        metric_readers: Sequence[MetricReader] = (),
+        metric_sinks: Sequence[MetricSink] = (),
         batch_spans: bool = True,
         access_log: str = "errors",
         version: str = "0",
@@ -94,9 +98,15 @@ class Telemetry:
         resource = Resource(
             {"service.name": "mcp-gateway", "service.version": version, "service.instance.id": socket.gethostname()}
         )
-        self.prometheus = PrometheusReader() if metrics_enabled else None
-        readers = [*([self.prometheus] if self.prometheus is not None else []), *metric_readers]
-        self.metrics = GatewayMetrics(readers, resource, export=bool(metric_readers)) if readers else None
+        self.serves_metrics = metrics_enabled
+        """Whether ``/metrics`` is served (metrics may also be kept only for exporters)."""
+        self.metrics = GatewayMetrics() if metrics_enabled or metric_sinks else None
+        self._exports: list[PeriodicExport] = []
+        if self.metrics is not None:
+            metrics = self.metrics
+            self._exports = [
+                PeriodicExport(metrics.registry, resource, sink, metrics.forget_gone_adapters) for sink in metric_sinks
+            ]
         self.tracing = Tracing(span_exporters, resource, batch=batch_spans)
         self.logger_provider: Any = None
         """An OpenTelemetry LoggerProvider when logs are exported (the audit trail's sink), else None."""
@@ -116,7 +126,7 @@ class Telemetry:
         return cls(
             metrics_enabled=settings.metrics_enabled,
             span_exporters=span_exporters(settings),
-            metric_readers=metric_readers(settings),
+            metric_sinks=metric_sinks(settings),
             access_log=settings.access_log,
             version=version,
             log_exporters=log_exporters(settings),
@@ -161,82 +171,63 @@ class Telemetry:
         if metrics is None:
             return
 
-        def sessions_active() -> Iterable[tuple[float, dict[str, str]]]:
-            return [
-                (count, {"adapter": adapter, "replica": replica})
-                for (adapter, replica), count in router.active_sessions().items()
-            ]
+        def sessions_active() -> Iterable[tuple[Key, float]]:
+            return [((adapter, replica), count) for (adapter, replica), count in router.active_sessions().items()]
 
-        def replicas_ready() -> Iterable[tuple[float, dict[str, str]]]:
-            return [(len(accepting(runtime.endpoints(name))), {"adapter": name}) for name in view.names()]
+        def replicas_ready() -> Iterable[tuple[Key, float]]:
+            return [((name,), len(accepting(runtime.endpoints(name)))) for name in view.names()]
 
         metrics.set_adapter_names(view.names)
         metrics.set_source("mcpgw_sessions_active", sessions_active)
         metrics.set_source("mcpgw_replicas_ready", replicas_ready)
-        metrics.set_source("mcpgw_open_streams", lambda: [(proxy.open_streams, {})])
-        metrics.set_source(
-            "mcpgw_upstream_truncated",
-            lambda: [(count, {"reason": reason}) for reason, count in list(proxy.upstream_aborts.items())],
-        )
-        metrics.set_source("mcpgw_reconcile_passes", lambda: [(reconciler.passes, {})])
-        metrics.set_source("mcpgw_reconcile_actions", lambda: [(reconciler.actions, {})])
-        metrics.set_source("mcpgw_reconcile_failures", lambda: [(reconciler.failures, {})])
-        metrics.set_source("mcpgw_reconcile_leader", lambda: [(1 if reconciler.leading else 0, {})])
-        metrics.set_source("mcpgw_reconcile_leadership_changes", lambda: [(reconciler.leadership_changes, {})])
-        metrics.set_source("mcpgw_reconcile_stale_refused", lambda: [(reconciler.stale_refused, {})])
-        metrics.set_source("mcpgw_session_store_outages", lambda: [(router.store_errors, {})])
-        metrics.set_source("mcpgw_session_evictions", lambda: [(router.evictions, {})])
-        metrics.set_source(
-            "mcpgw_session_limit_rejections",
-            lambda: [(count, {"limit": limit}) for limit, count in list(router.limit_rejections.items())],
-        )
-        metrics.set_source("mcpgw_session_replica_revocations", lambda: [(router.replica_revocations, {})])
+        metrics.set_source("mcpgw_open_streams", lambda: [((), proxy.open_streams)])
+        metrics.set_source("mcpgw_upstream_truncated", lambda: _by_key(proxy.upstream_aborts))
+        metrics.set_source("mcpgw_reconcile_passes", lambda: [((), reconciler.passes)])
+        metrics.set_source("mcpgw_reconcile_actions", lambda: [((), reconciler.actions)])
+        metrics.set_source("mcpgw_reconcile_failures", lambda: [((), reconciler.failures)])
+        metrics.set_source("mcpgw_reconcile_leader", lambda: [((), 1 if reconciler.leading else 0)])
+        metrics.set_source("mcpgw_reconcile_leadership_changes", lambda: [((), reconciler.leadership_changes)])
+        metrics.set_source("mcpgw_reconcile_stale_refused", lambda: [((), reconciler.stale_refused)])
+        metrics.set_source("mcpgw_session_store_outages", lambda: [((), router.store_errors)])
+        metrics.set_source("mcpgw_session_evictions", lambda: [((), router.evictions)])
+        metrics.set_source("mcpgw_session_limit_rejections", lambda: _by_key(router.limit_rejections))
+        metrics.set_source("mcpgw_session_replica_revocations", lambda: [((), router.replica_revocations)])
         if credentials is not None:
-            metrics.set_source(
-                "mcpgw_upstream_credentials",
-                lambda: [(n, {"type": t, "outcome": o}) for (t, o), n in list(credentials.outcomes.items())],
-            )
+            metrics.set_source("mcpgw_upstream_credentials", lambda: _by_key(credentials.outcomes))
 
     def observe_policy(self, stages: _Stages, proxy: Any) -> None:
         """Point the issue-15 counters (denials, limits, audit, keep-alives) at the data plane's stages."""
         metrics = self.metrics
         if metrics is None:
             return
-        metrics.set_source("mcpgw_tool_denials", lambda: [(n, {"adapter": a}) for a, n in list(stages.denials.items())])
-        metrics.set_source(
-            "mcpgw_rate_limited",
-            lambda: [(n, {"adapter": a, "limit": lim}) for (a, lim), n in list(stages.limited_by.items())],
-        )
+        metrics.set_source("mcpgw_tool_denials", lambda: _by_key(stages.denials))
+        metrics.set_source("mcpgw_rate_limited", lambda: _by_key(stages.limited_by))
 
-        def store_failures() -> Iterable[tuple[float, dict[str, str]]]:
+        def store_failures() -> Iterable[tuple[Key, float]]:
             limiter = stages.limiter
             return [
-                (getattr(limiter, "failed_open", 0), {"mode": "open"}),
-                (getattr(limiter, "failed_closed", 0), {"mode": "closed"}),
+                (("open",), getattr(limiter, "failed_open", 0)),
+                (("closed",), getattr(limiter, "failed_closed", 0)),
             ]
 
         metrics.set_source("mcpgw_rate_limit_store_failures", store_failures)
         audit = stages.audit
         metrics.set_source(
             "mcpgw_audit_records",
-            lambda: [
-                (audit.written, {"result": "written"}),
-                (audit.dropped, {"result": "dropped"}),
-                (audit.failed, {"result": "failed"}),
-            ],
+            lambda: [(("written",), audit.written), (("dropped",), audit.dropped), (("failed",), audit.failed)],
         )
-        metrics.set_source("mcpgw_sse_keepalives", lambda: [(proxy.keepalives_sent, {})])
+        metrics.set_source("mcpgw_sse_keepalives", lambda: [((), proxy.keepalives_sent)])
 
     def render_metrics(self) -> str:
         """The Prometheus text exposition (empty when metrics are disabled)."""
-        if self.prometheus is None or self.metrics is None:
+        if not self.serves_metrics or self.metrics is None:
             return ""
-        return self.prometheus.render(self.metrics.local_names) + self.metrics.render_local()
+        return self.metrics.render()
 
     async def close(self) -> None:
         """Flush exporters and stop (in a thread: exporters may block on the network)."""
-        if self.metrics is not None:
-            await asyncio.to_thread(self.metrics.shutdown)
+        for export in self._exports:
+            await asyncio.to_thread(export.shutdown)
         await asyncio.to_thread(self.tracing.shutdown)
         if self.logger_provider is not None:
             await asyncio.to_thread(self.logger_provider.shutdown)

@@ -3,6 +3,11 @@
 Tracing is on only when a span exporter is configured (Azure Monitor, OTLP, or a test's
 in-memory exporter). Off, the data plane creates no span at all and the control plane uses a
 no-op tracer, so an unexported span never costs the hot path anything.
+
+The SDK's provider and batch processor are used as they come (2026-11-30). They register at-fork
+hooks that restart worker threads in a forked child; the gateway never forks without exec and
+starts every child without a ``preexec_fn`` (``runtime._local_process.launch``), so CPython runs
+no at-fork hook in those children and nothing needs overriding.
 """
 
 from __future__ import annotations
@@ -30,21 +35,6 @@ PROPAGATOR = TraceContextTextMapPropagator()
 """W3C ``traceparent``/``tracestate``, the only propagation format the gateway speaks."""
 
 
-class _TracerProvider(TracerProvider):
-    """A ``TracerProvider`` that does nothing in a forked child (see ``metrics._MeterProvider``)."""
-
-    def _handle_fork(self) -> None:
-        pass
-
-
-def _batch_processor(exporter: SpanExporter) -> BatchSpanProcessor:
-    """A batch processor whose worker is not restarted in a forked child between fork and exec."""
-    processor = BatchSpanProcessor(exporter)
-    inner = processor._batch_processor
-    inner.__class__ = type("_NoForkBatchProcessor", (type(inner),), {"_at_fork_reinit": lambda self: None})
-    return processor
-
-
 class Tracing:
     """A tracer, or a no-op one when nothing exports spans."""
 
@@ -58,9 +48,9 @@ class Tracing:
         self.enabled = bool(exporters)
         self.provider: TracerProvider | None = None
         if self.enabled:
-            self.provider = _TracerProvider(resource=resource or Resource({}), shutdown_on_exit=False)
+            self.provider = TracerProvider(resource=resource or Resource({}), shutdown_on_exit=False)
             for exporter in exporters:
-                processor = _batch_processor(exporter) if batch else SimpleSpanProcessor(exporter)
+                processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
                 self.provider.add_span_processor(processor)
             self.tracer: trace.Tracer = self.provider.get_tracer("mcp-gateway")
         else:
