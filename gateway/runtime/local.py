@@ -34,7 +34,8 @@ How it works (Linux; asyncio or uvloop):
   stopped. Replicas that were not ready are replaced at once. Scaling adds or stops replicas
   from the highest index; ``replica_count`` 0 is allowed.
 * **No orphans.** Each child gets its own process group and ``PR_SET_PDEATHSIG = SIGKILL`` (the
-  kernel kills it when the gateway dies, however it dies). ``close()`` sends SIGTERM to each
+  kernel kills it when the gateway dies, however it dies), via ``setpriv --pdeathsig KILL``; without
+  setpriv, a WARNING at start, and the owner-marker sweep below at the next start. ``close()`` sends SIGTERM to each
   group, then SIGKILL after a grace period. Every child carries ``MCP_GATEWAY_RUNTIME_OWNER``
   (a hash of the data dir) in its environment; ``<data_dir>/runtime/replicas.pid`` lists what runs
   and is removed on a clean close. When a runtime becomes leader it kills every process that
