@@ -131,6 +131,12 @@ class Settings:
         "Run each local replica in a bubblewrap sandbox (read-only root, private /tmp and /proc, data dir "
         "hidden): auto (when bwrap works), bwrap (required: start fails without it) or off.",
     )
+    local_expose: tuple[str, ...] = setting(
+        (),
+        "Folders an adapter's command or args may name to have them shown read-only in its sandbox where the "
+        "sandbox hides them (/tmp, /var/tmp) or the replica user cannot reach them. Paths elsewhere in an "
+        "adapter's command line are never exposed (the catalog's are).",
+    )
     # --- stdio servers and packages (local runtime; issue 17) ---
     stdio_max_sessions: int = setting(
         32,

@@ -94,14 +94,12 @@ command = ["node", "{FILESYSTEM_JS}"]
 transport = "stdio"
 """
     )
-    env = {"MCPGW_IMAGE_CATALOG": str(catalog), "MCPGW_STDIO_MAX_SESSIONS": "3"}
+    # The folder lives under /tmp, which the sandbox hides: the operator lets adapters name it.
+    env = {"MCPGW_IMAGE_CATALOG": str(catalog), "MCPGW_STDIO_MAX_SESSIONS": "3", "MCPGW_LOCAL_EXPOSE": str(files)}
     with start_gateway(base / "data", env=env) as g:
         with g.client() as api:
             body = {"name": "time", "imageName": "time", "imageVersion": "2026.10.19", "replicaCount": 2}
             assert api.post("/adapters", json=body).status_code == 201
-            # The time replicas hold their ports before fs picks one: the local runtime picks a free
-            # port and the child binds it later, so replicas started together can race for one port
-            # (a known bug, noted on issue 17); this module is not about that.
             wait_ready(api, "time", 2, timeout=60)
             body = {
                 "name": "fs",

@@ -261,12 +261,13 @@ class Isolation:
 
         ``writable`` folders under the data dir (a package adapter's cache, issue 17) are bound back
         read-write at their own path; the data dir itself stays an empty tmpfs (0711: traversable,
-        not listable), so nothing else in it shows. ``expose`` adds folders to make visible read-only
-        like the ``cwd`` (a stdio server's own working directory, which is not the bridge's).
+        not listable), so nothing else in it shows. ``expose`` lists trusted paths to make visible
+        read-only like the ``cwd`` (the catalog command's programs and scripts, a stdio server's own
+        working directory); nothing in ``command`` itself is exposed.
         """
         assert self.bwrap is not None
         hidden = [Path("/tmp"), Path("/var/tmp"), *self._hidden]
-        exposed = self._exposures(command, cwd, hidden, expose)
+        exposed = self._exposures(cwd, hidden, expose)
         if self.user is not None:
             # Directories the replica user could not traverse become empty tmpfs too, so that the
             # exposed paths below them are reachable (and nothing else in them is visible).
@@ -322,23 +323,25 @@ class Isolation:
                 argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         return [*argv, "--"]
 
-    def _exposures(
-        self, command: Sequence[str], cwd: str | None, hidden: list[Path], extra: Sequence[Path] = ()
-    ) -> list[Path]:
+    def _exposures(self, cwd: str | None, hidden: list[Path], extra: Sequence[Path] = ()) -> list[Path]:
         """Folders the program needs that the sandbox would hide or the replica user could not reach.
 
-        Candidates: the interpreter's prefixes, the catalog's ``cwd``, and for each absolute path
-        in the command its folder (a program's prefix, ``bin/..``, for an executable). Never the
-        data dir or anything in it, nor a folder holding a hidden one (binding it would undo that).
+        Candidates: the interpreter's prefixes, the catalog's ``cwd``, and ``extra`` — folders as
+        they are, files by their folder (a program's prefix, ``bin/..``, for an executable). Only
+        trusted paths come in as ``extra`` (the catalog's command, the gateway's own wrappers): the
+        adapter's ``command``/``args`` are the creator's, and a path there must not make a folder
+        visible that the replica user could not reach otherwise (issue 12). Never the data dir or
+        anything in it, nor a folder holding a hidden one (binding it would undo that).
         """
         candidates: list[Path] = [Path(sys.prefix), Path(sys.base_prefix)]
         if cwd:
             candidates.append(Path(cwd))
-        candidates.extend(extra)
-        for arg in command:
-            if arg.startswith("/") and os.path.exists(arg):
-                for path in {Path(arg), Path(os.path.realpath(arg))}:
+        for item in extra:
+            if os.path.isfile(item):
+                for path in {Path(item), Path(os.path.realpath(item))}:
                     candidates.append(path.parent.parent if path.parent.name == "bin" else path.parent)
+            else:
+                candidates.append(Path(item))
         exposed: set[Path] = set()
         for candidate in candidates:
             try:

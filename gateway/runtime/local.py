@@ -471,6 +471,7 @@ class LocalRuntime:
             if issue is not None:
                 return None, issue
             assert entry is not None
+            trusted = entry.command[:1]  # npx or uvx; the rest names the package and the creator's args
         else:
             writable = ()
             try:
@@ -481,6 +482,7 @@ class LocalRuntime:
             if found is None:
                 return None, RuntimeIssue("ImageNotFound", self._unknown_image(record.image, known))
             entry = dataclasses.replace(found, command=(*(record.command or found.command), *(record.args or ())))
+            trusted = found.command  # the operator's; the adapter's command and args are the creator's
         denied = self._env_policy.denied_names(record.environment_variables)
         if denied:
             return None, RuntimeIssue(
@@ -492,7 +494,10 @@ class LocalRuntime:
         env = dict(entry.env)
         env.update(record.environment_variables)
         command, ready_path, cwd = entry.command, entry.ready_path, entry.cwd
-        expose: tuple[str, ...] = ()
+        # The sandbox makes visible the folders of absolute paths in the trusted command, and the
+        # creator's paths only under the operator's local_expose folders (issue 12).
+        expose: tuple[str, ...] = tuple(a for a in trusted if a.startswith("/"))
+        expose += tuple(a for a in command if a not in expose and self._creator_may_expose(a))
         if (record.transport or entry.transport) == "stdio":
             # The replica is the stdio bridge wrapping the command (gateway/stdio/bridge.py): an HTTP
             # replica like any other, in the same isolation; its children inherit user and sandbox.
@@ -512,7 +517,7 @@ class LocalRuntime:
                 "--",
                 *command,
             )
-            ready_path, cwd, expose = "/healthz", str(REPO_DIR), ((cwd,) if cwd else ())
+            ready_path, cwd, expose = "/healthz", str(REPO_DIR), (*expose, *((cwd,) if cwd else ()))
         spec = LaunchSpec(
             image=record.image,
             command=command,
@@ -523,6 +528,13 @@ class LocalRuntime:
             expose=expose,
         )
         return spec, None
+
+    def _creator_may_expose(self, arg: str) -> bool:
+        if not arg.startswith("/") or not self._settings.local_expose:
+            return False
+        path = Path(os.path.realpath(arg))  # a symlink inside an allowed folder must not lead out of it
+        roots = [Path(os.path.realpath(root)) for root in self._settings.local_expose]
+        return any(path == root or root in path.parents for root in roots)
 
     def _unknown_image(self, image: str, known: list[str]) -> str:
         where = (
