@@ -223,7 +223,8 @@ async def test_a_cached_listing_is_the_same_answer_and_asks_no_member() -> None:
     gw = Gateway()
     listing = {"jsonrpc": "2.0", "id": "list-7", "method": "tools/list"}
     session = await gw.initialize()
-    for caller in ({}, {"session": session}):  # 2026-07-28 stateless, then a 2025-era session
+    callers: list[dict[str, Any]] = [{}, {"session": session}]  # 2026-07-28 stateless, then a 2025-era session
+    for caller in callers:
         first = await gw.post(listing, **caller)
         asked = dict(gw.plane.asked)
         second = await gw.post(listing, **caller)
