@@ -6,6 +6,7 @@ Usage (from the repository root, with the project's virtualenv)::
     python scripts/bench_servers.py                  # 3 repetitions, about 1.5 minutes
     python scripts/bench_servers.py --repeat 5 --requests 500
     python scripts/bench_servers.py --json out.json  # every repetition as JSON
+    python scripts/bench_servers.py --gateway-repo /path/to/other/checkout   # measure another version
 
 It starts a gateway (SQLite, memory sessions, local runtime, dev auth) on a free loopback port with
 ten adapters of the example server (``mcp-example:1.0.0``, one replica each, readable by role
@@ -173,6 +174,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="requests per row and repetition")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (the summary is their median)")
     parser.add_argument("--json", type=Path, help="write every repetition's latencies here")
+    parser.add_argument(
+        "--gateway-repo", type=Path, default=REPO, help="run the gateway of another checkout (before/after runs)"
+    )
     args = parser.parse_args()
     port = free_port()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -189,7 +193,7 @@ def main() -> int:
         }
         log = open(Path(tmp) / "gateway.log", "wb")  # noqa: SIM115 - handed to the child
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve"], cwd=REPO, env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "gateway.cli", "serve"], cwd=args.gateway_repo, env=env, stdout=log, stderr=log
         )
         base = f"http://127.0.0.1:{port}"
         try:
