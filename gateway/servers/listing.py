@@ -12,9 +12,10 @@ Two levels, both per caller (user id and roles) and both bounded by ``MCPGW_SERV
   fan-out, without filtering and without encoding: the bytes are spliced into the JSON-RPC answer.
 
 Decision (2026-11-30): bytes, not objects. Answering a cached 10-member, 40-tool listing from the
-member level took 0.47 ms of gateway CPU per request (``scripts/bench_servers.py``: ten tasks for the
-fan-out, 400 visibility checks, re-encoding 40 tools) where the whole path of a direct call takes
-0.7 ms; from the merged bytes it is the request parsing and access checks alone (docs/performance.md).
+member level took 0.40-0.42 ms of gateway CPU per request (``scripts/bench_servers.py``: ten tasks for
+the fan-out, 400 visibility checks, 40 tool dicts copied and encoded again), nearly what a whole direct
+``tools/call`` costs; from the merged bytes 0.23-0.26 ms: the request's parsing and access checks
+(docs/performance.md, *Virtual servers*).
 
 Invalidation: a member's ``list_changed`` heard on a call's stream drops that member's listings and
 every merged listing that includes it, at once; everything else ages out by the TTL (a merged entry
@@ -22,7 +23,7 @@ expires with the oldest member listing it was built from). Each member has a ver
 by invalidation: a fan-out that started before an invalidation does not store what it fetched, so a
 listing announced as changed is never cached again by a request already in flight. Expired entries
 are dropped by ``sweep`` (the server calls it at most every 10 s), so callers that never come back
-do not hold memory beyond one TTL.
+do not hold memory much beyond one TTL.
 """
 
 from __future__ import annotations

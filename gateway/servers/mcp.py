@@ -388,7 +388,7 @@ class VirtualServers:
             return await work
         except asyncio.CancelledError:
             if not guard.requested:
-                raise  # not ours: the server is shutting down
+                raise  # not ours (the server shutting down, say)
             guard.task.uncancel()
             return None if guard.disconnected else _error(ident, -32800, "request cancelled")
         finally:
