@@ -20,6 +20,7 @@ import base64
 import contextlib
 import functools
 import logging
+import re
 import secrets
 import time
 from collections import Counter
@@ -32,9 +33,10 @@ import msgspec
 
 from gateway.auth.base import Authenticator, can_read
 from gateway.browser.hosts import HostPolicy
-from gateway.errors import GatewayError, PayloadTooLarge, Unauthenticated
+from gateway.errors import Forbidden, GatewayError, NotFound, PayloadTooLarge, Unauthenticated
 from gateway.models import AdapterRecord, Identity
 from gateway.policy.toolpolicy import GlobMatcher, PolicyCache
+from gateway.servers.listing import ListingCache, MergedKey, MergedListing
 from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError
 from gateway.servers.models import ServerMember, ServerRecord
 from gateway.store.base import ServerStore
@@ -55,6 +57,14 @@ CAPABILITIES: dict[str, Any] = {
     "logging": {},
 }
 MAX_PAGES = 20
+#: The listing methods, by the result key they answer with.
+LIST_METHODS = {
+    "tools": "tools/list",
+    "prompts": "prompts/list",
+    "resources": "resources/list",
+    "resourceTemplates": "resources/templates/list",
+}
+LIST_KINDS = {method: kind for kind, method in LIST_METHODS.items()}
 #: JSON-RPC code of a member that could not answer (down, slow, not MCP); data.member names it.
 MEMBER_UNAVAILABLE = -32003
 
@@ -98,6 +108,58 @@ class Member:
         return f"{URI_SCHEME}{self.spec.adapter}:{uri}" if self.spec.prefix else uri
 
 
+#: Seconds before a request starts watching for its client to go away (as the data plane's).
+DISCONNECT_WATCH_DELAY = 0.01
+
+
+class _Cancellation:
+    """Cancels the task serving one request: on ``cancel()`` (the client's ``notifications/cancelled``)
+    or, given the client's ``receive``, when the client disconnects — watched by a task started only
+    after ``DISCONNECT_WATCH_DELAY``, since most member calls are over sooner. Inert once closed."""
+
+    __slots__ = ("_closed", "_receive", "_timer", "_watcher", "disconnected", "requested", "task")
+
+    def __init__(self, receive: Receive | None) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.requested = False
+        self.disconnected = False
+        self._closed = False
+        self._receive = receive
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer = (
+            asyncio.get_running_loop().call_later(DISCONNECT_WATCH_DELAY, self._watch) if receive is not None else None
+        )
+
+    def cancel(self) -> None:
+        """Cancel the request's work (once; nothing after ``close``)."""
+        if not self._closed and not self.requested:
+            self.requested = True
+            self.task.cancel()
+
+    def _watch(self) -> None:
+        self._timer = None
+        self._watcher = asyncio.ensure_future(self._disconnect())
+
+    async def _disconnect(self) -> None:
+        assert self._receive is not None
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.disconnected = True
+        self.cancel()
+
+    def close(self) -> None:
+        """The work is over: stop watching; later ``cancel()`` calls do nothing."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        watcher, self._watcher = self._watcher, None  # its CancelledError's frames would hold self
+        if watcher is not None:
+            watcher.cancel()
+
+
 @dataclass
 class Context:
     """Member clients of one client session (or of one stateless caller of one server)."""
@@ -110,7 +172,7 @@ class Context:
     queue: asyncio.Queue[bytes | None] | None = None  # legacy SSE: messages for the client's stream
     owners: dict[str, str] = field(default_factory=dict)  # listed name → adapter (members without prefix)
     log_level: str | None = None
-    inflight: dict[str | int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)  # by request id
+    inflight: dict[str | int, _Cancellation] = field(default_factory=dict)  # by request id
 
 
 class VirtualServers:
@@ -130,6 +192,7 @@ class VirtualServers:
         gateway_prefix: bool,
         max_body_bytes: int = 4 * 1024 * 1024,
         www_authenticate: Callable[[str, str | None, str | None], str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_body = max_body_bytes
         self._www = www_authenticate or (lambda path, error, detail: f'Bearer error="{error or "invalid_token"}"')
@@ -139,13 +202,16 @@ class VirtualServers:
         self._auth = authenticator
         self._hosts = hosts
         self._timeout = member_timeout
-        self._list_ttl = list_ttl
         self._session_ttl = session_ttl
         self._gateway_prefix = gateway_prefix
         self._eras: dict[str, bool] = {}
         self._sessions: dict[str, Context] = {}
         self._stateless: dict[str, Context] = {}
-        self._cache: dict[tuple[str, str, str, str], tuple[float, list[Any]]] = {}
+        self._listings = ListingCache(list_ttl, clock)
+        # Merged per caller: clients may cache a listing for the TTL, shared caches may not.
+        self._listing_fields = {"ttlMs": int(list_ttl * 1000), "cacheScope": "private"}
+        stamp = {"_meta": {"io.modelcontextprotocol/serverInfo": SERVER_INFO}, **self._listing_fields}
+        self._modern_listing_tail = b"," + msgspec.json.encode(stamp)[1:-1]
         self.member_failures: Counter[str] = Counter()
         self._records: dict[str, tuple[float, ServerRecord | None]] = {}
         self._next_sweep = 0.0
@@ -273,6 +339,10 @@ class VirtualServers:
             self._notified(ctx, message)
             await _json(send, 202, None)
             return
+        cached = self._cached_listing(ident, ctx, identity, members, message["method"], modern=modern)
+        if cached is not None:
+            await _json_bytes(send, 200, cached)
+            return
         notes: list[Any] = []
         answer = await self._cancellable(
             ctx, ident, self._handle(scope, ctx, identity, members, message, modern=modern, notes=notes), receive
@@ -297,42 +367,36 @@ class VirtualServers:
             return
         params = message.get("params")
         request_id = params.get("requestId") if isinstance(params, dict) else None
-        task = ctx.inflight.get(request_id) if isinstance(request_id, (str, int)) else None
-        if task is not None:
-            task.cancel()
+        guard = ctx.inflight.get(request_id) if isinstance(request_id, (str, int)) else None
+        if guard is not None:
+            guard.cancel()
 
     async def _cancellable(
         self, ctx: Context, ident: Any, work: Awaitable[dict[str, Any]], receive: Receive | None = None
     ) -> dict[str, Any] | None:
-        """Run one request's work; cancelled by ``notifications/cancelled`` for its id, or (with ``receive``)
-        when the client's HTTP request goes away. Cancelling closes the member call's upstream request,
-        which a 2026-07-28 member takes as cancellation. None when the client is gone."""
-        task: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(work)
+        """Run one request's work in this task; cancelled by ``notifications/cancelled`` for its id, or
+        (with ``receive``) when the client's HTTP request goes away. Cancelling closes the member call's
+        upstream request, which a 2026-07-28 member takes as cancellation. None when the client is gone.
+
+        In the request's own task, not a new one (2026-11-30): the task, a watcher task and
+        ``asyncio.wait`` cost 35 us per request on the 2-core machine, and the member call's in-process
+        request (member.py ``asgi_post``) as much again; the watcher starts after
+        ``DISCONNECT_WATCH_DELAY`` like the data plane's (gateway/proxy/app.py ``_DisconnectWatch``).
+        """
+        guard = _Cancellation(receive)
         key = ident if isinstance(ident, (str, int)) else None
         if key is not None:
-            ctx.inflight[key] = task
-
-        async def gone() -> None:
-            assert receive is not None
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        watcher = asyncio.ensure_future(gone()) if receive is not None else None
+            ctx.inflight[key] = guard
         try:
-            waited: set[asyncio.Future[Any]] = {task} if watcher is None else {task, watcher}
-            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-                return None
-            if task.cancelled():
-                return _error(ident, -32800, "request cancelled")
-            return task.result()
+            return await work
+        except asyncio.CancelledError:
+            if not guard.requested:
+                raise  # not ours (the server shutting down, say)
+            guard.task.uncancel()
+            return None if guard.disconnected else _error(ident, -32800, "request cancelled")
         finally:
-            if watcher is not None:
-                watcher.cancel()
-            if key is not None and ctx.inflight.get(key) is task:
+            guard.close()
+            if key is not None and ctx.inflight.get(key) is guard:
                 del ctx.inflight[key]
 
     # --- contexts ---------------------------------------------------------------------------
@@ -363,6 +427,7 @@ class VirtualServers:
         if now < self._next_sweep:
             return
         self._next_sweep = now + 10.0
+        self._listings.sweep()
         cutoff = now - self._session_ttl
         for table in (self._sessions, self._stateless):
             for key in [k for k, c in table.items() if c.last_used < cutoff and c.queue is None]:
@@ -378,8 +443,6 @@ class VirtualServers:
                     prefix = f"{adapter_name}_" if self._gateway_prefix else ""
                     members.append(Member(ServerMember(adapter=adapter_name, prefix=prefix), record))
             return "*", members
-        from gateway.errors import Forbidden, NotFound
-
         now = time.monotonic()
         held = self._records.get(name)
         if held is not None and held[0] > now:
@@ -436,8 +499,7 @@ class VirtualServers:
             stamped = {**(meta if isinstance(meta, dict) else {}), "io.modelcontextprotocol/serverInfo": SERVER_INFO}
             result = {"resultType": "complete", **result, "_meta": stamped}
             if method.endswith("/list") or method == "server/discover":
-                # Merged per caller: clients may cache for the listing TTL, shared caches may not.
-                result.update(ttlMs=int(self._list_ttl * 1000), cacheScope="private")
+                result.update(self._listing_fields)
         return {"jsonrpc": "2.0", "id": ident, "result": result}
 
     async def _dispatch(
@@ -465,14 +527,9 @@ class VirtualServers:
             # No subscriptions/listen yet: resource subscriptions and list_changed are not offered in 2026-07-28.
             modern_caps = {**CAPABILITIES, "resources": {"listChanged": False}}
             return {"supportedVersions": [MODERN], "capabilities": modern_caps, "resultType": "complete"}
-        if method == "tools/list":
-            return {"tools": await self._list(scope, ctx, identity, members, "tools")}
-        if method == "prompts/list":
-            return {"prompts": await self._list(scope, ctx, identity, members, "prompts")}
-        if method == "resources/list":
-            return {"resources": await self._list(scope, ctx, identity, members, "resources")}
-        if method == "resources/templates/list":
-            return {"resourceTemplates": await self._list(scope, ctx, identity, members, "resourceTemplates")}
+        kind = LIST_KINDS.get(method)
+        if kind is not None:
+            return {kind: await self._list(scope, ctx, identity, members, kind)}
         if method in ("tools/call", "prompts/get"):
             name = params.get("name")
             if not isinstance(name, str):
@@ -571,17 +628,21 @@ class VirtualServers:
     async def _list(
         self, scope: Mapping[str, Any], ctx: Context, identity: Identity, members: Sequence[Member], kind: str
     ) -> list[Any]:
-        method = {
-            "tools": "tools/list",
-            "prompts": "prompts/list",
-            "resources": "resources/list",
-            "resourceTemplates": "resources/templates/list",
-        }[kind]
+        """The members' listings of ``kind`` merged for this caller (prefixed, filtered, deduplicated).
+
+        Member listings come from the cache or from the members, in parallel; when every member
+        answered, the merged result is cached as JSON bytes for the fast path in ``_serve``.
+        """
+        method = LIST_METHODS[kind]
+        cache = self._listings
+        versions = {m.spec.adapter: cache.version(m.spec.adapter) for m in members}
+        expiries: list[float] = []
 
         async def one(member: Member) -> list[Any]:
-            key = (member.spec.adapter, member.adapter.etag, identity.user_id, kind)
-            cached = self._cache.get(key)
-            if cached is not None and cached[0] > time.monotonic():
+            key = (member.spec.adapter, member.adapter.etag, identity.user_id, identity.roles, kind)
+            cached = cache.member(key)
+            if cached is not None:
+                expiries.append(cached[0])
                 return cached[1]
             items: list[Any] = []
             cursor: str | None = None
@@ -595,15 +656,17 @@ class VirtualServers:
                     cursor = result.get("nextCursor") if isinstance(result, dict) else None
                     if not isinstance(cursor, str) or not cursor:
                         break
-            if self._list_ttl > 0:
-                self._cache[key] = (time.monotonic() + self._list_ttl, items)
+            expiries.append(cache.put_member(key, items, versions[member.spec.adapter]))
             return items
 
         results = await asyncio.gather(*(one(m) for m in members), return_exceptions=True)
         out: list[Any] = []
         seen: set[str] = set()
+        owners: dict[str, str] = {}
+        complete = True
         for member, result in zip(members, results, strict=True):
             if isinstance(result, BaseException):
+                complete = False
                 self.member_failures[member.spec.adapter] += 1
                 reason = "timed out" if isinstance(result, TimeoutError) else str(result)
                 log.warning("virtual server: %s of member %s left out: %s", method, member.spec.adapter, reason)
@@ -636,21 +699,47 @@ class VirtualServers:
                     continue
                 seen.add(unique)
                 if kind in ("tools", "prompts"):
-                    ctx.owners[unique] = member.spec.adapter
+                    owners[unique] = member.spec.adapter
                 out.append(entry)
+        ctx.owners.update(owners)
+        if complete and cache.enabled:  # a listing missing a failed member is never cached
+            merged = MergedListing(
+                body=msgspec.json.encode(out),
+                owners=owners,
+                adapters=frozenset(versions),
+                expires=min(expiries, default=cache.fresh_until()),
+            )
+            cache.put_merged(_merged_key(kind, identity, members), merged, versions)
         return out
+
+    def _cached_listing(
+        self, ident: Any, ctx: Context, identity: Identity, members: Sequence[Member], method: str, *, modern: bool
+    ) -> bytes | None:
+        """The whole JSON-RPC answer to a listing request from the merged cache, or None on a miss.
+
+        The cached items are spliced in as bytes; the envelope is what ``_handle`` builds for a listing
+        (tests/test_servers_listing.py compares the two).
+        """
+        kind = LIST_KINDS.get(method)
+        if kind is None or not self._listings.enabled:
+            return None
+        hit = self._listings.merged(_merged_key(kind, identity, members))
+        if hit is None:
+            return None
+        ctx.owners.update(hit.owners)
+        head = b'{"jsonrpc":"2.0","id":' + msgspec.json.encode(ident) + b',"result":{'
+        items = b'"' + kind.encode() + b'":' + hit.body
+        if not modern:
+            return head + items + b"}}"
+        return head + b'"resultType":"complete",' + items + self._modern_listing_tail + b"}}"
 
     def server_changed(self, name: str) -> None:
         """A server was updated or deleted through this replica: read it again on its next request."""
         self._records.pop(name, None)
 
     def invalidate(self, adapter: str | None = None) -> None:
-        """Drop cached listings (of one member, or all)."""
-        if adapter is None:
-            self._cache.clear()
-        else:
-            for key in [k for k in self._cache if k[0] == adapter]:
-                del self._cache[key]
+        """Drop cached listings (of one member, with every merged listing including it; or all)."""
+        self._listings.invalidate(adapter)
 
     # --- legacy HTTP+SSE --------------------------------------------------------------------
 
@@ -773,6 +862,10 @@ _REMOVED_IN_MODERN = frozenset(
 )
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f]")
+"""Control characters other than tab (refused in Mcp-* headers)."""
+
+
 def _modern_check(headers: Mapping[str, str], message: dict[str, Any], meta: Any) -> tuple[int, int, str] | None:
     """What a 2026-07-28 server checks before acting: removed methods, ``_meta``, and the routing
     headers against the body (SEP-2575, SEP-2243); (status, code, message) when refused."""
@@ -793,7 +886,7 @@ def _modern_check(headers: Mapping[str, str], message: dict[str, Any], meta: Any
     for key in ("mcp-protocol-version", "mcp-method"):
         if headers.get(key) is None:
             return 400, -32020, f"the {key} header is required in 2026-07-28"
-    if any(ord(c) < 32 and c != "\t" for key, v in headers.items() if key.startswith("mcp-") for c in v):
+    if any(_CONTROL.search(v) for key, v in headers.items() if key.startswith("mcp-")):
         return 400, -32020, "an Mcp-* header holds control characters"
     header_method = headers.get("mcp-method")
     if header_method is not None and header_method.strip() != method:
@@ -879,9 +972,34 @@ async def _sse_answer(send: Send, messages: Sequence[Any]) -> None:
 
 
 async def _json(send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-    raw = b"" if body is None else msgspec.json.encode(body)
-    out = [(b"content-type", b"application/json")] if body is not None else []
+    if body is None:
+        out = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        out.append((b"content-length", b"0"))
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    await _json_bytes(send, status, msgspec.json.encode(body), headers)
+
+
+async def _json_bytes(send: Send, status: int, raw: bytes, headers: Mapping[str, str] | None = None) -> None:
+    out = [(b"content-type", b"application/json")]
     out += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     out.append((b"content-length", str(len(raw)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": raw, "more_body": False})
+
+
+def _merged_key(kind: str, identity: Identity, members: Sequence[Member]) -> MergedKey:
+    """What a merged listing depends on: the caller (user id and roles: the members' own listings are
+    theirs, the toolPolicy decides by role) and each member's spec and version, in order."""
+    signature = tuple(
+        (
+            m.spec.adapter,
+            m.spec.prefix,
+            m.adapter.etag,
+            None if m.spec.tools is None else tuple(m.spec.tools),
+            tuple(m.spec.exclude),
+        )
+        for m in members
+    )
+    return kind, identity.user_id, identity.roles, signature

@@ -83,8 +83,14 @@ async def asgi_post(
     on_request: Callable[[dict[str, Any]], None] | None = None,
 ) -> Reply:
     """One request to ``app`` at ``path`` in process; returns when the answer (or the response to
-    ``want_id`` on an SSE stream) is complete. Cancelling the caller disconnects the request, which the
-    data plane passes upstream (cancellation flows through)."""
+    ``want_id`` on an SSE stream) is complete. Cancelling the caller cancels the request, which the
+    data plane passes upstream (cancellation flows through).
+
+    The app runs in the caller's task (2026-11-30; before, in a task of its own with a second task
+    waiting for the answer: 35 us per member call on the 2-core machine). Once the answer is complete,
+    ``receive`` reports a disconnect, so a stream the member keeps open after it is ended by the data
+    plane's own disconnect watch (within its 10 ms start delay), as when a client leaves.
+    """
     client_headers = {k.lower(): v for k, v in client_scope.get("headers", [])}
     out: list[tuple[bytes, bytes]] = [(b"host", client_headers.get(b"host", b"localhost"))]
     out += [(k, v) for k, v in client_scope.get("headers", []) if k.lower() in CARRIED]
@@ -111,7 +117,6 @@ async def asgi_post(
     status = 0
     response_headers: dict[str, str] = {}
     chunks: list[bytes] = []
-    found = False
     asked: set[Any] = set()
 
     async def receive() -> Message:
@@ -123,7 +128,7 @@ async def asgi_post(
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
-        nonlocal status, found
+        nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
             for k, v in message.get("headers", []):
@@ -137,31 +142,15 @@ async def asgi_post(
                     if not isinstance(m, dict):
                         continue
                     if m.get("id") == want_id and ("result" in m or "error" in m):
-                        found = True
                         done.set()
                     elif "method" in m and "id" in m and on_request is not None and m["id"] not in asked:
                         asked.add(m["id"])  # a server-to-client request (sampling, elicitation, roots)
                         on_request(m)
 
-    task = asyncio.ensure_future(app(scope, receive, send))
     try:
-        waiter = asyncio.ensure_future(done.wait())
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-    except BaseException:
+        await app(scope, receive, send)
+    finally:
         done.set()
-        task.cancel()
-        raise
-    if not task.done():
-        done.set()  # disconnect: the stream is no longer needed
-        try:
-            await asyncio.wait_for(task, 5)
-        except (TimeoutError, asyncio.CancelledError):
-            task.cancel()
-        except Exception:  # the data plane handled its own errors; nothing to add
-            pass
-    elif task.exception() is not None:
-        raise task.exception()  # type: ignore[misc]
     raw = b"".join(chunks)
     if response_headers.get("content-type", "").startswith("text/event-stream"):
         messages = _sse_messages(raw)
@@ -173,7 +162,6 @@ async def asgi_post(
         messages = decoded if isinstance(decoded, list) else ([decoded] if decoded is not None else [])
     else:
         messages = []
-    del found
     return Reply(status=status, headers=response_headers, messages=messages)
 
 
