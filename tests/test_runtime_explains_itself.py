@@ -253,4 +253,7 @@ def test_unknown_image_is_422_and_a_stored_adapter_whose_image_left_the_catalog_
             return str(next(c for c in conditions if c["type"] == "Ready")["reason"])
 
         wait_for(lambda: ready_reason() == "ImageNotFound", timeout=30, what="ImageNotFound for the stored adapter")
-        assert api.get("/adapters/kept/status").json()["readyReplicas"] == 0
+        # A replica that was already ready keeps serving (an unknown image starts nothing and stops only
+        # what does not serve: test_update_to_unknown_image_keeps_ready_replica_serving); one still
+        # starting was stopped. Which of the two happened depends on timing, so neither is asserted.
+        assert api.get("/adapters/kept/status").json()["readyReplicas"] in (0, 1)
