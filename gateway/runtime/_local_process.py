@@ -10,10 +10,9 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import shutil
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,30 +36,6 @@ def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
     env = {name: environ[name] for name in BASE_ENV_NAMES if environ.get(name)}
     env.setdefault("PATH", os.defpath)
     return env
-
-
-SETPRIV = shutil.which("setpriv")
-
-
-def launch(command: Sequence[str]) -> list[str]:
-    """The argv that starts ``command`` so that it dies with the gateway (pair it with start_new_session=True).
-
-    With util-linux's ``setpriv --pdeathsig KILL`` the kernel SIGKILLs the child when the gateway
-    dies, however it dies, and no Python code runs between fork and exec. That matters: a
-    ``preexec_fn`` makes CPython run every library's at-fork hooks in the child, and a hook that
-    touches a lock or a thread pool (OpenTelemetry's providers and batch processors register
-    such hooks) can hang the forked child of a threaded gateway forever, before it ever execs.
-
-    Without setpriv (not a util-linux system) the command runs as is, without a parent-death
-    signal (2026-11-30; it used to be a ``preexec_fn`` calling ``prctl``, which brought back the
-    at-fork hazard and needed the SDK's private fork hooks overridden). The local runtime logs a
-    WARNING at start (``_local_isolation.detect``); replicas of a SIGKILLed gateway then keep
-    running until the next start on the same data dir, which kills every process carrying its
-    owner marker. A clean stop (SIGTERM, Ctrl-C) stops every replica either way.
-    """
-    if SETPRIV is not None:
-        return [SETPRIV, "--pdeathsig", "KILL", "--", *command]
-    return list(command)
 
 
 _claimed: set[int] = set()
@@ -193,17 +168,6 @@ async def probe_detail(port: int, path: str | None, limit: float) -> tuple[bool,
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-
-
-def signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to a process group; False when the group no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-    return True
 
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
