@@ -170,8 +170,8 @@ async def probe_detail(port: int, path: str | None, limit: float) -> tuple[bool,
                 await writer.wait_closed()
 
 
-def _proc_stat(pid: int) -> tuple[int, int] | None:
-    """(process group, start time in clock ticks) of a live process, from /proc/<pid>/stat."""
+def _process_group(pid: int) -> int | None:
+    """The process group of a live (not zombie) process, from /proc/<pid>/stat."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
@@ -180,17 +180,15 @@ def _proc_stat(pid: int) -> tuple[int, int] | None:
     fields = raw[raw.rfind(b")") + 2 :].split()
     if fields[0] == b"Z":
         return None
-    return int(fields[2]), int(fields[19])
+    return int(fields[2])
 
 
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid`` (a scan of /proc: a few ms)."""
     members = []
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[0] == pgid:
-                members.append(int(entry.name))
+        if entry.name.isdigit() and _process_group(int(entry.name)) == pgid:
+            members.append(int(entry.name))
     return members
 
 
@@ -208,12 +206,6 @@ async def wait_group_gone(pgid: int, limit: float = 2.0) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (tells a pid from a reused one)."""
-    stat = _proc_stat(pid)
-    return None if stat is None else stat[1]
 
 
 def _carries_marker(pid: int, marker: str) -> bool:
