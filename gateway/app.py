@@ -450,7 +450,6 @@ class GatewayApp:
     def __init__(self, components: Components) -> None:
         self.components = components
         self.litestar = create_litestar(components)
-        self._proxy = components.proxy
         from gateway.auth.metadata import www_authenticate
 
         s = components.settings

@@ -93,7 +93,7 @@ class _Exchange:
 
 
 class StreamTracker:
-    """ASGI wrapper: counts HTTP exchanges in flight and ends streaming responses on request.
+    """ASGI wrapper: keeps track of streaming responses and ends them on request.
 
     While draining, every response also says ``Connection: close``: a client holding a keep-alive
     connection to this gateway opens its next one through the load balancer, to a ready gateway,
@@ -103,7 +103,6 @@ class StreamTracker:
     def __init__(self, app: ASGIApp, drain: Drain) -> None:
         self.app = app
         self.drain = drain
-        self.in_flight = 0
         self._streams: set[_Exchange] = set()
 
     @property
@@ -134,7 +133,6 @@ class StreamTracker:
                 exchange.finished = True
             await send(message)
 
-        self.in_flight += 1
         try:
             await self.app(scope, receive, tracked)
         except asyncio.CancelledError:
@@ -145,7 +143,6 @@ class StreamTracker:
                 with contextlib.suppress(Exception):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            self.in_flight -= 1
             streams.discard(exchange)
 
     def close_streams(self, *, resumable_only: bool = False) -> int:

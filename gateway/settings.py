@@ -421,14 +421,6 @@ class Settings:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
-    def redacted(self) -> dict[str, Any]:
-        """Every setting, with secrets replaced by '***' (for logs and diagnostics)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = "***" if f.metadata["secret"] and value else value
-        return out
-
 
 def env_name(f: dataclasses.Field[Any]) -> str:
     """The MCPGW_* environment variable of a setting."""

@@ -1,17 +1,26 @@
-"""Stack configuration: every key the program reads, its default, and the typed view of it.
+"""Stack configuration: every key the program reads, declared once, and the typed view of it.
 
-``KEYS`` is the one list of configuration keys; ``infra/README.md`` documents each of them with the
-same default (a test keeps the two in step). Keys live in the project namespace, so
-``pulumi config set gatewayReplicas 3`` sets ``mcp-gateway:gatewayReplicas``.
+Each key is one field of ``GatewayConfig``, ``AzureConfig``, ``LocalConfig`` or ``StackConfig``,
+declared with ``key(name, default, help, ...)`` the way ``gateway/settings.py`` declares settings
+with ``setting(...)``: the field is the typed value, the declaration carries the key's name, its
+default, its help text and how a raw value is checked. ``KEYS`` is read off those fields, the
+loader fills them, and the tables in ``infra/README.md`` are generated from them
+(``readme_tables()``; a test keeps README in step). Every value a key can get wrong is refused
+with a message that names the key (2026-11-30, issue 20: the keys used to be written three times:
+a key table, the dataclasses and the mapping between them).
+
+Keys live in the project namespace, so ``pulumi config set gatewayReplicas 3`` sets
+``mcp-gateway:gatewayReplicas``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pulumi
 
@@ -30,16 +39,30 @@ SECRET_ENV = frozenset(
 )
 
 
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and how to fix it."""
+
+
+Parse = Callable[[str, Any], Any]
+"""Turns a key's raw value into the field's value: ``parse(key name, raw)``; raises ConfigError naming the key."""
+
+
 @dataclass(frozen=True)
 class Key:
-    """One configuration key: name, default (per platform when it differs), meaning."""
+    """One configuration key: name, default (per platform when it differs), meaning, and its checks."""
 
     name: str
     default: Any
     help: str
     scope: Scope = "all"
     secret: bool = False
-    default_text: str | None = None  # how README shows a computed default
+    default_text: str | None = None
+    """How README shows a computed default (markdown)."""
+    choices: tuple[str, ...] = ()
+    """The only values allowed, when the key is an enumeration."""
+    why: str = ""
+    """Why only ``choices`` (said in the error)."""
+    parse: Parse | None = None
 
     def default_for(self, platform: Platform) -> Any:
         """The default on ``platform``."""
@@ -49,314 +72,449 @@ class Key:
 
     @property
     def documented_default(self) -> str:
-        """The default as README writes it."""
+        """The default as README writes it (markdown)."""
         if self.default_text is not None:
             return self.default_text
         if isinstance(self.default, dict) and set(self.default) == {"azure", "local"}:
             return f"{_show(self.default['azure'])} (azure), {_show(self.default['local'])} (local)"
-        return _show(self.default)
+        if self.default == "":
+            return "(empty)"
+        return f"`{_show(self.default)}`"
+
+    def value(self, raw: Any) -> Any:
+        """``raw`` checked against ``choices`` and parsed; a ConfigError names this key."""
+        if self.choices and raw not in self.choices:
+            why = f" ({self.why})" if self.why else ""
+            raise ConfigError(f"{self.name}: expected {_alternatives(self.choices)}{why}, got {raw!r}")
+        return self.parse(self.name, raw) if self.parse is not None else raw
+
+
+def key(
+    name: str,
+    default: Any,
+    help: str,
+    *,
+    secret: bool = False,
+    default_text: str | None = None,
+    choices: tuple[str, ...] = (),
+    why: str = "",
+    parse: Parse | None = None,
+) -> Any:
+    """Declare the configuration key behind one field (its scope is the dataclass it sits in)."""
+    declared = Key(name, default, help, secret=secret, default_text=default_text, choices=choices, why=why, parse=parse)
+    return field(metadata={"key": declared})
 
 
 def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if value == "":
-        return "(empty)"
     if value == [] or value == {}:
         return "[]" if value == [] else "{}"
     return str(value)
 
 
-KEYS: tuple[Key, ...] = (
-    # --- every stack ---------------------------------------------------------------------
-    Key("platform", "azure", "`azure` (AKS and Azure services) or `local` (the cluster of your kubeconfig)."),
-    Key("namePrefix", "mcpgw", "Prefix of resource names: 2 to 8 lowercase letters or digits, starting with a letter."),
-    Key("gatewayImageTag", "0.1.0", "Tag of the gateway image `<registry>/mcp-gateway` that the build script pushed."),
-    Key(
-        "gatewayImage",
-        "",
-        "Full gateway image reference; overrides registry and tag.",
-        default_text="`<registry>/mcp-gateway:<gatewayImageTag>`",
-    ),
-    Key(
-        "gatewayReplicas",
-        {"azure": 2, "local": 1},
-        "Gateway pods. At least 2 on Azure; exactly 1 on local (the SQLite store is not shared between pods).",
-    ),
-    Key("gatewayNamespace", "mcp-gateway", "Namespace of the gateway (and of in-cluster Redis on local)."),
-    Key("adapterNamespace", "adapter", "Namespace of the adapter StatefulSets (MCPGW_KUBE_NAMESPACE)."),
-    Key("gatewayCpuRequest", "250m", "CPU request of a gateway pod."),
-    Key("gatewayMemoryRequest", "256Mi", "Memory request of a gateway pod."),
-    Key("gatewayCpuLimit", "1", "CPU limit of a gateway pod."),
-    Key("gatewayMemoryLimit", "512Mi", "Memory limit of a gateway pod."),
-    Key(
-        "gatewayAwaitReady",
-        False,
-        "Make `pulumi up` wait until the gateway pods are ready. Leave false for the "
-        "first `up` (the images are pushed after the registry exists); turn on once images are published.",
-    ),
-    Key("logLevel", "info", "Gateway log level (MCPGW_LOG_LEVEL): debug, info, warning or error."),
-    Key("maxAdapterReplicas", 10, "Largest replicaCount an adapter may ask for (MCPGW_MAX_REPLICAS)."),
-    Key(
-        "adapterEgressCidrs",
-        ["0.0.0.0/0"],
-        "Where adapter pods may connect besides cluster DNS (a list of CIDRs). Instance metadata, the Azure "
-        "host (168.63.129.16) and link-local addresses are always excluded; so are private ranges (the "
-        "cluster, the VNet, the API server's in-cluster address) unless listed here themselves.",
-        default_text='["0.0.0.0/0"]',
-    ),
-    Key(
-        "upstreamSecretNames",
-        [],
-        "Kubernetes Secrets (in the gateway's namespace, key `value`) that adapters may name in "
-        "`upstreamAuth` type `secret`. The gateway gets `get` on exactly these names, nothing else on secrets.",
-        default_text="[]",
-    ),
-    Key(
-        "gatewayEnv",
-        {},
-        "Extra plain environment variables for the gateway (a map), e.g. MCPGW_SESSION_TTL. "
-        "Secret settings are refused here.",
-    ),
-    Key(
-        "publicUrl",
-        "",
-        "Public origin of the gateway (MCPGW_PUBLIC_URL).",
-        default_text="`https://<hostName or App Gateway FQDN>` (azure), `http://localhost:8000` (local)",
-    ),
-    # --- azure ---------------------------------------------------------------------------
-    Key("location", "westus3", "Azure region of every resource.", "azure"),
-    Key("resourceGroupName", "", "Resource group to create.", "azure", default_text="`<namePrefix>-<stack>`"),
-    Key(
-        "entraClientId",
-        None,
-        "**Required.** Application (client) id of the gateway's Entra ID app registration.",
-        "azure",
-        default_text="(required)",
-    ),
-    Key(
-        "entraTenantId",
-        "",
-        "Entra ID tenant of the app registration.",
-        "azure",
-        default_text="the tenant you are logged in to",
-    ),
-    Key("vnetAddressSpace", "10.10.0.0/16", "Address space of the virtual network.", "azure"),
-    Key("aksSubnetPrefix", "10.10.0.0/22", "Subnet of the AKS nodes (pods use an overlay CIDR).", "azure"),
-    Key("appGatewaySubnetPrefix", "10.10.4.0/24", "Subnet of the Application Gateway.", "azure"),
-    Key("privateEndpointSubnetPrefix", "10.10.5.0/24", "Subnet of private endpoints.", "azure"),
-    Key(
-        "gatewayPrivateIp",
-        "10.10.3.250",
-        "Private IP of the gateway's internal load balancer (in the AKS subnet); the App Gateway's backend.",
-        "azure",
-    ),
-    Key("aksKubernetesVersion", "", "Kubernetes version.", "azure", default_text="the AKS default"),
-    Key("aksVmSize", "Standard_D4ds_v5", "VM size of the system node pool.", "azure"),
-    Key("aksMinNodes", 2, "Smallest node count of the autoscaling system pool.", "azure"),
-    Key("aksMaxNodes", 5, "Largest node count of the autoscaling system pool.", "azure"),
-    Key("aksAdapterVmSize", "Standard_D4ds_v5", "VM size of the adapter node pool (tainted: adapters only).", "azure"),
-    Key("aksAdapterMinNodes", 1, "Smallest node count of the autoscaling adapter pool.", "azure"),
-    Key("aksAdapterMaxNodes", 5, "Largest node count of the autoscaling adapter pool.", "azure"),
-    Key("aksAvailabilityZones", [], 'Availability zones of the node pool, e.g. ["1","2","3"].', "azure"),
-    Key(
-        "aksTier",
-        "Free",
-        "AKS pricing tier: Free, Standard (uptime SLA) or Premium (which comes with the AKSLongTermSupport plan).",
-        "azure",
-    ),
-    Key(
-        "aksNetworkPolicy",
-        "cilium",
-        "NetworkPolicy engine: cilium (Azure CNI powered by Cilium), calico or azure.",
-        "azure",
-    ),
-    Key("aksPodCidr", "192.168.0.0/16", "Overlay CIDR of pod IPs.", "azure"),
-    Key("aksServiceCidr", "172.16.0.0/16", "CIDR of Service IPs.", "azure"),
-    Key("aksDnsServiceIp", "172.16.0.10", "Cluster DNS IP, inside aksServiceCidr.", "azure"),
-    Key(
-        "aksAuthorizedIpRanges",
-        [],
-        "CIDRs allowed to reach the Kubernetes API server; empty allows all. Required when a private endpoint "
-        "is on (cosmosPrivateEndpoint, redisPrivateEndpoint).",
-        "azure",
-    ),
-    Key(
-        "deployerPrincipalType",
-        "User",
-        "What runs `pulumi up`: User, ServicePrincipal (CI) or Group; it gets AKS RBAC Cluster Admin.",
-        "azure",
-    ),
-    Key(
-        "kubeLogin",
-        "azurecli",
-        "How the Kubernetes provider signs in to AKS (kubelogin --login): azurecli, spn (AZURE_CLIENT_ID and "
-        "AZURE_CLIENT_SECRET in the environment), workloadidentity (AZURE_FEDERATED_TOKEN_FILE, e.g. GitHub "
-        "OIDC), msi or azd.",
-        "azure",
-    ),
-    Key("acrSku", "Standard", "Container registry SKU: Basic, Standard or Premium.", "azure"),
-    Key(
-        "cosmosServerless", True, "Serverless Cosmos DB account (else autoscale throughput on the container).", "azure"
-    ),
-    Key(
-        "cosmosAutoscaleMaxThroughput",
-        1000,
-        "Autoscale max RU/s of the adapters container when not serverless.",
-        "azure",
-    ),
-    Key(
-        "cosmosPrivateEndpoint", False, "Reach Cosmos DB only through a private endpoint (public access off).", "azure"
-    ),
-    Key("cosmosZoneRedundant", False, "Zone-redundant Cosmos DB region.", "azure"),
-    Key("cosmosDatabase", "mcpgateway", "Cosmos DB database (MCPGW_COSMOS_DATABASE).", "azure"),
-    Key("cosmosContainer", "adapters", "Cosmos DB container, partition key /id (MCPGW_COSMOS_CONTAINER).", "azure"),
-    Key("redisSku", "Balanced_B0", "Azure Managed Redis SKU.", "azure"),
-    Key("redisHighAvailability", True, "Replicate Azure Managed Redis.", "azure"),
-    Key("redisPrivateEndpoint", False, "Reach Azure Managed Redis only through a private endpoint.", "azure"),
-    Key(
-        "gatewayMaxReplicas",
-        6,
-        "Largest gateway pod count the HorizontalPodAutoscaler may reach (it keeps at least gatewayReplicas).",
-        "azure",
-    ),
-    Key("logRetentionDays", 30, "Log Analytics retention in days.", "azure"),
-    Key("appGatewayMinCapacity", 1, "Smallest App Gateway instance count (autoscale).", "azure"),
-    Key("appGatewayMaxCapacity", 3, "Largest App Gateway instance count (autoscale).", "azure"),
-    Key("appGatewayZones", [], "Availability zones of the App Gateway and its public IP.", "azure"),
-    Key("appGatewayWaf", False, "WAF_v2 SKU with a WAF policy (Microsoft Default Rule Set 2.1).", "azure"),
-    Key("appGatewayWafMode", "Prevention", "WAF mode: Detection or Prevention.", "azure"),
-    Key("backendRequestTimeoutSeconds", 3600, "App Gateway backend request timeout; long, for SSE streams.", "azure"),
-    Key(
-        "dnsLabel",
-        "",
-        "DNS label of the public IP: `<label>.<location>.cloudapp.azure.com`.",
-        "azure",
-        default_text="`<namePrefix>-<stack>-<random suffix>`",
-    ),
-    Key("hostName", "", "Custom host name served by the HTTPS listener (point its DNS at the public IP).", "azure"),
-    Key(
-        "tlsCertificate",
-        "",
-        "Base64 PFX of the HTTPS certificate (`pulumi config set --secret`).",
-        "azure",
-        secret=True,
-    ),
-    Key(
-        "tlsCertificatePassword", "", "Password of tlsCertificate (`pulumi config set --secret`).", "azure", secret=True
-    ),
-    Key(
-        "tlsKeyVaultSecretId", "", "Key Vault secret id of the HTTPS certificate (instead of tlsCertificate).", "azure"
-    ),
-    Key(
-        "tlsKeyVaultId",
-        "",
-        "Resource id of that Key Vault (RBAC mode); the App Gateway identity gets Key Vault Secrets User on it.",
-        "azure",
-    ),
-    # --- local ---------------------------------------------------------------------------
-    Key("kubeContext", "", "kubeconfig context to deploy to.", "local", default_text="the current context"),
-    Key("localRegistry", "localhost:5001", "Registry the build script pushes to and the cluster pulls from.", "local"),
-    Key("localRedisImage", "redis:7.4-alpine", "Image of the in-cluster Redis.", "local"),
-    Key(
-        "localStorage", "pvc", "Volume of the gateway's SQLite data dir: pvc (survives restarts) or emptyDir.", "local"
-    ),
-    Key("localStorageSize", "1Gi", "Size of that PersistentVolumeClaim.", "local"),
-)
-
-KEYS_BY_NAME = {key.name: key for key in KEYS}
+def _alternatives(choices: tuple[str, ...]) -> str:
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and how to fix it."""
+# --- how raw values are checked (each error names the key) ---------------------------------
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|k|M|G)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_PREFIX = re.compile(r"^[a-z][a-z0-9]{1,7}$")
+_REDIS_SKU = re.compile(r"^(Balanced_B|MemoryOptimized_M|ComputeOptimized_X|FlashOptimized_A)[0-9]+$")
+"""Azure Managed Redis SKUs (the Enterprise_* SKUs of pulumi_azure_native.redisenterprise are the older tier)."""
+
+
+def _text(name: str, value: Any) -> str:
+    return str(value)
+
+
+def _int(name: str, value: Any) -> int:
+    return int(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    return bool(value)
+
+
+def _quantity(name: str, value: Any) -> str:
+    if not _QUANTITY.match(str(value)):
+        raise ConfigError(f"{name}: not a Kubernetes quantity: {value!r}")
+    return str(value)
+
+
+def _name_prefix(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _PREFIX.match(value):
+        raise ConfigError(f"{name}: 2 to 8 lowercase letters or digits starting with a letter, got {value!r}")
+    return value
+
+
+def _network(name: str, value: Any) -> str:
+    """A CIDR, kept as written."""
+    try:
+        ipaddress.ip_network(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {value!r} is not a CIDR ({exc})") from None
+    return str(value)
+
+
+def _address(name: str, value: Any) -> str:
+    """An IP address, kept as written."""
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {value!r} is not an IP address ({exc})") from None
+    return str(value)
+
+
+def _cidrs(name: str, values: Any) -> list[str]:
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_network(str(value))))
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {value!r} is not a CIDR ({exc})") from None
+    return out
+
+
+def _secret_names(name: str, values: Any) -> list[str]:
+    """Kubernetes Secret names (DNS subdomains, at most 253 characters), each once."""
+    if not isinstance(values, list):
+        raise ConfigError(f"{name}: a list of Kubernetes Secret names, got {values!r}")
+    out: list[str] = []
+    for value in values:
+        if not isinstance(value, str) or len(value) > 253 or not _SECRET_NAME.match(value):
+            raise ConfigError(f"{name}: {value!r} is not a Kubernetes Secret name (lowercase DNS subdomain)")
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def _zones(name: str, values: Any) -> list[str]:
+    return [str(z) for z in values]
+
+
+def _gateway_env(name: str, value: Any) -> dict[str, str]:
+    extra_env = {str(k): str(val) for k, val in dict(value).items()}
+    for env in extra_env:
+        if not _ENV_NAME.match(env):
+            raise ConfigError(f"{name}: {env!r} is not an environment variable name")
+        if env in SECRET_ENV:
+            raise ConfigError(f"{name}: {env} is a secret setting; it is managed by the program, not config")
+    # The program computes from these (grace period, WAF body limit): they must be numbers.
+    for env in ("MCPGW_DRAIN_DELAY", "MCPGW_DRAIN_TIMEOUT", "MCPGW_MAX_BODY_BYTES"):
+        if env in extra_env:
+            try:
+                number = float(extra_env[env])
+            except ValueError:
+                number = -1.0
+            if number < 0 or (env == "MCPGW_MAX_BODY_BYTES" and not number.is_integer()):
+                raise ConfigError(f"{name}: {env} must be a non-negative number, got {extra_env[env]!r}")
+    return extra_env
+
+
+def _redis_sku(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _REDIS_SKU.match(value):
+        raise ConfigError(
+            f"{name}: an Azure Managed Redis SKU such as Balanced_B0, MemoryOptimized_M10, ComputeOptimized_X3 "
+            f"or FlashOptimized_A250, got {value!r}"
+        )
+    return value
+
+
+def _registry(name: str, value: Any) -> str:
+    return str(value).rstrip("/")
+
+
+AKS_TIERS = ("Free", "Standard", "Premium")
+PRINCIPAL_TYPES = ("User", "ServicePrincipal", "Group")
+KUBELOGIN_MODES = ("azurecli", "spn", "workloadidentity", "msi", "azd")
+SSE_KEEPALIVE_SECONDS = 15
+"""The gateway's keep-alive interval on idle SSE streams it proxies; every idle timeout on the path
+(App Gateway, its public IP, the internal load balancer) must stay well above it."""
+
+
+# --- the keys, one field each ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     """What every platform needs to run the gateway on Kubernetes."""
 
-    image: str
-    image_tag: str
-    replicas: int
-    namespace: str
-    adapter_namespace: str
-    cpu_request: str
-    memory_request: str
-    cpu_limit: str
-    memory_limit: str
-    await_ready: bool
-    log_level: str
-    max_adapter_replicas: int
-    extra_env: Mapping[str, str]
-    public_url: str
-    adapter_egress_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
-    upstream_secret_names: list[str] = field(default_factory=list)
+    image_tag: str = key(
+        "gatewayImageTag",
+        "0.1.0",
+        "Tag of the gateway image `<registry>/mcp-gateway` that the build script pushed.",
+        parse=_text,
+    )
+    image: str = key(
+        "gatewayImage",
+        "",
+        "Full gateway image reference; overrides registry and tag.",
+        default_text="`<registry>/mcp-gateway:<gatewayImageTag>`",
+    )
+    replicas: int = key(
+        "gatewayReplicas",
+        {"azure": 2, "local": 1},
+        "Gateway pods. At least 2 on Azure; exactly 1 on local (the SQLite store is not shared between pods).",
+        parse=_int,
+    )
+    namespace: str = key(
+        "gatewayNamespace", "mcp-gateway", "Namespace of the gateway (and of in-cluster Redis on local)."
+    )
+    adapter_namespace: str = key(
+        "adapterNamespace", "adapter", "Namespace of the adapter StatefulSets (MCPGW_KUBE_NAMESPACE)."
+    )
+    cpu_request: str = key("gatewayCpuRequest", "250m", "CPU request of a gateway pod.", parse=_quantity)
+    memory_request: str = key("gatewayMemoryRequest", "256Mi", "Memory request of a gateway pod.", parse=_quantity)
+    cpu_limit: str = key("gatewayCpuLimit", "1", "CPU limit of a gateway pod.", parse=_quantity)
+    memory_limit: str = key("gatewayMemoryLimit", "512Mi", "Memory limit of a gateway pod.", parse=_quantity)
+    await_ready: bool = key(
+        "gatewayAwaitReady",
+        False,
+        "Make `pulumi up` wait until the gateway pods are ready. Leave false for the "
+        "first `up` (the images are pushed after the registry exists); turn on once images are published.",
+        parse=_flag,
+    )
+    log_level: str = key(
+        "logLevel",
+        "info",
+        "Gateway log level (MCPGW_LOG_LEVEL): debug, info, warning or error.",
+        choices=("debug", "info", "warning", "error"),
+    )
+    max_adapter_replicas: int = key(
+        "maxAdapterReplicas", 10, "Largest replicaCount an adapter may ask for (MCPGW_MAX_REPLICAS).", parse=_int
+    )
+    adapter_egress_cidrs: list[str] = key(
+        "adapterEgressCidrs",
+        ["0.0.0.0/0"],
+        "Where adapter pods may connect besides cluster DNS (a list of CIDRs). Instance metadata, the Azure "
+        "host (168.63.129.16) and link-local addresses are always excluded; so are private ranges (the "
+        "cluster, the VNet, the API server's in-cluster address) unless listed here themselves.",
+        default_text='`["0.0.0.0/0"]`',
+        parse=_cidrs,
+    )
+    upstream_secret_names: list[str] = key(
+        "upstreamSecretNames",
+        [],
+        "Kubernetes Secrets (in the gateway's namespace, key `value`) that adapters may name in "
+        "`upstreamAuth` type `secret`. The gateway gets `get` on exactly these names, nothing else on secrets.",
+        parse=_secret_names,
+    )
+    extra_env: Mapping[str, str] = key(
+        "gatewayEnv",
+        {},
+        "Extra plain environment variables for the gateway (a map), e.g. MCPGW_SESSION_TTL. "
+        "Secret settings are refused here.",
+        parse=_gateway_env,
+    )
+    public_url: str = key(
+        "publicUrl",
+        "",
+        "Public origin of the gateway (MCPGW_PUBLIC_URL).",
+        default_text="`https://<hostName or App Gateway FQDN>` (azure), `http://localhost:8000` (local)",
+    )
 
 
 @dataclass(frozen=True)
 class AzureConfig:
     """Azure resources of the dev and prod stacks."""
 
-    location: str
-    resource_group_name: str
-    entra_client_id: str
-    entra_tenant_id: str
-    vnet_address_space: str
-    aks_subnet_prefix: str
-    app_gateway_subnet_prefix: str
-    private_endpoint_subnet_prefix: str
-    gateway_private_ip: str
-    aks_kubernetes_version: str
-    aks_vm_size: str
-    aks_min_nodes: int
-    aks_max_nodes: int
-    aks_adapter_vm_size: str
-    aks_adapter_min_nodes: int
-    aks_adapter_max_nodes: int
-    aks_availability_zones: list[str]
-    aks_tier: str
-    aks_network_policy: str
-    aks_pod_cidr: str
-    aks_service_cidr: str
-    aks_dns_service_ip: str
-    aks_authorized_ip_ranges: list[str]
-    deployer_principal_type: str
-    kube_login: str
-    acr_sku: str
-    cosmos_serverless: bool
-    cosmos_autoscale_max_throughput: int
-    cosmos_private_endpoint: bool
-    cosmos_zone_redundant: bool
-    cosmos_database: str
-    cosmos_container: str
-    redis_sku: str
-    redis_high_availability: bool
-    redis_private_endpoint: bool
-    gateway_max_replicas: int
-    log_retention_days: int
-    app_gateway_min_capacity: int
-    app_gateway_max_capacity: int
-    app_gateway_zones: list[str]
-    app_gateway_waf: bool
-    app_gateway_waf_mode: str
-    backend_request_timeout_seconds: int
-    dns_label: str
-    host_name: str
-    tls_certificate: pulumi.Output[str] | None
-    tls_certificate_password: pulumi.Output[str] | None
-    tls_key_vault_secret_id: str
-    tls_key_vault_id: str
+    location: str = key("location", "westus3", "Azure region of every resource.")
+    resource_group_name: str = key(
+        "resourceGroupName", "", "Resource group to create.", default_text="`<namePrefix>-<stack>`"
+    )
+    entra_client_id: str = key(
+        "entraClientId",
+        None,
+        "**Required.** Application (client) id of the gateway's Entra ID app registration.",
+        default_text="(required)",
+    )
+    entra_tenant_id: str = key(
+        "entraTenantId",
+        "",
+        "Entra ID tenant of the app registration.",
+        default_text="the tenant you are logged in to",
+    )
+    vnet_address_space: str = key(
+        "vnetAddressSpace", "10.10.0.0/16", "Address space of the virtual network.", parse=_network
+    )
+    aks_subnet_prefix: str = key(
+        "aksSubnetPrefix", "10.10.0.0/22", "Subnet of the AKS nodes (pods use an overlay CIDR).", parse=_network
+    )
+    app_gateway_subnet_prefix: str = key(
+        "appGatewaySubnetPrefix", "10.10.4.0/24", "Subnet of the Application Gateway.", parse=_network
+    )
+    private_endpoint_subnet_prefix: str = key(
+        "privateEndpointSubnetPrefix", "10.10.5.0/24", "Subnet of private endpoints.", parse=_network
+    )
+    gateway_private_ip: str = key(
+        "gatewayPrivateIp",
+        "10.10.3.250",
+        "Private IP of the gateway's internal load balancer (in the AKS subnet); the App Gateway's backend.",
+        parse=_address,
+    )
+    aks_kubernetes_version: str = key("aksKubernetesVersion", "", "Kubernetes version.", default_text="the AKS default")
+    aks_vm_size: str = key("aksVmSize", "Standard_D4ds_v5", "VM size of the system node pool.")
+    aks_min_nodes: int = key("aksMinNodes", 2, "Smallest node count of the autoscaling system pool.", parse=_int)
+    aks_max_nodes: int = key("aksMaxNodes", 5, "Largest node count of the autoscaling system pool.", parse=_int)
+    aks_adapter_vm_size: str = key(
+        "aksAdapterVmSize", "Standard_D4ds_v5", "VM size of the adapter node pool (tainted: adapters only)."
+    )
+    aks_adapter_min_nodes: int = key(
+        "aksAdapterMinNodes", 1, "Smallest node count of the autoscaling adapter pool.", parse=_int
+    )
+    aks_adapter_max_nodes: int = key(
+        "aksAdapterMaxNodes", 5, "Largest node count of the autoscaling adapter pool.", parse=_int
+    )
+    aks_availability_zones: list[str] = key(
+        "aksAvailabilityZones", [], 'Availability zones of the node pool, e.g. ["1","2","3"].', parse=_zones
+    )
+    aks_tier: str = key(
+        "aksTier",
+        "Free",
+        "AKS pricing tier: Free, Standard (uptime SLA) or Premium (which comes with the AKSLongTermSupport plan).",
+        choices=AKS_TIERS,
+    )
+    aks_network_policy: str = key(
+        "aksNetworkPolicy",
+        "cilium",
+        "NetworkPolicy engine: cilium (Azure CNI powered by Cilium), calico or azure.",
+        choices=("cilium", "calico", "azure"),
+        why="NetworkPolicies must be enforced",
+    )
+    aks_pod_cidr: str = key("aksPodCidr", "192.168.0.0/16", "Overlay CIDR of pod IPs.", parse=_network)
+    aks_service_cidr: str = key("aksServiceCidr", "172.16.0.0/16", "CIDR of Service IPs.", parse=_network)
+    aks_dns_service_ip: str = key(
+        "aksDnsServiceIp", "172.16.0.10", "Cluster DNS IP, inside aksServiceCidr.", parse=_address
+    )
+    aks_authorized_ip_ranges: list[str] = key(
+        "aksAuthorizedIpRanges",
+        [],
+        "CIDRs allowed to reach the Kubernetes API server; empty allows all. Required when a private endpoint "
+        "is on (cosmosPrivateEndpoint, redisPrivateEndpoint).",
+        parse=_cidrs,
+    )
+    deployer_principal_type: str = key(
+        "deployerPrincipalType",
+        "User",
+        "What runs `pulumi up`: User, ServicePrincipal (CI) or Group; it gets AKS RBAC Cluster Admin.",
+        choices=PRINCIPAL_TYPES,
+        why="ServicePrincipal for CI",
+    )
+    kube_login: str = key(
+        "kubeLogin",
+        "azurecli",
+        "How the Kubernetes provider signs in to AKS (kubelogin --login): azurecli, spn (AZURE_CLIENT_ID and "
+        "AZURE_CLIENT_SECRET in the environment), workloadidentity (AZURE_FEDERATED_TOKEN_FILE, e.g. GitHub "
+        "OIDC), msi or azd.",
+        choices=KUBELOGIN_MODES,
+    )
+    acr_sku: str = key(
+        "acrSku",
+        "Standard",
+        "Container registry SKU: Basic, Standard or Premium.",
+        choices=("Basic", "Standard", "Premium"),
+    )
+    cosmos_serverless: bool = key(
+        "cosmosServerless",
+        True,
+        "Serverless Cosmos DB account (else autoscale throughput on the container).",
+        parse=_flag,
+    )
+    cosmos_autoscale_max_throughput: int = key(
+        "cosmosAutoscaleMaxThroughput",
+        1000,
+        "Autoscale max RU/s of the adapters container when not serverless.",
+        parse=_int,
+    )
+    cosmos_private_endpoint: bool = key(
+        "cosmosPrivateEndpoint",
+        False,
+        "Reach Cosmos DB only through a private endpoint (public access off).",
+        parse=_flag,
+    )
+    cosmos_zone_redundant: bool = key("cosmosZoneRedundant", False, "Zone-redundant Cosmos DB region.", parse=_flag)
+    cosmos_database: str = key("cosmosDatabase", "mcpgateway", "Cosmos DB database (MCPGW_COSMOS_DATABASE).")
+    cosmos_container: str = key(
+        "cosmosContainer", "adapters", "Cosmos DB container, partition key /id (MCPGW_COSMOS_CONTAINER)."
+    )
+    redis_sku: str = key("redisSku", "Balanced_B0", "Azure Managed Redis SKU.", parse=_redis_sku)
+    redis_high_availability: bool = key("redisHighAvailability", True, "Replicate Azure Managed Redis.", parse=_flag)
+    redis_private_endpoint: bool = key(
+        "redisPrivateEndpoint", False, "Reach Azure Managed Redis only through a private endpoint.", parse=_flag
+    )
+    gateway_max_replicas: int = key(
+        "gatewayMaxReplicas",
+        6,
+        "Largest gateway pod count the HorizontalPodAutoscaler may reach (it keeps at least gatewayReplicas).",
+        parse=_int,
+    )
+    log_retention_days: int = key("logRetentionDays", 30, "Log Analytics retention in days.", parse=_int)
+    app_gateway_min_capacity: int = key(
+        "appGatewayMinCapacity", 1, "Smallest App Gateway instance count (autoscale).", parse=_int
+    )
+    app_gateway_max_capacity: int = key(
+        "appGatewayMaxCapacity", 3, "Largest App Gateway instance count (autoscale).", parse=_int
+    )
+    app_gateway_zones: list[str] = key(
+        "appGatewayZones", [], "Availability zones of the App Gateway and its public IP.", parse=_zones
+    )
+    app_gateway_waf: bool = key(
+        "appGatewayWaf", False, "WAF_v2 SKU with a WAF policy (Microsoft Default Rule Set 2.1).", parse=_flag
+    )
+    app_gateway_waf_mode: str = key(
+        "appGatewayWafMode", "Prevention", "WAF mode: Detection or Prevention.", choices=("Detection", "Prevention")
+    )
+    backend_request_timeout_seconds: int = key(
+        "backendRequestTimeoutSeconds", 3600, "App Gateway backend request timeout; long, for SSE streams.", parse=_int
+    )
+    dns_label: str = key(
+        "dnsLabel",
+        "",
+        "DNS label of the public IP: `<label>.<location>.cloudapp.azure.com`.",
+        default_text="`<namePrefix>-<stack>-<random suffix>`",
+    )
+    host_name: str = key(
+        "hostName", "", "Custom host name served by the HTTPS listener (point its DNS at the public IP)."
+    )
+    tls_certificate: pulumi.Output[str] | None = key(
+        "tlsCertificate", "", "Base64 PFX of the HTTPS certificate (`pulumi config set --secret`).", secret=True
+    )
+    tls_certificate_password: pulumi.Output[str] | None = key(
+        "tlsCertificatePassword", "", "Password of tlsCertificate (`pulumi config set --secret`).", secret=True
+    )
+    tls_key_vault_secret_id: str = key(
+        "tlsKeyVaultSecretId", "", "Key Vault secret id of the HTTPS certificate (instead of tlsCertificate)."
+    )
+    tls_key_vault_id: str = key(
+        "tlsKeyVaultId",
+        "",
+        "Resource id of that Key Vault (RBAC mode); the App Gateway identity gets Key Vault Secrets User on it.",
+    )
 
 
 @dataclass(frozen=True)
 class LocalConfig:
     """The local stack: an existing cluster from the kubeconfig."""
 
-    kube_context: str
-    registry: str
-    redis_image: str
-    storage: str
-    storage_size: str
+    kube_context: str = key("kubeContext", "", "kubeconfig context to deploy to.", default_text="the current context")
+    registry: str = key(
+        "localRegistry",
+        "localhost:5001",
+        "Registry the build script pushes to and the cluster pulls from.",
+        parse=_registry,
+    )
+    redis_image: str = key("localRedisImage", "redis:7.4-alpine", "Image of the in-cluster Redis.")
+    storage: str = key(
+        "localStorage",
+        "pvc",
+        "Volume of the gateway's SQLite data dir: pvc (survives restarts) or emptyDir.",
+        choices=("pvc", "emptyDir"),
+    )
+    storage_size: str = key("localStorageSize", "1Gi", "Size of that PersistentVolumeClaim.")
 
 
 @dataclass(frozen=True)
@@ -364,12 +522,60 @@ class StackConfig:
     """The whole stack configuration, validated."""
 
     stack: str
-    platform: Platform
-    name_prefix: str
+    platform: Platform = key(
+        "platform",
+        "azure",
+        "`azure` (AKS and Azure services) or `local` (the cluster of your kubeconfig).",
+        choices=("azure", "local"),
+    )
+    name_prefix: str = key(
+        "namePrefix",
+        "mcpgw",
+        "Prefix of resource names: 2 to 8 lowercase letters or digits, starting with a letter.",
+        parse=_name_prefix,
+    )
     gateway: GatewayConfig
     azure: AzureConfig | None = None
     local: LocalConfig | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """Every key's value as read (after defaults), by key name."""
+
+
+def _declared(cls: type, scope: Scope) -> tuple[tuple[str, Key], ...]:
+    """(field name, key) of every field of ``cls`` that is a configuration key."""
+    return tuple(
+        (f.name, dataclasses.replace(f.metadata["key"], scope=scope))
+        for f in dataclasses.fields(cls)
+        if "key" in f.metadata
+    )
+
+
+_SECTIONS: dict[type, tuple[tuple[str, Key], ...]] = {
+    StackConfig: _declared(StackConfig, "all"),
+    GatewayConfig: _declared(GatewayConfig, "all"),
+    AzureConfig: _declared(AzureConfig, "azure"),
+    LocalConfig: _declared(LocalConfig, "local"),
+}
+
+KEYS: tuple[Key, ...] = tuple(k for section in _SECTIONS.values() for _, k in section)
+"""Every key, in README order: every stack, then Azure, then local."""
+
+KEYS_BY_NAME = {k.name: k for k in KEYS}
+
+_Section = TypeVar("_Section")
+
+
+def _section(cls: type[_Section], values: Mapping[str, Any]) -> _Section:
+    """``cls`` with each key field checked and parsed from ``values`` (keyed by key name)."""
+    fields = {name: k.value(values[k.name]) for name, k in _SECTIONS[cls]}
+    return cls(**fields)
+
+
+def readme_table(scope: Scope) -> str:
+    """The markdown table of ``scope``'s keys that infra/README.md embeds."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{k.name}` | {k.documented_default} | {k.help} |" for k in KEYS if k.scope == scope]
+    return "\n".join(rows) + "\n"
 
 
 def _read(config: pulumi.Config, key: Key, platform: Platform) -> Any:
@@ -389,89 +595,37 @@ def _read(config: pulumi.Config, key: Key, platform: Platform) -> Any:
     return default if value is None else value
 
 
-_PREFIX = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 MAX_STACK_NAME = 16
 _STACK = re.compile(rf"^[a-z](?:[a-z0-9-]{{0,{MAX_STACK_NAME - 2}}}[a-z0-9])?$")
-AKS_TIERS = ("Free", "Standard", "Premium")
-PRINCIPAL_TYPES = ("User", "ServicePrincipal", "Group")
-KUBELOGIN_MODES = ("azurecli", "spn", "workloadidentity", "msi", "azd")
-SSE_KEEPALIVE_SECONDS = 15
-"""The gateway's keep-alive interval on idle SSE streams it proxies; every idle timeout on the path
-(App Gateway, its public IP, the internal load balancer) must stay well above it."""
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|k|M|G)?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def load_config(config: pulumi.Config | None = None, stack: str | None = None) -> StackConfig:
     """Read and check every key of the current stack (``pulumi.Config()`` of the project)."""
     config = config or pulumi.Config()
     stack = stack or pulumi.get_stack()
-    chosen = config.get("platform") or "azure"
-    if chosen not in ("azure", "local"):
-        raise ConfigError(f"platform: expected azure or local, got {chosen!r}")
-    platform: Platform = "azure" if chosen == "azure" else "local"
-    values = {key.name: _read(config, key, platform) for key in KEYS if key.scope in ("all", platform)}
-    if platform == "azure":
-        entra = config.get("entraClientId")
-        if not entra:
-            raise ConfigError(
-                "entraClientId is required on Azure stacks: the application (client) id of the gateway's app "
-                f"registration; set it with `pulumi config set entraClientId <id> -s {stack}` (docs/deploy-azure.md)"
-            )
-        values["entraClientId"] = entra
+    platform_key = KEYS_BY_NAME["platform"]
+    platform: Platform = platform_key.value(_read(config, platform_key, "azure") or "azure")
+    values = {k.name: _read(config, k, platform) for k in KEYS if k.scope in ("all", platform)}
+    if platform == "azure" and not values["entraClientId"]:
+        raise ConfigError(
+            "entraClientId is required on Azure stacks: the application (client) id of the gateway's app "
+            f"registration; set it with `pulumi config set entraClientId <id> -s {stack}` (docs/deploy-azure.md)"
+        )
     return _build(stack, platform, values)
 
 
 def _build(stack: str, platform: Platform, v: Mapping[str, Any]) -> StackConfig:
-    prefix = v["namePrefix"]
-    if not _PREFIX.match(prefix):
-        raise ConfigError(f"namePrefix: 2 to 8 lowercase letters or digits starting with a letter, got {prefix!r}")
-    replicas = int(v["gatewayReplicas"])
-    if platform == "azure" and replicas < 2:
-        raise ConfigError(f"gatewayReplicas: at least 2 on Azure (one per zone/node for availability), got {replicas}")
-    if platform == "local" and replicas != 1:
+    prefix = KEYS_BY_NAME["namePrefix"].value(v["namePrefix"])
+    gateway = _section(GatewayConfig, v)
+    if platform == "azure" and gateway.replicas < 2:
+        raise ConfigError(
+            f"gatewayReplicas: at least 2 on Azure (one per zone/node for availability), got {gateway.replicas}"
+        )
+    if platform == "local" and gateway.replicas != 1:
         raise ConfigError(
             f"gatewayReplicas: exactly 1 on the local stack, whose SQLite store is not shared between pods; "
-            f"got {replicas}"
+            f"got {gateway.replicas}"
         )
-    for name in ("gatewayCpuRequest", "gatewayMemoryRequest", "gatewayCpuLimit", "gatewayMemoryLimit"):
-        if not _QUANTITY.match(str(v[name])):
-            raise ConfigError(f"{name}: not a Kubernetes quantity: {v[name]!r}")
-    extra_env = {str(k): str(val) for k, val in dict(v["gatewayEnv"]).items()}
-    for name in extra_env:
-        if not _ENV_NAME.match(name):
-            raise ConfigError(f"gatewayEnv: {name!r} is not an environment variable name")
-        if name in SECRET_ENV:
-            raise ConfigError(f"gatewayEnv: {name} is a secret setting; it is managed by the program, not config")
-    # The program computes from these (grace period, WAF body limit): they must be numbers.
-    for name in ("MCPGW_DRAIN_DELAY", "MCPGW_DRAIN_TIMEOUT", "MCPGW_MAX_BODY_BYTES"):
-        if name in extra_env:
-            try:
-                number = float(extra_env[name])
-            except ValueError:
-                number = -1.0
-            if number < 0 or (name == "MCPGW_MAX_BODY_BYTES" and not number.is_integer()):
-                raise ConfigError(f"gatewayEnv: {name} must be a non-negative number, got {extra_env[name]!r}")
-    if v["logLevel"] not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"logLevel: expected debug, info, warning or error, got {v['logLevel']!r}")
-    gateway = GatewayConfig(
-        image=v["gatewayImage"],
-        image_tag=str(v["gatewayImageTag"]),
-        replicas=replicas,
-        namespace=v["gatewayNamespace"],
-        adapter_namespace=v["adapterNamespace"],
-        cpu_request=str(v["gatewayCpuRequest"]),
-        memory_request=str(v["gatewayMemoryRequest"]),
-        cpu_limit=str(v["gatewayCpuLimit"]),
-        memory_limit=str(v["gatewayMemoryLimit"]),
-        await_ready=bool(v["gatewayAwaitReady"]),
-        log_level=v["logLevel"],
-        max_adapter_replicas=int(v["maxAdapterReplicas"]),
-        extra_env=extra_env,
-        public_url=v["publicUrl"],
-        adapter_egress_cidrs=_cidrs("adapterEgressCidrs", v["adapterEgressCidrs"]),
-        upstream_secret_names=_secret_names("upstreamSecretNames", v["upstreamSecretNames"]),
-    )
     image = gateway.image or f"<registry>/mcp-gateway:{gateway.image_tag}"
     if "@sha256:" not in image and (image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]):
         raise ConfigError(
@@ -481,43 +635,9 @@ def _build(stack: str, platform: Platform, v: Mapping[str, Any]) -> StackConfig:
     if gateway.namespace == gateway.adapter_namespace:
         raise ConfigError("gatewayNamespace and adapterNamespace must differ (adapters run untrusted images)")
     if platform == "local":
-        if v["localStorage"] not in ("pvc", "emptyDir"):
-            raise ConfigError(f"localStorage: expected pvc or emptyDir, got {v['localStorage']!r}")
-        local = LocalConfig(
-            kube_context=v["kubeContext"],
-            registry=v["localRegistry"].rstrip("/"),
-            redis_image=v["localRedisImage"],
-            storage=v["localStorage"],
-            storage_size=v["localStorageSize"],
-        )
+        local = _section(LocalConfig, v)
         return StackConfig(stack, platform, prefix, gateway, local=local, raw=v)
     return StackConfig(stack, platform, prefix, gateway, azure=_azure(stack, prefix, v), raw=v)
-
-
-_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-def _secret_names(name: str, values: Any) -> list[str]:
-    """Kubernetes Secret names (DNS subdomains, at most 253 characters), each once."""
-    if not isinstance(values, list):
-        raise ConfigError(f"{name}: a list of Kubernetes Secret names, got {values!r}")
-    out: list[str] = []
-    for value in values:
-        if not isinstance(value, str) or len(value) > 253 or not _SECRET_NAME.match(value):
-            raise ConfigError(f"{name}: {value!r} is not a Kubernetes Secret name (lowercase DNS subdomain)")
-        if value not in out:
-            out.append(value)
-    return out
-
-
-def _cidrs(name: str, values: Any) -> list[str]:
-    out = []
-    for value in values:
-        try:
-            out.append(str(ipaddress.ip_network(str(value))))
-        except ValueError as exc:
-            raise ConfigError(f"{name}: {value!r} is not a CIDR ({exc})") from None
-    return out
 
 
 def check_stack_name(stack: str) -> None:
@@ -532,11 +652,16 @@ def check_stack_name(stack: str) -> None:
 
 
 def _azure(stack: str, prefix: str, v: Mapping[str, Any]) -> AzureConfig:
+    """The Azure section, and the checks that span several of its keys."""
     check_stack_name(stack)
-    net = ipaddress.ip_network(v["vnetAddressSpace"])
+    az = _section(AzureConfig, v)
+    if not az.resource_group_name:
+        az = dataclasses.replace(az, resource_group_name=f"{prefix}-{stack}")
+    net = ipaddress.ip_network(az.vnet_address_space)
     subnets = {
-        name: ipaddress.ip_network(v[name])
-        for name in ("aksSubnetPrefix", "appGatewaySubnetPrefix", "privateEndpointSubnetPrefix")
+        "aksSubnetPrefix": ipaddress.ip_network(az.aks_subnet_prefix),
+        "appGatewaySubnetPrefix": ipaddress.ip_network(az.app_gateway_subnet_prefix),
+        "privateEndpointSubnetPrefix": ipaddress.ip_network(az.private_endpoint_subnet_prefix),
     }
     for name, subnet in subnets.items():
         if not subnet.subnet_of(net):  # type: ignore[arg-type]
@@ -546,106 +671,40 @@ def _azure(stack: str, prefix: str, v: Mapping[str, Any]) -> AzureConfig:
         for b in names[i + 1 :]:
             if subnets[a].overlaps(subnets[b]):
                 raise ConfigError(f"{a} and {b} overlap")
-    if ipaddress.ip_address(v["gatewayPrivateIp"]) not in subnets["aksSubnetPrefix"]:
-        raise ConfigError(f"gatewayPrivateIp: {v['gatewayPrivateIp']} is not inside aksSubnetPrefix")
-    for name in ("aksPodCidr", "aksServiceCidr"):
-        if ipaddress.ip_network(v[name]).overlaps(net):
-            raise ConfigError(f"{name}: {v[name]} overlaps vnetAddressSpace {net}")
-    if ipaddress.ip_address(v["aksDnsServiceIp"]) not in ipaddress.ip_network(v["aksServiceCidr"]):
+    if ipaddress.ip_address(az.gateway_private_ip) not in subnets["aksSubnetPrefix"]:
+        raise ConfigError(f"gatewayPrivateIp: {az.gateway_private_ip} is not inside aksSubnetPrefix")
+    for name, cidr in (("aksPodCidr", az.aks_pod_cidr), ("aksServiceCidr", az.aks_service_cidr)):
+        if ipaddress.ip_network(cidr).overlaps(net):
+            raise ConfigError(f"{name}: {cidr} overlaps vnetAddressSpace {net}")
+    if ipaddress.ip_address(az.aks_dns_service_ip) not in ipaddress.ip_network(az.aks_service_cidr):
         raise ConfigError("aksDnsServiceIp must be inside aksServiceCidr")
-    if v["aksNetworkPolicy"] not in ("cilium", "calico", "azure"):
-        raise ConfigError(
-            f"aksNetworkPolicy: expected cilium, calico or azure (NetworkPolicies must be enforced), "
-            f"got {v['aksNetworkPolicy']!r}"
-        )
-    if not 1 <= v["aksMinNodes"] <= v["aksMaxNodes"]:
+    if not 1 <= az.aks_min_nodes <= az.aks_max_nodes:
         raise ConfigError("aksMinNodes must be at least 1 and at most aksMaxNodes")
-    if not 0 <= v["aksAdapterMinNodes"] <= v["aksAdapterMaxNodes"] or v["aksAdapterMaxNodes"] < 1:
+    if not 0 <= az.aks_adapter_min_nodes <= az.aks_adapter_max_nodes or az.aks_adapter_max_nodes < 1:
         raise ConfigError("aksAdapterMinNodes must be at least 0 and at most aksAdapterMaxNodes (at least 1)")
-    if v["aksTier"] not in AKS_TIERS:
-        raise ConfigError(f"aksTier: expected one of {', '.join(AKS_TIERS)}, got {v['aksTier']!r}")
-    if v["deployerPrincipalType"] not in PRINCIPAL_TYPES:
-        raise ConfigError(
-            f"deployerPrincipalType: expected one of {', '.join(PRINCIPAL_TYPES)} (ServicePrincipal for CI), "
-            f"got {v['deployerPrincipalType']!r}"
-        )
-    if v["kubeLogin"] not in KUBELOGIN_MODES:
-        raise ConfigError(f"kubeLogin: expected one of {', '.join(KUBELOGIN_MODES)}, got {v['kubeLogin']!r}")
-    if (v["cosmosPrivateEndpoint"] or v["redisPrivateEndpoint"]) and not v["aksAuthorizedIpRanges"]:
+    if (az.cosmos_private_endpoint or az.redis_private_endpoint) and not az.aks_authorized_ip_ranges:
         raise ConfigError(
             "aksAuthorizedIpRanges: required when Cosmos DB or Redis sit behind a private endpoint, or the "
             "Kubernetes API server (which holds the keys to both) stays open to the internet; set it with "
             f"`pulumi config set --path 'aksAuthorizedIpRanges[0]' <your CIDR> -s {stack}`"
         )
-    if v["gatewayMaxReplicas"] < v["gatewayReplicas"]:
+    if az.gateway_max_replicas < int(v["gatewayReplicas"]):
         raise ConfigError("gatewayMaxReplicas must be at least gatewayReplicas (the autoscaler's floor)")
-    if not 1 <= v["appGatewayMinCapacity"] <= v["appGatewayMaxCapacity"]:
+    if not 1 <= az.app_gateway_min_capacity <= az.app_gateway_max_capacity:
         raise ConfigError("appGatewayMinCapacity must be at least 1 and at most appGatewayMaxCapacity")
-    if v["appGatewayWafMode"] not in ("Detection", "Prevention"):
-        raise ConfigError(f"appGatewayWafMode: expected Detection or Prevention, got {v['appGatewayWafMode']!r}")
-    if not 4 * SSE_KEEPALIVE_SECONDS <= v["backendRequestTimeoutSeconds"] <= 86400:
+    if not 4 * SSE_KEEPALIVE_SECONDS <= az.backend_request_timeout_seconds <= 86400:
         raise ConfigError(
             f"backendRequestTimeoutSeconds must be between {4 * SSE_KEEPALIVE_SECONDS} (well above the gateway's "
             f"{SSE_KEEPALIVE_SECONDS} s SSE keep-alive) and 86400"
         )
-    has_pfx = v["tlsCertificate"] is not None
-    has_kv = bool(v["tlsKeyVaultSecretId"])
+    has_pfx = az.tls_certificate is not None
+    has_kv = bool(az.tls_key_vault_secret_id)
     if has_pfx == has_kv:
         raise ConfigError(
             "the HTTPS listener needs exactly one certificate source: tlsCertificate (+ tlsCertificatePassword), "
             f"set with `pulumi config set --secret tlsCertificate ... -s {stack}`, or tlsKeyVaultSecretId "
             "(+ tlsKeyVaultId); see docs/deploy-azure.md"
         )
-    if has_kv and not v["tlsKeyVaultId"]:
+    if has_kv and not az.tls_key_vault_id:
         raise ConfigError("tlsKeyVaultId is required with tlsKeyVaultSecretId (the App Gateway needs read access)")
-    return AzureConfig(
-        location=v["location"],
-        resource_group_name=v["resourceGroupName"] or f"{prefix}-{stack}",
-        entra_client_id=v["entraClientId"],
-        entra_tenant_id=v["entraTenantId"],
-        vnet_address_space=v["vnetAddressSpace"],
-        aks_subnet_prefix=v["aksSubnetPrefix"],
-        app_gateway_subnet_prefix=v["appGatewaySubnetPrefix"],
-        private_endpoint_subnet_prefix=v["privateEndpointSubnetPrefix"],
-        gateway_private_ip=v["gatewayPrivateIp"],
-        aks_kubernetes_version=v["aksKubernetesVersion"],
-        aks_vm_size=v["aksVmSize"],
-        aks_min_nodes=int(v["aksMinNodes"]),
-        aks_max_nodes=int(v["aksMaxNodes"]),
-        aks_adapter_vm_size=v["aksAdapterVmSize"],
-        aks_adapter_min_nodes=int(v["aksAdapterMinNodes"]),
-        aks_adapter_max_nodes=int(v["aksAdapterMaxNodes"]),
-        aks_availability_zones=[str(z) for z in v["aksAvailabilityZones"]],
-        aks_tier=v["aksTier"],
-        aks_network_policy=v["aksNetworkPolicy"],
-        aks_pod_cidr=v["aksPodCidr"],
-        aks_service_cidr=v["aksServiceCidr"],
-        aks_dns_service_ip=v["aksDnsServiceIp"],
-        aks_authorized_ip_ranges=_cidrs("aksAuthorizedIpRanges", v["aksAuthorizedIpRanges"]),
-        deployer_principal_type=v["deployerPrincipalType"],
-        kube_login=v["kubeLogin"],
-        acr_sku=v["acrSku"],
-        cosmos_serverless=bool(v["cosmosServerless"]),
-        cosmos_autoscale_max_throughput=int(v["cosmosAutoscaleMaxThroughput"]),
-        cosmos_private_endpoint=bool(v["cosmosPrivateEndpoint"]),
-        cosmos_zone_redundant=bool(v["cosmosZoneRedundant"]),
-        cosmos_database=v["cosmosDatabase"],
-        cosmos_container=v["cosmosContainer"],
-        redis_sku=v["redisSku"],
-        redis_high_availability=bool(v["redisHighAvailability"]),
-        redis_private_endpoint=bool(v["redisPrivateEndpoint"]),
-        gateway_max_replicas=int(v["gatewayMaxReplicas"]),
-        log_retention_days=int(v["logRetentionDays"]),
-        app_gateway_min_capacity=int(v["appGatewayMinCapacity"]),
-        app_gateway_max_capacity=int(v["appGatewayMaxCapacity"]),
-        app_gateway_zones=[str(z) for z in v["appGatewayZones"]],
-        app_gateway_waf=bool(v["appGatewayWaf"]),
-        app_gateway_waf_mode=v["appGatewayWafMode"],
-        backend_request_timeout_seconds=int(v["backendRequestTimeoutSeconds"]),
-        dns_label=v["dnsLabel"],
-        host_name=v["hostName"],
-        tls_certificate=v["tlsCertificate"],
-        tls_certificate_password=v["tlsCertificatePassword"],
-        tls_key_vault_secret_id=v["tlsKeyVaultSecretId"],
-        tls_key_vault_id=v["tlsKeyVaultId"],
-    )
+    return az

@@ -73,7 +73,6 @@ META = {
     "io.modelcontextprotocol/clientInfo": {"name": "soak", "version": "1"},
 }
 CLIENT = {"name": "soak", "version": "1"}
-ECHO = {"text": "soak"}
 IDLE_STREAMS = 50
 SAMPLE_EVERY = 3.0
 RECOVERY_TIMEOUT = 90.0

@@ -261,7 +261,7 @@ def test_launch_runs_no_python_between_fork_and_exec(monkeypatch: pytest.MonkeyP
     import os
     import subprocess
 
-    from gateway.runtime import _local_process
+    from gateway import child_process
     from gateway.runtime._local_isolation import detect
 
     marker = tmp_path / "hook-ran"
@@ -271,8 +271,8 @@ def test_launch_runs_no_python_between_fork_and_exec(monkeypatch: pytest.MonkeyP
             marker.touch()
 
     os.register_at_fork(after_in_child=hook)
-    for setpriv in (_local_process.SETPRIV, None):
-        monkeypatch.setattr(_local_process, "SETPRIV", setpriv)
+    for setpriv in (child_process.SETPRIV, None):
+        monkeypatch.setattr(child_process, "SETPRIV", setpriv)
         isolation, _ = detect(data_dir=tmp_path / "data", replica_user="", sandbox="off", setpriv=setpriv)
         start = isolation.launch([sys.executable, "-c", "pass"], cwd=str(tmp_path), replica="r-0")
         if setpriv is None:

@@ -176,7 +176,6 @@ class JwtAuthenticator:
         self._clock = clock
         self._cache = _KeyCache()
         self._lock = asyncio.Lock()
-        self.jwks_fetches = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JwtAuthenticator:
@@ -302,8 +301,6 @@ class JwtAuthenticator:
     async def _get_json(self, url: str, what: str) -> dict[str, Any]:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=False)
-        if what == "JWKS":
-            self.jwks_fetches += 1
         try:
             response = await self._client.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:

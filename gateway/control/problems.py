@@ -6,26 +6,15 @@ import logging
 import re
 from typing import Any
 
-import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 
 from gateway.errors import GatewayError, Unauthenticated
-from gateway.models import Problem
+from gateway.problems import problem_response
 
 log = logging.getLogger("gateway.control")
-PROBLEM_JSON = "application/problem+json"
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN = re.compile(r"unknown field `([^`]+)`")
-_encoder = msgspec.json.Encoder()
-
-
-def problem_response(
-    status: int, title: str, detail: str, *, field: str | None = None, headers: dict[str, str] | None = None
-) -> Response[bytes]:
-    """A problem+json response."""
-    body = Problem(title=title, status=status, detail=detail, field=field)
-    return Response(_encoder.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers or {})
 
 
 def gateway_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

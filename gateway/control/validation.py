@@ -7,6 +7,7 @@ import re
 
 from gateway.envpolicy import DEFAULT_POLICY, EnvPolicy
 from gateway.errors import InvalidRequest, Unprocessable
+from gateway.headers import STRIPPED_UPSTREAM
 from gateway.models import (
     ENV_NAME_PATTERN,
     IMAGE_NAME_PATTERN,
@@ -17,7 +18,6 @@ from gateway.models import (
 )
 from gateway.policy.ratelimit import validate_rate_limits
 from gateway.policy.toolpolicy import validate_tool_policy
-from gateway.proxy.headers import STRIPPED_UPSTREAM
 
 _NAME = re.compile(NAME_PATTERN)
 _IMAGE_NAME = re.compile(IMAGE_NAME_PATTERN)

@@ -175,10 +175,6 @@ class OboExchanger:
         result: dict[str, Any] = self._app.acquire_token_on_behalf_of(assertion, scopes)
         return result
 
-    def cached_users(self) -> int:
-        """How many (user, scopes) tokens are cached."""
-        return len(self._cache)
-
 
 def _failure(result: dict[str, Any], adapter: str, scopes: tuple[str, ...], assertion: str = "") -> Exception:
     """The error for Entra's refusal; nothing of the provider's text that looks like a token is kept."""

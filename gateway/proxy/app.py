@@ -80,7 +80,6 @@ _encoder = msgspec.json.Encoder()
 
 """The forward stage's hook for upstream credentials (``upstreamAuth``): extra headers for one request
 to adapter ``name`` on behalf of ``identity``. None (the default): no extra headers."""
-UPSTREAM_PATHS = {"mcp": "/mcp", "sse": "/sse"}
 
 
 class ProxyError(Exception):

@@ -55,7 +55,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.runtime._local_process import SETPRIV, launch
+from gateway.child_process import SETPRIV, launch
 
 log = logging.getLogger("gateway.runtime.local")
 

@@ -10,10 +10,9 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import shutil
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,30 +36,6 @@ def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
     env = {name: environ[name] for name in BASE_ENV_NAMES if environ.get(name)}
     env.setdefault("PATH", os.defpath)
     return env
-
-
-SETPRIV = shutil.which("setpriv")
-
-
-def launch(command: Sequence[str]) -> list[str]:
-    """The argv that starts ``command`` so that it dies with the gateway (pair it with start_new_session=True).
-
-    With util-linux's ``setpriv --pdeathsig KILL`` the kernel SIGKILLs the child when the gateway
-    dies, however it dies, and no Python code runs between fork and exec. That matters: a
-    ``preexec_fn`` makes CPython run every library's at-fork hooks in the child, and a hook that
-    touches a lock or a thread pool (OpenTelemetry's providers and batch processors register
-    such hooks) can hang the forked child of a threaded gateway forever, before it ever execs.
-
-    Without setpriv (not a util-linux system) the command runs as is, without a parent-death
-    signal (2026-11-30; it used to be a ``preexec_fn`` calling ``prctl``, which brought back the
-    at-fork hazard and needed the SDK's private fork hooks overridden). The local runtime logs a
-    WARNING at start (``_local_isolation.detect``); replicas of a SIGKILLed gateway then keep
-    running until the next start on the same data dir, which kills every process carrying its
-    owner marker. A clean stop (SIGTERM, Ctrl-C) stops every replica either way.
-    """
-    if SETPRIV is not None:
-        return [SETPRIV, "--pdeathsig", "KILL", "--", *command]
-    return list(command)
 
 
 _claimed: set[int] = set()
@@ -195,19 +170,8 @@ async def probe_detail(port: int, path: str | None, limit: float) -> tuple[bool,
                 await writer.wait_closed()
 
 
-def signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to a process group; False when the group no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-    return True
-
-
-def _proc_stat(pid: int) -> tuple[int, int] | None:
-    """(process group, start time in clock ticks) of a live process, from /proc/<pid>/stat."""
+def _process_group(pid: int) -> int | None:
+    """The process group of a live (not zombie) process, from /proc/<pid>/stat."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
@@ -216,17 +180,15 @@ def _proc_stat(pid: int) -> tuple[int, int] | None:
     fields = raw[raw.rfind(b")") + 2 :].split()
     if fields[0] == b"Z":
         return None
-    return int(fields[2]), int(fields[19])
+    return int(fields[2])
 
 
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid`` (a scan of /proc: a few ms)."""
     members = []
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[0] == pgid:
-                members.append(int(entry.name))
+        if entry.name.isdigit() and _process_group(int(entry.name)) == pgid:
+            members.append(int(entry.name))
     return members
 
 
@@ -244,12 +206,6 @@ async def wait_group_gone(pgid: int, limit: float = 2.0) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (tells a pid from a reused one)."""
-    stat = _proc_stat(pid)
-    return None if stat is None else stat[1]
 
 
 def _carries_marker(pid: int, marker: str) -> bool:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.child_process import signal_group
 from gateway.runtime._local_catalog import expand_process
 from gateway.runtime._local_isolation import Isolation
 from gateway.runtime._local_process import (
@@ -22,7 +23,6 @@ from gateway.runtime._local_process import (
     probe,
     probe_detail,
     release_port,
-    signal_group,
     wait_group_gone,
 )
 from gateway.runtime.base import Endpoint

@@ -70,13 +70,13 @@ from typing import Any, Literal
 
 import msgspec
 
+from gateway.child_process import SETPRIV
 from gateway.envpolicy import EnvPolicy
 from gateway.errors import RuntimeUnavailable
 from gateway.models import AdapterRecord, InstanceStatus
 from gateway.runtime._local_catalog import REPO_DIR, CatalogError, ImageCatalog, ImageEntry
 from gateway.runtime._local_isolation import Isolation, IsolationError, detect
 from gateway.runtime._local_process import (
-    SETPRIV,
     base_environment,
     follow_lines,
     kill_owned_processes,

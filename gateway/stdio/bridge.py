@@ -55,7 +55,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from gateway.runtime._local_process import launch, signal_group
+from gateway.child_process import launch, signal_group
 
 log = logging.getLogger("gateway.stdio.bridge")
 

@@ -20,7 +20,7 @@ from litestar.handlers import HTTPRouteHandler
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from gateway.control.problems import problem_response
+from gateway.problems import problem_response
 from gateway.runtime.base import Runtime, accepting
 from gateway.sessions.base import SessionStore
 from gateway.settings import Settings

@@ -6,7 +6,7 @@ no-op tracer, so an unexported span never costs the hot path anything.
 
 The SDK's provider and batch processor are used as they come (2026-11-30). They register at-fork
 hooks that restart worker threads in a forked child; the gateway never forks without exec and
-starts every child without a ``preexec_fn`` (``runtime._local_process.launch``), so CPython runs
+starts every child without a ``preexec_fn`` (``gateway.child_process.launch``), so CPython runs
 no at-fork hook in those children and nothing needs overriding.
 """
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
+from gateway.child_process import SETPRIV
 from gateway.runtime import _local_isolation
 from gateway.runtime._local_isolation import bwrap_works, detect
-from gateway.runtime._local_process import SETPRIV
 from tests.gateway_process import GatewayProcess, example_adapter, replica_processes, start_gateway, wait_for
 from tests.local_runtime_fixtures import write_catalog
 

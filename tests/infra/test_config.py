@@ -2,33 +2,65 @@
 
 from __future__ import annotations
 
-import re
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from infra.config import KEYS, ConfigError
+from infra.config import KEYS, AzureConfig, ConfigError, GatewayConfig, LocalConfig, StackConfig, readme_table
 from tests.infra.stack_fixtures import ROOT, load_stack_config
 
 README = (ROOT / "infra" / "README.md").read_text()
 
 
-def documented_rows() -> dict[str, str]:
-    rows = {}
-    for line in README.splitlines():
-        match = re.match(r"^\| `([A-Za-z]+)` \| (.*?) \| .* \|$", line)
-        if match:
-            rows[match.group(1)] = match.group(2).replace("`", "")
-    return rows
+def test_readme_tables_are_generated_from_the_key_declarations() -> None:
+    """infra/README.md's three key tables are exactly what infra/config.py's declarations print."""
+    for scope in ("all", "azure", "local"):
+        assert readme_table(scope) in README, (
+            f"infra/README.md: the {scope!r} key table is stale; regenerate it with "
+            f".venv/bin/python -c 'from infra.config import readme_table; print(readme_table(\"{scope}\"))'"
+        )
 
 
-def test_every_config_key_is_documented_with_its_default() -> None:
-    rows = documented_rows()
-    assert set(rows) == {key.name for key in KEYS}
-    for key in KEYS:
-        assert key.documented_default.replace("`", "") == rows[key.name], key.name
+def test_each_key_is_declared_once_and_every_config_field_is_a_key() -> None:
+    """One declaration per key (issue 20): no key name twice, and no field of the typed view that
+    the loader would have to fill by hand."""
+    names = [key.name for key in KEYS]
+    assert len(names) == len(set(names))
+    for cls in (GatewayConfig, AzureConfig, LocalConfig):
+        assert all("key" in f.metadata for f in dataclasses.fields(cls)), cls.__name__
+    assert {f.name for f in dataclasses.fields(StackConfig) if "key" not in f.metadata} == {
+        "stack",
+        "gateway",
+        "azure",
+        "local",
+        "raw",
+    }
+
+
+@pytest.mark.parametrize(
+    ("stack", "override", "named"),
+    [
+        ("dev", {"vnetAddressSpace": "10.10.0.0/33"}, "vnetAddressSpace"),
+        ("dev", {"aksPodCidr": "pods"}, "aksPodCidr"),
+        ("dev", {"gatewayPrivateIp": "10.10.3.999"}, "gatewayPrivateIp"),
+        ("dev", {"aksDnsServiceIp": "dns"}, "aksDnsServiceIp"),
+        ("dev", {"acrSku": "Gold"}, "acrSku"),
+        ("dev", {"redisSku": "Basic_C0"}, "redisSku"),
+        ("dev", {"aksTier": "Paid"}, "aksTier"),
+        ("dev", {"appGatewayWafMode": "Block"}, "appGatewayWafMode"),
+        ("local", {"localStorage": "hostPath"}, "localStorage"),
+        ("local", {"logLevel": "trace"}, "logLevel"),
+        ("local", {"gatewayMemoryLimit": "lots"}, "gatewayMemoryLimit"),
+        ("local", {"namePrefix": "MCP"}, "namePrefix"),
+    ],
+)
+def test_an_invalid_value_names_its_key(stack: str, override: dict[str, str], named: str) -> None:
+    """Addresses, SKUs, tiers and other enumerations are refused with the key at fault first."""
+    with pytest.raises(ConfigError, match=rf"^{named}: "):
+        load_stack_config(stack, override)
 
 
 def test_stack_files_use_only_known_keys() -> None:
