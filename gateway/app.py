@@ -238,6 +238,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         audit=audit,
         runtime_kind=settings.runtime,
         condition_clock=ConditionClock(settings.data_dir / "conditions.json"),
+        logs_follow_max_per_user=settings.logs_follow_max_per_user,
     )
     router = SessionRouter(
         i_sessions,

@@ -82,6 +82,13 @@ class PayloadTooLarge(GatewayError):
     title = "Payload too large"
 
 
+class TooManyRequests(GatewayError):
+    """The caller holds too many of something at once (429); ``Retry-After`` says when to try again."""
+
+    status = 429
+    title = "Too many requests"
+
+
 class DependencyUnavailable(GatewayError):
     """A dependency (store, Redis, Kubernetes, …) failed; the message names it (503)."""
 

@@ -58,6 +58,11 @@ class Settings:
     drain_timeout: float = setting(
         20.0, "Seconds a stopping gateway waits for in-flight requests before it closes open streams."
     )
+    logs_follow_max_per_user: int = setting(
+        8,
+        "Log streams (GET /adapters/{name}/logs?follow=true) one user may hold open at once on this gateway; "
+        "over it, 429 + Retry-After. 0: no limit.",
+    )
     replica_drain_timeout: float = setting(
         60.0,
         "Seconds a replaced or scaled-away adapter replica keeps serving the sessions pinned to it (it takes "
@@ -521,6 +526,8 @@ def _check_edge_limits(s: Settings) -> None:
             _fail(name, f"must be greater than 0, got {getattr(s, name)}")
     if s.max_connections < 0:
         _fail("max_connections", f"must be 0 (automatic) or more, got {s.max_connections}")
+    if s.logs_follow_max_per_user < 0:
+        _fail("logs_follow_max_per_user", f"must be 0 (no limit) or more, got {s.logs_follow_max_per_user}")
     if s.replica_drain_timeout < 0:
         _fail("replica_drain_timeout", f"must be 0 (no draining) or more, got {s.replica_drain_timeout:g}")
 

@@ -53,6 +53,7 @@ _WHY: dict[int, str] = {
         "The body is valid but cannot be deployed (no image source, an image the local runtime's catalog does "
         "not know, a server.json it cannot host); `field` names why."
     ),
+    429: "The caller already holds the most log streams allowed (logs_follow_max_per_user); see Retry-After.",
     503: "A dependency (adapter store, identity provider) is unavailable; see Retry-After.",
 }
 
@@ -124,7 +125,8 @@ removed (adapter deleted, scaled down past `instance`) the stream sends one last
     data: the replica is gone
 
 A client that sees `end` should not reconnect. Errors (400, 403, 404 …) are problem+json, before
-the stream starts; access rules are those of the request without `follow`.
+the stream starts; access rules are those of the request without `follow`. One user may hold
+`logs_follow_max_per_user` (8) streams at once on a gateway; one more is 429 with Retry-After.
 """
 
 
@@ -284,7 +286,7 @@ class AdapterController(Controller):
         "/{name:str}/logs",
         summary="Replica logs",
         description=LOGS_DESCRIPTION,
-        responses=problems(*_ANY, 404),
+        responses=problems(*_ANY, 404, 429),
         operation_class=_LogsOperation,
     )
     async def adapter_logs(

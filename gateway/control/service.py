@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -15,7 +16,15 @@ from gateway.control.reconciler import Reconciler
 from gateway.control.status import ConditionClock, build_status
 from gateway.control.validation import validate_input, validate_name, validate_upstream_auth
 from gateway.envpolicy import DEFAULT_POLICY, EnvPolicy
-from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed, Unprocessable
+from gateway.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PreconditionFailed,
+    TooManyRequests,
+    Unprocessable,
+)
 from gateway.models import AdapterInput, AdapterPage, AdapterRecord, AdapterResource, AdapterStatus, Identity
 from gateway.policy.audit import AuditTrail, Event, changed_fields
 from gateway.runtime.base import InstanceNotFound, Runtime
@@ -53,6 +62,7 @@ class AdapterService:
         audit: AuditTrail | None = None,
         runtime_kind: str = "local",
         condition_clock: ConditionClock | None = None,
+        logs_follow_max_per_user: int = 0,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -68,6 +78,8 @@ class AdapterService:
         self._auth_mode = auth_mode
         self._audit = audit
         self._runtime_kind = runtime_kind
+        self._follow_max = logs_follow_max_per_user
+        self._following: Counter[str] = Counter()  # open log streams per user, on this gateway
 
     def _resolve_source(self, data: AdapterInput) -> tuple[AdapterInput, str]:
         """A serverJson becomes the package/image, transport, args and env it stands for (serverjson.py)."""
@@ -274,10 +286,33 @@ class AdapterService:
         """The last lines of one replica's output, then each new line; same checks and errors as ``logs``."""
         record = await self._readable(identity, name)
         self._check_log_query(name, record, instance=instance, tail=tail)
+        user = identity.user_id
+        if self._follow_max and self._following[user] >= self._follow_max:
+            raise TooManyRequests(
+                f"you already follow {self._following[user]} log streams on this gateway "
+                f"(logs_follow_max_per_user = {self._follow_max}); close one first",
+                field="follow",
+                headers={"Retry-After": "5"},
+            )
         try:
-            return await self._runtime.follow_logs(name, instance, tail)
+            lines = await self._runtime.follow_logs(name, instance, tail)
         except InstanceNotFound:
             raise NotFound(f"adapter {name!r} has no instance {instance}") from None
+        self._following[user] += 1
+        return self._counted(user, lines)
+
+    async def _counted(self, user: str, lines: AsyncIterator[str]) -> AsyncIterator[str]:
+        """``lines``, holding one of the user's follow slots until the stream ends or the client leaves."""
+        try:
+            async for line in lines:
+                yield line
+        finally:
+            self._following[user] -= 1
+            if self._following[user] <= 0:
+                del self._following[user]
+            close = getattr(lines, "aclose", None)
+            if close is not None:
+                await close()
 
     def _check_log_query(self, name: str, record: AdapterRecord, *, instance: int, tail: int) -> None:
         if instance < 0:
