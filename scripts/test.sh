@@ -38,4 +38,4 @@ echo "== mypy (strict on gateway/ and scripts/)"; .venv/bin/mypy
 echo "== pytest"
 # Pulumi programs run in their own process: their event loop must not meet pytest-asyncio's.
 .venv/bin/python -m pytest tests/infra -q "$@"
-.venv/bin/python -m pytest tests --ignore=tests/infra -q "$@"
+.venv/bin/python -m pytest tests --ignore=tests/infra -q --durations=15 "$@"
