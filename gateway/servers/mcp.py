@@ -485,13 +485,15 @@ class VirtualServers:
         if not token:
             return None
         held = self._sessions.get(token)
+        where = session_scope(label)
         try:
-            claims = await self._router.check(
-                token, kind=VIRTUAL_KIND, adapter=session_scope(label), user_id=identity.user_id
-            )
+            claims = await self._router.check(token, kind=VIRTUAL_KIND, adapter=where, user_id=identity.user_id)
         except SessionRejected as exc:
-            log.info("virtual server session rejected on %s: %s", session_scope(label), exc)
-            if held is not None and held.user_id == identity.user_id:  # ended elsewhere, or too old
+            log.info("virtual server session rejected on %s: %s", where, exc)
+            # Its owner on its own server, refused: revoked elsewhere or too old. (An id replayed on
+            # another server or by another user leaves the owner's session alone.)
+            mine = held is not None and held.claims is not None and held.claims.adapter == where
+            if held is not None and mine and held.user_id == identity.user_id:
                 await self._end(held, scope)
             return None
         ctx = self._sessions.get(token)  # another request may have built it while the check waited
