@@ -90,8 +90,8 @@ LIST_KINDS = {method: kind for kind, method in LIST_METHODS.items()}
 MEMBER_UNAVAILABLE = -32003
 #: Kind of a sealed virtual-server session id: never accepted on an adapter route (kinds ``mcp``, ``sse``).
 VIRTUAL_KIND = "vmcp"
-#: JSON-RPC code of a refused ``initialize`` (session cap), as the data plane's.
-SESSION_LIMITED = -32004
+#: JSON-RPC code of a refused ``initialize`` (session cap), as the data plane's (gateway/proxy/app.py).
+SESSION_LIMITED = -32008
 
 
 def session_scope(label: str) -> str:

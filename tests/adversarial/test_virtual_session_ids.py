@@ -26,11 +26,14 @@ from tests.gateway_process import GatewayProcess, example_adapter, start_gateway
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
 LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+CAP = 6
+"""MCPGW_SESSION_MAX_PER_USER here: above the member sessions the other tests open on ``example``."""
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with start_gateway(tmp_path_factory.mktemp("vsess-hostile") / "data", {"MCPGW_EXAMPLE_ADAPTER": "false"}) as g:
+    env = {"MCPGW_EXAMPLE_ADAPTER": "false", "MCPGW_SESSION_MAX_PER_USER": str(CAP)}
+    with start_gateway(tmp_path_factory.mktemp("vsess-hostile") / "data", env) as g:
         with g.client() as api:
             assert api.post("/adapters", json=example_adapter("example")).status_code == 201
             wait_ready(api, "example", 1, timeout=40)
@@ -110,3 +113,16 @@ def test_a_legacy_sse_session_id_is_not_a_streamable_session_id(gw: GatewayProce
         assert refused(send(gw, "/servers/duo/mcp", session_id))
         ping = {"jsonrpc": "2.0", "id": 3, "method": "ping"}
         assert httpx.post(f"{gw.url}{endpoint[len('data: ') :]}", json=ping, timeout=30).status_code == 202
+
+
+def test_one_user_cannot_open_unbounded_sessions_on_a_virtual_server(gw: GatewayProcess) -> None:
+    """Each session is a store record now: the adapters' per-user cap bounds them per server."""
+    url = f"{gw.url}/servers/other/mcp"
+    tokens = [opened(gw, "/servers/other/mcp") for _ in range(CAP)]
+    over = httpx.post(url, json=INIT, headers=ACCEPT, timeout=30)
+    assert over.status_code == 429 and "Retry-After" in over.headers
+    error = over.json()["error"]
+    assert error["code"] == -32008 and "MCPGW_SESSION_MAX_PER_USER" in error["message"]
+    assert httpx.delete(url, headers={"Mcp-Session-Id": tokens[0]}, timeout=30).status_code == 200
+    assert httpx.post(url, json=INIT, headers=ACCEPT, timeout=30).status_code == 200  # a slot freed
+    assert "Traceback" not in gw.log_text()
