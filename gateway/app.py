@@ -306,6 +306,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         ready=lambda name: len(accepting(runtime.endpoints(name))),
         max_members=settings.server_max_members,
         list_max_limit=settings.list_max_limit,
+        sessions=i_sessions,  # deleting a server revokes its client sessions
     )
     return Components(
         settings=settings,

@@ -178,3 +178,21 @@ def test_legacy_sse_message_on_the_other_gateway_gets_a_json_rpc_error(
         assert error["code"] == -32001 and "gateway" in error["message"]
         here = httpx.post(f"{first.url}{endpoint}", json=ping, timeout=30)
         assert here.status_code == 202, here.text
+
+
+def test_deleting_a_server_ends_its_sessions_even_when_a_server_of_that_name_returns(
+    pair: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    first, second = pair
+    spec = {"name": "brief", "requiredRoles": ["users"], "members": [{"adapter": "example", "prefix": "ex_"}]}
+    with first.client() as api:
+        assert api.post("/servers", json=spec).status_code == 201
+    opened = httpx.post(f"{first.url}/servers/brief/mcp", json=INIT, headers=ACCEPT, timeout=30)
+    session = opened.headers["mcp-session-id"]
+    assert post(first, "/servers/brief/mcp", session, 2, "tools/call").status_code == 200
+    with second.client() as api:
+        assert api.delete("/servers/brief").status_code == 204
+        assert api.post("/servers", json=spec).status_code == 201
+    for gw in (first, second):
+        gone = post(gw, "/servers/brief/mcp", session, 3, "tools/list")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == -32001, gone.text

@@ -58,7 +58,7 @@ from gateway.proxy.sealing import SessionClaims
 from gateway.proxy.sessions import SessionRejected, SessionRouter
 from gateway.servers.listing import ListingCache, MergedKey, MergedListing
 from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError
-from gateway.servers.models import ServerMember, ServerRecord
+from gateway.servers.models import ServerMember, ServerRecord, session_scope
 from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.base import ServerStore
 from gateway.store.view import AdapterView
@@ -92,13 +92,6 @@ MEMBER_UNAVAILABLE = -32003
 VIRTUAL_KIND = "vmcp"
 #: JSON-RPC code of a refused ``initialize`` (session cap), as the data plane's (gateway/proxy/app.py).
 SESSION_LIMITED = -32008
-
-
-def session_scope(label: str) -> str:
-    """What a virtual session id and its record name in place of an adapter: ``servers/<name>``, or
-    ``servers/*`` for ``/mcp``. Never an adapter name (those hold no ``/``), so caps and revocations
-    by adapter never mix with them."""
-    return f"servers/{label}"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -462,7 +455,7 @@ class VirtualServers:
         so every gateway sharing the key and the store accepts its id."""
         token, claims = await self._router.open_session(
             kind=VIRTUAL_KIND,
-            adapter=session_scope(label),
+            adapter=session_scope(label),  # label "*" (/mcp) gives servers/*
             replica="",
             replica_uid="",
             upstream=version,
@@ -485,7 +478,7 @@ class VirtualServers:
         if not token:
             return None
         held = self._sessions.get(token)
-        where = session_scope(label)
+        where = session_scope(label)  # label "*": /mcp
         try:
             claims = await self._router.check(token, kind=VIRTUAL_KIND, adapter=where, user_id=identity.user_id)
         except SessionRejected as exc:
