@@ -31,6 +31,7 @@ import base64
 import contextlib
 import functools
 import logging
+import math
 import re
 import secrets
 import time
@@ -361,7 +362,7 @@ class VirtualServers:
                     f"({exc.setting}); close a session (DELETE) or retry later"
                 )
                 await _json(
-                    send, 429, _error(ident, SESSION_LIMITED, text), {"retry-after": str(int(exc.retry_after + 0.999))}
+                    send, 429, _error(ident, SESSION_LIMITED, text), {"retry-after": str(math.ceil(exc.retry_after))}
                 )
                 return
             result = {
