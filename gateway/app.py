@@ -186,6 +186,7 @@ class Components:
     drain: Drain
     server_store: ServerStore
     server_service: ServerService
+    server_sessions: SessionRouter  # 2025-era client sessions of virtual servers (sealed kind ``vmcp``)
     credentials: UpstreamCredentials | None = None
 
 
@@ -240,13 +241,25 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         condition_clock=ConditionClock(settings.data_dir / "conditions.json"),
         logs_follow_max_per_user=settings.logs_follow_max_per_user,
     )
+    sealer = session_sealer(settings)
+    limits = SessionLimits(per_user=settings.session_max_per_user, per_adapter=settings.session_max_per_adapter)
     router = SessionRouter(
         i_sessions,
-        session_sealer(settings),
+        sealer,
         ttl=settings.session_ttl,
         max_age=settings.session_max_age,
         cache_seconds=settings.session_cache_seconds,
-        limits=SessionLimits(per_user=settings.session_max_per_user, per_adapter=settings.session_max_per_adapter),
+        limits=limits,
+    )
+    # Virtual-server client sessions: the same key ring and store, their own kind and router (so the
+    # adapters' per-replica session gauges and revocations never see them); caps apply per server.
+    server_sessions = SessionRouter(
+        i_sessions,
+        sealer,
+        ttl=settings.session_ttl,
+        max_age=settings.session_max_age,
+        cache_seconds=settings.session_cache_seconds,
+        limits=limits,
     )
     # Sessions pinned to a replica that left the ready endpoints are revoked at once, not at their TTL.
     runtime.add_listener(lambda name: router.replicas_changed(name, runtime.endpoints(name)))
@@ -294,6 +307,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         ready=lambda name: len(accepting(runtime.endpoints(name))),
         max_members=settings.server_max_members,
         list_max_limit=settings.list_max_limit,
+        sessions=i_sessions,  # deleting a server revokes its client sessions
     )
     return Components(
         settings=settings,
@@ -311,6 +325,7 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
         drain=drain,
         server_store=server_store,
         server_service=server_service,
+        server_sessions=server_sessions,
         credentials=credentials,
     )
 
@@ -382,6 +397,7 @@ def create_litestar(c: Components) -> Litestar:
             await c.proxy.stages.audit.start()
             stack.push_async_callback(c.proxy.stages.audit.close)
             stack.push_async_callback(c.router.close)
+            stack.push_async_callback(c.server_sessions.close)
             await c.reconciler.start()
             stack.push_async_callback(c.reconciler.close)
             await _register_example(c)
@@ -464,6 +480,7 @@ class GatewayApp:
             list_ttl=s.server_list_ttl,
             session_ttl=s.session_ttl,
             gateway_prefix=s.gateway_mcp_prefix,
+            sessions=components.server_sessions,
             max_body_bytes=s.max_body_bytes,
             www_authenticate=lambda path, error, detail: www_authenticate(s, path, error, detail),
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -23,8 +24,11 @@ from gateway.auth.dev import DevAuthenticator
 from gateway.browser.hosts import HostPolicy
 from gateway.models import AdapterRecord
 from gateway.policy.toolpolicy import ToolRule
+from gateway.proxy.sealing import SessionSealer
+from gateway.proxy.sessions import SessionRouter
 from gateway.servers.listing import ListingCache, MergedListing
 from gateway.servers.mcp import VirtualServers
+from gateway.sessions.memory import MemorySessionStore
 from gateway.store.view import AdapterView
 
 MODERN = "2026-07-28"
@@ -148,6 +152,9 @@ class Gateway:
             list_ttl=ttl,
             session_ttl=600,
             gateway_prefix=True,
+            sessions=SessionRouter(
+                MemorySessionStore(), SessionSealer([os.urandom(32)]), ttl=600, max_age=3600, cache_seconds=5
+            ),
             clock=self.clock,
         )
 

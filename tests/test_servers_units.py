@@ -118,6 +118,7 @@ def servers(ttl: float, timeout: float = 1.0) -> VirtualServers:
         list_ttl=ttl,
         session_ttl=60,
         gateway_prefix=True,
+        sessions=None,  # type: ignore[arg-type]  # no client sessions in these tests
     )
 
 

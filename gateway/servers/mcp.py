@@ -11,6 +11,17 @@ empty prefix keeps its names and URIs (at most one per server: prefixes are uniq
 
 Answers are always ``application/json`` (one response per POST); see docs/servers.md for what does
 not translate across eras.
+
+Sessions across gateways (2026-11-30): a 2025-era client session of ``/servers/{name}/mcp`` or ``/mcp``
+is a sealed id of kind ``vmcp`` (gateway/proxy/sealing.py, the adapters' key ring) naming the server
+(``servers/<name>``, ``servers/*`` for ``/mcp``), the user, the negotiated protocol version and the
+issue time, plus a record in the shared session store (revocation, sliding idle TTL, caps), checked
+by a ``SessionRouter`` of its own (``SessionRouter.check``: seal, kind, server, user, maximum age,
+record). Before, the id was a random key into a per-process dict, so behind a load balancer that is
+not sticky the next request on another gateway got 404. Now any gateway sharing the key and the store
+rebuilds the session's ``Context`` from the id on first sight. Member sessions stay per gateway: a
+gateway opens its own, lazily, on the first call to a stateful member (docs/servers.md says why).
+Legacy ``/sse`` + ``/messages`` sessions stay with the gateway holding the stream.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import base64
 import contextlib
 import functools
 import logging
+import math
 import re
 import secrets
 import time
@@ -33,12 +45,22 @@ import msgspec
 
 from gateway.auth.base import Authenticator, can_read
 from gateway.browser.hosts import HostPolicy
-from gateway.errors import Forbidden, GatewayError, NotFound, PayloadTooLarge, Unauthenticated
+from gateway.errors import (
+    Forbidden,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    SessionStoreUnavailable,
+    Unauthenticated,
+)
 from gateway.models import AdapterRecord, Identity
 from gateway.policy.toolpolicy import GlobMatcher, PolicyCache
+from gateway.proxy.sealing import SessionClaims
+from gateway.proxy.sessions import SessionRejected, SessionRouter
 from gateway.servers.listing import ListingCache, MergedKey, MergedListing
 from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError
-from gateway.servers.models import ServerMember, ServerRecord
+from gateway.servers.models import ServerMember, ServerRecord, session_scope
+from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.base import ServerStore
 from gateway.store.view import AdapterView
 
@@ -67,6 +89,10 @@ LIST_METHODS = {
 LIST_KINDS = {method: kind for kind, method in LIST_METHODS.items()}
 #: JSON-RPC code of a member that could not answer (down, slow, not MCP); data.member names it.
 MEMBER_UNAVAILABLE = -32003
+#: Kind of a sealed virtual-server session id: never accepted on an adapter route (kinds ``mcp``, ``sse``).
+VIRTUAL_KIND = "vmcp"
+#: JSON-RPC code of a refused ``initialize`` (session cap), as the data plane's (gateway/proxy/app.py).
+SESSION_LIMITED = -32008
 
 
 @functools.lru_cache(maxsize=1024)
@@ -173,6 +199,7 @@ class Context:
     owners: dict[str, str] = field(default_factory=dict)  # listed name → adapter (members without prefix)
     log_level: str | None = None
     inflight: dict[str | int, _Cancellation] = field(default_factory=dict)  # by request id
+    claims: SessionClaims | None = None  # a sealed 2025-era client session's (None: stateless, legacy SSE)
 
 
 class VirtualServers:
@@ -190,6 +217,7 @@ class VirtualServers:
         list_ttl: float,
         session_ttl: float,
         gateway_prefix: bool,
+        sessions: SessionRouter,
         max_body_bytes: int = 4 * 1024 * 1024,
         www_authenticate: Callable[[str, str | None, str | None], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -205,7 +233,11 @@ class VirtualServers:
         self._session_ttl = session_ttl
         self._gateway_prefix = gateway_prefix
         self._eras: dict[str, bool] = {}
+        self._router = sessions
+        # Contexts this gateway built, by sealed id (any gateway may build one for the same id).
         self._sessions: dict[str, Context] = {}
+        # Legacy SSE sessions: held by the gateway serving the stream, by their random session_id.
+        self._streams: dict[str, Context] = {}
         self._stateless: dict[str, Context] = {}
         self._listings = ListingCache(list_ttl, clock)
         # Merged per caller: clients may cache a listing for the TTL, shared caches may not.
@@ -271,10 +303,12 @@ class VirtualServers:
             await self._messages(scope, receive, send, identity, label, members)
             return
         if method == "DELETE":
-            ctx = self._session_of(headers, identity, label)
+            ctx = await self._session_of(headers, identity, label, scope)
             if ctx is None:
                 await _json(send, 404, _error(None, -32001, "session not found"))
                 return
+            if ctx.claims is not None:  # ended for every gateway: the record goes
+                await self._router.revoke(ctx.claims)
             await self._end(ctx, scope)
             await _json(send, 200, None)
             return
@@ -312,9 +346,25 @@ class VirtualServers:
                 return
         if message["method"] == "initialize" and not modern:
             version = (message.get("params") or {}).get("protocolVersion")
-            ctx = Context(key=secrets.token_urlsafe(32), user_id=identity.user_id)
-            ctx.version = version if version in LEGACY_VERSIONS else LEGACY
-            self._sessions[ctx.key] = ctx
+            version = version if version in LEGACY_VERSIONS else LEGACY
+            try:
+                ctx = await self._open_session(identity, label, version)
+            except SessionStoreUnavailable as exc:
+                await _json(
+                    send, 503, _error(ident, -32005, f"cannot open a session: {exc.detail}"), {"retry-after": "5"}
+                )
+                return
+            except SessionLimitExceeded as exc:
+                holder = f"user {identity.user_id!r}" if exc.limit == "per_user" else "all users together"
+                where = "/mcp" if name is None else f"server {name!r}"
+                text = (
+                    f"session limit reached: {holder} may hold at most {exc.maximum} open sessions on {where} "
+                    f"({exc.setting}); close a session (DELETE) or retry later"
+                )
+                await _json(
+                    send, 429, _error(ident, SESSION_LIMITED, text), {"retry-after": str(math.ceil(exc.retry_after))}
+                )
+                return
             result = {
                 "protocolVersion": ctx.version,
                 "capabilities": CAPABILITIES,
@@ -325,7 +375,7 @@ class VirtualServers:
         if modern:
             ctx = self._stateless_of(identity, label)
         else:
-            found = self._session_of(headers, identity, label)
+            found = await self._session_of(headers, identity, label, scope)
             if found is None:
                 status, text = (
                     (404, "session not found: initialize a new session")
@@ -401,10 +451,49 @@ class VirtualServers:
 
     # --- contexts ---------------------------------------------------------------------------
 
-    def _session_of(self, headers: Mapping[str, str], identity: Identity, label: str) -> Context | None:
-        ctx = self._sessions.get(headers.get("mcp-session-id", ""))
-        if ctx is None or ctx.user_id != identity.user_id:
+    async def _open_session(self, identity: Identity, label: str, version: str) -> Context:
+        """A new 2025-era client session: recorded in the session store (caps checked there) and sealed,
+        so every gateway sharing the key and the store accepts its id."""
+        token, claims = await self._router.open_session(
+            kind=VIRTUAL_KIND,
+            adapter=session_scope(label),  # label "*" (/mcp) gives servers/*
+            replica="",
+            replica_uid="",
+            upstream=version,
+            user_id=identity.user_id,
+        )
+        ctx = self._sessions[token] = Context(key=token, user_id=identity.user_id, version=version, claims=claims)
+        return ctx
+
+    async def _session_of(
+        self, headers: Mapping[str, str], identity: Identity, label: str, scope: Mapping[str, Any]
+    ) -> Context | None:
+        """The client session named by ``Mcp-Session-Id`` for this caller on this server, or None (404).
+
+        The sealed id is checked on every request (the record read is cached as the data plane's,
+        ``MCPGW_SESSION_CACHE_SECONDS``); a context this gateway has not seen is rebuilt from the id.
+        A session revoked elsewhere (DELETE through another gateway) also ends this gateway's context
+        and its member sessions.
+        """
+        token = headers.get("mcp-session-id", "")
+        if not token:
             return None
+        held = self._sessions.get(token)
+        where = session_scope(label)  # label "*": /mcp
+        try:
+            claims = await self._router.check(token, kind=VIRTUAL_KIND, adapter=where, user_id=identity.user_id)
+        except SessionRejected as exc:
+            log.info("virtual server session rejected on %s: %s", where, exc)
+            # Its owner on its own server, refused: revoked elsewhere or too old. (An id replayed on
+            # another server or by another user leaves the owner's session alone.)
+            mine = held is not None and held.claims is not None and held.claims.adapter == where
+            if held is not None and mine and held.user_id == identity.user_id:
+                await self._end(held, scope)
+            return None
+        ctx = self._sessions.get(token)  # another request may have built it while the check waited
+        if ctx is None:
+            version = claims.upstream if claims.upstream in LEGACY_VERSIONS else LEGACY
+            ctx = self._sessions[token] = Context(key=token, user_id=claims.user_id, version=version, claims=claims)
         ctx.last_used = time.monotonic()
         return ctx
 
@@ -417,7 +506,11 @@ class VirtualServers:
         return ctx
 
     async def _end(self, ctx: Context, scope: Mapping[str, Any]) -> None:
-        self._sessions.pop(ctx.key, None)
+        """Forget a context on this gateway and close its member sessions (its record is the caller's)."""
+        if self._sessions.get(ctx.key) is ctx:
+            del self._sessions[ctx.key]
+        if self._streams.get(ctx.key) is ctx:
+            del self._streams[ctx.key]
         if ctx.queue is not None:
             ctx.queue.put_nowait(None)
         await asyncio.gather(*(c.close(scope) for c in ctx.clients.values()), return_exceptions=True)
@@ -431,7 +524,9 @@ class VirtualServers:
         cutoff = now - self._session_ttl
         for table in (self._sessions, self._stateless):
             for key in [k for k, c in table.items() if c.last_used < cutoff and c.queue is None]:
-                del table[key]  # their member sessions expire by the data plane's own TTL
+                # Their member sessions expire by the data plane's own TTL; a sealed session still
+                # live in the store is rebuilt on its next request.
+                del table[key]
 
     async def _resolve(self, identity: Identity, name: str | None) -> tuple[str, list[Member]]:
         """The members the caller may use: a server's readable members, or every readable adapter."""
@@ -755,7 +850,7 @@ class VirtualServers:
     ) -> None:
         ctx = Context(key=secrets.token_urlsafe(32), user_id=identity.user_id, version="2024-11-05")
         ctx.queue = asyncio.Queue()
-        self._sessions[ctx.key] = ctx
+        self._streams[ctx.key] = ctx
         base = f"/servers/{name}/messages" if name is not None else "/messages"
         await send(
             {
@@ -810,9 +905,15 @@ class VirtualServers:
     ) -> None:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         key = (query.get("session_id") or [""])[0]
-        ctx = self._sessions.get(key)
+        ctx = self._streams.get(key)
         if ctx is None or ctx.user_id != identity.user_id or ctx.queue is None:
-            await _json(send, 404, _error(None, -32001, "session not found: open a new /sse stream"))
+            # A legacy session lives on the gateway holding its stream: a post that a load balancer sent
+            # to another gateway lands here too (docs/servers.md, sessions across gateways).
+            text = (
+                "session not found on this gateway: a legacy SSE session is served by the gateway holding its "
+                "/sse stream; open a new /sse stream (or route /messages to the same gateway)"
+            )
+            await _json(send, 404, _error(None, -32001, text))
             return
         body = await _read_body(receive, self._max_body)
         try:

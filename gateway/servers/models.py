@@ -131,3 +131,10 @@ class ServerStatus(msgspec.Struct, rename="camel", kw_only=True):
     members: list[MemberStatus]
     present_members: int
     missing_members: int
+
+
+def session_scope(server: str | None) -> str:
+    """What a virtual server's client session ids and records name in place of an adapter:
+    ``servers/<name>``, or ``servers/*`` for ``/mcp`` (``server`` None). Never an adapter name (those
+    hold no ``/``), so caps and revocations by adapter never mix with them."""
+    return f"servers/{'*' if server is None else server}"

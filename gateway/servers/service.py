@@ -18,7 +18,15 @@ import msgspec
 from gateway.auth.base import can_read, can_write
 from gateway.control.service import _decode_cursor, _dedupe, _encode_cursor
 from gateway.control.validation import validate_name
-from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, PreconditionFailed, Unprocessable
+from gateway.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PreconditionFailed,
+    SessionStoreUnavailable,
+    Unprocessable,
+)
 from gateway.models import Identity
 from gateway.servers.models import (
     MemberStatus,
@@ -27,8 +35,10 @@ from gateway.servers.models import (
     ServerRecord,
     ServerResource,
     ServerStatus,
+    session_scope,
 )
 from gateway.servers.validation import validate_server
+from gateway.sessions.base import SessionStore
 from gateway.store.base import AdapterStore, EtagMismatch, ServerExists, ServerStore
 from gateway.telemetry.logs import hash_user
 
@@ -50,7 +60,9 @@ class ServerService:
         max_members: int,
         list_max_limit: int,
         on_change: Callable[[str], None] | None = None,
+        sessions: SessionStore | None = None,
     ) -> None:
+        self._sessions = sessions
         self._servers = servers
         self._adapters = adapters
         self._ready = ready
@@ -171,13 +183,19 @@ class ServerService:
         return stored
 
     async def delete(self, identity: Identity, name: str) -> None:
-        """Delete the server (its client sessions end at their next request)."""
+        """Delete the server and revoke its client sessions (a server made again under the same name
+        does not take them over)."""
         record = await self._writable(identity, name)
         try:
             await self._servers.delete(name, etag=record.etag)
         except EtagMismatch:
             raise Conflict(f"server {name!r} was changed by another request; read it again and retry") from None
         self._changed(name)
+        if self._sessions is not None:
+            try:
+                await self._sessions.revoke_adapter(session_scope(name))
+            except SessionStoreUnavailable as exc:  # they still end at their idle TTL
+                log.warning("could not revoke the client sessions of deleted server %s: %s", name, exc.detail)
         log.info("server %s deleted by user %s", name, hash_user(identity.user_id))
 
     async def status(self, identity: Identity, name: str) -> ServerStatus:
