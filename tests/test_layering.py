@@ -54,13 +54,7 @@ BELOW_PLANES = frozenset(
 )
 """What must not import PLANES: the packages the issue names, plus stdio and the foundation modules."""
 
-ALLOWED = {
-    ("store", "gateway.servers.models"): (
-        "the stores keep virtual servers (ServerRecord) whose type lives in gateway/servers/models.py; it "
-        "belongs with AdapterRecord in gateway/models.py, a move that edits gateway/servers/ (left for "
-        "after the virtual-server work in flight lands; issue 20)"
-    ),
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 """Known exceptions, each with why: (importing package, imported module) -> reason. Each must still exist."""
 
 
@@ -70,7 +64,7 @@ class Edge(NamedTuple):
     source: str
     """The importing package (``gateway/store/sqlite.py`` -> ``store``; ``gateway/app.py`` -> ``app``)."""
     target: str
-    """The imported module, dotted (``gateway.servers.models``)."""
+    """The imported module, dotted (``gateway.store.base``)."""
     where: str
     """File and line, for the failure message."""
 

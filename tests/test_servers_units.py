@@ -9,11 +9,10 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from gateway.models import AdapterRecord, Identity
+from gateway.models import AdapterRecord, Identity, ServerMember
 from gateway.policy.toolpolicy import ToolRule
 from gateway.servers.mcp import Context, Member, VirtualServers, _modern_check
 from gateway.servers.member import MemberError
-from gateway.servers.models import ServerMember
 
 
 def adapter(name: str) -> AdapterRecord:

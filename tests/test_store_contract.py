@@ -9,8 +9,7 @@ from typing import cast
 
 import pytest
 
-from gateway.models import AdapterRecord
-from gateway.servers.models import ServerMember, ServerRecord
+from gateway.models import AdapterRecord, ServerMember, ServerRecord
 from gateway.store import AdapterExists, AdapterStore, EtagMismatch, ServerExists, ServerStore
 from gateway.store.base import ServerStoreOwner
 from gateway.store.sqlite import SqliteAdapterStore

@@ -88,7 +88,7 @@ def complete_openapi(
                 if isinstance(parameter, Parameter) and parameter.name == "limit" and parameter.schema is not None:
                     _schema(parameter.schema).maximum = list_max_limit
     # Item rules of nested lists (Litestar keeps the list's own keywords, not its items'): the same
-    # patterns the msgspec types decode with (gateway/policy/*.py, gateway/servers/models.py).
+    # patterns the msgspec types decode with (gateway/policy/*.py, gateway/models.py).
     from gateway.policy.toolpolicy import GLOB_PATTERN, ROLE_PATTERN
 
     glob = Schema(type=OpenAPIType.STRING, pattern=GLOB_PATTERN, min_length=1, max_length=128)

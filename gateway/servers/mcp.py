@@ -53,13 +53,12 @@ from gateway.errors import (
     SessionStoreUnavailable,
     Unauthenticated,
 )
-from gateway.models import AdapterRecord, Identity
+from gateway.models import AdapterRecord, Identity, ServerMember, ServerRecord, session_scope
 from gateway.policy.toolpolicy import GlobMatcher, PolicyCache
 from gateway.proxy.sealing import SessionClaims
 from gateway.proxy.sessions import SessionRejected, SessionRouter
 from gateway.servers.listing import ListingCache, MergedKey, MergedListing
 from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError
-from gateway.servers.models import ServerMember, ServerRecord, session_scope
 from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.base import ServerStore
 from gateway.store.view import AdapterView

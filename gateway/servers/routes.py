@@ -14,8 +14,16 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 from gateway.control.routes import problems, provide_identity
 from gateway.control.service import CURSOR_MAX_LENGTH, CURSOR_PATTERN
 from gateway.errors import InvalidRequest
-from gateway.models import NAME_MAX_LENGTH, NAME_PATTERN, Identity
-from gateway.servers.models import ServerInput, ServerPage, ServerRecord, ServerResource, ServerStatus
+from gateway.models import (
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    Identity,
+    ServerInput,
+    ServerPage,
+    ServerRecord,
+    ServerResource,
+    ServerStatus,
+)
 from gateway.servers.service import ServerService
 
 _ANY = (400, 401, 403, 421, 503)

@@ -27,8 +27,8 @@ from gateway.errors import (
     SessionStoreUnavailable,
     Unprocessable,
 )
-from gateway.models import Identity
-from gateway.servers.models import (
+from gateway.models import (
+    Identity,
     MemberStatus,
     ServerInput,
     ServerPage,

@@ -6,7 +6,7 @@ import re
 
 from gateway.control.validation import MAX_DESCRIPTION, MAX_ROLES, validate_name
 from gateway.errors import InvalidRequest, Unprocessable
-from gateway.servers.models import PREFIX_PATTERN, ServerInput
+from gateway.models import PREFIX_PATTERN, ServerInput
 
 _PREFIX = re.compile(PREFIX_PATTERN)
 MAX_GLOBS = 100

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.models import AdapterRecord
-from gateway.servers.models import ServerRecord
+from gateway.models import AdapterRecord, ServerRecord
 
 
 class AdapterExists(Exception):

@@ -36,8 +36,7 @@ from azure.cosmos.exceptions import CosmosHttpResponseError
 
 from gateway.azure_credentials import build_azure_credential
 from gateway.errors import StoreUnavailable
-from gateway.models import AdapterRecord
-from gateway.servers.models import ServerRecord
+from gateway.models import AdapterRecord, ServerRecord
 from gateway.settings import Settings
 from gateway.store.base import AdapterExists, EtagMismatch, ServerExists
 

@@ -17,8 +17,7 @@ from typing import TypeVar
 import msgspec
 
 from gateway.errors import StoreUnavailable
-from gateway.models import AdapterRecord
-from gateway.servers.models import ServerRecord
+from gateway.models import AdapterRecord, ServerRecord
 from gateway.store.base import AdapterExists, EtagMismatch, ServerExists
 
 T = TypeVar("T")
