@@ -49,6 +49,8 @@ class DataPlane:
         self.announce: set[str] = set()
         self.hanging = asyncio.Event()
         self.cancelled: list[str] = []
+        self.progressed = asyncio.Event()
+        self.release = asyncio.Event()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         adapter = scope["path"].split("/")[2]
@@ -88,6 +90,17 @@ class DataPlane:
                 self.cancelled.append(f"{adapter}: cancelled")
                 raise
             return
+        elif method == "tools/call" and request["params"]["name"] == "progressive":
+            # One progress notification, then the answer only once the test releases it.
+            progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}
+            sse = [(b"content-type", b"text/event-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": sse})
+            await send({"type": "http.response.body", "body": _event(progress), "more_body": True})
+            self.progressed.set()
+            await self.release.wait()
+            answer = {"jsonrpc": "2.0", "id": request["id"], "result": {"content": [{"type": "text", "text": "done"}]}}
+            await send({"type": "http.response.body", "body": _event(answer), "more_body": False})
+            return
         elif method == "tools/call":
             result = {"content": [{"type": "text", "text": "ok"}]}
             if adapter in self.announce:
@@ -99,6 +112,10 @@ class DataPlane:
         events = b"".join(b"event: message\ndata: " + json.dumps(m).encode() + b"\n\n" for m in [*notes, answer])
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         await send({"type": "http.response.body", "body": events, "more_body": False})
+
+
+def _event(message: Any) -> bytes:
+    return b"event: message\ndata: " + json.dumps(message).encode() + b"\n\n"
 
 
 async def respond(send: Any, status: int, body: Any) -> None:
@@ -138,7 +155,10 @@ class Gateway:
     def __init__(self, ttl: float = TTL) -> None:
         self.plane = DataPlane({"m0": ["add", "echo"], "m1": ["upper"]})
         view = AdapterView()
-        policy = [ToolRule(tools=["add"], roles=["calc.user"]), ToolRule(tools=["echo", "mine_*", "slow"], roles=["*"])]
+        policy = [
+            ToolRule(tools=["add"], roles=["calc.user"]),
+            ToolRule(tools=["echo", "mine_*", "slow", "progressive"], roles=["*"]),
+        ]
         view.put(record("m0", policy))
         view.put(record("m1"))
         self.clock = Clock()
@@ -166,6 +186,7 @@ class Gateway:
         roles: str = f"{READER},calc.user",
         session: str | None = None,
         gone: asyncio.Event | None = None,
+        sent: list[dict[str, Any]] | None = None,
     ) -> tuple[int, dict[str, str], Any]:
         """One POST /mcp, 2026-07-28 unless in a ``session`` (``""``: a 2025-era request without one);
         (status, headers, decoded body or None). ``gone`` set: the client disconnects."""
@@ -184,7 +205,7 @@ class Gateway:
         elif session:
             headers.append((b"mcp-session-id", session.encode()))
         body = msgspec.json.encode(message)
-        sent: list[dict[str, Any]] = []
+        sent = [] if sent is None else sent
         delivered = False
 
         async def receive() -> dict[str, Any]:
@@ -350,3 +371,28 @@ async def test_a_client_that_goes_away_cancels_the_member_request() -> None:
     gone.set()
     assert await asyncio.wait_for(pending, 5) == (0, {}, None)  # nothing sent to a client that left
     assert gw.plane.cancelled == ["m0: cancelled"]
+
+
+async def test_member_progress_reaches_the_client_while_the_member_still_works() -> None:
+    """Notifications on a member's answer stream go to the client as they arrive (2026-11-30; before,
+    they were relayed after the member's answer), for 2026-07-28 requests and 2025-era sessions."""
+    gw = Gateway()
+    session = await gw.initialize()
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "m0_progressive", "arguments": {}}}
+    for caller in ({}, {"session": session}):
+        gw.plane.progressed.clear()
+        gw.plane.release.clear()
+        sent: list[dict[str, Any]] = []
+        task = asyncio.create_task(gw.post(call, sent=sent, **caller))
+        await asyncio.wait_for(gw.plane.progressed.wait(), 5)
+        for _ in range(200):  # the client holds the progress event while the member has not answered
+            if any(b"notifications/progress" in e.get("body", b"") for e in sent):
+                break
+            await asyncio.sleep(0.01)
+        assert any(b"notifications/progress" in e.get("body", b"") for e in sent), sent
+        assert not task.done() and sent[0]["headers"][0] == (b"content-type", b"text/event-stream")
+        gw.plane.release.set()
+        status, headers, events = await asyncio.wait_for(task, 5)
+        assert status == 200 and headers["content-type"] == "text/event-stream"
+        assert events[0]["method"] == "notifications/progress"
+        assert events[1]["id"] == 3 and events[1]["result"]["content"][0]["text"] == "done"

@@ -58,7 +58,7 @@ from gateway.policy.toolpolicy import GlobMatcher, PolicyCache
 from gateway.proxy.sealing import SessionClaims
 from gateway.proxy.sessions import SessionRejected, SessionRouter
 from gateway.servers.listing import ListingCache, MergedKey, MergedListing
-from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError
+from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError, Relay, sse_event
 from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.base import ServerStore
 from gateway.store.view import AdapterView
@@ -392,15 +392,16 @@ class VirtualServers:
         if cached is not None:
             await _json_bytes(send, 200, cached)
             return
-        notes: list[Any] = []
+        # The member's progress and log notifications go to a client that takes SSE as they arrive
+        # (the response becomes an SSE stream with the first one), then the answer.
+        notes = Relay(send if "text/event-stream" in headers.get("accept", "") else None)
         answer = await self._cancellable(
             ctx, ident, self._handle(scope, ctx, identity, members, message, modern=modern, notes=notes), receive
         )
         if answer is None:  # the client went away: the member call was cancelled with it
             return
-        if notes and "text/event-stream" in headers.get("accept", ""):
-            # The member's progress and log notifications, then the answer (relayed once the member answered).
-            await _sse_answer(send, [*notes, answer])
+        if notes.started:
+            await notes.finish(answer)
             return
         status = 200
         if modern and "error" in answer:
@@ -927,7 +928,7 @@ class VirtualServers:
         if "id" not in message:
             self._notified(ctx, message)
             return
-        notes: list[Any] = []
+        notes = Relay(self._to_stream(ctx))
         if message["method"] == "initialize":
             version = (message.get("params") or {}).get("protocolVersion")
             ctx.version = version if version in LEGACY_VERSIONS else "2024-11-05"
@@ -945,8 +946,18 @@ class VirtualServers:
                 return
             answer = handled
         if ctx.queue is not None:
-            for item in [*notes, answer]:
-                ctx.queue.put_nowait(b"event: message\ndata: " + msgspec.json.encode(item) + b"\n\n")
+            ctx.queue.put_nowait(sse_event(answer))  # after the notifications, which went as they arrived
+
+    @staticmethod
+    def _to_stream(ctx: Context) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        """A relay ``send`` that puts each notification on the client's legacy SSE stream at once."""
+
+        async def send(message: dict[str, Any]) -> None:
+            body = message.get("body")
+            if message["type"] == "http.response.body" and body and ctx.queue is not None:
+                ctx.queue.put_nowait(body)
+
+        return send
 
 
 #: Methods 2026-07-28 removed: a modern request naming one is "method not found" (404), as from a modern server.
@@ -1062,13 +1073,6 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
-
-
-async def _sse_answer(send: Send, messages: Sequence[Any]) -> None:
-    body = b"".join(b"event: message\ndata: " + msgspec.json.encode(m) + b"\n\n" for m in messages)
-    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _json(send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:

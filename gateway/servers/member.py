@@ -52,11 +52,62 @@ class MemberError(Exception):
 
 
 class Reply(msgspec.Struct):
-    """One member answer: HTTP status, headers (lower-case), and the JSON-RPC messages it carried."""
+    """One member answer: HTTP status, headers (lower-case), and the JSON-RPC messages it carried.
+
+    ``relayed``: how many of its notifications ``on_note`` already got while the answer streamed.
+    """
 
     status: int
     headers: dict[str, str]
     messages: list[Any]
+    relayed: int = 0
+
+
+class Relay(list[Any]):
+    """The notifications of one client request, as ``notes``: with a ``send``, each one goes to the
+    client as it arrives (an SSE event), before the answer; without, they are only collected.
+
+    Live since 2026-11-30 (issue 16): before, a member's progress notifications reached the client
+    after the member's answer, which made them useless for a long tool call.
+    """
+
+    def __init__(self, send: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> None:
+        super().__init__()
+        self._send = send
+        self.started = False
+
+    @property
+    def live(self) -> bool:
+        """Whether notifications go out as they arrive."""
+        return self._send is not None
+
+    async def note(self, message: Any) -> None:
+        """One notification: sent now (the SSE response starts with the first), or collected."""
+        if self._send is None:
+            self.append(message)
+            return
+        if not self.started:
+            self.started = True
+            headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
+            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self._send({"type": "http.response.body", "body": sse_event(message), "more_body": True})
+
+    async def finish(self, answer: Any) -> None:
+        """The answer, ending the stream this relay started."""
+        assert self._send is not None and self.started
+        await self._send({"type": "http.response.body", "body": sse_event(answer), "more_body": False})
+
+
+def sse_event(message: Any) -> bytes:
+    """One JSON-RPC message as an SSE ``message`` event."""
+    return b"event: message\ndata: " + msgspec.json.encode(message) + b"\n\n"
+
+
+def _complete_events(body: bytes) -> bytes:
+    """The part of an SSE body that ends with a blank line (events still arriving are left out)."""
+    body = body.replace(b"\r\n", b"\n")
+    end = body.rfind(b"\n\n")
+    return body[: end + 2] if end >= 0 else b""
 
 
 def _sse_messages(body: bytes) -> list[Any]:
@@ -81,6 +132,7 @@ async def asgi_post(
     method: str = "POST",
     want_id: Any = None,
     on_request: Callable[[dict[str, Any]], None] | None = None,
+    on_note: Callable[[Any], Awaitable[None]] | None = None,
 ) -> Reply:
     """One request to ``app`` at ``path`` in process; returns when the answer (or the response to
     ``want_id`` on an SSE stream) is complete. Cancelling the caller cancels the request, which the
@@ -118,6 +170,7 @@ async def asgi_post(
     response_headers: dict[str, str] = {}
     chunks: list[bytes] = []
     asked: set[Any] = set()
+    relayed = 0
 
     async def receive() -> Message:
         nonlocal sent_body
@@ -128,7 +181,7 @@ async def asgi_post(
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
-        nonlocal status
+        nonlocal status, relayed
         if message["type"] == "http.response.start":
             status = message["status"]
             for k, v in message.get("headers", []):
@@ -138,7 +191,8 @@ async def asgi_post(
             if not message.get("more_body", False):
                 done.set()
             elif want_id is not None and response_headers.get("content-type", "").startswith("text/event-stream"):
-                for m in _sse_messages(b"".join(chunks)):
+                notes = 0
+                for m in _sse_messages(_complete_events(b"".join(chunks))):
                     if not isinstance(m, dict):
                         continue
                     if m.get("id") == want_id and ("result" in m or "error" in m):
@@ -146,6 +200,11 @@ async def asgi_post(
                     elif "method" in m and "id" in m and on_request is not None and m["id"] not in asked:
                         asked.add(m["id"])  # a server-to-client request (sampling, elicitation, roots)
                         on_request(m)
+                    elif "method" in m and "id" not in m:
+                        notes += 1
+                        if on_note is not None and notes > relayed:  # progress, log messages: on to the client now
+                            relayed = notes
+                            await on_note(m)
 
     try:
         await app(scope, receive, send)
@@ -162,7 +221,7 @@ async def asgi_post(
         messages = decoded if isinstance(decoded, list) else ([decoded] if decoded is not None else [])
     else:
         messages = []
-    return Reply(status=status, headers=response_headers, messages=messages)
+    return Reply(status=status, headers=response_headers, messages=messages, relayed=relayed)
 
 
 #: Data-plane answers that are the policy stages' refusals of the caller (toolPolicy 403, rateLimits
@@ -309,7 +368,14 @@ class MemberClient:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _post(self, scope: Mapping[str, Any], message: dict[str, Any], *, modern: bool) -> Reply:
+    async def _post(
+        self,
+        scope: Mapping[str, Any],
+        message: dict[str, Any],
+        *,
+        modern: bool,
+        on_note: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> Reply:
         params = message.get("params") or {}
         name = params.get("name") if message.get("method") in ("tools/call", "prompts/get") else params.get("uri")
         body = msgspec.json.encode(message)
@@ -321,6 +387,7 @@ class MemberClient:
             body,
             want_id=message.get("id") if "method" in message else None,
             on_request=None if modern else (lambda m: self._refuse(scope, m)),
+            on_note=on_note,
         )
 
     async def _open(self, scope: Mapping[str, Any]) -> None:
@@ -377,20 +444,21 @@ class MemberClient:
             if self._log_level is not None:
                 meta.setdefault("io.modelcontextprotocol/logLevel", self._log_level)
             params["_meta"] = meta
-        reply = await self._post(
-            scope, {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}, modern=modern
-        )
+        live = notes.note if isinstance(notes, Relay) and notes.live else None
+        request = {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}
+        reply = await self._post(scope, request, modern=modern, on_note=live)
         if not modern and reply.status == 404 and self._session is not None:
             self._session = None  # the member's session ended (replica gone): open a new one once
             async with self._lock:
                 await self._open(scope)
-            reply = await self._post(
-                scope, {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}, modern=False
-            )
+            reply = await self._post(scope, request, modern=False, on_note=live)
         heard = [m for m in reply.messages if isinstance(m, dict) and "id" not in m and "method" in m]
         if any(str(m["method"]).endswith("/list_changed") for m in heard) and self._on_list_changed is not None:
             self._on_list_changed(self.adapter)
-        if notes is not None:
+        if live is not None:
+            for m in heard[reply.relayed :]:  # those in the answer's last chunk
+                await live(m)
+        elif notes is not None:
             notes.extend(heard)
         for m in reply.messages:
             if isinstance(m, dict) and m.get("id") == ident:
