@@ -168,7 +168,11 @@ def test_sessions_stay_on_one_pod_stateless_calls_spread_and_a_killed_pod_leaves
 
         assert api.delete("/adapters/kx").status_code == 204
     wait_for(lambda: not k8s.call(k8s.cluster.objects_of, "pods"), timeout=20, what="pods gone")  # type: ignore[union-attr]
-    assert k8s.call(k8s.cluster.get, "statefulsets", "kx") is None  # type: ignore[union-attr]
+    wait_for(
+        lambda: k8s.call(k8s.cluster.get, "statefulsets", "kx") is None,  # type: ignore[union-attr]
+        timeout=20,
+        what="the StatefulSet gone (its pods may go first)",
+    )
     wait_for(lambda: k8s.kubelet.pods == {}, timeout=20, what="the test kubelet to stop every pod process")
 
 
