@@ -738,9 +738,13 @@ def report(
         checks.append((f"example {mode}: gateway rps at c16 >= 0.85 x direct", r16 >= 0.85, f"{r16:.3f}"))
         added = added_p50_ms(cells, ("example", mode, "gateway", 1))
         checks.append((f"example {mode}: gateway added p50 at c1 <= 1 ms", added <= 1.0, f"{added:+.2f} ms"))
-        # issue 15: what a tool policy and a rate limit add on top of the plain gateway
-        p16 = ratio(cells, ("example", mode, "gw+policy", 16), "rps") / max(r16, 1e-9)
-        checks.append((f"example {mode}: gw+policy rps at c16 >= 0.95 x gateway", p16 >= 0.95, f"{p16:.3f}"))
+        # issue 15, "Checked by": with a tool policy and a rate limit configured, throughput at c16
+        # >= 0.95 x direct (the issue's wording); the ratio to the plain gateway is shown beside it
+        # (both are medians of per-repetition ratios to direct, so their quotient carries the noise of
+        # two: 0.86-1.14 between full runs on the idle machine, while the req/s medians stay within 3 %).
+        p16 = ratio(cells, ("example", mode, "gw+policy", 16), "rps")
+        detail = f"{p16:.3f} (x gateway {p16 / max(r16, 1e-9):.3f})"
+        checks.append((f"example {mode}: gw+policy rps at c16 >= 0.95 x direct", p16 >= 0.95, detail))
         policy_added = added_p50_ms(cells, ("example", mode, "gw+policy", 1)) - added
         checks.append(
             (
