@@ -243,24 +243,21 @@ def build_components(settings: Settings, telemetry: Telemetry | None = None) -> 
     )
     sealer = session_sealer(settings)
     limits = SessionLimits(per_user=settings.session_max_per_user, per_adapter=settings.session_max_per_adapter)
-    router = SessionRouter(
-        i_sessions,
-        sealer,
-        ttl=settings.session_ttl,
-        max_age=settings.session_max_age,
-        cache_seconds=settings.session_cache_seconds,
-        limits=limits,
-    )
+
+    def session_router() -> SessionRouter:
+        return SessionRouter(
+            i_sessions,
+            sealer,
+            ttl=settings.session_ttl,
+            max_age=settings.session_max_age,
+            cache_seconds=settings.session_cache_seconds,
+            limits=limits,
+        )
+
+    router = session_router()
     # Virtual-server client sessions: the same key ring and store, their own kind and router (so the
     # adapters' per-replica session gauges and revocations never see them); caps apply per server.
-    server_sessions = SessionRouter(
-        i_sessions,
-        sealer,
-        ttl=settings.session_ttl,
-        max_age=settings.session_max_age,
-        cache_seconds=settings.session_cache_seconds,
-        limits=limits,
-    )
+    server_sessions = session_router()
     # Sessions pinned to a replica that left the ready endpoints are revoked at once, not at their TTL.
     runtime.add_listener(lambda name: router.replicas_changed(name, runtime.endpoints(name)))
     # A draining replica (replaced or scaled away) stops as soon as no session is pinned to it (issue 13).

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
-from tests.tls_fixtures import TlsFiles
+from tests.tls_fixtures import TlsFiles, write_tls_files
 
 TENANT_ID = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
@@ -679,3 +679,19 @@ class MemoryTokenStorage:
 
     async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
         self.client_info = client_info
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA and a localhost certificate for the module (MSAL and azure-identity want https)."""
+    return write_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def idp(tls: TlsFiles) -> Iterator[OidcServer]:
+    """The local issuer for the module, on http and https (its token endpoint does on-behalf-of)."""
+    server = OidcServer().start().start_tls(tls)
+    try:
+        yield server
+    finally:
+        server.stop()

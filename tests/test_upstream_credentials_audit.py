@@ -21,9 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.auth_fixtures import CLIENT_ID, TENANT_ID, OidcServer
+from tests.auth_fixtures import CLIENT_ID, TENANT_ID, OidcServer, idp, tls
 from tests.gateway_process import REPO, GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
-from tests.tls_fixtures import TlsFiles, write_tls_files
+from tests.tls_fixtures import TlsFiles
+
+__all__ = ["idp", "tls"]  # fixtures
 
 CATALOG = Path(__file__).with_name("upstreams") / "images.toml"
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -81,20 +83,6 @@ class AuditedGateway:
 
         found: list[dict[str, Any]] = wait_for(enough, timeout=15, what=f"{count} audit records")
         return found
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return write_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def idp(tls: TlsFiles) -> Iterator[OidcServer]:
-    server = OidcServer().start().start_tls(tls)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,11 @@ import httpx
 import pytest
 
 from gateway.credentials.secrets import SECRETS_FILE, FileSecretStore
-from tests.auth_fixtures import CLIENT_ID, TENANT_ID, OidcServer
+from tests.auth_fixtures import CLIENT_ID, TENANT_ID, OidcServer, idp, tls
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
-from tests.tls_fixtures import TlsFiles, write_tls_files
+from tests.tls_fixtures import TlsFiles
+
+__all__ = ["idp", "tls"]  # fixtures
 
 CATALOG = Path(__file__).resolve().parent.parent / "upstreams" / "images.toml"
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -73,20 +75,6 @@ def fragments(token: str, *, payload_start: bool = False) -> set[str]:
 def client_token(idp: OidcServer, user: str) -> str:
     """A user's token whose payload starts with 32 random bytes (its windows are unique to it)."""
     return idp.mint({"leak_nonce": uuid.uuid4().hex + uuid.uuid4().hex, **idp.entra_claims(user, [ROLE])})
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return write_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def idp(tls: TlsFiles) -> Iterator[OidcServer]:
-    server = OidcServer().start().start_tls(tls)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
