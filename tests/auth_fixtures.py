@@ -695,3 +695,17 @@ def idp(tls: TlsFiles) -> Iterator[OidcServer]:
         yield server
     finally:
         server.stop()
+
+
+def entra_gateway_env(idp: OidcServer, tls: TlsFiles) -> dict[str, str]:
+    """Settings of a gateway that signs users in with the local issuer and exchanges their tokens
+    on behalf of them at its https endpoint (the client secret; MSAL trusts the test CA)."""
+    return {
+        "MCPGW_AUTH": "entra",
+        "MCPGW_ENTRA_TENANT_ID": TENANT_ID,
+        "MCPGW_ENTRA_CLIENT_ID": CLIENT_ID,
+        "MCPGW_ENTRA_AUTHORITY": idp.url,
+        "MCPGW_OBO_AUTHORITY": idp.https_url,
+        "MCPGW_OBO_CLIENT_SECRET": idp.client_secret,
+        "REQUESTS_CA_BUNDLE": str(tls.ca_file),
+    }

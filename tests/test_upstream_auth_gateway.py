@@ -20,7 +20,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.auth_fixtures import CLIENT_ID, TENANT_ID, OidcServer, idp, tls
+from tests.auth_fixtures import OidcServer, entra_gateway_env, idp, tls
 from tests.gateway_process import REPO, GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
 from tests.tls_fixtures import TlsFiles
 
@@ -36,13 +36,7 @@ SCOPE = "api://upstream-api/.default"
 def entra_gw(idp: OidcServer, tls: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     data = tmp_path_factory.mktemp("upauth") / "data"
     env = {
-        "MCPGW_AUTH": "entra",
-        "MCPGW_ENTRA_TENANT_ID": TENANT_ID,
-        "MCPGW_ENTRA_CLIENT_ID": CLIENT_ID,
-        "MCPGW_ENTRA_AUTHORITY": idp.url,
-        "MCPGW_OBO_AUTHORITY": idp.https_url,
-        "MCPGW_OBO_CLIENT_SECRET": idp.client_secret,
-        "REQUESTS_CA_BUNDLE": str(tls.ca_file),
+        **entra_gateway_env(idp, tls),
         "MCPGW_IMAGE_CATALOG": str(CATALOG),
         "MCPGW_LOG_LEVEL": "debug",
     }

@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from gateway.credentials.secrets import SECRETS_FILE, FileSecretStore
-from tests.auth_fixtures import CLIENT_ID, TENANT_ID, OidcServer, idp, tls
+from tests.auth_fixtures import OidcServer, entra_gateway_env, idp, tls
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
 from tests.tls_fixtures import TlsFiles
 
@@ -87,13 +87,7 @@ def leaky(
     for name, value in SECRETS.items():
         store.set(name, value)
     env = {
-        "MCPGW_AUTH": "entra",
-        "MCPGW_ENTRA_TENANT_ID": TENANT_ID,
-        "MCPGW_ENTRA_CLIENT_ID": CLIENT_ID,
-        "MCPGW_ENTRA_AUTHORITY": idp.url,
-        "MCPGW_OBO_AUTHORITY": idp.https_url,
-        "MCPGW_OBO_CLIENT_SECRET": idp.client_secret,
-        "REQUESTS_CA_BUNDLE": str(tls.ca_file),
+        **entra_gateway_env(idp, tls),
         "MCPGW_IMAGE_CATALOG": str(CATALOG),
         "MCPGW_AUDIT": f"file:{audit}",
         "MCPGW_LOG_LEVEL": "debug",
