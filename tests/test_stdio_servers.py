@@ -110,8 +110,11 @@ transport = "stdio"
             }
             r = api.post("/adapters", json=body)
             assert r.status_code == 201, r.text
+            # The same server on two replicas (the cap test below needs the single-replica one).
+            assert api.post("/adapters", json={**body, "name": "fs2", "replicaCount": 2}).status_code == 201
             wait_ready(api, "time", 2, timeout=60)
             wait_ready(api, "fs", 1, timeout=60)
+            wait_ready(api, "fs2", 2, timeout=60)
         yield g
 
 
@@ -238,3 +241,30 @@ def test_inspector_cli_calls_the_stdio_servers(gw: GatewayProcess, files: Path, 
     assert '"timezone": "UTC"' in result["content"][0]["text"]
     listed = run_inspector(f"{gw.url}/adapters/fs/{route}", "tools/call", "--tool-name", "list_allowed_directories")
     assert str(files) in listed["content"][0]["text"]
+
+
+def test_filesystem_server_on_two_replicas_over_mcp_and_sse_with_pinned_sessions(
+    gw: GatewayProcess, files: Path
+) -> None:
+    """Issue 17, "Checked by": server-filesystem (npm, stdio) with 2 replicas, sessions pinned (a
+    session sent to the other replica's bridge would be unknown there: 404), over /mcp and /sse."""
+    url = gw.url + "/adapters/fs2"
+
+    async def calls(client: Client) -> None:
+        async with client:
+            for _ in range(3):
+                listed = await client.call_tool("list_allowed_directories", {})
+                assert not listed.is_error and str(files) in listed.content[0].text, listed
+            read = await client.call_tool("read_text_file", {"path": str(files / "hello.txt")})
+            assert "hello from the adapter's folder" in read.content[0].text
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(lambda: calls(Client(url + "/mcp", mode="legacy")))
+            tg.start_soon(lambda: calls(Client(sse_client(url + "/sse"), mode="legacy")))
+
+    anyio.run(run)
+    with gw.client() as api:
+        replicas = {i["name"]: i["ready"] for i in api.get("/adapters/fs2/status").json()["instances"]}
+    assert replicas == {"fs2-0": True, "fs2-1": True}, replicas
