@@ -180,8 +180,6 @@ KNOWN_GAPS = {
     "server-sse-multiple-streams",
     # 2026-07-28 subscriptions/listen is not served (list_changed is not offered).
     "server-stateless",
-    # Two SEP-2243 header checks whose exact expectation the virtual server does not meet yet.
-    "http-header-validation",
 }
 
 

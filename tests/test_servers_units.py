@@ -81,6 +81,12 @@ def test_modern_request_checks() -> None:
     assert _modern_check(good, call, meta) is None
     assert _modern_check({**good, "mcp-name": "=?base64?YWRk?="}, call, meta) is None
     assert _modern_check({**good, "mcp-name": "sub"}, call, meta) == (400, -32020, "Mcp-Name does not match the body")
+    missing = {k: v for k, v in good.items() if k != "mcp-name"}
+    assert _modern_check(missing, call, meta) == (
+        400,
+        -32020,
+        "the mcp-name header is required for tools/call in 2026-07-28",
+    )
     assert _modern_check({**good, "mcp-method": "tools/list"}, call, meta)[:2] == (400, -32020)  # type: ignore[index]
     assert _modern_check(good, {**call, "method": "ping"}, meta)[:2] == (404, -32601)  # type: ignore[index]
     assert _modern_check(good, call, {})[:2] == (400, -32602)  # type: ignore[index]

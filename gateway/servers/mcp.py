@@ -1006,6 +1006,8 @@ def _modern_check(headers: Mapping[str, str], message: dict[str, Any], meta: Any
         params = message.get("params") or {}
         named = params.get("uri" if method == "resources/read" else "name")
         header_name = headers.get("mcp-name")
+        if header_name is None and named is not None:
+            return 400, -32020, f"the mcp-name header is required for {method} in 2026-07-28"
         if header_name is not None and _header_value(header_name) != named:
             return 400, -32020, "Mcp-Name does not match the body"
     return None
