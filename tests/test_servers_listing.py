@@ -90,6 +90,19 @@ class DataPlane:
                 self.cancelled.append(f"{adapter}: cancelled")
                 raise
             return
+        elif method == "tools/call" and request["params"]["name"] == "flood":
+            # A broken member: 5,000 notifications, in chunks that split events (and CRLF) anywhere.
+            sse = [(b"content-type", b"text/event-stream")]
+            notes = [
+                {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": i}} for i in range(5000)
+            ]
+            answer = {"jsonrpc": "2.0", "id": request["id"], "result": {"content": [{"type": "text", "text": "done"}]}}
+            raw = b"".join(_event(m).replace(b"\n", b"\r\n") for m in [*notes, answer])
+            await send({"type": "http.response.start", "status": 200, "headers": sse})
+            for start in range(0, len(raw), 997):
+                await send({"type": "http.response.body", "body": raw[start : start + 997], "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         elif method == "tools/call" and request["params"]["name"] == "progressive":
             # One progress notification, then the answer only once the test releases it.
             progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}
@@ -157,7 +170,7 @@ class Gateway:
         view = AdapterView()
         policy = [
             ToolRule(tools=["add"], roles=["calc.user"]),
-            ToolRule(tools=["echo", "mine_*", "slow", "progressive"], roles=["*"]),
+            ToolRule(tools=["echo", "mine_*", "slow", "progressive", "flood"], roles=["*"]),
         ]
         view.put(record("m0", policy))
         view.put(record("m1"))
@@ -396,3 +409,18 @@ async def test_member_progress_reaches_the_client_while_the_member_still_works()
         assert status == 200 and headers["content-type"] == "text/event-stream"
         assert events[0]["method"] == "notifications/progress"
         assert events[1]["id"] == 3 and events[1]["result"]["content"][0]["text"] == "done"
+
+
+async def test_a_member_flooding_notifications_is_relayed_in_order_in_linear_time() -> None:
+    """A broken member streaming 5,000 notifications in odd chunks (split events, CRLF): every one
+    reaches the client once, in order, then the answer; each event is parsed once (2026-11-30:
+    before, every chunk re-parsed the whole stream so far)."""
+    gw = Gateway()
+    call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "m0_flood", "arguments": {}}}
+    started = asyncio.get_running_loop().time()
+    status, headers, events = await asyncio.wait_for(gw.post(call), 30)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert status == 200 and headers["content-type"] == "text/event-stream"
+    assert [e["params"]["progress"] for e in events[:-1]] == list(range(5000))
+    assert events[-1]["id"] == 9 and events[-1]["result"]["content"][0]["text"] == "done"
+    assert elapsed < 10, elapsed

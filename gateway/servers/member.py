@@ -103,13 +103,6 @@ def sse_event(message: Any) -> bytes:
     return b"event: message\ndata: " + msgspec.json.encode(message) + b"\n\n"
 
 
-def _complete_events(body: bytes) -> bytes:
-    """The part of an SSE body that ends with a blank line (events still arriving are left out)."""
-    body = body.replace(b"\r\n", b"\n")
-    end = body.rfind(b"\n\n")
-    return body[: end + 2] if end >= 0 else b""
-
-
 def _sse_messages(body: bytes) -> list[Any]:
     out: list[Any] = []
     for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
@@ -171,6 +164,7 @@ async def asgi_post(
     chunks: list[bytes] = []
     asked: set[Any] = set()
     relayed = 0
+    pending = bytearray()  # SSE text not yet parsed (an event still arriving)
 
     async def receive() -> Message:
         nonlocal sent_body
@@ -191,8 +185,15 @@ async def asgi_post(
             if not message.get("more_body", False):
                 done.set()
             elif want_id is not None and response_headers.get("content-type", "").startswith("text/event-stream"):
-                notes = 0
-                for m in _sse_messages(_complete_events(b"".join(chunks))):
+                # Each complete event is parsed once (a member streaming many events costs linear time).
+                pending.extend(message.get("body", b""))
+                pending[:] = pending.replace(b"\r\n", b"\n")
+                end = pending.rfind(b"\n\n")
+                if end < 0:
+                    return
+                complete = bytes(pending[: end + 2])
+                del pending[: end + 2]
+                for m in _sse_messages(complete):
                     if not isinstance(m, dict):
                         continue
                     if m.get("id") == want_id and ("result" in m or "error" in m):
@@ -200,11 +201,9 @@ async def asgi_post(
                     elif "method" in m and "id" in m and on_request is not None and m["id"] not in asked:
                         asked.add(m["id"])  # a server-to-client request (sampling, elicitation, roots)
                         on_request(m)
-                    elif "method" in m and "id" not in m:
-                        notes += 1
-                        if on_note is not None and notes > relayed:  # progress, log messages: on to the client now
-                            relayed = notes
-                            await on_note(m)
+                    elif "method" in m and "id" not in m and on_note is not None:
+                        relayed += 1  # progress, log messages: on to the client now
+                        await on_note(m)
 
     try:
         await app(scope, receive, send)
