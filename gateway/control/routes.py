@@ -58,6 +58,17 @@ _WHY: dict[int, str] = {
 }
 
 
+#: Paging and precondition parameters shared by /adapters and /servers (one declaration, one contract).
+PageLimit = Annotated[int | None, QueryParameter(ge=1, description="Page size (at most MCPGW_LIST_MAX_LIMIT).")]
+PageCursor = Annotated[
+    str | None,
+    QueryParameter(
+        pattern=CURSOR_PATTERN, max_length=CURSOR_MAX_LENGTH, description="nextCursor of the previous page."
+    ),
+]
+IfMatch = Annotated[str | None, HeaderParameter(name="If-Match", description="ETag from a read; 412 when it is stale.")]
+
+
 def problems(*statuses: int) -> dict[int, ResponseSpec]:
     """OpenAPI responses for ``statuses``, each an RFC 9457 problem+json body."""
     return {
@@ -185,10 +196,13 @@ def provide_service(state: State) -> AdapterService:
 
 def _resource(record: AdapterRecord, status_code: int = 200, **headers: str) -> Response[AdapterResource]:
     return Response(
-        AdapterResource.from_record(record),
-        status_code=status_code,
-        headers={"ETag": f'"{record.etag}"', **headers},
+        AdapterResource.from_record(record), status_code=status_code, headers=etag_headers(record.etag, headers)
     )
+
+
+def etag_headers(etag: str, extra: dict[str, str]) -> dict[str, str]:
+    """A resource answer's headers: its ETag (quoted, for If-Match) and ``extra`` (Location)."""
+    return {"ETag": f'"{etag}"', **extra}
 
 
 class AdapterController(Controller):
@@ -228,15 +242,8 @@ class AdapterController(Controller):
         self,
         identity: NamedDependency[Identity],
         service: NamedDependency[AdapterService],
-        limit: Annotated[
-            int | None, QueryParameter(ge=1, description="Page size (at most MCPGW_LIST_MAX_LIMIT).")
-        ] = None,
-        cursor: Annotated[
-            str | None,
-            QueryParameter(
-                pattern=CURSOR_PATTERN, max_length=CURSOR_MAX_LENGTH, description="nextCursor of the previous page."
-            ),
-        ] = None,
+        limit: PageLimit = None,
+        cursor: PageCursor = None,
     ) -> AdapterPage:
         """The adapters the caller may read, in name order, one page at a time."""
         return await service.list(identity, limit=limit, cursor=cursor)
@@ -261,9 +268,7 @@ class AdapterController(Controller):
         spec: NamedDependency[AdapterInput],
         identity: NamedDependency[Identity],
         service: NamedDependency[AdapterService],
-        if_match: Annotated[
-            str | None, HeaderParameter(name="If-Match", description="ETag from a read; 412 when it is stale.")
-        ] = None,
+        if_match: IfMatch = None,
     ) -> Response[AdapterResource]:
         """Replace the spec. name and useWorkloadIdentity are immutable; only deployment changes redeploy."""
         return _resource(await service.update(identity, name, spec, if_match=if_match))

@@ -9,10 +9,9 @@ from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ValidationException
-from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, PathParameter
 
-from gateway.control.routes import problems, provide_identity
-from gateway.control.service import CURSOR_MAX_LENGTH, CURSOR_PATTERN
+from gateway.control.routes import IfMatch, PageCursor, PageLimit, etag_headers, problems, provide_identity
 from gateway.errors import InvalidRequest
 from gateway.models import (
     NAME_MAX_LENGTH,
@@ -51,7 +50,7 @@ def provide_server_service(state: State) -> ServerService:
 
 def _resource(record: ServerRecord, status_code: int = 200, **headers: str) -> Response[ServerResource]:
     return Response(
-        ServerResource.from_record(record), status_code=status_code, headers={"ETag": f'"{record.etag}"', **headers}
+        ServerResource.from_record(record), status_code=status_code, headers=etag_headers(record.etag, headers)
     )
 
 
@@ -92,15 +91,8 @@ class ServerController(Controller):
         self,
         identity: NamedDependency[Identity],
         servers: NamedDependency[ServerService],
-        limit: Annotated[
-            int | None, QueryParameter(ge=1, description="Page size (at most MCPGW_LIST_MAX_LIMIT).")
-        ] = None,
-        cursor: Annotated[
-            str | None,
-            QueryParameter(
-                pattern=CURSOR_PATTERN, max_length=CURSOR_MAX_LENGTH, description="nextCursor of the previous page."
-            ),
-        ] = None,
+        limit: PageLimit = None,
+        cursor: PageCursor = None,
     ) -> ServerPage:
         """The servers the caller may read, in name order, one page at a time."""
         return await servers.list(identity, limit=limit, cursor=cursor)
@@ -125,9 +117,7 @@ class ServerController(Controller):
         spec: NamedDependency[ServerInput],
         identity: NamedDependency[Identity],
         servers: NamedDependency[ServerService],
-        if_match: Annotated[
-            str | None, HeaderParameter(name="If-Match", description="ETag from a read; 412 when it is stale.")
-        ] = None,
+        if_match: IfMatch = None,
     ) -> Response[ServerResource]:
         """Replace the spec. name is immutable."""
         return _resource(await servers.update(identity, name, spec, if_match=if_match))
