@@ -177,9 +177,36 @@ def _image(adapter: dict[str, Any]) -> str:
     return f"{adapter['imageName']}:{adapter['imageVersion']}"
 
 
+def _get(args: argparse.Namespace, api: GatewayApi, out: TextIO, kind: str) -> None:
+    """GET /{kind}s/{name}."""
+    _show(args, api.json("GET", f"/{kind}s/{args.name}"), out)
+
+
+def _update(
+    args: argparse.Namespace,
+    api: GatewayApi,
+    out: TextIO,
+    kind: str,
+    build: Callable[[argparse.Namespace, dict[str, Any]], dict[str, Any]],
+) -> None:
+    """PUT /{kind}s/{name}: the current definition with the flags' changes, guarded by its ETag."""
+    path = f"/{kind}s/{args.name}"
+    response = api.request("GET", path)
+    body = build(args, response.json())
+    etag = response.headers.get("ETag")
+    updated = api.json("PUT", path, body=body, headers={"If-Match": etag} if etag else None)
+    _show(args, updated, out, f"updated {kind} {args.name}")
+
+
+def _delete(args: argparse.Namespace, api: GatewayApi, out: TextIO, kind: str) -> None:
+    """DELETE /{kind}s/{name}."""
+    api.request("DELETE", f"/{kind}s/{args.name}")
+    _done(args, out, {"deleted": args.name}, f"deleted {kind} {args.name}")
+
+
 def adapters_get(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
     """GET /adapters/{name}."""
-    _show(args, api.json("GET", f"/adapters/{args.name}"), out)
+    _get(args, api, out, "adapter")
 
 
 def adapters_create(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
@@ -192,17 +219,12 @@ def adapters_create(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> N
 
 def adapters_update(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
     """PUT /adapters/{name}: the current spec with the flags' changes, guarded by its ETag."""
-    response = api.request("GET", f"/adapters/{args.name}")
-    body = _adapter_body(args, response.json())
-    etag = response.headers.get("ETag")
-    updated = api.json("PUT", f"/adapters/{args.name}", body=body, headers={"If-Match": etag} if etag else None)
-    _show(args, updated, out, f"updated adapter {args.name}")
+    _update(args, api, out, "adapter", _adapter_body)
 
 
 def adapters_delete(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
     """DELETE /adapters/{name}."""
-    api.request("DELETE", f"/adapters/{args.name}")
-    _done(args, out, {"deleted": args.name}, f"deleted adapter {args.name}")
+    _delete(args, api, out, "adapter")
 
 
 def adapters_status(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
@@ -296,7 +318,7 @@ def servers_list(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None
 
 def servers_get(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
     """GET /servers/{name}."""
-    _show(args, api.json("GET", f"/servers/{args.name}"), out)
+    _get(args, api, out, "server")
 
 
 def servers_create(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
@@ -309,17 +331,12 @@ def servers_create(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> No
 
 def servers_update(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
     """PUT /servers/{name}: the current definition with the flags' changes, guarded by its ETag."""
-    response = api.request("GET", f"/servers/{args.name}")
-    body = _server_body(args, response.json())
-    etag = response.headers.get("ETag")
-    updated = api.json("PUT", f"/servers/{args.name}", body=body, headers={"If-Match": etag} if etag else None)
-    _show(args, updated, out, f"updated server {args.name}")
+    _update(args, api, out, "server", _server_body)
 
 
 def servers_delete(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
     """DELETE /servers/{name}."""
-    api.request("DELETE", f"/servers/{args.name}")
-    _done(args, out, {"deleted": args.name}, f"deleted server {args.name}")
+    _delete(args, api, out, "server")
 
 
 def servers_status(args: argparse.Namespace, api: GatewayApi, out: TextIO) -> None:
