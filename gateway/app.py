@@ -57,6 +57,11 @@ if TYPE_CHECKING:
     import uvicorn
     from azure.core.credentials_async import AsyncTokenCredential
 
+    from gateway.runtime.kubernetes import KubernetesRuntimeConfig
+    from gateway.runtime.local import LocalRuntimeConfig
+    from gateway.sessions.redis import RedisSessionConfig
+    from gateway.store.cosmos import CosmosConfig
+
 log = logging.getLogger("gateway")
 
 VERSION = "0.1.0"
@@ -80,37 +85,127 @@ def build_shared_credential(settings: Settings) -> AsyncTokenCredential | None:
     return None
 
 
-def build_store(settings: Settings, credential: AsyncTokenCredential | None = None) -> AdapterStore:
-    """The adapter store named by settings.store."""
-    if settings.store == "cosmos":
-        from gateway.store.cosmos import CosmosAdapterStore
+def cosmos_config(settings: Settings) -> CosmosConfig:
+    """The Cosmos DB store's part of the settings (the key goes to the client factory, not here)."""
+    from gateway.store.cosmos import CosmosConfig
 
-        return CosmosAdapterStore(settings, credential=credential)
+    return CosmosConfig(
+        endpoint=settings.cosmos_endpoint or "",
+        database=settings.cosmos_database,
+        container=settings.cosmos_container,
+        create_if_missing=settings.cosmos_create_if_missing,
+        verify_tls=settings.cosmos_verify_tls,
+        ca_file=settings.cosmos_ca_file,
+        timeout=settings.cosmos_timeout,
+    )
+
+
+def build_store(settings: Settings, credential: AsyncTokenCredential | None = None) -> AdapterStore:
+    """The adapter store named by settings.store; Cosmos gets its client factory and credential injected.
+
+    Cosmos authenticates with ``MCPGW_COSMOS_KEY`` when set, else with ``credential``, the gateway's
+    one Azure credential (:func:`build_shared_credential`), which the caller closes.
+    """
+    if settings.store == "cosmos":
+        from gateway.store.cosmos import CosmosAdapterStore, CosmosClientFactory
+
+        key_or_credential = settings.cosmos_key or credential
+        if key_or_credential is None:
+            raise ValueError("the Cosmos store needs MCPGW_COSMOS_KEY or the gateway's Azure credential")
+        config = cosmos_config(settings)
+        return CosmosAdapterStore(config, new_client=CosmosClientFactory(config, key_or_credential))
     from gateway.store.sqlite import SqliteAdapterStore
 
     return SqliteAdapterStore(settings.data_dir / "gateway.db")
 
 
-def build_sessions(settings: Settings, credential: AsyncTokenCredential | None = None) -> SessionStore:
-    """The session store named by settings.sessions."""
-    if settings.sessions == "redis":
-        from gateway.sessions.redis import RedisSessionStore
+def redis_session_config(settings: Settings) -> RedisSessionConfig:
+    """The Redis session store's part of the settings."""
+    from gateway.sessions.redis import RedisSessionConfig
 
-        return RedisSessionStore(settings, credential=credential)
+    return RedisSessionConfig(
+        url=settings.redis_url,
+        key_prefix=settings.redis_key_prefix,
+        entra=settings.redis_entra,
+        username=settings.redis_username,
+    )
+
+
+def build_sessions(settings: Settings, credential: AsyncTokenCredential | None = None) -> SessionStore:
+    """The session store named by settings.sessions; Redis gets its client (and the Azure credential) injected."""
+    if settings.sessions == "redis":
+        from gateway.sessions.redis import RedisSessionStore, redis_client
+
+        config = redis_session_config(settings)
+        return RedisSessionStore(config, client=redis_client(config, credential=credential))
     from gateway.sessions.memory import MemorySessionStore
 
     return MemorySessionStore(max_sessions=settings.session_memory_max)
 
 
+def local_runtime_config(settings: Settings) -> LocalRuntimeConfig:
+    """The local runtime's part of the settings."""
+    from gateway.runtime.local import LocalRuntimeConfig
+
+    return LocalRuntimeConfig(
+        data_dir=settings.data_dir,
+        image_catalog=settings.image_catalog,
+        env_deny=settings.env_deny,
+        replica_user=settings.local_replica_user,
+        sandbox=settings.local_sandbox,
+        expose=settings.local_expose,
+        ready_timeout=settings.local_ready_timeout,
+        restart_backoff_max=settings.local_restart_backoff_max,
+        packages=settings.local_packages,
+        stdio_max_sessions=settings.stdio_max_sessions,
+        stdio_idle_timeout=settings.stdio_idle_timeout,
+        stdio_allow_roots=settings.stdio_allow_roots,
+        replica_drain_timeout=settings.replica_drain_timeout,
+    )
+
+
+def kubernetes_runtime_config(settings: Settings) -> KubernetesRuntimeConfig:
+    """The Kubernetes runtime's part of the settings (``image_pull_policy`` is checked by Settings)."""
+    from gateway.runtime.kubernetes import KubernetesRuntimeConfig
+
+    return KubernetesRuntimeConfig(
+        namespace=settings.kube_namespace,
+        kubeconfig=settings.kubeconfig,
+        context=settings.kube_context,
+        registry=settings.kube_registry,
+        image_pull_policy=settings.kube_image_pull_policy,
+        service_account=settings.kube_service_account,
+        workload_service_account=settings.kube_workload_service_account,
+        pod_addressing=settings.kube_pod_addressing,
+        cluster_domain=settings.kube_cluster_domain,
+        cpu_request=settings.kube_cpu_request,
+        memory_request=settings.kube_memory_request,
+        cpu_limit=settings.kube_cpu_limit,
+        memory_limit=settings.kube_memory_limit,
+        node_selector=settings.kube_adapter_node_selector,
+        tolerations=settings.kube_adapter_tolerations,
+        stdio_bridge_image=settings.kube_stdio_bridge_image,
+        stdio_max_sessions=settings.stdio_max_sessions,
+        stdio_idle_timeout=settings.stdio_idle_timeout,
+        stdio_allow_roots=settings.stdio_allow_roots,
+        env_deny=settings.env_deny,
+        replica_drain_timeout=settings.replica_drain_timeout,
+        lease_name=settings.kube_lease_name,
+        lease_duration=settings.kube_lease_duration,
+        lease_renew_deadline=settings.kube_lease_renew_deadline,
+        lease_retry_period=settings.kube_lease_retry_period,
+    )
+
+
 def build_runtime(settings: Settings) -> Runtime:
-    """The runtime named by settings.runtime."""
+    """The runtime named by settings.runtime, given only its own configuration."""
     if settings.runtime == "kubernetes":
         from gateway.runtime.kubernetes import KubernetesRuntime
 
-        return KubernetesRuntime(settings)
+        return KubernetesRuntime(kubernetes_runtime_config(settings))
     from gateway.runtime.local import LocalRuntime
 
-    return LocalRuntime(settings)
+    return LocalRuntime(local_runtime_config(settings))
 
 
 def build_authenticator(settings: Settings) -> Authenticator:

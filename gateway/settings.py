@@ -45,6 +45,7 @@ LogFormat = Literal["auto", "text", "json"]
 AccessLog = Literal["all", "errors", "off"]
 PodAddressing = Literal["ip", "dns"]
 LocalSandbox = Literal["auto", "bwrap", "off"]
+ImagePullPolicy = Literal["Always", "IfNotPresent", "Never"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +285,9 @@ class Settings:
     )
     kube_context: str | None = setting(None, "kubeconfig context to use.")
     kube_registry: str = setting("", "Registry prefix for adapter images (e.g. myacr.azurecr.io).")
-    kube_image_pull_policy: str = setting("IfNotPresent", "imagePullPolicy of adapter pods.")
+    kube_image_pull_policy: ImagePullPolicy = setting(
+        "IfNotPresent", "imagePullPolicy of adapter pods: Always, IfNotPresent or Never."
+    )
     kube_service_account: str = setting("mcp-adapter", "Service account of adapter pods.")
     kube_workload_service_account: str = setting(
         "mcp-adapter-workload", "Service account of adapters with useWorkloadIdentity."
@@ -477,10 +480,12 @@ def parse_value(tp: Any, raw: str) -> Any:
             return None
         return parse_value(inner[0], raw)
     if origin is Literal:
+        # Case-insensitive, answered in the declared spelling (imagePullPolicy: ifnotpresent → IfNotPresent).
         value = raw.strip().lower()
-        if value not in args:
-            raise ValueError(f"expected one of {', '.join(args)}, got {raw!r}")
-        return value
+        for arg in args:
+            if arg.lower() == value:
+                return arg
+        raise ValueError(f"expected one of {', '.join(args)}, got {raw!r}")
     if origin is tuple:
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if tp is bool:
@@ -610,6 +615,57 @@ def _check_settings(s: Settings) -> None:
     if s.sessions == "redis" and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         _fail("redis_url", "must start with redis://, rediss:// or unix://")
     _check_upstream(s)
+    _check_sessions(s)
+    _check_kubernetes(s)
+
+
+IMAGE_PULL_POLICIES: tuple[str, ...] = typing.get_args(ImagePullPolicy)
+"""Kubernetes' imagePullPolicy values (case-sensitive: the API server refuses any other spelling)."""
+
+
+def _check_sessions(s: Settings) -> None:
+    """Session lifetimes that contradict each other (issue 20: checked at start, not found in production)."""
+    if s.session_cache_seconds < 0:
+        _fail("session_cache_seconds", f"must be 0 (no cache) or more, got {s.session_cache_seconds:g}")
+    if s.session_cache_seconds >= s.session_ttl:
+        # A record trusted for longer than a session may stay idle keeps expired and revoked sessions
+        # routing, and the router's cache pruning takes entries older than the TTL for expired ones.
+        _fail(
+            "session_cache_seconds",
+            f"must be less than MCPGW_SESSION_TTL ({s.session_ttl:g} s), got {s.session_cache_seconds:g}",
+        )
+    if s.session_max_age < s.session_ttl:
+        _fail(
+            "session_max_age",
+            f"must be at least MCPGW_SESSION_TTL ({s.session_ttl:g} s): the absolute lifetime cannot be shorter "
+            f"than the idle one, got {s.session_max_age:g}",
+        )
+    if s.sessions == "redis" and s.redis_entra:
+        parts = urlsplit(s.redis_url)
+        if parts.username or parts.password:
+            _fail(
+                "redis_url",
+                "must not carry a user or password when MCPGW_REDIS_ENTRA is on (the Entra ID token is the "
+                "password; set MCPGW_REDIS_USERNAME for the user)",
+            )
+
+
+def _check_kubernetes(s: Settings) -> None:
+    """Kubernetes settings that are enumerations or small languages: refused at start, not at the first apply."""
+    if s.kube_image_pull_policy not in IMAGE_PULL_POLICIES:
+        _fail(
+            "kube_image_pull_policy",
+            f"must be one of {', '.join(IMAGE_PULL_POLICIES)} (case-sensitive), got {s.kube_image_pull_policy!r}",
+        )
+    if s.runtime != "kubernetes":
+        return
+    from gateway.runtime._kube_manifests import node_selector, tolerations
+
+    for name, parse in (("kube_adapter_node_selector", node_selector), ("kube_adapter_tolerations", tolerations)):
+        try:
+            parse(getattr(s, name))
+        except ValueError as exc:
+            _fail(name, str(exc).removeprefix(f"{name}: "))
 
 
 def _check_upstream(s: Settings) -> None:

@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from azure.core.credentials_async import AsyncTokenCredential
+
+from gateway.app import build_store
 from gateway.settings import Settings
 from gateway.store.cosmos import CosmosAdapterStore
 from tests.tls_fixtures import TlsFiles, write_tls_files
@@ -291,6 +294,13 @@ def _stop_shared(emulator: CosmosEmulator, folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def cosmos_store(settings: Settings, credential: AsyncTokenCredential | None = None) -> CosmosAdapterStore:
+    """The store gateway/app.py builds from ``settings``: its config, a client factory, the key or ``credential``."""
+    store = build_store(settings, credential)
+    assert isinstance(store, CosmosAdapterStore)
+    return store
+
+
 async def new_cosmos_store(**overrides: Any) -> CosmosAdapterStore:
     """A not-yet-started store on a fresh database of the shared stand-in."""
-    return CosmosAdapterStore(shared_cosmos_emulator().settings(**overrides))
+    return cosmos_store(shared_cosmos_emulator().settings(**overrides))

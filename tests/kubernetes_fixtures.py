@@ -52,6 +52,7 @@ import aiohttp
 import kmock
 import pytest
 
+from gateway.app import kubernetes_runtime_config
 from gateway.models import AdapterRecord
 from gateway.runtime._local_process import _process_tree
 from gateway.runtime.kubernetes import KubernetesRuntime
@@ -626,7 +627,7 @@ def iter_managed(cluster: ClusterEmulator, plural: str) -> Iterator[dict[str, An
 @pytest.fixture
 async def runtime(kubeconfig: Path) -> AsyncIterator[KubernetesRuntime]:
     """A started KubernetesRuntime talking to ``cluster``; closed after the test."""
-    rt = KubernetesRuntime(kube_settings(kubeconfig))
+    rt = KubernetesRuntime(kubernetes_runtime_config(kube_settings(kubeconfig)))
     await rt.start()
     try:
         yield rt

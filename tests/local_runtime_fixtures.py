@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from gateway.app import local_runtime_config
 from gateway.models import AdapterRecord
 from gateway.runtime._local_process import find_owned_processes, owner_marker
 from gateway.runtime.local import LocalRuntime
@@ -160,7 +161,7 @@ async def make_runtime(tmp_path: Path, test_catalog: Path) -> AsyncIterator[Runt
         # No replica draining unless a test asks for it: these tests watch processes come and go.
         overrides.setdefault("replica_drain_timeout", 0)
         settings = Settings(data_dir=data_dir, image_catalog=overrides.pop("image_catalog", test_catalog), **overrides)
-        runtime = LocalRuntime(settings)
+        runtime = LocalRuntime(local_runtime_config(settings))
         await runtime.start()
         runtimes.append(runtime)
         data_dirs.add(data_dir)
@@ -180,11 +181,13 @@ async def make_runtime(tmp_path: Path, test_catalog: Path) -> AsyncIterator[Runt
 async def _serve(data_dir: Path, catalog: Path, specs: list[str]) -> None:
     isolation = load_settings(os.environ)  # MCPGW_LOCAL_SANDBOX / MCPGW_LOCAL_REPLICA_USER from the test
     runtime = LocalRuntime(
-        Settings(
-            data_dir=data_dir,
-            image_catalog=catalog,
-            local_sandbox=isolation.local_sandbox,
-            local_replica_user=isolation.local_replica_user,
+        local_runtime_config(
+            Settings(
+                data_dir=data_dir,
+                image_catalog=catalog,
+                local_sandbox=isolation.local_sandbox,
+                local_replica_user=isolation.local_replica_user,
+            )
         )
     )
     await runtime.start()

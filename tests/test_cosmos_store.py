@@ -22,14 +22,17 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
+from gateway.app import build_shared_credential
+from gateway.azure_credentials import build_azure_credential
 from gateway.errors import StoreUnavailable
 from gateway.models import AdapterRecord
 from gateway.settings import Settings
-from gateway.store.cosmos import CosmosAdapterStore, build_credential
+from gateway.store.cosmos import CosmosAdapterStore, CosmosClientFactory
 from tests.cosmos_fixtures import (
     EMULATOR_KEY,
     CosmosEmulator,
     cosmos_emulator_running,
+    cosmos_store,
     shared_cosmos_emulator,
     write_tls_files,
 )
@@ -65,7 +68,7 @@ def own_emulator(tmp_path: Path) -> Iterator[CosmosEmulator]:
 
 
 async def started(settings: Settings) -> CosmosAdapterStore:
-    store = CosmosAdapterStore(settings)
+    store = cosmos_store(settings)
     await store.start()
     return store
 
@@ -105,7 +108,7 @@ async def test_list_reads_more_than_one_page_of_the_sdk(store: CosmosAdapterStor
 
 async def test_a_certificate_from_another_ca_is_refused(emulator: CosmosEmulator, tmp_path: Path) -> None:
     other = write_tls_files(tmp_path / "other")
-    store = CosmosAdapterStore(emulator.settings(cosmos_ca_file=other.ca_file, cosmos_timeout=FAST))
+    store = cosmos_store(emulator.settings(cosmos_ca_file=other.ca_file, cosmos_timeout=FAST))
     try:
         with pytest.raises(StoreUnavailable) as info:
             await store.start()
@@ -185,7 +188,7 @@ async def test_access_denied_names_the_role_to_grant(store: CosmosAdapterStore, 
 
 
 async def test_missing_container_is_reported_unless_creation_is_asked(emulator: CosmosEmulator) -> None:
-    store = CosmosAdapterStore(emulator.settings(cosmos_create_if_missing=False))
+    store = cosmos_store(emulator.settings(cosmos_create_if_missing=False))
     try:
         with pytest.raises(StoreUnavailable) as info:
             await store.start()
@@ -219,7 +222,7 @@ def _closed_port() -> int:
 
 async def test_nothing_listening_is_store_unavailable_within_the_budget(emulator: CosmosEmulator) -> None:
     port = _closed_port()
-    store = CosmosAdapterStore(emulator.settings(cosmos_endpoint=f"https://127.0.0.1:{port}/", cosmos_timeout=FAST))
+    store = cosmos_store(emulator.settings(cosmos_endpoint=f"https://127.0.0.1:{port}/", cosmos_timeout=FAST))
     try:
         began = time.monotonic()
         with pytest.raises(StoreUnavailable) as info:
@@ -261,7 +264,7 @@ async def test_paused_server_is_store_unavailable_and_recovers_without_restart(
 
 
 async def test_start_during_an_outage_connects_on_a_later_call(own_emulator: CosmosEmulator) -> None:
-    store = CosmosAdapterStore(own_emulator.settings(cosmos_timeout=FAST))
+    store = cosmos_store(own_emulator.settings(cosmos_timeout=FAST))
     try:
         own_emulator.pause()
         try:
@@ -282,15 +285,19 @@ async def test_start_during_an_outage_connects_on_a_later_call(own_emulator: Cos
 
 
 async def test_credential_choice_follows_settings(emulator: CosmosEmulator) -> None:
-    assert build_credential(emulator.settings()) == EMULATOR_KEY
-    managed = build_credential(emulator.settings(cosmos_key=None, azure_client_id="0000-client"))
-    default = build_credential(emulator.settings(cosmos_key=None))
+    with_key = cosmos_store(emulator.settings())
+    assert isinstance(with_key._new_client, CosmosClientFactory) and with_key._new_client.credential == EMULATOR_KEY
+    assert build_shared_credential(emulator.settings()) is None  # the key is all Cosmos needs
+    managed = build_shared_credential(emulator.settings(cosmos_key=None, azure_client_id="0000-client"))
+    default = build_shared_credential(emulator.settings(cosmos_key=None))
     try:
         assert isinstance(managed, ManagedIdentityCredential)
         assert isinstance(default, DefaultAzureCredential)
+        injected = cosmos_store(emulator.settings(cosmos_key=None), default)._new_client
+        assert isinstance(injected, CosmosClientFactory) and injected.credential is default
     finally:
         for credential in (managed, default):
-            assert not isinstance(credential, str)
+            assert credential is not None
             await credential.close()
 
 
@@ -348,12 +355,17 @@ async def test_managed_identity_token_is_fetched_for_the_account(
     with _IdentityEndpoint() as identity:
         monkeypatch.setenv("IDENTITY_ENDPOINT", identity.url)
         monkeypatch.setenv("IDENTITY_HEADER", identity.HEADER)
-        store = await started(emulator.settings(cosmos_key=None, azure_client_id="11111111-client"))
+        settings = emulator.settings(cosmos_key=None, azure_client_id="11111111-client")
+        credential = build_shared_credential(settings)  # the one Azure credential gateway/app.py injects
+        assert credential is not None
+        store = cosmos_store(settings, credential)
         try:
+            await store.start()
             await store.create(record("alpha"))
             assert await store.get("alpha") is not None
         finally:
             await store.close()
+            await credential.close()
     assert identity.requests, "the store never asked for a token"
     query = identity.requests[0]
     assert query["client_id"] == ["11111111-client"]
@@ -367,12 +379,14 @@ async def test_a_failing_identity_is_store_unavailable_without_the_token(
     with _IdentityEndpoint(fail=True) as identity:
         monkeypatch.setenv("IDENTITY_ENDPOINT", identity.url)
         monkeypatch.setenv("IDENTITY_HEADER", identity.HEADER)
-        store = CosmosAdapterStore(emulator.settings(cosmos_key=None, azure_client_id="11111111-client"))
+        credential = build_azure_credential("11111111-client")  # what gateway/app.py injects
+        store = cosmos_store(emulator.settings(cosmos_key=None), credential)
         try:
             with pytest.raises(StoreUnavailable) as info:
                 await store.start()
         finally:
             await store.close()
+            await credential.close()
     assert_names_cosmos_without_secrets(info.value)
     assert "Entra ID token" in info.value.detail
     assert identity.HEADER not in info.value.detail
@@ -380,7 +394,7 @@ async def test_a_failing_identity_is_store_unavailable_without_the_token(
 
 
 async def test_concurrent_first_calls_connect_once(emulator: CosmosEmulator) -> None:
-    store = CosmosAdapterStore(emulator.settings())
+    store = cosmos_store(emulator.settings())
     try:
         results = await asyncio.gather(*(store.get(f"n{i}") for i in range(8)))
         assert results == [None] * 8

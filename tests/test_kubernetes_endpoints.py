@@ -8,6 +8,7 @@ from pathlib import Path
 
 import kmock
 
+from gateway.app import kubernetes_runtime_config
 from gateway.runtime.base import accepting
 from gateway.runtime.kubernetes import KubernetesRuntime
 from tests.kubernetes_fixtures import (
@@ -116,7 +117,9 @@ async def test_dns_addressing_uses_the_per_pod_name_of_the_headless_service(
     cluster: ClusterEmulator, kubeconfig: Path
 ) -> None:
     cluster.put_object("pods", pod("ex", 1, ip="10.0.0.1"))
-    rt = KubernetesRuntime(kube_settings(kubeconfig, kube_pod_addressing="dns", kube_cluster_domain="k8s.test"))
+    rt = KubernetesRuntime(
+        kubernetes_runtime_config(kube_settings(kubeconfig, kube_pod_addressing="dns", kube_cluster_domain="k8s.test"))
+    )
     await rt.start()
     try:
         # the initial list already knows the pod: no wait needed
@@ -206,7 +209,7 @@ async def test_the_watch_backs_off_on_errors_and_recovers(runtime: KubernetesRun
 
 
 async def test_close_ends_the_watch(cluster: ClusterEmulator, kubeconfig: Path) -> None:
-    rt = KubernetesRuntime(kube_settings(kubeconfig))
+    rt = KubernetesRuntime(kubernetes_runtime_config(kube_settings(kubeconfig)))
     await rt.start()
     await wait_for(lambda: cluster.open_watches == 1)
     await rt.close()

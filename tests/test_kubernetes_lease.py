@@ -15,6 +15,7 @@ from typing import Any
 import kmock
 import pytest
 
+from gateway.app import kubernetes_runtime_config
 from gateway.control.reconciler import Reconciler
 from gateway.models import AdapterRecord
 from gateway.runtime._kube_manifests import node_selector, statefulset_manifest, tolerations
@@ -33,8 +34,8 @@ SHORT = {"kube_lease_duration": 3.0, "kube_lease_renew_deadline": 2.0, "kube_lea
 @pytest.fixture
 async def two(kubeconfig: Path) -> AsyncIterator[tuple[KubernetesRuntime, KubernetesRuntime]]:
     """Two runtimes (two gateways) on one cluster and one Lease; the first started leads."""
-    first = KubernetesRuntime(kube_settings(kubeconfig, **SHORT))
-    second = KubernetesRuntime(kube_settings(kubeconfig, **SHORT))
+    first = KubernetesRuntime(kubernetes_runtime_config(kube_settings(kubeconfig, **SHORT)))
+    second = KubernetesRuntime(kubernetes_runtime_config(kube_settings(kubeconfig, **SHORT)))
     await first.start()
     await second.start()
     try:
@@ -184,19 +185,26 @@ def test_adapter_pods_can_be_placed_on_a_tainted_node_pool(tmp_path: Path) -> No
         kube_adapter_node_selector="pool=adapters",
         kube_adapter_tolerations="pool=adapters:NoSchedule,dedicated:NoExecute",
     )
-    spec: dict[str, Any] = statefulset_manifest(record("ex"), settings)["spec"]["template"]["spec"]
+    spec: dict[str, Any] = statefulset_manifest(record("ex"), kubernetes_runtime_config(settings))["spec"]["template"][
+        "spec"
+    ]
     assert spec["nodeSelector"] == {"pool": "adapters"}
     assert spec["tolerations"] == [
         {"key": "pool", "operator": "Equal", "value": "adapters", "effect": "NoSchedule"},
         {"key": "dedicated", "operator": "Exists", "effect": "NoExecute"},
     ]
-    assert "nodeSelector" not in statefulset_manifest(record("ex"), kube_settings(tmp_path))["spec"]["template"]["spec"]
+    assert (
+        "nodeSelector"
+        not in statefulset_manifest(record("ex"), kubernetes_runtime_config(kube_settings(tmp_path)))["spec"][
+            "template"
+        ]["spec"]
+    )
     with pytest.raises(ValueError, match="kube_adapter_tolerations"):
         tolerations("pool=adapters:Sometimes")
     with pytest.raises(ValueError, match="kube_adapter_node_selector"):
         node_selector("pool")
     with pytest.raises(ValueError):
-        KubernetesRuntime(kube_settings(tmp_path, kube_adapter_tolerations="=x"))
+        KubernetesRuntime(kubernetes_runtime_config(kube_settings(tmp_path, kube_adapter_tolerations="=x")))
 
 
 async def test_leadership_shows_in_the_log(

@@ -10,6 +10,7 @@ import pytest
 from kubernetes_validate.utils import latest_version, schema_contents
 from referencing import Registry, Resource
 
+from gateway.app import kubernetes_runtime_config
 from gateway.runtime._kube_manifests import (
     STDIO_VOLUME,
     applied_generation,
@@ -38,21 +39,25 @@ RECORDS = {
     "stdio": record("time", transport="stdio", command=["mcp-server-time"], args=["--local-timezone", "UTC"]),
 }
 SETTINGS = {
-    "defaults": Settings(runtime="kubernetes"),
-    "registry-and-limits": Settings(
-        runtime="kubernetes",
-        kube_registry="myacr.azurecr.io/",
-        kube_cpu_request="250m",
-        kube_memory_limit="1Gi",
-        kube_image_pull_policy="Always",
-        kube_namespace="mcp",
+    "defaults": kubernetes_runtime_config(Settings(runtime="kubernetes")),
+    "registry-and-limits": kubernetes_runtime_config(
+        Settings(
+            runtime="kubernetes",
+            kube_registry="myacr.azurecr.io/",
+            kube_cpu_request="250m",
+            kube_memory_limit="1Gi",
+            kube_image_pull_policy="Always",
+            kube_namespace="mcp",
+        )
     ),
-    "stdio-bridge": Settings(
-        runtime="kubernetes",
-        kube_stdio_bridge_image="myacr.azurecr.io/mcp-gateway@sha256:" + "a" * 64,
-        stdio_max_sessions=4,
-        stdio_idle_timeout=30,
-        stdio_allow_roots=True,
+    "stdio-bridge": kubernetes_runtime_config(
+        Settings(
+            runtime="kubernetes",
+            kube_stdio_bridge_image="myacr.azurecr.io/mcp-gateway@sha256:" + "a" * 64,
+            stdio_max_sessions=4,
+            stdio_idle_timeout=30,
+            stdio_allow_roots=True,
+        )
     ),
 }
 
@@ -68,7 +73,7 @@ def test_built_manifests_are_valid(version: str, settings_id: str, record_id: st
     settings, rec = SETTINGS[settings_id], RECORDS[record_id]
     for manifest in (statefulset_manifest(rec, settings), service_manifest(rec, settings)):
         validate(manifest, version)
-        assert manifest["metadata"]["namespace"] == settings.kube_namespace
+        assert manifest["metadata"]["namespace"] == settings.namespace
 
 
 def test_strict_validation_would_catch_a_mistake() -> None:
@@ -99,14 +104,18 @@ def test_command_and_args_replace_the_entrypoint_and_keep_the_security_context()
 
 def test_replaced_pods_drain_their_sessions_before_the_server_is_stopped() -> None:
     """Issue 13: a replaced or scaled-away pod serves its pinned sessions for replica_drain_timeout."""
-    sts = statefulset_manifest(RECORDS["plain"], Settings(runtime="kubernetes", replica_drain_timeout=45.5))
+    sts = statefulset_manifest(
+        RECORDS["plain"], kubernetes_runtime_config(Settings(runtime="kubernetes", replica_drain_timeout=45.5))
+    )
     pod_spec = sts["spec"]["template"]["spec"]
     # The kubelet's own sleep action: no binary needed in a stock image; SIGTERM reaches the server after it.
     assert pod_spec["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 46}}}
     assert pod_spec["terminationGracePeriodSeconds"] == 46 + 30
     # DNS names of terminating pods keep resolving (the gateway routes by its own pod watch).
     assert service_manifest(RECORDS["plain"], SETTINGS["defaults"])["spec"]["publishNotReadyAddresses"] is True
-    off = statefulset_manifest(RECORDS["plain"], Settings(runtime="kubernetes", replica_drain_timeout=0))
+    off = statefulset_manifest(
+        RECORDS["plain"], kubernetes_runtime_config(Settings(runtime="kubernetes", replica_drain_timeout=0))
+    )
     assert "lifecycle" not in off["spec"]["template"]["spec"]["containers"][0]
     assert off["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30
 
@@ -126,7 +135,7 @@ def test_a_stdio_image_gets_the_bridge_beside_it_and_keeps_its_least_privilege()
     assert "ports" not in server and "readinessProbe" not in server
     # The gateway image brings the bridge (serving the port, ready once the server answered ping) and busybox.
     for container in (bridge, setup):
-        assert container["image"] == SETTINGS["stdio-bridge"].kube_stdio_bridge_image
+        assert container["image"] == SETTINGS["stdio-bridge"].stdio_bridge_image
         assert container["securityContext"] == {**server["securityContext"], "readOnlyRootFilesystem": True}
         assert container["volumeMounts"] == [{"name": STDIO_VOLUME, "mountPath": STDIO_DIR}]
     assert setup["command"] == setup_command()

@@ -9,6 +9,7 @@ from typing import Any
 import kmock
 import pytest
 
+from gateway.app import kubernetes_runtime_config
 from gateway.errors import RuntimeUnavailable
 from gateway.runtime.base import InstanceNotFound
 from gateway.runtime.kubernetes import KubernetesRuntime
@@ -268,7 +269,9 @@ async def test_server_defaults_and_canonical_quantities_are_not_drift(
 ) -> None:
     # A Lease of its own: the ``runtime`` fixture already leads on the default one.
     rt = KubernetesRuntime(
-        kube_settings(kubeconfig, kube_cpu_limit="1000m", kube_memory_request="0.5Gi", kube_lease_name="other")
+        kubernetes_runtime_config(
+            kube_settings(kubeconfig, kube_cpu_limit="1000m", kube_memory_request="0.5Gi", kube_lease_name="other")
+        )
     )
     await rt.start()
     try:
@@ -470,14 +473,14 @@ async def test_an_unreachable_api_raises_runtime_unavailable(tmp_path: Any) -> N
     from tests.kubernetes_fixtures import free_port, write_kubeconfig
 
     kc = write_kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{free_port()}")
-    rt = KubernetesRuntime(kube_settings(kc))
+    rt = KubernetesRuntime(kubernetes_runtime_config(kube_settings(kc)))
     with pytest.raises(RuntimeUnavailable, match="Kubernetes API"):
         await rt.start()
     await rt.close()
 
 
 async def test_a_missing_kubeconfig_raises_runtime_unavailable(tmp_path: Any) -> None:
-    rt = KubernetesRuntime(kube_settings(tmp_path / "absent"))
+    rt = KubernetesRuntime(kubernetes_runtime_config(kube_settings(tmp_path / "absent")))
     with pytest.raises(RuntimeUnavailable, match="cluster configuration"):
         await rt.start()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.app import local_runtime_config
 from gateway.errors import RuntimeUnavailable
 from gateway.runtime import InstanceNotFound
 from gateway.runtime._local_catalog import ImageCatalog, ImageEntry
@@ -308,7 +309,7 @@ async def test_update_to_unknown_image_keeps_ready_replica_serving(make_runtime:
 
 
 async def test_ping_needs_start_and_close_is_idempotent(tmp_path: Path) -> None:
-    runtime = LocalRuntime(Settings(data_dir=tmp_path / "data"))
+    runtime = LocalRuntime(local_runtime_config(Settings(data_dir=tmp_path / "data")))
     with pytest.raises(RuntimeUnavailable, match="local runtime"):
         await runtime.ping()
     with pytest.raises(RuntimeUnavailable):
@@ -325,7 +326,7 @@ async def test_ping_needs_start_and_close_is_idempotent(tmp_path: Path) -> None:
 async def test_broken_user_catalog_stops_start_with_its_path(tmp_path: Path) -> None:
     catalog = tmp_path / "bad.toml"
     catalog.write_text('["x:1"]\ncommand = "not a list"\n')
-    runtime = LocalRuntime(Settings(data_dir=tmp_path / "data", image_catalog=catalog))
+    runtime = LocalRuntime(local_runtime_config(Settings(data_dir=tmp_path / "data", image_catalog=catalog)))
     with pytest.raises(RuntimeUnavailable, match=r"bad\.toml.*'x:1'.*command"):
         await runtime.start()
 
@@ -447,7 +448,7 @@ def test_runs_under_uvloop(tmp_path: Path) -> None:
     data = tmp_path / "data"
 
     async def scenario() -> tuple[str, int]:
-        runtime = LocalRuntime(Settings(data_dir=data))
+        runtime = LocalRuntime(local_runtime_config(Settings(data_dir=data)))
         await runtime.start()
         try:
             await runtime.apply(record("loopy", 1))

@@ -11,6 +11,7 @@ import anyio
 import msgspec
 import pytest
 
+from gateway.app import local_runtime_config
 from gateway.control.reconciler import Reconciler
 from gateway.models import AdapterRecord
 from gateway.runtime.local import LocalRuntime
@@ -39,7 +40,7 @@ def record(name: str, replicas: int = 1, generation: int = 1) -> AdapterRecord:
 class Stack:
     def __init__(self, data_dir: Path) -> None:
         self.store = SqliteAdapterStore(data_dir / "gateway.db")
-        self.runtime = LocalRuntime(dataclasses.replace(Settings(), data_dir=data_dir))
+        self.runtime = LocalRuntime(local_runtime_config(dataclasses.replace(Settings(), data_dir=data_dir)))
         self.sessions = MemorySessionStore()
         self.view = AdapterView()
         self.reconciler = Reconciler(self.store, self.runtime, self.view, self.sessions, interval=3600)

@@ -18,14 +18,16 @@ import jwt
 import pytest
 import redis
 from azure.core.credentials import AccessToken
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 
+from gateway.app import redis_session_config
 from gateway.azure_credentials import build_azure_credential
 from gateway.errors import SessionStoreUnavailable
 from gateway.sessions import SessionLimitExceeded, SessionLimits, SessionRecord, SessionStore
 from gateway.sessions._entra import REDIS_SCOPE
 from gateway.sessions.memory import SWEEP_BATCH, MemorySessionStore
-from gateway.sessions.redis import HASH_TAG, RedisNotSuitable, RedisSessionStore
+from gateway.sessions.redis import HASH_TAG, RedisNotSuitable, RedisSessionStore, entra_provider, redis_client
 from gateway.settings import Settings
 from tests.redis_fixtures import (  # noqa: F401
     CLUSTER_ARGS,
@@ -50,13 +52,16 @@ def redis_settings(url: str, **overrides: Any) -> Settings:
     return Settings(sessions="redis", redis_url=url, **overrides)
 
 
+def redis_store(settings: Settings, credential: AsyncTokenCredential | None = None) -> RedisSessionStore:
+    """The store gateway/app.py builds: its own config and an injected client."""
+    config = redis_session_config(settings)
+    return RedisSessionStore(config, client=redis_client(config, credential=credential))
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest, redis_server_session: RedisServer) -> AsyncIterator[SessionStore]:  # noqa: F811
     s: MemorySessionStore | RedisSessionStore
-    if request.param == "memory":
-        s = MemorySessionStore()
-    else:
-        s = RedisSessionStore(redis_settings(redis_server_session.url))
+    s = MemorySessionStore() if request.param == "memory" else redis_store(redis_settings(redis_server_session.url))
     await s.start()
     try:
         yield s
@@ -332,7 +337,7 @@ async def test_redis_uses_no_keys_or_scan_and_indexes_expire_with_their_sessions
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
     settings = redis_settings(redis_server.url)
-    s = RedisSessionStore(settings)
+    s = redis_store(settings)
     await s.start()
     try:
         with redis_server.client() as c:
@@ -360,7 +365,7 @@ async def test_redis_uses_no_keys_or_scan_and_indexes_expire_with_their_sessions
 
 async def test_redis_with_password(redis_server_factory: Callable[..., RedisServer]) -> None:  # noqa: F811
     server = redis_server_factory(password="s3cret/with:odd@chars")
-    good = RedisSessionStore(redis_settings(server.url))
+    good = redis_store(redis_settings(server.url))
     await good.start()
     try:
         await good.put(record("s1"), ttl=30)
@@ -368,7 +373,7 @@ async def test_redis_with_password(redis_server_factory: Callable[..., RedisServ
     finally:
         await good.close()
 
-    bad = RedisSessionStore(redis_settings(f"redis://:wrong@127.0.0.1:{server.port}/0"))
+    bad = redis_store(redis_settings(f"redis://:wrong@127.0.0.1:{server.port}/0"))
     started = time.monotonic()
     with pytest.raises(SessionStoreUnavailable) as caught:
         await bad.start()
@@ -377,7 +382,7 @@ async def test_redis_with_password(redis_server_factory: Callable[..., RedisServ
     assert "password" in caught.value.detail and "wrong" not in caught.value.detail
     await bad.close()
 
-    none = RedisSessionStore(redis_settings(f"redis://127.0.0.1:{server.port}/0"))
+    none = redis_store(redis_settings(f"redis://127.0.0.1:{server.port}/0"))
     with pytest.raises(SessionStoreUnavailable, match="refused"):
         await none.start()
     await none.close()
@@ -395,7 +400,7 @@ async def expect_fast_failure(call: Callable[[], Any]) -> SessionStoreUnavailabl
 
 
 async def test_redis_stopped_fails_fast_and_recovers_without_restart(redis_server: RedisServer) -> None:  # noqa: F811
-    s = RedisSessionStore(redis_settings(redis_server.url))
+    s = redis_store(redis_settings(redis_server.url))
     await s.start()
     try:
         await s.put(record("s1"), ttl=30)
@@ -424,7 +429,7 @@ async def test_redis_stopped_fails_fast_and_recovers_without_restart(redis_serve
 async def test_redis_restarted_between_calls_needs_nothing_from_the_caller(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
-    s = RedisSessionStore(redis_settings(redis_server.url))
+    s = redis_store(redis_settings(redis_server.url))
     await s.start()
     try:
         await asyncio.gather(*(s.put(record(f"s{i}"), ttl=30) for i in range(5)))  # several pooled connections
@@ -439,7 +444,7 @@ async def test_redis_restarted_between_calls_needs_nothing_from_the_caller(
 
 
 async def test_hung_redis_times_out_fast(redis_server: RedisServer) -> None:  # noqa: F811
-    s = RedisSessionStore(redis_settings(redis_server.url))
+    s = redis_store(redis_settings(redis_server.url))
     await s.start()
     assert redis_server.process is not None
     pid = redis_server.process.pid
@@ -459,7 +464,7 @@ async def test_hung_redis_times_out_fast(redis_server: RedisServer) -> None:  # 
 
 async def test_start_when_redis_is_down_raises_and_later_calls_work(redis_server: RedisServer) -> None:  # noqa: F811
     redis_server.stop()
-    s = RedisSessionStore(redis_settings(redis_server.url))
+    s = redis_store(redis_settings(redis_server.url))
     try:
         await expect_fast_failure(s.start)
         redis_server.start()
@@ -498,7 +503,7 @@ async def test_redis_with_an_evicting_policy_warns_at_start(
     policy: str,
 ) -> None:
     server = redis_server_factory("--maxmemory-policy", policy)
-    s = RedisSessionStore(redis_settings(server.url))
+    s = redis_store(redis_settings(server.url))
     await s.start()
     try:
         [warning] = store_warnings(caplog)
@@ -516,7 +521,7 @@ async def test_redis_with_noeviction_starts_quietly(
 ) -> None:
     caplog.set_level(logging.INFO, logger=STORE_LOG)
     server = redis_server_factory("--maxmemory-policy", "noeviction")
-    s = RedisSessionStore(redis_settings(server.url))
+    s = redis_store(redis_settings(server.url))
     await s.start()
     try:
         await exercise(s)
@@ -532,7 +537,7 @@ async def test_eviction_policy_is_read_from_info_when_config_is_disabled(
 ) -> None:
     # Azure Managed Redis refuses CONFIG; INFO memory still names the policy.
     server = redis_server_factory("--maxmemory-policy", "allkeys-lfu", "--rename-command", "CONFIG", "")
-    s = RedisSessionStore(redis_settings(server.url))
+    s = redis_store(redis_settings(server.url))
     await s.start()
     try:
         [warning] = store_warnings(caplog)
@@ -552,7 +557,7 @@ async def test_redis_user_without_dangerous_commands_is_checked_as_far_as_it_may
         c.acl_setuser("contributor", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-@dangerous"])
         with pytest.raises(redis.exceptions.NoPermissionError):
             redis.Redis(port=server.port, username="contributor", password="pw").info("cluster")
-    s = RedisSessionStore(redis_settings(f"redis://contributor:pw@127.0.0.1:{server.port}/0"))
+    s = redis_store(redis_settings(f"redis://contributor:pw@127.0.0.1:{server.port}/0"))
     await s.start()
     try:
         await exercise(s)
@@ -571,7 +576,7 @@ async def test_redis_cluster_node_serving_the_sessions_slot_works(
     caplog.set_level(logging.INFO, logger=STORE_LOG)
     server = serve_all_slots(redis_server_factory(*CLUSTER_ARGS, "--maxmemory-policy", "noeviction"))
     settings = redis_settings(server.url)
-    s = RedisSessionStore(settings)
+    s = redis_store(settings)
     await s.start()
     try:
         with server.client() as c:
@@ -588,7 +593,7 @@ async def test_redis_cluster_with_keys_in_several_slots_refuses_to_start(
 ) -> None:
     server = redis_server_factory(*CLUSTER_ARGS)  # CLUSTER KEYSLOT answers even before slots are served
     # "{}" is an empty hash tag: Redis then hashes each whole key, so they land in different slots.
-    s = RedisSessionStore(redis_settings(server.url, redis_key_prefix="gw{}:"))
+    s = redis_store(redis_settings(server.url, redis_key_prefix="gw{}:"))
     try:
         with pytest.raises(RedisNotSuitable) as caught:
             await s.start()
@@ -603,7 +608,7 @@ async def test_redis_cluster_node_not_serving_the_slot_refuses_to_start(
     redis_server_factory: Callable[..., RedisServer],  # noqa: F811
 ) -> None:
     server = redis_server_factory(*CLUSTER_ARGS)  # a node that serves no slot
-    s = RedisSessionStore(redis_settings(server.url))
+    s = redis_store(redis_settings(server.url))
     try:
         with pytest.raises(RedisNotSuitable, match=r"does not serve slot \d+ .*ClusterDownError.*NoCluster"):
             await s.start()
@@ -625,13 +630,13 @@ async def test_redis_cluster_of_two_shards_refuses_the_node_without_the_slot(
         while ca.cluster("INFO")["cluster_state"] != "ok" or cb.cluster("INFO")["cluster_state"] != "ok":
             assert time.monotonic() < deadline, "two-node cluster not ok within 10 s"
             await asyncio.sleep(0.02)
-    s = RedisSessionStore(redis_settings(a.url))
+    s = redis_store(redis_settings(a.url))
     try:
         with pytest.raises(RedisNotSuitable, match=rf"does not serve slot {slot} .*MovedError.*{b.port}"):
             await s.start()
     finally:
         await s.close()
-    good = RedisSessionStore(redis_settings(b.url))  # the node that serves the slot is fine
+    good = redis_store(redis_settings(b.url))  # the node that serves the slot is fine
     await good.start()
     try:
         await exercise(good)
@@ -644,7 +649,7 @@ async def test_redis_checks_run_at_the_first_call_when_redis_was_down_at_start(
 ) -> None:
     server = redis_server_factory(*CLUSTER_ARGS)
     server.stop()
-    s = RedisSessionStore(redis_settings(server.url, redis_key_prefix="gw{}:"))
+    s = redis_store(redis_settings(server.url, redis_key_prefix="gw{}:"))
     try:
         with pytest.raises(SessionStoreUnavailable, match="cannot connect"):
             await s.start()
@@ -746,9 +751,7 @@ async def test_entra_token_authenticates_as_its_oid(entra_redis: RedisServer, ca
     caplog.set_level(logging.DEBUG)
     oid = str(uuid.uuid4())
     credential = MintedCredential(oid, lifetime=3600, on_token=allow_token(entra_redis, oid))
-    s = RedisSessionStore(
-        redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential
-    )
+    s = redis_store(redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential)
     await s.start()
     try:
         await s.put(record("s1"), ttl=30)
@@ -764,7 +767,7 @@ async def test_entra_token_authenticates_as_its_oid(entra_redis: RedisServer, ca
 async def test_entra_username_setting_wins_over_the_oid(entra_redis: RedisServer) -> None:
     credential = MintedCredential(str(uuid.uuid4()), lifetime=3600, on_token=allow_token(entra_redis, "gateway-mi"))
     settings = redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True, redis_username="gateway-mi")
-    s = RedisSessionStore(settings, credential=credential)
+    s = redis_store(settings, credential=credential)
     await s.start()
     try:
         await s.put(record("s1"), ttl=30)
@@ -780,9 +783,7 @@ async def test_entra_token_is_refreshed_before_expiry_and_pooled_connections_rea
     oid = str(uuid.uuid4())
     # Redis accepts only the newest token: a connection still on an old one could not re-AUTH.
     credential = MintedCredential(oid, lifetime=1.2, on_token=allow_token(entra_redis, oid, only_latest=True))
-    s = RedisSessionStore(
-        redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential
-    )
+    s = redis_store(redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential)
     await s.start()
     try:
         await s.put(record("s1"), ttl=30)
@@ -803,9 +804,7 @@ async def test_entra_token_is_refreshed_before_expiry_and_pooled_connections_rea
 async def test_entra_token_failure_is_session_store_unavailable(entra_redis: RedisServer) -> None:
     credential = MintedCredential("x", lifetime=3600)
     credential.fail = ClientAuthenticationError("ManagedIdentityCredential: no managed identity endpoint found")
-    s = RedisSessionStore(
-        redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential
-    )
+    s = redis_store(redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential)
     with pytest.raises(SessionStoreUnavailable) as caught:
         await s.start()
     assert "Entra ID token" in caught.value.detail and "AZURE_CLIENT_ID" in caught.value.detail
@@ -814,9 +813,7 @@ async def test_entra_token_failure_is_session_store_unavailable(entra_redis: Red
 
 async def test_entra_token_without_access_is_refused_with_a_hint(entra_redis: RedisServer) -> None:
     credential = MintedCredential(str(uuid.uuid4()), lifetime=3600)  # Redis knows no such user
-    s = RedisSessionStore(
-        redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential
-    )
+    s = redis_store(redis_settings(f"redis://127.0.0.1:{entra_redis.port}/0", redis_entra=True), credential=credential)
     with pytest.raises(SessionStoreUnavailable) as caught:
         await s.start()
     assert "data access policy" in caught.value.detail
@@ -826,7 +823,7 @@ async def test_entra_token_without_access_is_refused_with_a_hint(entra_redis: Re
 
 def test_entra_refuses_a_url_with_a_password() -> None:
     with pytest.raises(ValueError, match="MCPGW_REDIS_URL"):
-        RedisSessionStore(redis_settings("rediss://:pw@example.redis.cache.windows.net:6380/0", redis_entra=True))
+        redis_store(redis_settings("rediss://:pw@example.redis.cache.windows.net:6380/0", redis_entra=True))
 
 
 async def test_one_azure_credential_factory_follows_the_client_id_setting() -> None:
@@ -842,8 +839,8 @@ async def test_one_azure_credential_factory_follows_the_client_id_setting() -> N
 
 
 async def test_the_composition_root_builds_one_azure_credential_for_cosmos_and_redis() -> None:
-    from gateway.app import build_components, build_shared_credential
-    from gateway.store.cosmos import CosmosAdapterStore
+    from gateway.app import build_components, build_shared_credential, build_store
+    from gateway.store.cosmos import CosmosAdapterStore, CosmosClientFactory
 
     cosmos = "https://example.documents.azure.com:443/"
     settings = redis_settings("rediss://example:6380/0", redis_entra=True, store="cosmos", cosmos_endpoint=cosmos)
@@ -851,12 +848,17 @@ async def test_the_composition_root_builds_one_azure_credential_for_cosmos_and_r
     assert c.azure_credential is not None
     try:
         assert isinstance(c.store, CosmosAdapterStore) and isinstance(c.sessions, RedisSessionStore)
-        assert c.store._credential is c.azure_credential and c.sessions._credential is c.azure_credential
+        provider = entra_provider(c.sessions.client())
+        assert provider is not None and not provider._owns_credential
+        assert isinstance(c.store._new_client, CosmosClientFactory)
+        assert c.store._new_client.credential is c.azure_credential
+        assert provider._credential is c.azure_credential
     finally:
+        await c.sessions.close()
         await c.azure_credential.close()
     # A shared credential belongs to the composition root: neither store closes it.
     shared = MintedCredential("oid", lifetime=3600)
-    for component in (CosmosAdapterStore(settings, credential=shared), RedisSessionStore(settings, credential=shared)):
+    for component in (build_store(settings, shared), redis_store(settings, credential=shared)):
         await component.close()
     assert not shared.closed
     # Nothing authenticates with Entra ID: no credential at all.
@@ -865,23 +867,22 @@ async def test_the_composition_root_builds_one_azure_credential_for_cosmos_and_r
     assert build_shared_credential(redis_settings("redis://127.0.0.1:6379/0")) is None
 
 
-async def test_entra_store_without_an_injected_credential_builds_and_closes_its_own() -> None:
-    from azure.identity.aio import ManagedIdentityCredential
-
-    s = RedisSessionStore(redis_settings("rediss://example:6380/0", redis_entra=True, azure_client_id="abc"))
-    client = s._make_client()
-    try:
-        assert s._provider is not None and isinstance(s._provider._credential, ManagedIdentityCredential)
-        assert s._provider._owns_credential
-    finally:
-        await client.aclose()
-        await s._provider.aclose()
+async def test_entra_client_needs_the_injected_credential_and_never_closes_it() -> None:
+    config = redis_session_config(redis_settings("rediss://example:6380/0", redis_entra=True, azure_client_id="abc"))
+    with pytest.raises(ValueError, match="MCPGW_REDIS_ENTRA needs an Azure credential"):
+        redis_client(config)  # the store no longer builds a credential of its own: gateway/app.py injects one
+    shared = MintedCredential("oid", lifetime=3600)
+    s = RedisSessionStore(config, client=redis_client(config, credential=shared))
+    provider = entra_provider(s.client())
+    assert provider is not None and provider._credential is shared and not provider._owns_credential
+    await s.close()
+    assert not shared.closed
 
 
 async def test_redis_over_tls_with_a_password(redis_server_factory: Callable[..., RedisServer]) -> None:  # noqa: F811
     server = redis_server_factory(password="pw", tls=True)
     assert server.url.startswith("rediss://")
-    s = RedisSessionStore(redis_settings(server.url))
+    s = redis_store(redis_settings(server.url))
     await s.start()
     try:
         await s.put(record("s1"), ttl=30)
@@ -889,7 +890,7 @@ async def test_redis_over_tls_with_a_password(redis_server_factory: Callable[...
     finally:
         await s.close()
     # Without the CA the certificate is not trusted: refused, quickly, naming what to check.
-    untrusted = RedisSessionStore(redis_settings(f"rediss://:pw@localhost:{server.port}/0"))
+    untrusted = redis_store(redis_settings(f"rediss://:pw@localhost:{server.port}/0"))
     err = await expect_fast_failure(untrusted.start)
     assert "rediss://localhost" in err.detail and "certificate" in err.detail
     await untrusted.close()

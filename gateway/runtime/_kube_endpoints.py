@@ -16,10 +16,10 @@ import logging
 import random
 
 from gateway.runtime._kube_api import TRANSPORT_ERRORS, ApiError, KubeApi, unavailable
+from gateway.runtime._kube_config import KubernetesRuntimeConfig
 from gateway.runtime._kube_manifests import ADAPTER_LABEL, CONTAINER_PORT, MANAGED_SELECTOR, Manifest, is_managed
 from gateway.runtime._kube_status import pod_ready, pod_serving, pod_uid
 from gateway.runtime.base import Endpoint, EndpointListener
-from gateway.settings import Settings
 
 log = logging.getLogger("gateway.runtime.kubernetes")
 
@@ -34,9 +34,9 @@ class WatchExpired(Exception):
 class PodWatch:
     """The ready pods of every adapter, kept current by a pod watch (see the module docstring)."""
 
-    def __init__(self, api: KubeApi, settings: Settings) -> None:
+    def __init__(self, api: KubeApi, config: KubernetesRuntimeConfig) -> None:
         self._api = api
-        self._settings = settings
+        self._config = config
         self._pods: dict[str, dict[str, Manifest]] = {}
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self._listeners: list[EndpointListener] = []
@@ -52,8 +52,8 @@ class PodWatch:
 
     def _endpoint(self, pod: Manifest, adapter: str) -> Endpoint:
         pod_name = str(pod["metadata"]["name"])
-        if self._settings.kube_pod_addressing == "dns":
-            ns, domain = self._api.namespace, self._settings.kube_cluster_domain
+        if self._config.pod_addressing == "dns":
+            ns, domain = self._api.namespace, self._config.cluster_domain
             host = f"{pod_name}.{adapter}.{ns}.svc.{domain}"
         else:
             ip = str(pod["status"]["podIP"])

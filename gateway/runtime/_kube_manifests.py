@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.envpolicy import EnvPolicy
 from gateway.models import AdapterRecord
-from gateway.settings import Settings
+from gateway.runtime._kube_config import KubernetesRuntimeConfig
 from gateway.stdio.pod import STDIO_DIR, setup_command, spawner_command
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -61,9 +61,9 @@ def is_managed(obj: Manifest, name: str | None = None) -> bool:
     return name is None or labels.get(ADAPTER_LABEL) == name
 
 
-def image_reference(adapter: AdapterRecord, settings: Settings) -> str:
+def image_reference(adapter: AdapterRecord, config: KubernetesRuntimeConfig) -> str:
     """``<registry>/<imageName>:<imageVersion>``, without the registry when none is configured."""
-    registry = settings.kube_registry.strip().rstrip("/")
+    registry = config.registry.strip().rstrip("/")
     return f"{registry}/{adapter.image}" if registry else adapter.image
 
 
@@ -122,10 +122,10 @@ def tolerations(text: str) -> list[Manifest]:
     return out
 
 
-def _metadata(adapter: AdapterRecord, settings: Settings, spec: Manifest) -> Manifest:
+def _metadata(adapter: AdapterRecord, config: KubernetesRuntimeConfig, spec: Manifest) -> Manifest:
     return {
         "name": adapter.name,
-        "namespace": settings.kube_namespace,
+        "namespace": config.namespace,
         "labels": selector_labels(adapter.name),
         "annotations": {
             GENERATION_ANNOTATION: str(adapter.generation),
@@ -135,30 +135,30 @@ def _metadata(adapter: AdapterRecord, settings: Settings, spec: Manifest) -> Man
     }
 
 
-def _env(adapter: AdapterRecord, settings: Settings) -> list[Manifest]:
+def _env(adapter: AdapterRecord, config: KubernetesRuntimeConfig) -> list[Manifest]:
     """The adapter's variables minus the deny-list (gateway/envpolicy.py), then MCP_REPLICA_ID.
 
     The API refuses denied names; a record that holds some anyway (written before the deny-list
     existed, or straight into the store) loses them here: a container is already isolated from
     the gateway, so stripping, not refusing, keeps such an adapter serving.
     """
-    allowed = EnvPolicy(settings.env_deny).allowed(adapter.environment_variables)
+    allowed = EnvPolicy(config.env_deny).allowed(adapter.environment_variables)
     env: list[Manifest] = [{"name": key, "value": value} for key, value in sorted(allowed.items())]
     # The replica's own name, so a server can say which replica answered (the example's whoami).
     env.append({"name": REPLICA_ID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     return env
 
 
-def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest:
+def statefulset_manifest(adapter: AdapterRecord, config: KubernetesRuntimeConfig) -> Manifest:
     """The StatefulSet running the adapter's replicas."""
     pod_labels = selector_labels(adapter.name)
     if adapter.use_workload_identity:
         pod_labels[WORKLOAD_IDENTITY_LABEL] = "true"
     container: Manifest = {
         "name": CONTAINER_NAME,
-        "image": image_reference(adapter, settings),
-        "imagePullPolicy": settings.kube_image_pull_policy,
-        "env": _env(adapter, settings),
+        "image": image_reference(adapter, config),
+        "imagePullPolicy": config.image_pull_policy,
+        "env": _env(adapter, config),
         "ports": [{"name": "mcp", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         # "The MCP port answers": a TCP probe works for any image; not every server has a health path.
         "readinessProbe": {
@@ -175,8 +175,8 @@ def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest
             "failureThreshold": 3,
         },
         "resources": {
-            "requests": {"cpu": settings.kube_cpu_request, "memory": settings.kube_memory_request},
-            "limits": {"cpu": settings.kube_cpu_limit, "memory": settings.kube_memory_limit},
+            "requests": {"cpu": config.cpu_request, "memory": config.memory_request},
+            "limits": {"cpu": config.cpu_limit, "memory": config.memory_limit},
         },
         "securityContext": {
             "runAsNonRoot": True,
@@ -184,7 +184,7 @@ def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    drain = math.ceil(settings.replica_drain_timeout)
+    drain = math.ceil(config.replica_drain_timeout)
     if drain > 0:
         # A replaced or scaled-away pod keeps serving the sessions pinned to it for the drain (issue 13):
         # the kubelet's own sleep (no binary needed in the image), then SIGTERM to the server.
@@ -206,9 +206,7 @@ def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest
             "metadata": {"labels": pod_labels},
             "spec": {
                 "serviceAccountName": (
-                    settings.kube_workload_service_account
-                    if adapter.use_workload_identity
-                    else settings.kube_service_account
+                    config.workload_service_account if adapter.use_workload_identity else config.service_account
                 ),
                 "automountServiceAccountToken": adapter.use_workload_identity,
                 "enableServiceLinks": False,
@@ -220,15 +218,15 @@ def statefulset_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest
         },
     }
     if adapter.transport == "stdio":
-        _with_stdio_bridge(spec["template"]["spec"], adapter, settings)
-    if settings.kube_adapter_node_selector:
-        spec["template"]["spec"]["nodeSelector"] = node_selector(settings.kube_adapter_node_selector)
-    if settings.kube_adapter_tolerations:
-        spec["template"]["spec"]["tolerations"] = tolerations(settings.kube_adapter_tolerations)
+        _with_stdio_bridge(spec["template"]["spec"], adapter, config)
+    if config.node_selector:
+        spec["template"]["spec"]["nodeSelector"] = node_selector(config.node_selector)
+    if config.tolerations:
+        spec["template"]["spec"]["tolerations"] = tolerations(config.tolerations)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _metadata(adapter, settings, spec),
+        "metadata": _metadata(adapter, config, spec),
         "spec": spec,
     }
 
@@ -247,19 +245,19 @@ BRIDGE_RESOURCES: Manifest = {
 }
 
 
-def bridge_image(settings: Settings) -> str:
+def bridge_image(config: KubernetesRuntimeConfig) -> str:
     """The gateway image that brings the bridge (kube_stdio_bridge_image, else the registry's mcp-gateway)."""
-    if settings.kube_stdio_bridge_image:
-        return settings.kube_stdio_bridge_image
+    if config.stdio_bridge_image:
+        return config.stdio_bridge_image
     try:
         version = importlib.metadata.version("mcp-gateway")
     except importlib.metadata.PackageNotFoundError:
         version = "0.1.0"
-    registry = settings.kube_registry.strip().rstrip("/")
+    registry = config.registry.strip().rstrip("/")
     return f"{registry}/mcp-gateway:{version}" if registry else f"mcp-gateway:{version}"
 
 
-def _with_stdio_bridge(pod: Manifest, adapter: AdapterRecord, settings: Settings) -> None:
+def _with_stdio_bridge(pod: Manifest, adapter: AdapterRecord, config: KubernetesRuntimeConfig) -> None:
     """Turn the pod of a stdio image into server container + bridge container + setup init container.
 
     The server container keeps its image, env, resources and security context; its command becomes
@@ -277,19 +275,19 @@ def _with_stdio_bridge(pod: Manifest, adapter: AdapterRecord, settings: Settings
     server["args"] = [*(adapter.command or ()), *(adapter.args or ())]
     server["volumeMounts"] = [mount]
     locked = {**server["securityContext"], "readOnlyRootFilesystem": True}
-    image = bridge_image(settings)
+    image = bridge_image(config)
     bridge: Manifest = {
         "name": BRIDGE_CONTAINER_NAME,
         "image": image,
-        "imagePullPolicy": settings.kube_image_pull_policy,
+        "imagePullPolicy": config.image_pull_policy,
         "command": ["python", "-m", "gateway.stdio.bridge"],
         "args": [
             f"--host=$({POD_IP_ENV})",
             f"--port={CONTAINER_PORT}",
             f"--fifo-dir={STDIO_DIR}",
-            f"--max-sessions={settings.stdio_max_sessions}",
-            f"--idle-timeout={settings.stdio_idle_timeout:g}",
-            *(["--allow-roots"] if settings.stdio_allow_roots else []),
+            f"--max-sessions={config.stdio_max_sessions}",
+            f"--idle-timeout={config.stdio_idle_timeout:g}",
+            *(["--allow-roots"] if config.stdio_allow_roots else []),
         ],
         "env": [{"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "ports": ports,
@@ -311,7 +309,7 @@ def _with_stdio_bridge(pod: Manifest, adapter: AdapterRecord, settings: Settings
         {
             "name": SETUP_CONTAINER_NAME,
             "image": image,
-            "imagePullPolicy": settings.kube_image_pull_policy,
+            "imagePullPolicy": config.image_pull_policy,
             "command": setup_command(),
             "resources": copy.deepcopy(BRIDGE_RESOURCES),
             "securityContext": copy.deepcopy(locked),
@@ -321,7 +319,7 @@ def _with_stdio_bridge(pod: Manifest, adapter: AdapterRecord, settings: Settings
     pod["volumes"] = [{"name": STDIO_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}]
 
 
-def service_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest:
+def service_manifest(adapter: AdapterRecord, config: KubernetesRuntimeConfig) -> Manifest:
     """The headless Service giving the adapter's pods their DNS names."""
     spec: Manifest = {
         "clusterIP": "None",
@@ -331,7 +329,7 @@ def service_manifest(adapter: AdapterRecord, settings: Settings) -> Manifest:
         # terminating but still serves its pinned sessions (the drain), so not-ready pods stay published.
         "publishNotReadyAddresses": True,
     }
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(adapter, settings, spec), "spec": spec}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(adapter, config, spec), "spec": spec}
 
 
 def applied_generation(live: Manifest) -> int:

@@ -15,6 +15,7 @@ import aiohttp
 
 from gateway.models import AdapterRecord, InstanceStatus
 from gateway.runtime._kube_api import TRANSPORT_ERRORS, ApiError, KubeApi, unavailable
+from gateway.runtime._kube_config import KubernetesRuntimeConfig
 from gateway.runtime._kube_manifests import (
     CONTAINER_NAME,
     GENERATION_ANNOTATION,
@@ -25,7 +26,6 @@ from gateway.runtime._kube_manifests import (
     is_managed,
 )
 from gateway.runtime.base import InstanceNotFound, RuntimeIssue, RuntimeStatus
-from gateway.settings import Settings
 
 # Waiting reasons of a container that mean it will not become ready by itself.
 STUCK_REASONS = frozenset(
@@ -104,7 +104,7 @@ def container_status(pod: Manifest) -> Manifest:
     return cast(Manifest, statuses[0]) if statuses else {}
 
 
-async def adapter_status(api: KubeApi, adapter: AdapterRecord, settings: Settings) -> RuntimeStatus:
+async def adapter_status(api: KubeApi, adapter: AdapterRecord, config: KubernetesRuntimeConfig) -> RuntimeStatus:
     """Replica counts and rollout state of the StatefulSet, readiness and trouble of each pod."""
     name, namespace = adapter.name, api.namespace
     try:
@@ -115,7 +115,7 @@ async def adapter_status(api: KubeApi, adapter: AdapterRecord, settings: Setting
     if sts is None or not is_managed(sts, name):
         return RuntimeStatus(
             observed_generation=0,
-            image=image_reference(adapter, settings),
+            image=image_reference(adapter, config),
             desired=adapter.replica_count,
             ready=0,
             updated=0,

@@ -36,6 +36,7 @@ from gateway.errors import RuntimeUnavailable
 from gateway.models import AdapterRecord
 from gateway.runtime._kube_api import DEPENDENCY, TRANSPORT_ERRORS, KubeApi, unavailable
 from gateway.runtime._kube_apply import Applier
+from gateway.runtime._kube_config import KubernetesRuntimeConfig as KubernetesRuntimeConfig  # re-exported
 from gateway.runtime._kube_endpoints import PodWatch
 from gateway.runtime._kube_lease import LeaseElector
 from gateway.runtime._kube_manifests import (
@@ -47,7 +48,6 @@ from gateway.runtime._kube_manifests import (
 )
 from gateway.runtime._kube_status import adapter_status, follow_replica_logs, replica_logs
 from gateway.runtime.base import Endpoint, EndpointListener, NotLeading, RuntimeStatus, SessionCounter
-from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,12 @@ class LeaseLeadership:
 class KubernetesRuntime:
     """Adapters as StatefulSets in one namespace; endpoints from a pod watch (see the module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._namespace = settings.kube_namespace
-        # Settings the manifests parse: refuse to start on a typo rather than at the first apply.
-        node_selector(settings.kube_adapter_node_selector)
-        tolerations(settings.kube_adapter_tolerations)
+    def __init__(self, config: KubernetesRuntimeConfig) -> None:
+        self._config = config
+        self._namespace = config.namespace
+        # What the manifests parse: refuse to start on a typo rather than at the first apply.
+        node_selector(config.node_selector)
+        tolerations(config.tolerations)
         self._api: KubeApi | None = None
         self._lease_api: KubeApi | None = None
         self._pods: PodWatch | None = None
@@ -129,21 +129,21 @@ class KubernetesRuntime:
             return
         configuration = await self._load_configuration()
         self._api = KubeApi(cast(Any, kube_client).ApiClient(configuration=configuration), self._namespace)
-        self._pods = PodWatch(self._api, self._settings)
+        self._pods = PodWatch(self._api, self._config)
         for listener in self._listeners:
             self._pods.add_listener(listener)
-        s = self._settings
+        c = self._config
         # The Lease gets a client (a connection pool) of its own: renewals must not queue behind a
         # burst of applies (kubernetes_asyncio pools 5 connections per core; 20 applies at once
         # delayed renewals past the renew deadline in tests/test_ha_control_plane.py).
         self._lease_api = KubeApi(cast(Any, kube_client).ApiClient(configuration=configuration), self._namespace)
         self._elector = LeaseElector(
             self._lease_api,
-            name=s.kube_lease_name,
+            name=c.lease_name,
             identity=self.identity,
-            lease_duration=s.kube_lease_duration,
-            renew_deadline=s.kube_lease_renew_deadline,
-            retry_period=s.kube_lease_retry_period,
+            lease_duration=c.lease_duration,
+            renew_deadline=c.lease_renew_deadline,
+            retry_period=c.lease_retry_period,
         )
         self._applier = Applier(self._api, self._elector.may_act)
         self.leadership.attach(self._elector)
@@ -157,17 +157,17 @@ class KubernetesRuntime:
 
     async def _load_configuration(self) -> Any:
         configuration = cast(Any, kube_client).Configuration()
-        s = self._settings
+        s = self._config
         try:
             if s.kubeconfig is not None:
                 await kube_config.load_kube_config(
-                    config_file=str(s.kubeconfig), context=s.kube_context, client_configuration=configuration
+                    config_file=str(s.kubeconfig), context=s.context, client_configuration=configuration
                 )
                 return configuration
             try:
                 cast(Any, kube_config).load_incluster_config(client_configuration=configuration)
             except ConfigException:
-                await kube_config.load_kube_config(context=s.kube_context, client_configuration=configuration)
+                await kube_config.load_kube_config(context=s.context, client_configuration=configuration)
         except (ConfigException, OSError, ValueError) as exc:
             where = f"kubeconfig {s.kubeconfig}" if s.kubeconfig else "in-cluster service account or ~/.kube/config"
             raise RuntimeUnavailable(
@@ -228,7 +228,7 @@ class KubernetesRuntime:
         applier = self._require_applier()
         applier.fence(f"apply adapter {adapter.name}")
         await applier.apply(
-            adapter, service_manifest(adapter, self._settings), statefulset_manifest(adapter, self._settings)
+            adapter, service_manifest(adapter, self._config), statefulset_manifest(adapter, self._config)
         )
 
     async def remove(self, name: str) -> None:
@@ -247,7 +247,7 @@ class KubernetesRuntime:
     # --- observed state ------------------------------------------------------------------------
     async def status(self, adapter: AdapterRecord) -> RuntimeStatus:
         """Replica counts and rollout state of the StatefulSet, readiness and trouble of each pod."""
-        return await adapter_status(self._require_api(), adapter, self._settings)
+        return await adapter_status(self._require_api(), adapter, self._config)
 
     async def logs(self, name: str, instance: int, tail: int) -> str:
         """The last ``tail`` lines of pod ``<name>-<instance>``; a note while its container is starting."""

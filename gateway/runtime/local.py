@@ -92,7 +92,6 @@ from gateway.runtime.base import (
     RuntimeStatus,
     SessionCounter,
 )
-from gateway.settings import Settings
 
 log = logging.getLogger("gateway.runtime.local")
 
@@ -307,16 +306,53 @@ def _status_from(snapshot: AdapterSnapshot) -> RuntimeStatus:
     )
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LocalRuntimeConfig:
+    """What the local runtime reads, and nothing else (issue 20, 2026-12-01).
+
+    ``gateway/app.py`` builds it from the ``MCPGW_*`` settings of the same names (``local_*``,
+    ``stdio_*``, ``image_catalog``, ``env_deny``, ``replica_drain_timeout``; defaults are the
+    settings' defaults, which tests/test_component_configs.py checks); a test builds one directly.
+    """
+
+    data_dir: Path
+    """The gateway's data dir: replica logs (``logs/``), the leader lock (``runtime/``), package caches."""
+    image_catalog: Path | None = None
+    """TOML catalog of ``imageName:imageVersion`` → command, on top of the built-in one."""
+    env_deny: tuple[str, ...] = ()
+    """Extra env var names or globs adapters may not set (on top of the built-in deny-list)."""
+    replica_user: str = "nobody"
+    """User replicas run as when the gateway runs as root; empty: root (not isolated)."""
+    sandbox: Literal["auto", "bwrap", "off"] = "auto"
+    """Bubblewrap sandbox per replica: when it works, required, or off."""
+    expose: tuple[str, ...] = ()
+    """Folders an adapter's command line may name to have them shown read-only in its sandbox."""
+    ready_timeout: float = 30.0
+    """Seconds a replica may take to accept connections."""
+    restart_backoff_max: float = 30.0
+    """Longest wait before restarting a crashed replica."""
+    packages: bool = False
+    """Whether npm/PyPI package adapters run (npx/uvx)."""
+    stdio_max_sessions: int = 32
+    """Processes one replica of a stdio adapter runs at once."""
+    stdio_idle_timeout: float = 600.0
+    """Seconds a stdio session may stay idle before its process ends."""
+    stdio_allow_roots: bool = False
+    """Pass the client's roots capability to stdio servers."""
+    replica_drain_timeout: float = 60.0
+    """Seconds a replaced or scaled-away replica keeps serving its pinned sessions (0: stop at once)."""
+
+
 class LocalRuntime:
     """Runs adapter replicas as child processes of this gateway (see the module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._data_dir = settings.data_dir
-        self._log_dir = settings.data_dir / "logs"
-        self._run_dir = settings.data_dir / "runtime"
-        self._catalog = ImageCatalog(settings.image_catalog)
-        self._env_policy = EnvPolicy(settings.env_deny)
+    def __init__(self, config: LocalRuntimeConfig) -> None:
+        self._config = config
+        self._data_dir = config.data_dir
+        self._log_dir = config.data_dir / "logs"
+        self._run_dir = config.data_dir / "runtime"
+        self._catalog = ImageCatalog(config.image_catalog)
+        self._env_policy = EnvPolicy(config.env_deny)
         self._isolation: Isolation | None = None
         self._marker = ""
         self._role: Literal["leader", "follower"] | None = None
@@ -357,8 +393,8 @@ class LocalRuntime:
             isolation, sandbox_off = await asyncio.to_thread(
                 detect,
                 data_dir=self._data_dir,
-                replica_user=self._settings.local_replica_user,
-                sandbox=self._settings.local_sandbox,
+                replica_user=self._config.replica_user,
+                sandbox=self._config.sandbox,
                 setpriv=SETPRIV,
             )
         except IsolationError as exc:
@@ -370,8 +406,8 @@ class LocalRuntime:
             log_dir=self._log_dir,
             base_env=base_environment(os.environ),
             marker=self._marker,
-            ready_timeout=self._settings.local_ready_timeout,
-            backoff_max=self._settings.local_restart_backoff_max,
+            ready_timeout=self._config.ready_timeout,
+            backoff_max=self._config.restart_backoff_max,
             isolation=isolation,
             on_change=self._replica_changed,
         )
@@ -508,10 +544,10 @@ class LocalRuntime:
                 "--port",
                 "{port}",
                 "--max-sessions",
-                str(self._settings.stdio_max_sessions),
+                str(self._config.stdio_max_sessions),
                 "--idle-timeout",
-                f"{self._settings.stdio_idle_timeout:g}",
-                *(["--allow-roots"] if self._settings.stdio_allow_roots else []),
+                f"{self._config.stdio_idle_timeout:g}",
+                *(["--allow-roots"] if self._config.stdio_allow_roots else []),
                 # One argument: an absolute path on its own would make the sandbox expose its parent.
                 *([f"--cwd={cwd}"] if cwd else []),
                 "--",
@@ -530,17 +566,17 @@ class LocalRuntime:
         return spec, None
 
     def _creator_may_expose(self, arg: str) -> bool:
-        if not arg.startswith("/") or not self._settings.local_expose:
+        if not arg.startswith("/") or not self._config.expose:
             return False
         path = Path(os.path.realpath(arg))  # a symlink inside an allowed folder must not lead out of it
-        roots = [Path(os.path.realpath(root)) for root in self._settings.local_expose]
+        roots = [Path(os.path.realpath(root)) for root in self._config.expose]
         return any(path == root or root in path.parents for root in roots)
 
     def _unknown_image(self, image: str, known: list[str]) -> str:
         where = (
             "the built-in catalog"
-            if self._settings.image_catalog is None
-            else f"the built-in catalog or {self._settings.image_catalog}"
+            if self._config.image_catalog is None
+            else f"the built-in catalog or {self._config.image_catalog}"
         )
         return (
             f"image {image} is not in {where}; known images: {', '.join(known) or 'none'}. "
@@ -574,7 +610,7 @@ class LocalRuntime:
         """
         pkg = record.package
         assert pkg is not None
-        if not self._settings.local_packages:
+        if not self._config.packages:
             # Opt-in: a package runs code fetched from a public registry on this machine (in the sandbox).
             return (
                 None,
@@ -678,7 +714,7 @@ class LocalRuntime:
         request, until its last session ends (asked every DRAIN_POLL seconds of the session counter)
         or ``replica_drain_timeout`` passes; a crash ends the drain too (it is not restarted).
         """
-        timeout = self._settings.replica_drain_timeout
+        timeout = self._config.replica_drain_timeout
         if timeout <= 0 or not replica.ready:
             return False
         entry = _Draining(replica, time.time() + timeout)

@@ -50,6 +50,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -61,11 +62,9 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 
-from gateway.azure_credentials import build_azure_credential
 from gateway.errors import SessionStoreUnavailable
 from gateway.sessions._entra import EntraCredentialProvider
 from gateway.sessions.base import SessionLimitExceeded, SessionLimits, SessionRecord
-from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -253,32 +252,87 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 
-class RedisSessionStore:
-    """Session records in Redis (``redis.asyncio``), by URL with password/TLS or by Entra ID token.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisSessionConfig:
+    """What the Redis session store and its client read, and nothing else (issue 20, 2026-12-01).
 
-    ``credential`` (an azure-identity async credential, normally the one ``gateway/app.py`` builds
-    for the whole gateway) is used when ``redis_entra`` is on; it belongs to the caller, who closes
-    it. Without one, the store builds its own from settings and closes it in :meth:`close`.
+    ``gateway/app.py`` builds it from ``MCPGW_REDIS_URL``, ``MCPGW_REDIS_KEY_PREFIX``,
+    ``MCPGW_REDIS_ENTRA`` and ``MCPGW_REDIS_USERNAME`` (same defaults; tests/test_component_configs.py
+    checks that they agree); a test builds one directly.
     """
 
-    def __init__(self, settings: Settings, *, credential: AsyncTokenCredential | None = None) -> None:
-        self._settings = settings
-        self._credential = credential
-        parts = urlsplit(settings.redis_url)
-        if settings.redis_entra and (parts.password or parts.username):
+    url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # may carry a password
+    """Redis URL (``rediss://`` for TLS; query options such as ``max_connections`` are honoured)."""
+    key_prefix: str = "mcpgw:"
+    """Prefix of every key the store writes (before the ``{sessions}`` hash tag)."""
+    entra: bool = False
+    """Authenticate with an Entra ID token from an injected Azure credential instead of the URL's password."""
+    username: str | None = None
+    """Redis user for Entra ID auth (the identity's object id); None: the token's ``oid``."""
+
+    def __post_init__(self) -> None:
+        if self.entra and (urlsplit(self.url).password or urlsplit(self.url).username):
             raise ValueError(
                 "MCPGW_REDIS_URL must not carry a user or password when MCPGW_REDIS_ENTRA is on "
                 "(the Entra ID token is the password; set MCPGW_REDIS_USERNAME for the user)"
             )
-        self._target = _describe(settings.redis_url)
-        self._base = settings.redis_key_prefix + HASH_TAG + ":"
+
+
+def redis_client(config: RedisSessionConfig, *, credential: AsyncTokenCredential | None = None) -> Redis:
+    """The ``redis.asyncio`` client the session store is given (no I/O: connections open on first use).
+
+    Fast-failing timeouts, one retry on a broken connection, a blocking pool of ``POOL_SIZE``. With
+    ``config.entra`` the client authenticates with tokens of ``credential`` (the gateway's one Azure
+    credential, which ``gateway/app.py`` builds and closes; the client's Entra provider never closes
+    it). The store that receives the client closes it, provider included.
+    """
+    options: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": COMMAND_TIMEOUT,
+        "retry": Retry(NoBackoff(), RETRIES),
+        "decode_responses": True,
+        "client_name": "mcp-gateway",
+    }
+    provider: EntraCredentialProvider | None = None
+    if config.entra:
+        if credential is None:
+            raise ValueError("MCPGW_REDIS_ENTRA needs an Azure credential (gateway/app.py builds one)")
+        provider = EntraCredentialProvider(credential, username=config.username, owns_credential=False)
+        options["credential_provider"] = provider
+    # Blocking pool: a burst of requests waits for a connection (under the call deadline)
+    # instead of failing with "too many connections".
+    pool = BlockingConnectionPool.from_url(config.url, max_connections=POOL_SIZE, timeout=None, **options)
+    # Passing the provider again registers redis-py's re-authentication of pooled connections.
+    client = Redis(connection_pool=pool, credential_provider=provider)
+    client.auto_close_connection_pool = True
+    return client
+
+
+def entra_provider(client: Redis) -> EntraCredentialProvider | None:
+    """The Entra ID credential provider a client from :func:`redis_client` authenticates with, if any."""
+    provider = client.connection_pool.connection_kwargs.get("credential_provider")
+    return provider if isinstance(provider, EntraCredentialProvider) else None
+
+
+class RedisSessionStore:
+    """Session records in Redis (``redis.asyncio``), by URL with password/TLS or by Entra ID token.
+
+    ``client`` comes from :func:`redis_client` (``gateway/app.py`` builds it with the gateway's
+    Azure credential when ``config.entra``); the store owns it from then on and closes it, and its
+    Entra ID provider, in :meth:`close`. Other Redis users (the rate limiter) share it through
+    :meth:`client`, and the composition root closes the store after them.
+    """
+
+    def __init__(self, config: RedisSessionConfig, *, client: Redis) -> None:
+        self._config = config
+        self._target = _describe(config.url)
+        self._base = config.key_prefix + HASH_TAG + ":"
         self._session_prefix = self._base + "s:"
         self._index_prefix = self._base + "a:"
         self._all_key = self._base + "all"
         self.evictions = 0  # Redis evicts nothing of ours by itself (use a noeviction maxmemory policy)
-        self._client: Redis | None = None
+        self._client: Redis | None = client
         self._scripts: dict[str, AsyncScript] = {}
-        self._provider: EntraCredentialProvider | None = None
         self._checked = False  # the server checks (one slot, eviction policy) passed
         self._refusal: str | None = None  # why the server is not suitable, once found
         self._check_lock = asyncio.Lock()
@@ -287,31 +341,27 @@ class RedisSessionStore:
         return f"RedisSessionStore({self._target})"
 
     async def start(self) -> None:
-        """Build the client, check Redis answers and suits the store (see the module docstring).
+        """Check Redis answers and suits the store (see the module docstring).
 
         Raises SessionStoreUnavailable when Redis cannot be reached (the store stays usable: later
         calls reconnect by themselves and run the checks first), RedisNotSuitable when its keys
         would not share one cluster slot.
         """
-        if self._client is None:
-            self._client = self._make_client()
-        await self._guard(self._client.ping(), deadline=START_TIMEOUT, strict=True)
+        await self._guard(self._redis.ping(), deadline=START_TIMEOUT, strict=True)
 
     def client(self) -> Redis:
-        """The Redis client (built now if ``start`` has not run): other Redis users share it (rate limits)."""
-        if self._client is None:
-            self._client = self._make_client()
-        return self._client
+        """The Redis client: other Redis users share it (rate limits)."""
+        return self._redis
 
     async def close(self) -> None:
-        """Close the connections and the Entra ID credential."""
+        """Close the connections and stop the Entra ID token refresh (an injected credential stays open)."""
         client, self._client = self._client, None
         self._scripts.clear()
         if client is not None:
+            provider = entra_provider(client)
             await client.aclose()
-        provider, self._provider = self._provider, None
-        if provider is not None:
-            await provider.aclose()
+            if provider is not None:
+                await provider.aclose()
 
     async def ping(self) -> None:
         """Raise SessionStoreUnavailable when Redis cannot be reached."""
@@ -418,7 +468,7 @@ class RedisSessionStore:
     @property
     def _redis(self) -> Redis:
         if self._client is None:
-            raise RuntimeError("RedisSessionStore used before start()")
+            raise RuntimeError("RedisSessionStore used after close()")
         return self._client
 
     def _run_script(self, source: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
@@ -428,31 +478,6 @@ class RedisSessionStore:
             script = self._scripts[source] = self._redis.register_script(source)
         result: Awaitable[Any] = script(keys=keys, args=args)
         return result
-
-    def _make_client(self) -> Redis:
-        options: dict[str, Any] = {
-            "socket_connect_timeout": CONNECT_TIMEOUT,
-            "socket_timeout": COMMAND_TIMEOUT,
-            "retry": Retry(NoBackoff(), RETRIES),
-            "decode_responses": True,
-            "client_name": "mcp-gateway",
-        }
-        if self._settings.redis_entra:
-            self._provider = EntraCredentialProvider(
-                self._credential or build_azure_credential(self._settings.azure_client_id),
-                username=self._settings.redis_username,
-                owns_credential=self._credential is None,
-            )
-            options["credential_provider"] = self._provider
-        # Blocking pool: a burst of requests waits for a connection (under the call deadline)
-        # instead of failing with "too many connections".
-        pool = BlockingConnectionPool.from_url(
-            self._settings.redis_url, max_connections=POOL_SIZE, timeout=None, **options
-        )
-        # Passing the provider again registers redis-py's re-authentication of pooled connections.
-        client = Redis(connection_pool=pool, credential_provider=self._provider)
-        client.auto_close_connection_pool = True
-        return client
 
     async def _check_once(self) -> None:
         """Run the server checks before the first call that reaches Redis; raise RedisNotSuitable."""
@@ -512,7 +537,7 @@ class RedisSessionStore:
                 slots[kind] = int(await _awaited(self._redis.cluster("KEYSLOT", key)))
             except rex.ResponseError:  # CLUSTER refused (or no cluster): Redis' own CRC16 of the hash tag
                 slots[kind] = key_slot(key.encode())
-        prefix = self._settings.redis_key_prefix
+        prefix = self._config.key_prefix
         if len(set(slots.values())) > 1:
             return (
                 f"{self._target} is a Redis Cluster and the session keys under MCPGW_REDIS_KEY_PREFIX={prefix!r} "
@@ -569,7 +594,7 @@ class RedisSessionStore:
                 f"{exc}; check the managed identity (AZURE_CLIENT_ID) or the DefaultAzureCredential setup"
             ) from exc
         except (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError) as exc:
-            if self._settings.redis_entra:
+            if self._config.entra:
                 hint = (
                     "check that the gateway's identity has a Redis data access policy and that "
                     "MCPGW_REDIS_USERNAME (default: the token's oid) is its object id"

@@ -21,6 +21,8 @@ import math
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -34,10 +36,8 @@ from azure.cosmos.aio import ContainerProxy, CosmosClient
 from azure.cosmos.documents import ConnectionPolicy
 from azure.cosmos.exceptions import CosmosHttpResponseError
 
-from gateway.azure_credentials import build_azure_credential
 from gateway.errors import StoreUnavailable
 from gateway.models import AdapterRecord, ServerRecord
-from gateway.settings import Settings
 from gateway.store.base import AdapterExists, EtagMismatch, ServerExists
 
 T = TypeVar("T")
@@ -86,22 +86,80 @@ class _VerifyingTransport(AioHttpTransport):  # type: ignore[misc]
         return await super().send(request, **config)
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext:
-    if settings.cosmos_ca_file is not None:
-        return ssl.create_default_context(cafile=str(settings.cosmos_ca_file))
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CosmosConfig:
+    """What the Cosmos DB adapter store and its client read, and nothing else (issue 20, 2026-12-01).
+
+    ``gateway/app.py`` builds it from the ``MCPGW_COSMOS_*`` settings (same defaults, which
+    tests/test_component_configs.py checks); the credential (account key or the gateway's Azure
+    credential) is not part of it: it is given to :class:`CosmosClientFactory`.
+    """
+
+    endpoint: str
+    """Account endpoint, ``https://<account>.documents.azure.com``."""
+    database: str = "mcpgateway"
+    """Database name."""
+    container: str = "adapters"
+    """Container name (partition key ``/id``)."""
+    create_if_missing: bool = False
+    """Create the database and container when they are missing (else: StoreUnavailable naming them)."""
+    verify_tls: bool = True
+    """Verify the endpoint's TLS certificate."""
+    ca_file: Path | None = None
+    """CA bundle for the endpoint (emulator certificates)."""
+    timeout: float = 10.0
+    """Seconds one operation may take, retries and connecting included."""
+
+    def __post_init__(self) -> None:
+        if not self.endpoint:
+            raise ValueError("CosmosConfig needs an endpoint (MCPGW_COSMOS_ENDPOINT)")
+
+
+def _ssl_context(config: CosmosConfig) -> ssl.SSLContext:
+    if config.ca_file is not None:
+        return ssl.create_default_context(cafile=str(config.ca_file))
     return ssl.create_default_context()
 
 
-def build_credential(settings: Settings) -> str | AsyncTokenCredential:
-    """The credential settings ask for: the account key, else the gateway's Azure credential.
+@dataclass(frozen=True, slots=True)
+class CosmosClientFactory:
+    """Makes the ``CosmosClient`` the store talks through: SDK retries off, the TLS settings, one timeout.
 
-    The Azure credential (one managed identity, or the default chain) comes from
-    :func:`gateway.azure_credentials.build_azure_credential`, the same factory the Redis session
-    store's Entra ID auth uses; ``gateway/app.py`` builds it once and injects it into both.
+    The store is given a factory rather than a client because it drops its client after a failed
+    connect (a half-open aiohttp session is not reused) and makes a new one on its next call.
+    ``credential`` is the account key, or the gateway's one Azure credential
+    (:func:`gateway.azure_credentials.build_azure_credential`, built and closed by ``gateway/app.py``
+    and shared with the Redis session store); neither the factory nor the store closes it.
     """
-    if settings.cosmos_key:
-        return settings.cosmos_key
-    return build_azure_credential(settings.azure_client_id)
+
+    config: CosmosConfig
+    credential: str | AsyncTokenCredential
+
+    def __call__(self) -> CosmosClient:
+        """A new client (no I/O until it is entered)."""
+        timeout = self.config.timeout
+        policy = ConnectionPolicy()
+        # No SDK-side throttling retries (our loop owns them). The kwarg retry_throttle_total=0 is
+        # read as "unset" by the SDK, so build the options object, whose class is not exported.
+        policy.RetryOptions = type(policy.RetryOptions)(max_retry_attempt_count=0)
+        policy.RequestTimeout = math.ceil(timeout)
+        policy.ReadTimeout = timeout
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=_ssl_context(self.config)),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            trust_env=True,
+        )
+        return CosmosClient(
+            self.config.endpoint,
+            self.credential,
+            connection_policy=policy,
+            transport=_VerifyingTransport(session=session, verify=self.config.verify_tls),
+            retry_total=0,
+            retry_connect=0,
+            retry_read=0,
+            retry_status=0,
+        )
 
 
 def _to_item(record: AdapterRecord) -> dict[str, Any]:
@@ -125,22 +183,18 @@ async def _connected_already(container: ContainerProxy) -> None:
 class CosmosAdapterStore:
     """Adapter records in a Cosmos DB container (partition key ``/id``).
 
-    Wire into the app with ``CosmosAdapterStore(settings)`` when ``settings.store == "cosmos"``.
+    ``gateway/app.py`` builds it with ``CosmosAdapterStore(config, new_client=CosmosClientFactory(config,
+    credential))`` when ``MCPGW_STORE=cosmos``.
     ``start()`` connects and checks (or, with ``cosmos_create_if_missing``, creates) the database
     and container; if Cosmos is unreachable it raises ``StoreUnavailable``, and every later
     operation tries to connect again, so the gateway recovers without a restart.
     """
 
-    def __init__(self, settings: Settings, *, credential: AsyncTokenCredential | None = None) -> None:
-        if not settings.cosmos_endpoint:
-            raise ValueError("CosmosAdapterStore needs settings.cosmos_endpoint")
-        self._settings = settings
-        self._endpoint = settings.cosmos_endpoint
-        self._timeout = settings.cosmos_timeout
-        # An injected Azure credential (used unless cosmos_key is set) belongs to the caller, who
-        # closes it; one the store builds itself it closes in close().
-        self._injected = None if settings.cosmos_key else credential
-        self._credential: str | AsyncTokenCredential | None = self._injected
+    def __init__(self, config: CosmosConfig, *, new_client: Callable[[], CosmosClient]) -> None:
+        self._config = config
+        self._new_client = new_client
+        self._endpoint = config.endpoint
+        self._timeout = config.timeout
         self._client: CosmosClient | None = None
         self._container: ContainerProxy | None = None
         self._connect_lock = asyncio.Lock()
@@ -152,11 +206,8 @@ class CosmosAdapterStore:
         await self._call("connect", _connected_already, idempotent=True)
 
     async def close(self) -> None:
-        """Close the client and the credential."""
+        """Close the client (the credential belongs to whoever made the client factory)."""
         await self._drop_client()
-        credential, self._credential = self._credential, self._injected
-        if credential is not None and credential is not self._injected and not isinstance(credential, str):
-            await credential.close()
 
     def servers(self) -> CosmosServerStore:
         """The virtual server records of the same container (same client, budget and retries)."""
@@ -262,49 +313,26 @@ class CosmosAdapterStore:
         return self._container
 
     async def _connect(self) -> None:
-        s = self._settings
-        if self._credential is None:
-            self._credential = build_credential(s)
+        s = self._config
         await self._drop_client()
-        policy = ConnectionPolicy()
-        # No SDK-side throttling retries (our loop owns them). The kwarg retry_throttle_total=0 is
-        # read as "unset" by the SDK, so build the options object, whose class is not exported.
-        policy.RetryOptions = type(policy.RetryOptions)(max_retry_attempt_count=0)
-        policy.RequestTimeout = math.ceil(self._timeout)
-        policy.ReadTimeout = self._timeout
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=_ssl_context(s)),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            trust_env=True,
-        )
-        client = CosmosClient(
-            self._endpoint,
-            self._credential,
-            connection_policy=policy,
-            transport=_VerifyingTransport(session=session, verify=s.cosmos_verify_tls),
-            retry_total=0,
-            retry_connect=0,
-            retry_read=0,
-            retry_status=0,
-        )
+        client = self._new_client()
         self._client = client
         try:
             await client.__aenter__()
-            if s.cosmos_create_if_missing:
-                database = await client.create_database_if_not_exists(s.cosmos_database)
+            if s.create_if_missing:
+                database = await client.create_database_if_not_exists(s.database)
                 container = await database.create_container_if_not_exists(
-                    s.cosmos_container, partition_key=PartitionKey(path="/id")
+                    s.container, partition_key=PartitionKey(path="/id")
                 )
             else:
-                container = client.get_database_client(s.cosmos_database).get_container_client(s.cosmos_container)
+                container = client.get_database_client(s.database).get_container_client(s.container)
                 await container.read()
         except CosmosHttpResponseError as exc:
             await self._drop_client()
             if exc.status_code == 404:
                 raise StoreUnavailable(
                     DEPENDENCY,
-                    f"database {s.cosmos_database!r} or container {s.cosmos_container!r} not found at "
+                    f"database {s.database!r} or container {s.container!r} not found at "
                     f"{self._endpoint}; create them (the Pulumi program does) or set "
                     "MCPGW_COSMOS_CREATE_IF_MISSING=true",
                     retry_after=self._retry_after,
@@ -415,7 +443,7 @@ class CosmosAdapterStore:
             )
         if status == 404 and exc.sub_status == _OWNER_MISSING:
             return self._unavailable(
-                f"database {self._settings.cosmos_database!r} or container {self._settings.cosmos_container!r} "
+                f"database {self._config.database!r} or container {self._config.container!r} "
                 f"is gone from {self._endpoint}"
             )
         if status in (404, 409, 412):

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.app import kubernetes_runtime_config
 from gateway.envpolicy import ALLOWED_PYTHON, DEFAULT_POLICY, EnvPolicy
 from gateway.models import AdapterRecord
 from gateway.runtime._kube_manifests import REPLICA_ID_ENV, statefulset_manifest
@@ -189,9 +190,9 @@ def test_kubernetes_manifest_strips_denied_names_and_keeps_its_own_replica_id() 
         image_version="1.0.0",
         environment_variables={"LD_PRELOAD": "/x.so", "GREETING": "hi", REPLICA_ID_ENV: "forged", "TEAM_X": "1"},
     )
-    [container] = statefulset_manifest(rec, Settings(runtime="kubernetes", env_deny=("TEAM_*",)))["spec"]["template"][
-        "spec"
-    ]["containers"]
+    [container] = statefulset_manifest(
+        rec, kubernetes_runtime_config(Settings(runtime="kubernetes", env_deny=("TEAM_*",)))
+    )["spec"]["template"]["spec"]["containers"]
     assert container["env"] == [
         {"name": "GREETING", "value": "hi"},
         {"name": REPLICA_ID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

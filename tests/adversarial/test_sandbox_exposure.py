@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from gateway.app import local_runtime_config
 from gateway.runtime.local import LocalRuntime
 from gateway.settings import Settings
 from tests.local_runtime_fixtures import record, write_catalog
@@ -21,7 +22,9 @@ from tests.local_runtime_fixtures import record, write_catalog
 
 def spec_expose(tmp_path: Path, args: list[str], local_expose: tuple[str, ...] = ()) -> tuple[str, ...]:
     catalog = write_catalog(tmp_path / "catalog.toml", {"srv:1": {"command": ["/usr/bin/env", "true"]}})
-    runtime = LocalRuntime(Settings(data_dir=tmp_path / "data", image_catalog=catalog, local_expose=local_expose))
+    runtime = LocalRuntime(
+        local_runtime_config(Settings(data_dir=tmp_path / "data", image_catalog=catalog, local_expose=local_expose))
+    )
     runtime._catalog.load()
     spec, issue = runtime._resolve(msgspec.structs.replace(record("a", image=("srv", "1")), args=args))
     assert issue is None and spec is not None
