@@ -91,6 +91,11 @@ def unseal_capabilities(text: str) -> dict[str, Any]:
         return {}
 
 
+def named(ident: Any) -> str:
+    """An id as error messages show it (bounded: the id is the client's)."""
+    return repr(ident)[:80]
+
+
 class AnswerRefused(Exception):
     """A client's response the gateway does not pass on; ``message`` names the id and why."""
 
@@ -149,14 +154,14 @@ class Backchannel:
         shown = ident if isinstance(ident, (str, int)) and not isinstance(ident, bool) else None
         has_result, has_error = "result" in message, "error" in message
         if has_result == has_error:
-            raise AnswerRefused(shown, "a JSON-RPC response needs exactly one of result and error")
+            raise AnswerRefused(shown, f"the response to id {named(ident)} needs exactly one of result and error")
         if has_error and not isinstance(message["error"], dict):
-            raise AnswerRefused(shown, "the response's error must be an object")
+            raise AnswerRefused(shown, f"the error of the response to id {named(ident)} must be an object")
         pending = self._pending.pop(ident, None) if isinstance(ident, str) else None
         if pending is None:
             raise AnswerRefused(
                 shown,
-                f"no request with id {str(ident)[:80]!r} is waiting for an answer on this session "
+                f"no request with id {named(ident)} is waiting for an answer on this session "
                 "(unknown, already answered, or its call is over)",
             )
         out: dict[str, Any] = {"jsonrpc": "2.0", "id": pending.member_id}

@@ -60,6 +60,7 @@ from gateway.proxy.sessions import SessionRejected, SessionRouter
 from gateway.servers.backchannel import (
     AnswerRefused,
     Backchannel,
+    named,
     relayed_capabilities,
     seal_capabilities,
     unseal_capabilities,
@@ -430,10 +431,13 @@ class VirtualServers:
         ident = message.get("id")
         shown = ident if isinstance(ident, (str, int)) and not isinstance(ident, bool) else None
         if ctx is None:
-            await _json(send, 404, _error(shown, -32001, "session not found: a response needs the session it answers"))
+            named_session = any(k.lower() == b"mcp-session-id" for k, _ in scope.get("headers", []))
+            status, code = (404, -32001) if named_session else (400, -32600)
+            text = "session not found" if named_session else "no session"
+            await _json(send, status, _error(shown, code, f"{text}: a response must come on the session it answers"))
             return
         if ctx.backchannel is None:
-            text = "no request of this session waits for an answer (server-to-client requests need a session)"
+            text = f"no request with id {named(ident)} is waiting for an answer: this session has none"
             await _json(send, 400, _error(shown, -32600, text))
             return
         try:
