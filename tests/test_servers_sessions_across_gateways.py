@@ -203,8 +203,8 @@ def test_a_session_rebuilt_on_b_declares_the_clients_capabilities_and_relays_the
 ) -> None:
     """The client's sampling/elicitation/roots capabilities ride in the sealed id (2026-12-01), so a
     gateway that rebuilds the session declares them to its own member session. The relayed request's
-    answer must reach the gateway holding the call: on the other gateway it is refused (400), a limit
-    docs/servers.md states."""
+    id is sealed too: an answer the balancer sends to the other gateway is passed on from there —
+    only on the session it was relayed on."""
     import json
 
     first, second = pair
@@ -237,8 +237,13 @@ def test_a_session_rebuilt_on_b_declares_the_clients_capabilities_and_relays_the
         request = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
         assert request["method"] == "sampling/createMessage"
         answer = {"jsonrpc": "2.0", "id": request["id"], "result": sampled}
-        wrong = httpx.post(f"{first.url}/servers/asks/mcp", json=answer, headers=headers, timeout=30)
-        assert wrong.status_code == 400 and request["id"] in wrong.json()["error"]["message"], wrong.text
-        assert httpx.post(f"{second.url}/servers/asks/mcp", json=answer, headers=headers, timeout=30).status_code == 202
+        other = httpx.post(f"{first.url}/servers/asks/mcp", json=init, headers=ACCEPT, timeout=30)
+        foreign = {**headers, "Mcp-Session-Id": other.headers["mcp-session-id"]}  # same user, another session
+        refused = httpx.post(f"{first.url}/servers/asks/mcp", json=answer, headers=foreign, timeout=30)
+        assert refused.status_code == 400 and request["id"][:40] in refused.json()["error"]["message"], refused.text
+        forwarded = httpx.post(f"{first.url}/servers/asks/mcp", json=answer, headers=headers, timeout=30)
+        assert forwarded.status_code == 202, forwarded.text  # A passes it on to B's member session
         result = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
     assert json.loads(result["result"]["content"][0]["text"]) == {"result": sampled}
+    late = httpx.post(f"{second.url}/servers/asks/mcp", json=answer, headers=headers, timeout=30)
+    assert late.status_code == 400, late.text  # B relayed it and its call is over

@@ -129,6 +129,11 @@ class SessionRouter:
         self._remember(record, time.monotonic())
         return token, claims
 
+    @property
+    def sealer(self) -> SessionSealer:
+        """The key ring's sealer (virtual servers seal the ids of relayed requests with it)."""
+        return self._sealer
+
     def replicas_changed(self, adapter: str, endpoints: Iterable[Endpoint]) -> None:
         """The adapter's ready endpoints changed: revoke the sessions of every incarnation that left.
 

@@ -60,13 +60,14 @@ from gateway.proxy.sessions import SessionRejected, SessionRouter
 from gateway.servers.backchannel import (
     AnswerRefused,
     Backchannel,
+    Sealing,
     named,
     relayed_capabilities,
     seal_capabilities,
     unseal_capabilities,
 )
 from gateway.servers.listing import ListingCache, MergedKey, MergedListing
-from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError, Relay, sse_event
+from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError, Relay, post_response, sse_event
 from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.base import ServerStore
 from gateway.store.view import AdapterView
@@ -242,6 +243,7 @@ class VirtualServers:
         self._gateway_prefix = gateway_prefix
         self._eras: dict[str, bool] = {}
         self._router = sessions
+        self._instance = secrets.token_urlsafe(12)  # this process, in the ids of the requests it relays
         # Contexts this gateway built, by sealed id (any gateway may build one for the same id).
         self._sessions: dict[str, Context] = {}
         # Legacy SSE sessions: held by the gateway serving the stream, by their random session_id.
@@ -449,6 +451,14 @@ class VirtualServers:
         log.debug("virtual server: a client response went to member %s", member)
         await _json(send, 202, None)
 
+    def _sealing(self) -> Sealing:
+        """Relayed requests' ids are sealed with the session key ring, so any gateway can pass an answer on."""
+        return Sealing(self._router.sealer, self._instance, self._forward)
+
+    async def _forward(self, scope: Mapping[str, Any], adapter: str, session: str, message: dict[str, Any]) -> None:
+        """An answer to a request another gateway relayed: onto the member session from here."""
+        await post_response(self._app(), scope, adapter, session, message)
+
     # --- cancellation -----------------------------------------------------------------------
 
     def _notified(self, ctx: Context, message: dict[str, Any]) -> None:
@@ -509,7 +519,11 @@ class VirtualServers:
             client_caps=seal_capabilities(capabilities),
         )
         ctx = self._sessions[token] = Context(
-            key=token, user_id=identity.user_id, version=version, claims=claims, backchannel=Backchannel(capabilities)
+            key=token,
+            user_id=identity.user_id,
+            version=version,
+            claims=claims,
+            backchannel=Backchannel(capabilities, session=claims, sealing=self._sealing()),
         )
         return ctx
 
@@ -546,7 +560,9 @@ class VirtualServers:
                 user_id=claims.user_id,
                 version=version,
                 claims=claims,
-                backchannel=Backchannel(unseal_capabilities(claims.client_caps)),
+                backchannel=Backchannel(
+                    unseal_capabilities(claims.client_caps), session=claims, sealing=self._sealing()
+                ),
             )
         ctx.last_used = time.monotonic()
         return ctx

@@ -228,6 +228,21 @@ async def asgi_post(
     return Reply(status=status, headers=response_headers, messages=messages, relayed=relayed)
 
 
+async def post_response(
+    app: Asgi, scope: Mapping[str, Any], adapter: str, session: str, message: dict[str, Any]
+) -> None:
+    """A client's response to a member's request, posted on the member session ``session`` (a sealed
+    adapter session id, valid on every gateway) through the data plane, which checks it again."""
+    headers = [
+        (b"accept", b"application/json, text/event-stream"),
+        (b"mcp-protocol-version", LEGACY.encode()),
+        (b"mcp-session-id", session.encode()),
+    ]
+    reply = await asgi_post(app, scope, f"/adapters/{adapter}/mcp", headers, msgspec.json.encode(message))
+    if reply.status >= 300:
+        log.info("member %s refused a forwarded response: HTTP %s", adapter, reply.status)
+
+
 #: Data-plane answers that are the policy stages' refusals of the caller (toolPolicy 403, rateLimits
 #: 429), not a sign of the member's era: relayed to the client as they are (docs/policy.md codes).
 REFUSALS = frozenset({403, 429})
@@ -386,7 +401,7 @@ class MemberClient:
         before the call's answer; refused as before when the client cannot take it."""
         channel = self._backchannel
         ident = (
-            channel.hold(self.adapter, request["id"], self._deliver)
+            channel.hold(self.adapter, request["id"], self._deliver, self._session)
             if channel is not None and channel.allows(request.get("method"))
             else None
         )

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,14 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.proxy.sealing import SessionClaims, SessionSealer
 from gateway.servers.backchannel import (
+    FORWARD_MAX_AGE,
     MAX_PENDING,
     MAX_SEALED_CAPS,
     AnswerRefused,
     Backchannel,
+    Sealing,
     relayed_capabilities,
     seal_capabilities,
     unseal_capabilities,
@@ -188,6 +193,24 @@ def test_another_users_or_another_sessions_answer_is_refused_and_never_reaches_t
     assert [r["message"]["result"]["content"]["name"] for r in after] == ["Ada"], after
 
 
+def test_tampered_and_borrowed_sealed_ids_are_refused(gw: GatewayProcess) -> None:
+    """The relayed id is sealed (kind ``vask``, forwardable by another gateway): a tampered one, the
+    client session's own id dressed as one, and the relayed id used as a session id all fail."""
+    session = Session(gw)
+    with session.asking() as asked:
+        assert asked.id.startswith("mcpgw-g1.")
+        flipped = asked.id[:-3] + ("A" if asked.id[-3] != "A" else "B") + asked.id[-2:]
+        own = "mcpgw-" + session.headers["Mcp-Session-Id"]
+        for bogus in (flipped, own, asked.id + "x", asked.id[:-4]):
+            refused(session.post(answer(bogus)), bogus)
+        as_session = session.post(
+            {"jsonrpc": "2.0", "id": 9, "method": "ping"}, **{"Mcp-Session-Id": asked.id[len("mcpgw-") :]}
+        )
+        assert as_session.status_code == 404, as_session.text
+        assert session.post(answer(asked.id)).status_code == 202
+        assert json.loads(asked.result()) == {"result": SAMPLED}
+
+
 def test_an_answer_after_the_call_ended_is_refused(gw: GatewayProcess) -> None:
     session = Session(gw)
     with session.asking(wait=0.2) as asked:
@@ -293,6 +316,50 @@ def test_the_pending_table_is_bounded_and_bogus_answers_store_nothing() -> None:
         assert delivered == [{"jsonrpc": "2.0", "id": 0, "result": SAMPLED}] and channel.waiting == MAX_PENDING - 1
         channel.forget([i for i in idents if i is not None])
         assert channel.waiting == 0
+
+    asyncio.run(run())
+
+
+def test_a_sealed_id_is_forwarded_by_another_gateway_only_on_its_own_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gateway B relays; gateway A (same key ring, another process) gets the answer and forwards it —
+    for the same session and user only, within ``FORWARD_MAX_AGE``; B itself refuses it once answered."""
+    sealer = SessionSealer([os.urandom(32)])
+    forwarded: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def forward(scope: Any, adapter: str, session: str, message: dict[str, Any]) -> None:
+        forwarded.append((adapter, session, message))
+
+    async def deliver(scope: Any, message: dict[str, Any]) -> None:
+        raise AssertionError("B is not asked")
+
+    def claims(sid: str = "s1", user: str = "alice") -> SessionClaims:
+        return SessionClaims("vmcp", sid, "servers/one", "", "", "2025-11-25", user, time.time())
+
+    def channel(instance: str, session: SessionClaims) -> Backchannel:
+        return Backchannel({"sampling": {}}, session=session, sealing=Sealing(sealer, instance, forward))
+
+    async def run() -> None:
+        mine = claims()
+        b = channel("B", mine)
+        ident = b.hold("asking", 7, deliver, "g1.member-session")
+        assert ident is not None and ident.startswith("mcpgw-g1.")
+        for other in (channel("A", claims(sid="s2")), channel("A", claims(user="mallory"))):
+            with pytest.raises(AnswerRefused):
+                await other.answer({}, answer(ident))
+        assert forwarded == []
+        assert await channel("A", mine).answer({}, answer(ident)) == "asking"
+        assert forwarded == [("asking", "g1.member-session", {"jsonrpc": "2.0", "id": 7, "result": SAMPLED})]
+        b.forget([ident])
+        with pytest.raises(AnswerRefused):  # B relayed it: no longer pending means refused, not forwarded
+            await b.answer({}, answer(ident))
+        other_ring = Backchannel({}, session=mine, sealing=Sealing(SessionSealer([os.urandom(32)]), "A", forward))
+        with pytest.raises(AnswerRefused):
+            await other_ring.answer({}, answer(ident))
+        later = time.time() + FORWARD_MAX_AGE + 1
+        monkeypatch.setattr(time, "time", lambda: later)  # the module backchannel reads the clock from
+        with pytest.raises(AnswerRefused):
+            await channel("A", mine).answer({}, answer(ident))
+        assert len(forwarded) == 1
 
     asyncio.run(run())
 
