@@ -157,19 +157,19 @@ def refused(response: httpx.Response, ident: Any) -> None:
 
 def test_the_relayed_request_has_a_gateway_id_and_takes_exactly_one_answer(gw: GatewayProcess) -> None:
     session = Session(gw)
+    before = len(received(session))
     with session.asking() as asked:
         assert asked.request["method"] == "sampling/createMessage"
-        assert asked.id.startswith("mcpgw-") and len(asked.id) >= 6 + 22  # 128 random bits, not the member's q<n>
-        member_id = "q" + asked.id  # never valid: the member's own ids are not accepted either
-        for bogus in ("mcpgw-nope", member_id, 1, None, asked.id.upper()):
+        assert asked.id.startswith("mcpgw-g1.")  # sealed: unguessable, and not the member's own id (q<n>)
+        member_ids: list[Any] = [f"q{n}" for n in range(1, 40)]  # the member's own ids are not accepted either
+        for bogus in ["mcpgw-nope", 1, None, asked.id.upper(), *member_ids]:
             refused(session.post(answer(bogus)), bogus)
         assert session.post(answer(asked.id)).status_code == 202
-        refused(
-            session.post(answer(asked.id, {"role": "assistant", "content": {"type": "text", "text": "5"}})), asked.id
-        )
+        second = answer(asked.id, {"role": "assistant", "content": {"type": "text", "text": "5"}})
+        refused(session.post(second), asked.id)
         assert json.loads(asked.result()) == {"result": SAMPLED}
-    got = [r for r in received(session) if r["message"].get("result") is not None]
-    assert [r["message"]["result"] for r in got].count(SAMPLED) == 1 and len(got) == 1, got
+    got = received(session)[before:]
+    assert [r["message"] for r in got] == [{"jsonrpc": "2.0", "id": got[0]["message"]["id"], "result": SAMPLED}], got
 
 
 def test_another_users_or_another_sessions_answer_is_refused_and_never_reaches_the_member(gw: GatewayProcess) -> None:
