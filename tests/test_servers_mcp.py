@@ -170,11 +170,6 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 #: Checks that pass against the fixture directly but not through a virtual server, by scenario, and why
 #: (docs/servers.md, "What does not translate"). The test fails if any other check is lost.
 KNOWN_GAPS = {
-    # Server-to-client requests during a call are not relayed (the member's request is refused at once).
-    "elicitation-sep1034-defaults",
-    "elicitation-sep1330-enums",
-    "tools-call-elicitation",
-    "tools-call-sampling",
     # Answers are one JSON body per POST: no SSE priming/polling/resumption, no standalone GET stream.
     "server-sse-polling",
     "server-sse-multiple-streams",

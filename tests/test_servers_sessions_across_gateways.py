@@ -196,3 +196,54 @@ def test_deleting_a_server_ends_its_sessions_even_when_a_server_of_that_name_ret
     for gw in (first, second):
         gone = post(gw, "/servers/brief/mcp", session, 3, "tools/list")
         assert gone.status_code == 404 and gone.json()["error"]["code"] == -32001, gone.text
+
+
+def test_a_session_rebuilt_on_b_declares_the_clients_capabilities_and_relays_there(
+    pair: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    """The client's sampling/elicitation/roots capabilities ride in the sealed id (2026-12-01), so a
+    gateway that rebuilds the session declares them to its own member session. The relayed request's
+    id is sealed too: an answer the balancer sends to the other gateway is passed on from there —
+    only on the session it was relayed on."""
+    import json
+
+    first, second = pair
+    with first.client() as api:
+        if api.get("/adapters/asking").status_code == 404:
+            asking = example_adapter("asking", imageName="asking-legacy", imageVersion="1.0", requiredRoles=["users"])
+            assert api.post("/adapters", json=asking).status_code == 201
+            body = {"name": "asks", "requiredRoles": ["users"], "members": [{"adapter": "asking"}]}
+            assert api.post("/servers", json=body).status_code == 201
+        wait_ready(api, "asking", 1, timeout=40)
+    with second.client() as api:
+        wait_ready(api, "asking", 1, timeout=40)
+    init = {**INIT, "params": {**INIT["params"], "capabilities": {"sampling": {}, "roots": {"listChanged": True}}}}
+    opened = httpx.post(f"{first.url}/servers/asks/mcp", json=init, headers=ACCEPT, timeout=30)
+    headers = {**ACCEPT, "Mcp-Session-Id": opened.headers["mcp-session-id"], "X-Dev-User-Id": "dev"}
+    headers["X-Dev-Roles"] = "users"
+
+    def call(gw: GatewayProcess, ident: int, arguments: dict[str, Any], name: str) -> httpx.Response:
+        params = {"name": name, "arguments": arguments}
+        message = {"jsonrpc": "2.0", "id": ident, "method": "tools/call", "params": params}
+        return httpx.post(f"{gw.url}/servers/asks/mcp", json=message, headers=headers, timeout=30)
+
+    declared = call(second, 2, {}, "capabilities").json()["result"]["content"][0]["text"]
+    assert json.loads(declared) == {"roots": {}, "sampling": {}}  # B rebuilt the context from the seal
+    message = {"jsonrpc": "2.0", "id": 3, "method": "tools/call"}
+    message["params"] = {"name": "ask", "arguments": {"method": "sampling/createMessage"}}
+    sampled = {"role": "assistant", "content": {"type": "text", "text": "four"}, "model": "m"}
+    with httpx.stream("POST", f"{second.url}/servers/asks/mcp", json=message, headers=headers, timeout=30) as stream:
+        lines = stream.iter_lines()
+        request = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
+        assert request["method"] == "sampling/createMessage"
+        answer = {"jsonrpc": "2.0", "id": request["id"], "result": sampled}
+        other = httpx.post(f"{first.url}/servers/asks/mcp", json=init, headers=ACCEPT, timeout=30)
+        foreign = {**headers, "Mcp-Session-Id": other.headers["mcp-session-id"]}  # same user, another session
+        refused = httpx.post(f"{first.url}/servers/asks/mcp", json=answer, headers=foreign, timeout=30)
+        assert refused.status_code == 400 and request["id"][:40] in refused.json()["error"]["message"], refused.text
+        forwarded = httpx.post(f"{first.url}/servers/asks/mcp", json=answer, headers=headers, timeout=30)
+        assert forwarded.status_code == 202, forwarded.text  # A passes it on to B's member session
+        result = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
+    assert json.loads(result["result"]["content"][0]["text"]) == {"result": sampled}
+    late = httpx.post(f"{second.url}/servers/asks/mcp", json=answer, headers=headers, timeout=30)
+    assert late.status_code == 400, late.text  # B relayed it and its call is over

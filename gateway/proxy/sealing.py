@@ -38,6 +38,11 @@ class SessionClaims(msgspec.Struct, array_like=True, frozen=True):
     upstream: str
     user_id: str
     issued_at: float
+    client_caps: str = ""
+    """Virtual-server sessions (kind ``vmcp``): the client's sampling / elicitation / roots capabilities
+    as compact JSON, so a gateway rebuilding the session declares them to members (2026-12-01,
+    gateway/servers/backchannel.py). Trailing with a default: ids sealed before it still open, and
+    a gateway without the field ignores it."""
 
 
 class SessionSealer:

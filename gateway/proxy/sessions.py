@@ -81,7 +81,15 @@ class SessionRouter:
         self._last_outage_log = 0.0
 
     async def open_session(
-        self, *, kind: str, adapter: str, replica: str, replica_uid: str, upstream: str, user_id: str
+        self,
+        *,
+        kind: str,
+        adapter: str,
+        replica: str,
+        replica_uid: str,
+        upstream: str,
+        user_id: str,
+        client_caps: str = "",
     ) -> tuple[str, SessionClaims]:
         """Record a new session; returns the sealed id for the client and its claims (needs the store).
 
@@ -99,6 +107,7 @@ class SessionRouter:
             upstream=upstream,
             user_id=user_id,
             issued_at=now,
+            client_caps=client_caps,
         )
         token = self._sealer.seal(claims)
         if len(token) > MAX_TOKEN_CHARS:
@@ -119,6 +128,11 @@ class SessionRouter:
             raise
         self._remember(record, time.monotonic())
         return token, claims
+
+    @property
+    def sealer(self) -> SessionSealer:
+        """The key ring's sealer (virtual servers seal the ids of relayed requests with it)."""
+        return self._sealer
 
     def replicas_changed(self, adapter: str, endpoints: Iterable[Endpoint]) -> None:
         """The adapter's ready endpoints changed: revoke the sessions of every incarnation that left.

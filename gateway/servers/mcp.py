@@ -57,8 +57,17 @@ from gateway.models import AdapterRecord, Identity, ServerMember, ServerRecord, 
 from gateway.policy.toolpolicy import GlobMatcher, PolicyCache
 from gateway.proxy.sealing import SessionClaims
 from gateway.proxy.sessions import SessionRejected, SessionRouter
+from gateway.servers.backchannel import (
+    AnswerRefused,
+    Backchannel,
+    Sealing,
+    named,
+    relayed_capabilities,
+    seal_capabilities,
+    unseal_capabilities,
+)
 from gateway.servers.listing import ListingCache, MergedKey, MergedListing
-from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError, Relay, sse_event
+from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError, Relay, post_response, sse_event
 from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.base import ServerStore
 from gateway.store.view import AdapterView
@@ -199,6 +208,7 @@ class Context:
     log_level: str | None = None
     inflight: dict[str | int, _Cancellation] = field(default_factory=dict)  # by request id
     claims: SessionClaims | None = None  # a sealed 2025-era client session's (None: stateless, legacy SSE)
+    backchannel: Backchannel | None = None  # server-to-client requests awaiting the client (sessions only)
 
 
 class VirtualServers:
@@ -233,6 +243,7 @@ class VirtualServers:
         self._gateway_prefix = gateway_prefix
         self._eras: dict[str, bool] = {}
         self._router = sessions
+        self._instance = secrets.token_urlsafe(12)  # this process, in the ids of the requests it relays
         # Contexts this gateway built, by sealed id (any gateway may build one for the same id).
         self._sessions: dict[str, Context] = {}
         # Legacy SSE sessions: held by the gateway serving the stream, by their random session_id.
@@ -320,6 +331,9 @@ class VirtualServers:
         except msgspec.DecodeError:
             await _json(send, 400, _error(None, -32700, "the body is not JSON"))
             return
+        if isinstance(message, dict) and "method" not in message and ("result" in message or "error" in message):
+            await self._answered(scope, send, await self._session_of(headers, identity, label, scope), message)
+            return
         if not isinstance(message, dict) or not isinstance(message.get("method"), str):
             # An object without a method still names its id (issue 17: errors answer the request's id).
             ident = message.get("id") if isinstance(message, dict) else None
@@ -346,8 +360,9 @@ class VirtualServers:
         if message["method"] == "initialize" and not modern:
             version = (message.get("params") or {}).get("protocolVersion")
             version = version if version in LEGACY_VERSIONS else LEGACY
+            caps = relayed_capabilities((message.get("params") or {}).get("capabilities"))
             try:
-                ctx = await self._open_session(identity, label, version)
+                ctx = await self._open_session(identity, label, version, caps)
             except SessionStoreUnavailable as exc:
                 await _json(
                     send, 503, _error(ident, -32005, f"cannot open a session: {exc.detail}"), {"retry-after": "5"}
@@ -409,6 +424,41 @@ class VirtualServers:
             status = {-32601: 404, -32020: 400, -32021: 400, -32022: 400}.get(answer["error"].get("code"), 200)
         await _json(send, status, answer)
 
+    async def _answered(
+        self, scope: Mapping[str, Any], send: Send, ctx: Context | None, message: dict[str, Any]
+    ) -> None:
+        """A client's JSON-RPC response: passed on to the member whose request it answers (202), when that
+        request is waiting on this very session (gateway/servers/backchannel.py); else 400 naming the id,
+        and nothing reaches a member. An unknown session is 404 as for any request."""
+        ident = message.get("id")
+        shown = ident if isinstance(ident, (str, int)) and not isinstance(ident, bool) else None
+        if ctx is None:
+            named_session = any(k.lower() == b"mcp-session-id" for k, _ in scope.get("headers", []))
+            status, code = (404, -32001) if named_session else (400, -32600)
+            text = "session not found" if named_session else "no session"
+            await _json(send, status, _error(shown, code, f"{text}: a response must come on the session it answers"))
+            return
+        if ctx.backchannel is None:
+            text = f"no request with id {named(ident)} is waiting for an answer: this session has none"
+            await _json(send, 400, _error(shown, -32600, text))
+            return
+        try:
+            member = await ctx.backchannel.answer(scope, message)
+        except AnswerRefused as exc:
+            log.info("virtual server: a client response was refused: %s", exc.message)
+            await _json(send, 400, _error(exc.ident, -32600, exc.message))
+            return
+        log.debug("virtual server: a client response went to member %s", member)
+        await _json(send, 202, None)
+
+    def _sealing(self) -> Sealing:
+        """Relayed requests' ids are sealed with the session key ring, so any gateway can pass an answer on."""
+        return Sealing(self._router.sealer, self._instance, self._forward)
+
+    async def _forward(self, scope: Mapping[str, Any], adapter: str, session: str, message: dict[str, Any]) -> None:
+        """An answer to a request another gateway relayed: onto the member session from here."""
+        await post_response(self._app(), scope, adapter, session, message)
+
     # --- cancellation -----------------------------------------------------------------------
 
     def _notified(self, ctx: Context, message: dict[str, Any]) -> None:
@@ -451,9 +501,14 @@ class VirtualServers:
 
     # --- contexts ---------------------------------------------------------------------------
 
-    async def _open_session(self, identity: Identity, label: str, version: str) -> Context:
+    async def _open_session(
+        self, identity: Identity, label: str, version: str, capabilities: dict[str, Any] | None = None
+    ) -> Context:
         """A new 2025-era client session: recorded in the session store (caps checked there) and sealed,
-        so every gateway sharing the key and the store accepts its id."""
+        so every gateway sharing the key and the store accepts its id. The client's sampling /
+        elicitation / roots capabilities ride in the seal (``client_caps``), so a gateway rebuilding
+        the context declares them to members too (2026-12-01)."""
+        capabilities = capabilities or {}
         token, claims = await self._router.open_session(
             kind=VIRTUAL_KIND,
             adapter=session_scope(label),  # label "*" (/mcp) gives servers/*
@@ -461,8 +516,15 @@ class VirtualServers:
             replica_uid="",
             upstream=version,
             user_id=identity.user_id,
+            client_caps=seal_capabilities(capabilities),
         )
-        ctx = self._sessions[token] = Context(key=token, user_id=identity.user_id, version=version, claims=claims)
+        ctx = self._sessions[token] = Context(
+            key=token,
+            user_id=identity.user_id,
+            version=version,
+            claims=claims,
+            backchannel=Backchannel(capabilities, session=claims, sealing=self._sealing()),
+        )
         return ctx
 
     async def _session_of(
@@ -493,7 +555,15 @@ class VirtualServers:
         ctx = self._sessions.get(token)  # another request may have built it while the check waited
         if ctx is None:
             version = claims.upstream if claims.upstream in LEGACY_VERSIONS else LEGACY
-            ctx = self._sessions[token] = Context(key=token, user_id=claims.user_id, version=version, claims=claims)
+            ctx = self._sessions[token] = Context(
+                key=token,
+                user_id=claims.user_id,
+                version=version,
+                claims=claims,
+                backchannel=Backchannel(
+                    unseal_capabilities(claims.client_caps), session=claims, sealing=self._sealing()
+                ),
+            )
         ctx.last_used = time.monotonic()
         return ctx
 
@@ -677,6 +747,7 @@ class VirtualServers:
                 self._eras,
                 prefer_legacy=ctx.version != MODERN,
                 on_list_changed=self.invalidate,
+                backchannel=ctx.backchannel,
             )
             if ctx.log_level is not None:
                 client._log_level = ctx.log_level
@@ -921,8 +992,11 @@ class VirtualServers:
         except msgspec.DecodeError:
             await _json(send, 400, _error(None, -32700, "the body is not JSON"))
             return
+        if isinstance(message, dict) and "method" not in message and ("result" in message or "error" in message):
+            await self._answered(scope, send, ctx, message)  # a response to a relayed request
+            return
         if not isinstance(message, dict) or not isinstance(message.get("method"), str):
-            await _json(send, 202, None)  # responses and batches from the client: nothing to do
+            await _json(send, 202, None)  # batches from the client: nothing to do
             return
         await _json(send, 202, None)
         if "id" not in message:
@@ -932,6 +1006,8 @@ class VirtualServers:
         if message["method"] == "initialize":
             version = (message.get("params") or {}).get("protocolVersion")
             ctx.version = version if version in LEGACY_VERSIONS else "2024-11-05"
+            if ctx.backchannel is None:  # before any member session declares the capabilities
+                ctx.backchannel = Backchannel(relayed_capabilities((message.get("params") or {}).get("capabilities")))
             result = {
                 "protocolVersion": ctx.version,
                 "capabilities": CAPABILITIES,

@@ -18,12 +18,15 @@ per member with ``server/discover`` and remembered until the member fails.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import msgspec
+
+from gateway.servers.backchannel import Backchannel
 
 log = logging.getLogger("gateway.servers")
 
@@ -124,7 +127,7 @@ async def asgi_post(
     *,
     method: str = "POST",
     want_id: Any = None,
-    on_request: Callable[[dict[str, Any]], None] | None = None,
+    on_request: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
     on_note: Callable[[Any], Awaitable[None]] | None = None,
 ) -> Reply:
     """One request to ``app`` at ``path`` in process; returns when the answer (or the response to
@@ -200,7 +203,9 @@ async def asgi_post(
                         done.set()
                     elif "method" in m and "id" in m and on_request is not None and m["id"] not in asked:
                         asked.add(m["id"])  # a server-to-client request (sampling, elicitation, roots)
-                        on_request(m)
+                        relayed_to_client = on_request(m)
+                        if relayed_to_client is not None:
+                            await relayed_to_client
                     elif "method" in m and "id" not in m and on_note is not None:
                         relayed += 1  # progress, log messages: on to the client now
                         await on_note(m)
@@ -221,6 +226,21 @@ async def asgi_post(
     else:
         messages = []
     return Reply(status=status, headers=response_headers, messages=messages, relayed=relayed)
+
+
+async def post_response(
+    app: Asgi, scope: Mapping[str, Any], adapter: str, session: str, message: dict[str, Any]
+) -> None:
+    """A client's response to a member's request, posted on the member session ``session`` (a sealed
+    adapter session id, valid on every gateway) through the data plane, which checks it again."""
+    headers = [
+        (b"accept", b"application/json, text/event-stream"),
+        (b"mcp-protocol-version", LEGACY.encode()),
+        (b"mcp-session-id", session.encode()),
+    ]
+    reply = await asgi_post(app, scope, f"/adapters/{adapter}/mcp", headers, msgspec.json.encode(message))
+    if reply.status >= 300:
+        log.info("member %s refused a forwarded response: HTTP %s", adapter, reply.status)
 
 
 #: Data-plane answers that are the policy stages' refusals of the caller (toolPolicy 403, rateLimits
@@ -261,8 +281,10 @@ class MemberClient:
         *,
         prefer_legacy: bool = False,
         on_list_changed: Callable[[str], None] | None = None,
+        backchannel: Backchannel | None = None,
     ) -> None:
         self._on_list_changed = on_list_changed
+        self._backchannel = backchannel  # the client session's, when it may answer server-to-client requests
         self._app = app
         self.adapter = adapter
         self._eras = eras  # shared per process: "adapter\0era" → whether the member speaks it
@@ -354,7 +376,8 @@ class MemberClient:
 
     def _refuse(self, scope: Mapping[str, Any], request: dict[str, Any]) -> None:
         """Answer a member's request to the client with an error at once, so the call does not hang:
-        a virtual server does not relay server-to-client requests (docs/servers.md)."""
+        the client did not declare the capability, has no stream to take it on (a 2026-07-28 caller,
+        a client not accepting SSE, a listing), or has ``MAX_PENDING`` unanswered (docs/servers.md)."""
         answer = {
             "jsonrpc": "2.0",
             "id": request["id"],
@@ -367,6 +390,33 @@ class MemberClient:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _ask_client(
+        self,
+        scope: Mapping[str, Any],
+        to_client: Callable[[Any], Awaitable[None]],
+        held: list[str],
+        request: dict[str, Any],
+    ) -> None:
+        """A member's request during a call: to the client under a new id (gateway/servers/backchannel.py),
+        before the call's answer; refused as before when the client cannot take it."""
+        channel = self._backchannel
+        ident = (
+            channel.hold(self.adapter, request["id"], self._deliver, self._session)
+            if channel is not None and channel.allows(request.get("method"))
+            else None
+        )
+        if ident is None:
+            self._refuse(scope, request)
+            return
+        held.append(ident)
+        await to_client({**request, "id": ident})
+
+    async def _deliver(self, scope: Mapping[str, Any], response: dict[str, Any]) -> None:
+        """The client's response to a relayed request, on this member's session."""
+        reply = await self._post(scope, response, modern=False)
+        if reply.status >= 300:
+            log.info("member %s refused a relayed response: HTTP %s", self.adapter, reply.status)
+
     async def _post(
         self,
         scope: Mapping[str, Any],
@@ -374,6 +424,7 @@ class MemberClient:
         *,
         modern: bool,
         on_note: Callable[[Any], Awaitable[None]] | None = None,
+        on_request: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
     ) -> Reply:
         params = message.get("params") or {}
         name = params.get("name") if message.get("method") in ("tools/call", "prompts/get") else params.get("uri")
@@ -385,7 +436,7 @@ class MemberClient:
             self._headers(modern, str(message.get("method")), name if isinstance(name, str) else None),
             body,
             want_id=message.get("id") if "method" in message else None,
-            on_request=None if modern else (lambda m: self._refuse(scope, m)),
+            on_request=None if modern else (on_request or (lambda m: self._refuse(scope, m))),
             on_note=on_note,
         )
 
@@ -396,7 +447,8 @@ class MemberClient:
             "method": "initialize",
             "params": {
                 "protocolVersion": LEGACY,
-                "capabilities": {},
+                # The client's own sampling / elicitation / roots, so the member asks only what it may.
+                "capabilities": self._backchannel.capabilities if self._backchannel is not None else {},
                 "clientInfo": {"name": "mcp-gateway-virtual-server", "version": "1"},
             },
         }
@@ -445,12 +497,18 @@ class MemberClient:
             params["_meta"] = meta
         live = notes.note if isinstance(notes, Relay) and notes.live else None
         request = {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}
-        reply = await self._post(scope, request, modern=modern, on_note=live)
-        if not modern and reply.status == 404 and self._session is not None:
-            self._session = None  # the member's session ended (replica gone): open a new one once
-            async with self._lock:
-                await self._open(scope)
-            reply = await self._post(scope, request, modern=False, on_note=live)
+        held: list[str] = []  # ids of this call's requests relayed to the client
+        ask = functools.partial(self._ask_client, scope, live, held) if live is not None and not modern else None
+        try:
+            reply = await self._post(scope, request, modern=modern, on_note=live, on_request=ask)
+            if not modern and reply.status == 404 and self._session is not None:
+                self._session = None  # the member's session ended (replica gone): open a new one once
+                async with self._lock:
+                    await self._open(scope)
+                reply = await self._post(scope, request, modern=False, on_note=live, on_request=ask)
+        finally:
+            if held and self._backchannel is not None:
+                self._backchannel.forget(held)  # pending entries end with the call
         heard = [m for m in reply.messages if isinstance(m, dict) and "id" not in m and "method" in m]
         if any(str(m["method"]).endswith("/list_changed") for m in heard) and self._on_list_changed is not None:
             self._on_list_changed(self.adapter)
