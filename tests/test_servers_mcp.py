@@ -175,11 +175,6 @@ KNOWN_GAPS = {
     "elicitation-sep1330-enums",
     "tools-call-elicitation",
     "tools-call-sampling",
-    # Answers are one JSON body per POST: no SSE priming/polling/resumption, no standalone GET stream.
-    "server-sse-polling",
-    "server-sse-multiple-streams",
-    # 2026-07-28 subscriptions/listen is not served (list_changed is not offered).
-    "server-stateless",
 }
 
 
