@@ -482,7 +482,14 @@ class VirtualServers:
         if self.streams.standalone_busy(ctx.key):
             await _json(send, 409, _error(None, -32600, "this session's GET stream is already open"))
             return
-        targets = [self._target(ctx, m, own=False) for m in members]
+        # Each member on a watch of its own (subscriptions/listen where it speaks 2026-07-28: MCPServer's
+        # change events reach only those), and on the session's member session where one is held (what a
+        # 2025-era member sends there: resources/updated of the session's resources/subscribe).
+        targets = [self._target(ctx, m, own=True) for m in members]
+        for m in members:
+            held = ctx.clients.get(m.spec.adapter)
+            if held is not None and held.holds_session:
+                targets.append(self._target(ctx, m, own=False))
         await self.streams.standalone(ctx.key, scope, targets, receive, send)
 
     def _target(self, ctx: Context, member: Member, *, own: bool) -> WatchTarget:

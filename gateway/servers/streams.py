@@ -364,6 +364,7 @@ class Streams:
             await self._pump(stream, after, receive, send, priming=priming)
         finally:
             await _stop(watches)
+            await asyncio.gather(*(t.client.close(scope) for t in targets if t.own), return_exceptions=True)
 
     # --- subscriptions/listen -------------------------------------------------------------------
 
@@ -448,9 +449,7 @@ class Streams:
             if self.listens[user_id] <= 0:
                 del self.listens[user_id]
             await _stop(watches)
-            for target in targets:
-                if target.own:
-                    await target.client.close(scope)
+            await asyncio.gather(*(t.client.close(scope) for t in targets if t.own), return_exceptions=True)
         with contextlib.suppress(Exception):  # the client is gone
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         return None
