@@ -124,7 +124,8 @@ def rpc(gw: GatewayProcess, session: str, ident: int, method: str, params: dict[
     return httpx.post(
         f"{gw.url}/servers/pair/mcp",
         json={"jsonrpc": "2.0", "id": ident, "method": method, "params": params},
-        headers={"Accept": "application/json, text/event-stream", "Mcp-Session-Id": session},
+        # JSON only: a session that takes SSE gets resumable SSE answers (tests/test_servers_streams.py).
+        headers={"Accept": "application/json", "Mcp-Session-Id": session},
         timeout=30,
     )
 
