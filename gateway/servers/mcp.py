@@ -80,6 +80,13 @@ CAPABILITIES: dict[str, Any] = {
     "completions": {},
     "logging": {},
 }
+#: A legacy HTTP+SSE session (``/sse`` + ``/messages``) has no change streams: its listings refresh by TTL.
+LEGACY_SSE_CAPABILITIES: dict[str, Any] = {
+    **CAPABILITIES,
+    "tools": {"listChanged": False},
+    "prompts": {"listChanged": False},
+    "resources": {"listChanged": False, "subscribe": True},
+}
 MAX_PAGES = 20
 #: The listing methods, by the result key they answer with.
 LIST_METHODS = {
@@ -1033,7 +1040,7 @@ class VirtualServers:
             ctx.version = version if version in LEGACY_VERSIONS else "2024-11-05"
             result = {
                 "protocolVersion": ctx.version,
-                "capabilities": CAPABILITIES,
+                "capabilities": LEGACY_SSE_CAPABILITIES,
                 "serverInfo": {**SERVER_INFO, "name": f"mcp-gateway/{label}"},
             }
             answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"], "result": result}

@@ -525,6 +525,11 @@ class MemberClient:
         """
         if any(isinstance(m, dict) and m.get("id") == ident for m in reply.messages):
             return reply  # answered on the stream (its priming event carried the retry field)
+        heard = [m for m in reply.messages if isinstance(m, dict) and "id" not in m and "method" in m]
+        if live is not None:  # those of the stream's last chunk first, in order
+            for m in heard[reply.relayed :]:
+                await live(m)
+            reply.relayed = len(heard)
         if isinstance(notes, Relay):
             await notes.paused()
         for _ in range(MAX_POLLS):
@@ -540,7 +545,15 @@ class MemberClient:
                 (b"last-event-id", reply.last_event_id.encode()),
             ]
             more = await asgi_post(
-                self._app, scope, self.path, headers, None, method="GET", want_id=ident, on_note=live
+                self._app,
+                scope,
+                self.path,
+                headers,
+                None,
+                method="GET",
+                want_id=ident,
+                on_request=lambda m: self._refuse(scope, m),
+                on_note=live,
             )
             if more.status != 200:
                 return reply
