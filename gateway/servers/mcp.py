@@ -489,17 +489,19 @@ class VirtualServers:
         if self.streams.standalone_busy(ctx.key):
             await _json(send, 409, _error(None, -32600, "this session's GET stream is already open"))
             return
-        # Each member on a watch of its own (subscriptions/listen where it speaks 2026-07-28: MCPServer's
-        # change events reach only those), and on the session's member session where one is held (what a
-        # 2025-era member sends there: resources/updated of the session's resources/subscribe).
-        targets = [self._target(ctx, m, own=True) for m in members]
-        for m in members:
-            held = ctx.clients.get(m.spec.adapter)
-            if held is not None and held.holds_session:
-                targets.append(self._target(ctx, m, own=False))
-        await self.streams.standalone(ctx.key, scope, targets, receive, send)
+        over = self.streams.over_cap(identity.user_id)
+        if over is not None:
+            await _json(send, 429, _error(None, -32008, over))
+            return
+        # Each member that speaks 2026-07-28 on a subscriptions/listen of its own (MCPServer's change events
+        # reach only those: stateless, no member session), and each member called in the session's era on
+        # the GET stream of the session's member session (what a 2025-era member sends there, resources/updated
+        # of the session's resources/subscribe included; no second member session is opened).
+        targets = [self._target(ctx, m, own=True, era=MODERN) for m in members]
+        targets += [self._target(ctx, m, own=False, era=LEGACY) for m in members]
+        await self.streams.standalone(ctx.key, identity.user_id, scope, targets, receive, send)
 
-    def _target(self, ctx: Context, member: Member, *, own: bool) -> WatchTarget:
+    def _target(self, ctx: Context, member: Member, *, own: bool, era: str | None = None) -> WatchTarget:
         """A member to watch: on the context's own member client (a 2025-era session's, whose member
         session holds its resource subscriptions), or on a client of the watch's own (a listen)."""
         client = (
@@ -512,7 +514,7 @@ class VirtualServers:
             found, inner = self._by_uri([member], uri)
             return inner if found is not None else None
 
-        return WatchTarget(member.spec.adapter, member.uri_out, uri_in, client, own)
+        return WatchTarget(member.spec.adapter, member.uri_out, uri_in, client, own, era)
 
     # --- cancellation -----------------------------------------------------------------------
 

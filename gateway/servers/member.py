@@ -568,12 +568,16 @@ class MemberClient:
         return reply
 
     async def change_stream(
-        self, scope: Mapping[str, Any], notifications: dict[str, Any], ident: int
-    ) -> tuple[str, list[tuple[bytes, bytes]], bytes | None]:
+        self, scope: Mapping[str, Any], notifications: dict[str, Any], ident: int, era: str | None = None
+    ) -> tuple[str, list[tuple[bytes, bytes]], bytes | None] | None:
         """How to open this member's stream of change notifications (list_changed, resources/updated):
         (HTTP method, headers, body) — ``subscriptions/listen`` with ``notifications`` as its filter for
-        a 2026-07-28 member, a GET on the member's session for a 2025-era one (gateway/servers/streams.py)."""
-        if await self._era(scope) == MODERN:
+        a 2026-07-28 member, a GET on the member's session for a 2025-era one (gateway/servers/streams.py).
+        None when ``era`` is given and the member is called in the other one."""
+        spoken = await self._era(scope)
+        if era is not None and spoken != era:
+            return None
+        if spoken == MODERN:
             meta = _meta()
             if self._client_capabilities is not None:
                 meta["io.modelcontextprotocol/clientCapabilities"] = self._client_capabilities

@@ -21,10 +21,12 @@ no other session's events can be named, since each log is the session's own.
 
 **Standalone GET stream (2025-era sessions).** ``GET`` without ``Last-Event-ID``: at most one per
 session (409 for a second, as the SDK's server). While it is open, the gateway watches each member the
-caller may use — a GET stream on the member's session (2025-era members) or the member's own
-``subscriptions/listen`` (2026-07-28 members), through the data plane like every member call — and
-relays ``list_changed`` and ``resources/updated`` (URIs namespaced as in listings). The watches end with
-the stream (a change while no stream is open is not replayed; the client lists again).
+caller may use — the member's own ``subscriptions/listen`` where it speaks 2026-07-28 (the SDK's
+``MCPServer`` publishes its change events only there) and a GET stream on the session's member session
+where the member is called in the 2025 era (no second member session), through the data plane like
+every member call — and relays ``list_changed`` and ``resources/updated`` (URIs namespaced as in
+listings). The watches end with the stream (a change while no stream is open is not replayed; the
+client lists again). Standalone streams count against the listen cap (each holds one stream per member).
 
 **subscriptions/listen (2026-07-28).** The same watches, opened per listen request with the client's
 filter (``notifications``), each member's acknowledgement awaited (at most the member timeout) before
@@ -226,6 +228,8 @@ class WatchTarget:
     uri_in: Callable[[str], str | None]
     client: MemberClient
     own: bool = False
+    era: str | None = None
+    """Watch only if the member is called in this era (None: either)."""
 
 
 class Streams:
@@ -344,10 +348,40 @@ class Streams:
         events = self._logs.get(key)
         return events is not None and events.standalone is not None and events.standalone.reader is not None
 
+    def over_cap(self, user_id: str) -> str | None:
+        """Why the user may open no more change streams (listens and standalone GET streams), else None."""
+        if self._listens_per_user and self.listens[user_id] >= self._listens_per_user:
+            return (
+                f"listen limit reached: user {user_id!r} may hold at most {self._listens_per_user} open "
+                "subscriptions/listen or GET streams on virtual servers on this gateway (MCPGW_SERVER_LISTENS_PER_USER)"
+            )
+        return None
+
     async def standalone(
+        self,
+        key: str,
+        user_id: str,
+        scope: Mapping[str, Any],
+        targets: Sequence[WatchTarget],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """The session's standalone GET stream: the members' change notifications while it is open
+        (counted with the user's listens: each holds a stream to every member)."""
+        self.listens[user_id] += 1
+        try:
+            await self._standalone(key, scope, targets, receive, send)
+        finally:
+            self._release(user_id)
+
+    def _release(self, user_id: str) -> None:
+        self.listens[user_id] -= 1
+        if self.listens[user_id] <= 0:
+            del self.listens[user_id]
+
+    async def _standalone(
         self, key: str, scope: Mapping[str, Any], targets: Sequence[WatchTarget], receive: Receive, send: Send
     ) -> None:
-        """The session's standalone GET stream: the members' change notifications while it is open."""
         events = self.log_of(key)
         if events.standalone is None:
             events.standalone = events.open()
@@ -379,11 +413,8 @@ class Streams:
         send: Send,
     ) -> dict[str, Any] | None:
         """Serve one 2026-07-28 ``subscriptions/listen``; a JSON-RPC error to send instead (the cap)."""
-        if self._listens_per_user and self.listens[user_id] >= self._listens_per_user:
-            text = (
-                f"listen limit reached: user {user_id!r} may hold at most {self._listens_per_user} open "
-                "subscriptions/listen streams on this gateway (MCPGW_SERVER_LISTENS_PER_USER)"
-            )
+        text = self.over_cap(user_id)
+        if text is not None:
             return {"jsonrpc": "2.0", "id": ident, "error": {"code": -32008, "message": text}}
         wanted = params.get("notifications") if isinstance(params.get("notifications"), dict) else {}
         assert isinstance(wanted, dict)
@@ -445,9 +476,7 @@ class Streams:
             finally:
                 gone.cancel()
         finally:
-            self.listens[user_id] -= 1
-            if self.listens[user_id] <= 0:
-                del self.listens[user_id]
+            self._release(user_id)
             await _stop(watches)
             await asyncio.gather(*(t.client.close(scope) for t in targets if t.own), return_exceptions=True)
         with contextlib.suppress(Exception):  # the client is gone
@@ -483,7 +512,10 @@ class Streams:
 
         async def run() -> None:
             try:
-                method, headers, body = await target.client.change_stream(scope, notifications, next(_watch_ids))
+                opened = await target.client.change_stream(scope, notifications, next(_watch_ids), target.era)
+                if opened is None:
+                    return
+                method, headers, body = opened
                 if method == "GET":
                     # A 2025-era member: resource subscriptions are made on the watch's own session.
                     for uri in notifications.get("resourceSubscriptions", ()) if target.own else ():

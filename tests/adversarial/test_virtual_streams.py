@@ -5,7 +5,8 @@ members speak 2026-07-28 and count their open ``subscriptions/listen`` streams.
 * ``Last-Event-ID`` of another session, of another user's session, garbage, or evicted from the bounded
   buffer is refused, and never replays another session's events;
 * a second standalone GET stream of one session is 409;
-* ``subscriptions/listen`` per user is capped, and the cap frees as listens end;
+* ``subscriptions/listen`` and standalone GET streams per user are capped together, and the cap frees
+  as they end;
 * a client that leaves ends the member streams opened for it: the members' open listens and the
   gateway's watch tasks go back to zero.
 """
@@ -259,6 +260,9 @@ async def test_listens_per_user_are_capped_and_the_cap_frees_when_they_end() -> 
     await asyncio.wait_for(asyncio.gather(*(f.task for f in flood)), 5)
     assert {f.status for f in flood} == {429} and "MCPGW_SERVER_LISTENS_PER_USER" in flood[0].text
     assert gw.members.listening == 4
+    # A standalone GET stream holds a stream to every member too: it counts against the same cap.
+    stream = await gw.done("GET", None, mcp_session_id=await gw.session())
+    assert stream.status == 429 and "MCPGW_SERVER_LISTENS_PER_USER" in stream.text
     other = gw.listen("c", user="bob")  # the cap is per user
     await until(lambda: "acknowledged" in other.text, "another user's listen")
     for exchange in (first, second, other):
