@@ -575,6 +575,10 @@ class GatewayApp:
             sessions=components.server_sessions,
             max_body_bytes=s.max_body_bytes,
             www_authenticate=lambda path, error, detail: www_authenticate(s, path, error, detail),
+            stream_buffer_events=s.server_stream_buffer_events,
+            stream_buffer_bytes=s.server_stream_buffer_bytes,
+            stream_retry_ms=s.server_stream_retry_ms,
+            listens_per_user=s.server_listens_per_user,
         )
         components.server_service.on_change(self.servers.server_changed)
         self.routes = DataPlaneRoutes()

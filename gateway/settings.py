@@ -400,6 +400,21 @@ class Settings:
     otlp_endpoint: str | None = setting(
         None, "OTLP endpoint; set → traces and metrics exported there.", env="OTEL_EXPORTER_OTLP_ENDPOINT"
     )
+    # --- virtual server streams ---
+    server_stream_buffer_events: int = setting(
+        256,
+        "SSE events a 2025-era virtual server session keeps for resumption (GET + Last-Event-ID); oldest dropped "
+        "first. Resumption needs the gateway that served the stream.",
+    )
+    server_stream_buffer_bytes: int = setting(
+        1024 * 1024, "Bytes of SSE events a 2025-era virtual server session keeps for resumption; oldest dropped first."
+    )
+    server_stream_retry_ms: int = setting(
+        1000, "The retry: field (milliseconds) of a virtual server's SSE answers: how long a client waits to resume."
+    )
+    server_listens_per_user: int = setting(
+        8, "Open subscriptions/listen streams one user may hold on virtual servers, per gateway (0: no cap)."
+    )
 
     def __post_init__(self) -> None:
         _check_settings(self)

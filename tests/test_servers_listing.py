@@ -270,13 +270,16 @@ async def test_a_cached_listing_is_the_same_answer_and_asks_no_member() -> None:
         asked = dict(gw.plane.asked)
         second = await gw.post(listing, **caller)
         assert gw.plane.asked == asked  # no member was asked again
-        assert first[0] == second[0] == 200 and second[1]["content-type"] == "application/json"
+        # A 2025-era session that takes SSE gets its answer as a resumable SSE stream (streams.py).
+        kind = "text/event-stream" if caller else "application/json"
+        assert first[0] == second[0] == 200 and second[1]["content-type"] == kind
         assert first[2] == second[2]  # the spliced bytes decode to what the uncached path built
     modern = (await gw.post(listing))[2]["result"]
     assert modern["resultType"] == "complete" and modern["cacheScope"] == "private" and modern["ttlMs"] == 30000
     assert modern["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "mcp-gateway"
     assert [t["name"] for t in modern["tools"]] == ["m0_add", "m0_echo", "m0_mine_alice", "m1_upper", "m1_mine_alice"]
-    assert "resultType" not in (await gw.post(listing, session=session))[2]["result"]
+    [legacy] = (await gw.post(listing, session=session))[2]
+    assert "resultType" not in legacy["result"]
 
 
 async def test_list_changed_heard_on_a_call_ends_the_cached_listing_of_that_member() -> None:
@@ -369,8 +372,8 @@ async def test_notifications_cancelled_cancels_the_member_request() -> None:
     await asyncio.wait_for(gw.plane.hanging.wait(), 5)
     cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 9}}
     assert (await gw.post(cancel, session=session))[0] == 202
-    status, _, body = await asyncio.wait_for(pending, 5)
-    assert status == 200 and body["error"]["code"] == -32800
+    status, _, events = await asyncio.wait_for(pending, 5)
+    assert status == 200 and events[-1]["error"]["code"] == -32800  # the session's SSE answer (streams.py)
     assert gw.plane.cancelled == ["m1: cancelled"]
     assert (await gw.post(call | {"params": {"name": "m1_upper", "arguments": {}}}, session=session))[0] == 200
 

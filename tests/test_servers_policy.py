@@ -147,6 +147,7 @@ class Raw:
             init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
             opened = httpx.post(self.url, json=self.rpc(0, "initialize", init), headers=self.headers)
             self.headers["Mcp-Session-Id"] = opened.headers["mcp-session-id"]
+            self.headers["Accept"] = "application/json"  # a session taking SSE gets SSE answers (streams.py)
 
     def rpc(self, ident: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if self.modern:

@@ -86,7 +86,13 @@ def post(gw: GatewayProcess, path: str, session: str, ident: int, method: str, u
     return httpx.post(
         f"{gw.url}{path}",
         json={"jsonrpc": "2.0", "id": ident, "method": method, "params": params},
-        headers={**ACCEPT, "Mcp-Session-Id": session, "X-Dev-User-Id": user, "X-Dev-Roles": "users"},
+        # JSON only: a session that takes SSE gets resumable SSE answers (gateway/servers/streams.py).
+        headers={
+            "Accept": "application/json",
+            "Mcp-Session-Id": session,
+            "X-Dev-User-Id": user,
+            "X-Dev-Roles": "users",
+        },
         timeout=30,
     )
 

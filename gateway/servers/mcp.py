@@ -68,6 +68,7 @@ from gateway.servers.backchannel import (
 )
 from gateway.servers.listing import ListingCache, MergedKey, MergedListing
 from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError, Relay, post_response, sse_event
+from gateway.servers.streams import ResumeRefused, Streams, WatchTarget
 from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.base import ServerStore
 from gateway.store.view import AdapterView
@@ -79,12 +80,21 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 URI_SCHEME = "mcpgw+"
 LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 SERVER_INFO = {"name": "mcp-gateway", "version": "0.1.0"}
+#: listChanged since 2026-12-01: the standalone GET stream (2025-era) and subscriptions/listen (2026-07-28)
+#: carry the members' list_changed notifications (gateway/servers/streams.py).
 CAPABILITIES: dict[str, Any] = {
+    "tools": {"listChanged": True},
+    "prompts": {"listChanged": True},
+    "resources": {"listChanged": True, "subscribe": True},
+    "completions": {},
+    "logging": {},
+}
+#: A legacy HTTP+SSE session (``/sse`` + ``/messages``) has no change streams: its listings refresh by TTL.
+LEGACY_SSE_CAPABILITIES: dict[str, Any] = {
+    **CAPABILITIES,
     "tools": {"listChanged": False},
     "prompts": {"listChanged": False},
     "resources": {"listChanged": False, "subscribe": True},
-    "completions": {},
-    "logging": {},
 }
 MAX_PAGES = 20
 #: The listing methods, by the result key they answer with.
@@ -230,6 +240,10 @@ class VirtualServers:
         max_body_bytes: int = 4 * 1024 * 1024,
         www_authenticate: Callable[[str, str | None, str | None], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stream_buffer_events: int = 256,
+        stream_buffer_bytes: int = 1024 * 1024,
+        stream_retry_ms: int = 1000,
+        listens_per_user: int = 8,
     ) -> None:
         self._max_body = max_body_bytes
         self._www = www_authenticate or (lambda path, error, detail: f'Bearer error="{error or "invalid_token"}"')
@@ -257,6 +271,15 @@ class VirtualServers:
         self.member_failures: Counter[str] = Counter()
         self._records: dict[str, tuple[float, ServerRecord | None]] = {}
         self._next_sweep = 0.0
+        self.streams = Streams(
+            app=app,
+            invalidate=self.invalidate,
+            member_timeout=member_timeout,
+            max_events=stream_buffer_events,
+            max_bytes=stream_buffer_bytes,
+            retry_ms=stream_retry_ms,
+            listens_per_user=listens_per_user,
+        )
 
     # --- ASGI -------------------------------------------------------------------------------
 
@@ -321,6 +344,9 @@ class VirtualServers:
                 await self._router.revoke(ctx.claims)
             await self._end(ctx, scope)
             await _json(send, 200, None)
+            return
+        if method == "GET" and "mcp-session-id" in headers:
+            await self._get(scope, receive, send, headers, identity, label, members)
             return
         if method != "POST":
             await _json(send, 405, _error(None, -32600, f"{method} is not supported here"), {"allow": "POST, DELETE"})
@@ -403,9 +429,32 @@ class VirtualServers:
             self._notified(ctx, message)
             await _json(send, 202, None)
             return
+        if modern and message["method"] == "subscriptions/listen":
+            listen = message.get("params")
+            targets = [self._target(ctx, m, own=True) for m in members]
+            over = await self.streams.listen(
+                scope, identity.user_id, ident, listen if isinstance(listen, dict) else {}, targets, receive, send
+            )
+            if over is not None:
+                await _json(send, 429, over)
+            return
+        # A 2025-era session that takes SSE gets a resumable SSE answer (gateway/servers/streams.py).
+        resumable = not modern and "text/event-stream" in headers.get("accept", "")
         cached = self._cached_listing(ident, ctx, identity, members, message["method"], modern=modern)
         if cached is not None:
-            await _json_bytes(send, 200, cached)
+            if resumable:
+                await self.streams.answer(ctx.key, functools.partial(_ready, msgspec.Raw(cached)), send)
+            else:
+                await _json_bytes(send, 200, cached)
+            return
+        if resumable:
+            # Not cancelled when the client goes away: a 2025-era client resumes (or sends notifications/cancelled).
+            def work(relay: Relay) -> Awaitable[dict[str, Any] | None]:
+                return self._cancellable(
+                    ctx, ident, self._handle(scope, ctx, identity, members, message, modern=False, notes=relay)
+                )
+
+            await self.streams.answer(ctx.key, work, send)
             return
         # The member's progress and log notifications go to a client that takes SSE as they arrive
         # (the response becomes an SSE stream with the first one), then the answer.
@@ -458,6 +507,64 @@ class VirtualServers:
     async def _forward(self, scope: Mapping[str, Any], adapter: str, session: str, message: dict[str, Any]) -> None:
         """An answer to a request another gateway relayed: onto the member session from here."""
         await post_response(self._app(), scope, adapter, session, message)
+
+    # --- GET: resumption and the standalone stream (gateway/servers/streams.py) ----------------
+
+    async def _get(
+        self,
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        headers: Mapping[str, str],
+        identity: Identity,
+        label: str,
+        members: Sequence[Member],
+    ) -> None:
+        """GET with a 2025-era session: ``Last-Event-ID`` resumes one of its streams, else the session's
+        standalone stream of the members' change notifications (one at a time: 409)."""
+        ctx = await self._session_of(headers, identity, label, scope)
+        if ctx is None:
+            await _json(send, 404, _error(None, -32001, "session not found: initialize a new session"))
+            return
+        if "text/event-stream" not in headers.get("accept", ""):
+            await _json(send, 406, _error(None, -32600, "GET needs Accept: text/event-stream"))
+            return
+        last = headers.get("last-event-id")
+        if last is not None:
+            try:
+                await self.streams.resume(ctx.key, last, receive, send)
+            except ResumeRefused as exc:
+                await _json(send, 400, _error(None, -32600, exc.detail))
+            return
+        if self.streams.standalone_busy(ctx.key):
+            await _json(send, 409, _error(None, -32600, "this session's GET stream is already open"))
+            return
+        over = self.streams.over_cap(identity.user_id)
+        if over is not None:
+            await _json(send, 429, _error(None, -32008, over))
+            return
+        # Each member that speaks 2026-07-28 on a subscriptions/listen of its own (MCPServer's change events
+        # reach only those: stateless, no member session), and each member called in the session's era on
+        # the GET stream of the session's member session (what a 2025-era member sends there, resources/updated
+        # of the session's resources/subscribe included; no second member session is opened).
+        targets = [self._target(ctx, m, own=True, era=MODERN) for m in members]
+        targets += [self._target(ctx, m, own=False, era=LEGACY) for m in members]
+        await self.streams.standalone(ctx.key, identity.user_id, scope, targets, receive, send)
+
+    def _target(self, ctx: Context, member: Member, *, own: bool, era: str | None = None) -> WatchTarget:
+        """A member to watch: on the context's own member client (a 2025-era session's, whose member
+        session holds its resource subscriptions), or on a client of the watch's own (a listen)."""
+        client = (
+            MemberClient(self._app(), member.spec.adapter, self._eras, on_list_changed=self.invalidate)
+            if own
+            else self._client(ctx, member)
+        )
+
+        def uri_in(uri: str) -> str | None:
+            found, inner = self._by_uri([member], uri)
+            return inner if found is not None else None
+
+        return WatchTarget(member.spec.adapter, member.uri_out, uri_in, client, own, era)
 
     # --- cancellation -----------------------------------------------------------------------
 
@@ -583,6 +690,7 @@ class VirtualServers:
             del self._streams[ctx.key]
         if ctx.queue is not None:
             ctx.queue.put_nowait(None)
+        self.streams.drop(ctx.key)
         await asyncio.gather(*(c.close(scope) for c in ctx.clients.values()), return_exceptions=True)
 
     def _sweep(self) -> None:
@@ -597,6 +705,7 @@ class VirtualServers:
                 # Their member sessions expire by the data plane's own TTL; a sealed session still
                 # live in the store is rebuilt on its next request.
                 del table[key]
+                self.streams.drop(key)
 
     async def _resolve(self, identity: Identity, name: str | None) -> tuple[str, list[Member]]:
         """The members the caller may use: a server's readable members, or every readable adapter."""
@@ -689,9 +798,8 @@ class VirtualServers:
         if method == "ping":
             return {}
         if method == "server/discover":
-            # No subscriptions/listen yet: resource subscriptions and list_changed are not offered in 2026-07-28.
-            modern_caps = {**CAPABILITIES, "resources": {"listChanged": False}}
-            return {"supportedVersions": [MODERN], "capabilities": modern_caps, "resultType": "complete"}
+            # subscriptions/listen carries list_changed and resources/updated (gateway/servers/streams.py).
+            return {"supportedVersions": [MODERN], "capabilities": CAPABILITIES, "resultType": "complete"}
         kind = LIST_KINDS.get(method)
         if kind is not None:
             return {kind: await self._list(scope, ctx, identity, members, kind)}
@@ -1010,7 +1118,7 @@ class VirtualServers:
                 ctx.backchannel = Backchannel(relayed_capabilities((message.get("params") or {}).get("capabilities")))
             result = {
                 "protocolVersion": ctx.version,
-                "capabilities": CAPABILITIES,
+                "capabilities": LEGACY_SSE_CAPABILITIES,
                 "serverInfo": {**SERVER_INFO, "name": f"mcp-gateway/{label}"},
             }
             answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"], "result": result}
@@ -1169,6 +1277,11 @@ async def _json_bytes(send: Send, status: int, raw: bytes, headers: Mapping[str,
     out.append((b"content-length", str(len(raw)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": raw, "more_body": False})
+
+
+async def _ready(answer: Any, relay: Relay) -> Any:
+    """An answer already made (a cached listing), as the work of a resumable SSE answer."""
+    return answer
 
 
 def _merged_key(kind: str, identity: Identity, members: Sequence[Member]) -> MergedKey:

@@ -41,6 +41,9 @@ LEGACY = "2025-11-25"
 #: strips them) and trace context. Nothing else of the client's reaches the member.
 CARRIED = frozenset({b"authorization", b"x-dev-user-id", b"x-dev-roles", b"traceparent", b"tracestate", b"user-agent"})
 _ids = itertools.count(1)
+#: Most reconnections of one polled member call (SEP-1699), and the longest wait honoured between two.
+MAX_POLLS = 20
+MAX_RETRY_MS = 5000
 
 
 class MemberError(Exception):
@@ -64,6 +67,10 @@ class Reply(msgspec.Struct):
     headers: dict[str, str]
     messages: list[Any]
     relayed: int = 0
+    last_event_id: str | None = None
+    """The id of the last SSE event (when the stream carried a ``retry:`` field, SEP-1699 polling)."""
+    retry: int | None = None
+    """Milliseconds the member asked a client to wait before resuming its stream (``retry:``)."""
 
 
 class Relay(list[Any]):
@@ -99,6 +106,11 @@ class Relay(list[Any]):
         """The answer, ending the stream this relay started."""
         assert self._send is not None and self.started
         await self._send({"type": "http.response.body", "body": sse_event(answer), "more_body": False})
+
+    async def paused(self) -> None:
+        """The member ended the answer's stream before the answer, to be polled (SEP-1699): the member
+        call goes on with GET + ``Last-Event-ID``. Nothing to do here; a resumable client stream
+        (gateway/servers/streams.py) ends its own the same way (2026-12-01)."""
 
 
 def sse_event(message: Any) -> bytes:
@@ -225,7 +237,23 @@ async def asgi_post(
         messages = decoded if isinstance(decoded, list) else ([decoded] if decoded is not None else [])
     else:
         messages = []
-    return Reply(status=status, headers=response_headers, messages=messages, relayed=relayed)
+    reply = Reply(status=status, headers=response_headers, messages=messages, relayed=relayed)
+    polled = b"retry:" in raw or method == "GET"
+    if polled and response_headers.get("content-type", "").startswith("text/event-stream"):
+        reply.last_event_id, reply.retry = _sse_resume_point(raw)
+    return reply
+
+
+def _sse_resume_point(raw: bytes) -> tuple[str | None, int | None]:
+    """The last event id and ``retry:`` value of an SSE body (where to resume it, and when)."""
+    last_id: str | None = None
+    retry: int | None = None
+    for line in raw.replace(b"\r\n", b"\n").split(b"\n"):
+        if line.startswith(b"id:"):
+            last_id = line[3:].strip().decode("utf-8", "replace") or None
+        elif line.startswith(b"retry:") and line[6:].strip().isdigit():
+            retry = int(line[6:].strip())
+    return last_id, retry
 
 
 async def post_response(
@@ -308,6 +336,11 @@ class MemberClient:
                 await self.request(scope, "logging/setLevel", {"level": level})
             except MemberError as exc:  # a member without logging keeps its default
                 log.info("member %s refused logging/setLevel: %s", self.adapter, exc.detail)
+
+    @property
+    def holds_session(self) -> bool:
+        """Whether a 2025-era member session is open (its GET stream carries what the member sends there)."""
+        return self._session is not None
 
     @property
     def path(self) -> str:
@@ -506,6 +539,8 @@ class MemberClient:
                 async with self._lock:
                     await self._open(scope)
                 reply = await self._post(scope, request, modern=False, on_note=live, on_request=ask)
+            if not modern and reply.retry is not None:
+                reply = await self._poll(scope, ident, reply, notes, live, ask)
         finally:
             if held and self._backchannel is not None:
                 self._backchannel.forget(held)  # pending entries end with the call
@@ -529,6 +564,95 @@ class MemberClient:
             self._forget_eras()
             self._opened = False
         raise MemberError(self.adapter, f"no answer to {method} (HTTP {reply.status})", status=reply.status)
+
+    async def _poll(
+        self,
+        scope: Mapping[str, Any],
+        ident: int,
+        reply: Reply,
+        notes: list[Any] | None,
+        live: Callable[[Any], Awaitable[None]] | None,
+        ask: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
+    ) -> Reply:
+        """Continue a call whose answer stream the member ended early after a ``retry:`` field (SEP-1699
+        polling): GET + ``Last-Event-ID`` on the member's session, after the wait it asked for, until
+        the answer comes (at most ``MAX_POLLS`` reconnections).
+
+        Decision (2026-12-01): before, such a call failed with "no answer"; the conformance fixture's
+        ``test_reconnection`` does exactly this. The client's relay is told first (``Relay.paused``), so
+        a resumable client stream ends the same way and the client resumes it from the gateway.
+        """
+        if any(isinstance(m, dict) and m.get("id") == ident for m in reply.messages):
+            return reply  # answered on the stream (its priming event carried the retry field)
+        heard = [m for m in reply.messages if isinstance(m, dict) and "id" not in m and "method" in m]
+        if live is not None:  # those of the stream's last chunk first, in order
+            for m in heard[reply.relayed :]:
+                await live(m)
+            reply.relayed = len(heard)
+        if isinstance(notes, Relay):
+            await notes.paused()
+        for _ in range(MAX_POLLS):
+            if any(isinstance(m, dict) and m.get("id") == ident for m in reply.messages):
+                return reply
+            if reply.last_event_id is None or self._session is None:
+                return reply
+            await asyncio.sleep(min(reply.retry or 0, MAX_RETRY_MS) / 1000)
+            headers = [
+                (b"accept", b"text/event-stream"),
+                (b"mcp-protocol-version", LEGACY.encode()),
+                (b"mcp-session-id", self._session.encode()),
+                (b"last-event-id", reply.last_event_id.encode()),
+            ]
+            more = await asgi_post(
+                self._app,
+                scope,
+                self.path,
+                headers,
+                None,
+                method="GET",
+                want_id=ident,
+                on_request=ask or (lambda m: self._refuse(scope, m)),
+                on_note=live,
+            )
+            if more.status != 200:
+                return reply
+            reply = Reply(
+                status=more.status,
+                headers=more.headers,
+                messages=reply.messages + more.messages,
+                relayed=reply.relayed + more.relayed,
+                last_event_id=more.last_event_id or reply.last_event_id,
+                retry=more.retry if more.retry is not None else reply.retry,
+            )
+        return reply
+
+    async def change_stream(
+        self, scope: Mapping[str, Any], notifications: dict[str, Any], ident: int, era: str | None = None
+    ) -> tuple[str, list[tuple[bytes, bytes]], bytes | None] | None:
+        """How to open this member's stream of change notifications (list_changed, resources/updated):
+        (HTTP method, headers, body) — ``subscriptions/listen`` with ``notifications`` as its filter for
+        a 2026-07-28 member, a GET on the member's session for a 2025-era one (gateway/servers/streams.py).
+        None when ``era`` is given and the member is called in the other one."""
+        spoken = await self._era(scope)
+        if era is not None and spoken != era:
+            return None
+        if spoken == MODERN:
+            meta = _meta()
+            if self._client_capabilities is not None:
+                meta["io.modelcontextprotocol/clientCapabilities"] = self._client_capabilities
+            params = {"notifications": notifications, "_meta": meta}
+            body = msgspec.json.encode(
+                {"jsonrpc": "2.0", "id": ident, "method": "subscriptions/listen", "params": params}
+            )
+            return "POST", self._headers(True, "subscriptions/listen", None), body
+        if self._session is None:
+            raise MemberError(self.adapter, "holds no session to stream its notifications on")
+        headers = [
+            (b"accept", b"text/event-stream"),
+            (b"mcp-protocol-version", LEGACY.encode()),
+            (b"mcp-session-id", self._session.encode()),
+        ]
+        return "GET", headers, None
 
     async def close(self, scope: Mapping[str, Any]) -> None:
         """End the member session, if one was opened."""

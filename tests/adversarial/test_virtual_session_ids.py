@@ -50,7 +50,10 @@ def opened(gw: GatewayProcess, path: str) -> str:
 
 
 def send(gw: GatewayProcess, path: str, token: str, body: dict[str, Any] = LIST) -> httpx.Response:
-    return httpx.post(f"{gw.url}{path}", json=body, headers={**ACCEPT, "Mcp-Session-Id": token}, timeout=30)
+    # JSON only on virtual servers: a session that takes SSE gets SSE answers (gateway/servers/streams.py).
+    accept = ACCEPT if path.startswith("/adapters/") else {"Accept": "application/json"}
+    headers = {**accept, "Mcp-Session-Id": token}
+    return httpx.post(f"{gw.url}{path}", json=body, headers=headers, timeout=30)
 
 
 def refused(response: httpx.Response) -> bool:
