@@ -231,7 +231,11 @@ def test_a_session_rebuilt_on_b_declares_the_clients_capabilities_and_relays_the
     def call(gw: GatewayProcess, ident: int, arguments: dict[str, Any], name: str) -> httpx.Response:
         params = {"name": name, "arguments": arguments}
         message = {"jsonrpc": "2.0", "id": ident, "method": "tools/call", "params": params}
-        return httpx.post(f"{gw.url}/servers/asks/mcp", json=message, headers=headers, timeout=30)
+        json_only = {**headers, "Accept": "application/json"}  # one JSON body, not a resumable SSE answer
+        return httpx.post(f"{gw.url}/servers/asks/mcp", json=message, headers=json_only, timeout=30)
+
+    def events(lines: Iterator[str]) -> Iterator[Any]:  # the SSE answer's messages (not its priming event)
+        return (json.loads(line[5:]) for line in lines if line.startswith("data:") and line[5:].strip())
 
     declared = call(second, 2, {}, "capabilities").json()["result"]["content"][0]["text"]
     assert json.loads(declared) == {"roots": {}, "sampling": {}}  # B rebuilt the context from the seal
@@ -239,8 +243,8 @@ def test_a_session_rebuilt_on_b_declares_the_clients_capabilities_and_relays_the
     message["params"] = {"name": "ask", "arguments": {"method": "sampling/createMessage"}}
     sampled = {"role": "assistant", "content": {"type": "text", "text": "four"}, "model": "m"}
     with httpx.stream("POST", f"{second.url}/servers/asks/mcp", json=message, headers=headers, timeout=30) as stream:
-        lines = stream.iter_lines()
-        request = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
+        messages = events(stream.iter_lines())
+        request = next(messages)
         assert request["method"] == "sampling/createMessage"
         answer = {"jsonrpc": "2.0", "id": request["id"], "result": sampled}
         other = httpx.post(f"{first.url}/servers/asks/mcp", json=init, headers=ACCEPT, timeout=30)
@@ -249,7 +253,7 @@ def test_a_session_rebuilt_on_b_declares_the_clients_capabilities_and_relays_the
         assert refused.status_code == 400 and request["id"][:40] in refused.json()["error"]["message"], refused.text
         forwarded = httpx.post(f"{first.url}/servers/asks/mcp", json=answer, headers=headers, timeout=30)
         assert forwarded.status_code == 202, forwarded.text  # A passes it on to B's member session
-        result = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
+        result = next(messages)
     assert json.loads(result["result"]["content"][0]["text"]) == {"result": sampled}
     late = httpx.post(f"{second.url}/servers/asks/mcp", json=answer, headers=headers, timeout=30)
     assert late.status_code == 400, late.text  # B relayed it and its call is over

@@ -89,7 +89,7 @@ class Session:
         assert reply.status_code == 200, reply.text
         found = (
             [m for m in _events(reply.text) if m.get("id") == self.next_id]
-            if reply.text.startswith("event")
+            if reply.headers["content-type"].startswith("text/event-stream")
             else [reply.json()]
         )
         return str(found[-1]["result"]["content"][0]["text"])
@@ -128,14 +128,14 @@ class Asked:
 
 def _next_message(lines: Iterator[str]) -> dict[str, Any]:
     for line in lines:
-        if line.startswith("data:"):
+        if line.startswith("data:") and line[5:].strip():  # not the priming event (an id, empty data)
             message: dict[str, Any] = json.loads(line[5:])
             return message
     raise AssertionError("the stream ended")
 
 
 def _events(body: str) -> list[dict[str, Any]]:
-    return [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:")]
+    return [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:") and line[5:].strip()]
 
 
 def received(session: Session) -> list[dict[str, Any]]:
