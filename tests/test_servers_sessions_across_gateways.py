@@ -12,6 +12,7 @@ The gateways trust a record they read for ``MCPGW_SESSION_CACHE_SECONDS`` (defau
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,8 +238,14 @@ def test_a_session_rebuilt_on_b_declares_the_clients_capabilities_and_relays_the
     def events(lines: Iterator[str]) -> Iterator[Any]:  # the SSE answer's messages (not its priming event)
         return (json.loads(line[5:]) for line in lines if line.startswith("data:") and line[5:].strip())
 
-    declared = call(second, 2, {}, "capabilities").json()["result"]["content"][0]["text"]
-    assert json.loads(declared) == {"roots": {}, "sampling": {}}  # B rebuilt the context from the seal
+    # B's adapter view follows the store (about a second behind a create on A): until it has the member,
+    # the server has no tool of that name there.
+    deadline = time.monotonic() + 30
+    while "result" not in (probe := call(second, 2, {}, "capabilities")).json() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "result" in probe.json(), probe.text
+    declared = probe.json()["result"]["content"][0]["text"]
+    assert json.loads(declared) == {"roots": {}, "sampling": {}}, probe.text  # B rebuilt the context from the seal
     message = {"jsonrpc": "2.0", "id": 3, "method": "tools/call"}
     message["params"] = {"name": "ask", "arguments": {"method": "sampling/createMessage"}}
     sampled = {"role": "assistant", "content": {"type": "text", "text": "four"}, "model": "m"}
