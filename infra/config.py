@@ -24,6 +24,8 @@ from typing import Any, Literal, TypeVar
 
 import pulumi
 
+from infra.cidr import within
+
 Platform = Literal["azure", "local"]
 Scope = Literal["all", "azure", "local"]
 
@@ -671,7 +673,7 @@ def _azure(stack: str, prefix: str, v: Mapping[str, Any]) -> AzureConfig:
         "privateEndpointSubnetPrefix": ipaddress.ip_network(az.private_endpoint_subnet_prefix),
     }
     for name, subnet in subnets.items():
-        if not subnet.subnet_of(net):  # type: ignore[arg-type]
+        if not within(subnet, net):
             raise ConfigError(f"{name}: {subnet} is not inside vnetAddressSpace {net}")
     names = list(subnets)
     for i, a in enumerate(names):
