@@ -875,7 +875,8 @@ async def test_entra_store_without_an_injected_credential_builds_and_closes_its_
         assert s._provider._owns_credential
     finally:
         await client.aclose()
-        await s._provider.aclose()
+        if s._provider is not None:
+            await s._provider.aclose()
 
 
 async def test_redis_over_tls_with_a_password(redis_server_factory: Callable[..., RedisServer]) -> None:  # noqa: F811
