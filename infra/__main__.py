@@ -36,6 +36,7 @@ from infra.gateway_k8s import (
 from infra.identity import Identities, IdentityArgs
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.network import AKS_SUBNET, Network, NetworkArgs
+from infra.placement import Placement
 from infra.redis import InClusterRedis, InClusterRedisArgs, ManagedRedis, ManagedRedisArgs
 from infra.registry import Registry, RegistryArgs
 
@@ -57,7 +58,9 @@ def drain_settings(cfg: StackConfig) -> tuple[float, float]:
     )
 
 
-def _common_settings(cfg: StackConfig, public_url: pulumi.Input[str], registry: pulumi.Input[str]) -> dict:
+def _common_settings(
+    cfg: StackConfig, public_url: pulumi.Input[str], registry: pulumi.Input[str]
+) -> dict[str, pulumi.Input[str]]:
     gw = cfg.gateway
     drain_delay, drain_timeout = drain_settings(cfg)
     return {
@@ -88,7 +91,7 @@ def _image(cfg: StackConfig, registry: pulumi.Input[str]) -> str | pulumi.Output
     return pulumi.Output.concat(registry, "/mcp-gateway:", cfg.gateway.image_tag)
 
 
-def wire_local(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
+def wire_local(cfg: StackConfig) -> dict[str, pulumi.Input[str | None]]:
     """The local stack: in-cluster Redis and the gateway on the kubeconfig's cluster."""
     assert cfg.local is not None
     gw, local = cfg.gateway, cfg.local
@@ -140,7 +143,7 @@ def wire_local(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
     }
 
 
-def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
+def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str | None]]:
     """The dev/prod stacks: the Azure platform, then the gateway on AKS."""
     assert cfg.azure is not None
     gw, az = cfg.gateway, cfg.azure
@@ -153,7 +156,7 @@ def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
     rg = resources.ResourceGroup(
         "resource-group", resource_group_name=az.resource_group_name, location=az.location, tags=tags
     )
-    where = {"resource_group_name": rg.name, "location": az.location, "tags": tags}
+    where: Placement = {"resource_group_name": rg.name, "location": az.location, "tags": tags}
 
     net = Network(
         "network",
@@ -355,7 +358,7 @@ def wire_azure(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
     }
 
 
-def wire(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
+def wire(cfg: StackConfig) -> dict[str, pulumi.Input[str | None]]:
     """Build the stack ``cfg`` describes; returns its outputs."""
     return wire_local(cfg) if cfg.platform == "local" else wire_azure(cfg)
 

@@ -143,7 +143,7 @@ class Aks(pulumi.ComponentResource):
             principal_type=args.deployer_principal_type,
             opts=child,
         )
-        network_profile: dict[str, Any] = {
+        network_profile: containerservice.ContainerServiceNetworkProfileArgsDict = {
             "network_plugin": "azure",
             # Overlay: pods get IPs from pod_cidr, so the node subnet stays small.
             "network_plugin_mode": "overlay",
@@ -156,7 +156,7 @@ class Aks(pulumi.ComponentResource):
         }
         if args.network_policy == "cilium":
             network_profile["network_dataplane"] = "cilium"
-        pool: dict[str, Any] = {
+        pool: containerservice.ManagedClusterAgentPoolProfileArgsDict = {
             "name": SYSTEM_POOL,
             "mode": "System",
             "type": "VirtualMachineScaleSets",
@@ -186,7 +186,10 @@ class Aks(pulumi.ComponentResource):
             location=args.location,
             resource_name_=args.cluster_name,
             dns_prefix=args.cluster_name,
-            identity={"type": "UserAssigned", "user_assigned_identities": [self.control_plane_identity.id]},
+            identity={
+                "type": containerservice.ResourceIdentityType.USER_ASSIGNED,
+                "user_assigned_identities": [self.control_plane_identity.id],
+            },
             sku={"name": "Base", "tier": args.tier},
             agent_pool_profiles=[pool],
             network_profile=network_profile,

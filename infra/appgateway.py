@@ -15,6 +15,7 @@ import pulumi
 from pulumi_azure_native import authorization, managedidentity, monitor, network
 
 from infra.azure_roles import KEY_VAULT_SECRETS_USER, role_definition_id
+from infra.placement import Placement
 
 FRONTEND_IP = "public"
 HTTPS_PORT = "https"
@@ -64,7 +65,7 @@ class AppGatewayArgs:
 WAF_INSPECT_LIMIT_KB = 2000
 
 
-def waf_policy_settings(mode: str, max_body_bytes: int) -> dict[str, Any]:
+def waf_policy_settings(mode: str, max_body_bytes: int) -> network.PolicySettingsArgsDict:
     """WAF policy settings that never refuse a body the gateway accepts (decided 2026-11-30, issue 14).
 
     The gateway accepts MCP bodies up to 4 MiB (Settings.max_body_bytes) and answers larger ones
@@ -101,7 +102,7 @@ class AppGateway(pulumi.ComponentResource):
         super().__init__("mcp-gateway:azure:AppGateway", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         rg = args.resource_group_name
-        common = {"resource_group_name": rg, "location": args.location, "tags": args.tags}
+        common: Placement = {"resource_group_name": rg, "location": args.location, "tags": args.tags}
         self.public_ip = network.PublicIPAddress(
             f"{name}-ip",
             **common,
@@ -115,7 +116,7 @@ class AppGateway(pulumi.ComponentResource):
         )
 
         extra: dict[str, Any] = {}
-        certificate: dict[str, Any] = {"name": CERTIFICATE}
+        certificate: network.ApplicationGatewaySslCertificateArgsDict = {"name": CERTIFICATE}
         if args.tls_key_vault_secret_id:
             # The App Gateway reads the certificate with its own identity.
             identity = managedidentity.UserAssignedIdentity(f"{name}-identity", **common, opts=child)
@@ -154,10 +155,24 @@ class AppGateway(pulumi.ComponentResource):
             args.resource_group_id, "/providers/Microsoft.Network/applicationGateways/", args.gateway_name
         )
 
-        def ref(kind: str, sub: str) -> dict[str, pulumi.Output[str]]:
+        def ref(kind: str, sub: str) -> network.SubResourceArgsDict:
             return {"id": pulumi.Output.concat(gateway_id, "/", kind, "/", sub)}
 
-        listener_host = {"host_name": args.host_name} if args.host_name else {}
+        https_listener: network.ApplicationGatewayHttpListenerArgsDict = {
+            "name": HTTPS_LISTENER,
+            "protocol": "Https",
+            "frontend_ip_configuration": ref("frontendIPConfigurations", FRONTEND_IP),
+            "frontend_port": ref("frontendPorts", HTTPS_PORT),
+            "ssl_certificate": ref("sslCertificates", CERTIFICATE),
+        }
+        http_listener: network.ApplicationGatewayHttpListenerArgsDict = {
+            "name": HTTP_LISTENER,
+            "protocol": "Http",
+            "frontend_ip_configuration": ref("frontendIPConfigurations", FRONTEND_IP),
+            "frontend_port": ref("frontendPorts", HTTP_PORT),
+        }
+        if args.host_name:
+            https_listener["host_name"] = http_listener["host_name"] = args.host_name
         probe_host = args.host_name or args.backend_ip
         self.app_gateway = network.ApplicationGateway(
             f"{name}-appgateway",
@@ -175,23 +190,7 @@ class AppGateway(pulumi.ComponentResource):
             frontend_ports=[{"name": HTTPS_PORT, "port": 443}, {"name": HTTP_PORT, "port": 80}],
             ssl_certificates=[certificate],
             ssl_policy={"policy_type": "Predefined", "policy_name": "AppGwSslPolicy20220101S"},
-            http_listeners=[
-                {
-                    "name": HTTPS_LISTENER,
-                    "protocol": "Https",
-                    "frontend_ip_configuration": ref("frontendIPConfigurations", FRONTEND_IP),
-                    "frontend_port": ref("frontendPorts", HTTPS_PORT),
-                    "ssl_certificate": ref("sslCertificates", CERTIFICATE),
-                    **listener_host,
-                },
-                {
-                    "name": HTTP_LISTENER,
-                    "protocol": "Http",
-                    "frontend_ip_configuration": ref("frontendIPConfigurations", FRONTEND_IP),
-                    "frontend_port": ref("frontendPorts", HTTP_PORT),
-                    **listener_host,
-                },
-            ],
+            http_listeners=[https_listener, http_listener],
             redirect_configurations=[
                 {
                     "name": REDIRECT,

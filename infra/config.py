@@ -24,6 +24,8 @@ from typing import Any, Literal, TypeVar
 
 import pulumi
 
+from infra.cidr import within
+
 Platform = Literal["azure", "local"]
 Scope = Literal["all", "azure", "local"]
 
@@ -519,9 +521,15 @@ class LocalConfig:
 
 @dataclass(frozen=True)
 class StackConfig:
-    """The whole stack configuration, validated."""
+    """The whole stack configuration, validated.
+
+    ``gateway`` comes before the key fields: ``key()`` declares a field without a dataclass default,
+    but a type checker takes any ``= key(...)`` for one, and a field without a default cannot follow
+    it (mypy ``misc``, 2026-12-01). Build it with keywords.
+    """
 
     stack: str
+    gateway: GatewayConfig
     platform: Platform = key(
         "platform",
         "azure",
@@ -534,7 +542,6 @@ class StackConfig:
         "Prefix of resource names: 2 to 8 lowercase letters or digits, starting with a letter.",
         parse=_name_prefix,
     )
-    gateway: GatewayConfig
     azure: AzureConfig | None = None
     local: LocalConfig | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -636,8 +643,10 @@ def _build(stack: str, platform: Platform, v: Mapping[str, Any]) -> StackConfig:
         raise ConfigError("gatewayNamespace and adapterNamespace must differ (adapters run untrusted images)")
     if platform == "local":
         local = _section(LocalConfig, v)
-        return StackConfig(stack, platform, prefix, gateway, local=local, raw=v)
-    return StackConfig(stack, platform, prefix, gateway, azure=_azure(stack, prefix, v), raw=v)
+        return StackConfig(stack=stack, gateway=gateway, platform=platform, name_prefix=prefix, local=local, raw=v)
+    return StackConfig(
+        stack=stack, gateway=gateway, platform=platform, name_prefix=prefix, azure=_azure(stack, prefix, v), raw=v
+    )
 
 
 def check_stack_name(stack: str) -> None:
@@ -664,7 +673,7 @@ def _azure(stack: str, prefix: str, v: Mapping[str, Any]) -> AzureConfig:
         "privateEndpointSubnetPrefix": ipaddress.ip_network(az.private_endpoint_subnet_prefix),
     }
     for name, subnet in subnets.items():
-        if not subnet.subnet_of(net):  # type: ignore[arg-type]
+        if not within(subnet, net):
             raise ConfigError(f"{name}: {subnet} is not inside vnetAddressSpace {net}")
     names = list(subnets)
     for i, a in enumerate(names):

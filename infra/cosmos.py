@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import pulumi
 import pulumi_random as random
@@ -22,7 +21,7 @@ class CosmosArgs:
     """Account options; see the cosmos* keys in infra/README.md."""
 
     resource_group_name: pulumi.Input[str]
-    location: str
+    location: pulumi.Input[str]
     account_name: pulumi.Input[str]
     database: str
     container: str
@@ -54,11 +53,11 @@ class Cosmos(pulumi.ComponentResource):
             location=args.location,
             account_name=args.account_name,
             kind="GlobalDocumentDB",
-            database_account_offer_type="Standard",
+            database_account_offer_type=cosmosdb.DatabaseAccountOfferType.STANDARD,
             locations=[
                 {"location_name": args.location, "failover_priority": 0, "is_zone_redundant": args.zone_redundant}
             ],
-            consistency_policy={"default_consistency_level": "Session"},
+            consistency_policy={"default_consistency_level": cosmosdb.DefaultConsistencyLevel.SESSION},
             capabilities=[{"name": "EnableServerless"}] if args.serverless else [],
             # Entra ID only: no account keys for data, no key-based metadata writes.
             disable_local_auth=True,
@@ -76,8 +75,8 @@ class Cosmos(pulumi.ComponentResource):
             resource={"id": args.database},
             opts=child,
         )
-        container_options: dict[str, Any] = (
-            {} if args.serverless else {"autoscale_settings": {"max_throughput": args.autoscale_max_throughput}}
+        container_options: cosmosdb.CreateUpdateOptionsArgsDict | None = (
+            None if args.serverless else {"autoscale_settings": {"max_throughput": args.autoscale_max_throughput}}
         )
         self.container = cosmosdb.SqlResourceSqlContainer(
             f"{name}-adapters",
@@ -86,7 +85,7 @@ class Cosmos(pulumi.ComponentResource):
             database_name=self.database.name,
             container_name=args.container,
             resource={"id": args.container, "partition_key": {"paths": ["/id"], "kind": "Hash", "version": 2}},
-            options=container_options or None,
+            options=container_options,
             opts=child,
         )
         cosmosdb.SqlResourceSqlRoleAssignment(

@@ -15,6 +15,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from infra.cidr import within
+
 GATEWAY_NAME = "mcp-gateway"
 GATEWAY_SERVICE_ACCOUNT = "mcp-gateway"
 ADAPTER_SERVICE_ACCOUNT = "mcp-adapter"
@@ -89,20 +91,16 @@ def egress_blocks(allowed: list[str]) -> list[dict[str, Any]]:
     peers = []
     for cidr in allowed:
         net = ipaddress.ip_network(cidr)
-        if any(_same(net, b) and net.subnet_of(ipaddress.ip_network(b)) for b in ALWAYS_BLOCKED):  # type: ignore[arg-type]
+        if any(within(net, ipaddress.ip_network(b)) for b in ALWAYS_BLOCKED):
             raise ValueError(f"adapter egress: {cidr} lies in a range adapters may never reach ({ALWAYS_BLOCKED})")
-        private = any(_same(net, p) and net.subnet_of(ipaddress.ip_network(p)) for p in PRIVATE_RANGES)  # type: ignore[arg-type]
+        private = any(within(net, ipaddress.ip_network(p)) for p in PRIVATE_RANGES)
         blocked = ALWAYS_BLOCKED + (() if private else PRIVATE_RANGES)
-        inside = [b for b in blocked if _same(net, b) and ipaddress.ip_network(b).subnet_of(net)]  # type: ignore[arg-type]
+        inside = [b for b in blocked if within(ipaddress.ip_network(b), net)]
         block: dict[str, Any] = {"cidr": str(net)}
         if inside:
             block["except"] = inside
         peers.append({"ip_block": block})
     return peers
-
-
-def _same(net: ipaddress.IPv4Network | ipaddress.IPv6Network, other: str) -> bool:
-    return net.version == ipaddress.ip_network(other).version
 
 
 def pod_security(uid: int) -> dict[str, Any]:

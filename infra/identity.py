@@ -17,6 +17,8 @@ import pulumi
 import pulumi_azuread as azuread
 from pulumi_azure_native import managedidentity
 
+from infra.placement import Placement
+
 # The audience Entra ID expects on Kubernetes service-account tokens exchanged by workload identity.
 TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 
@@ -55,7 +57,7 @@ class Identities(pulumi.ComponentResource):
     def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mcp-gateway:azure:Identities", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        common = {"resource_group_name": args.resource_group_name, "location": args.location, "tags": args.tags}
+        common = Placement(resource_group_name=args.resource_group_name, location=args.location, tags=args.tags)
         self.gateway = managedidentity.UserAssignedIdentity(f"{name}-gateway", **common, opts=child)
         self.workload = managedidentity.UserAssignedIdentity(f"{name}-workload", **common, opts=child)
         for identity, label, subject in (

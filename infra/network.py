@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_azure_native import network, privatedns
 
+from infra.placement import Placement
+
 AKS_SUBNET = "aks"
 APP_GATEWAY_SUBNET = "appgateway"
 PRIVATE_ENDPOINT_SUBNET = "private-endpoints"
@@ -26,10 +28,12 @@ class NetworkArgs:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
-def _rule(name: str, priority: int, source: str, ports: list[str], *, access: str = "Allow") -> dict[str, object]:
+def _rule(
+    name: str, priority: int, source: str, ports: list[str], *, access: str = "Allow"
+) -> network.SecurityRuleArgsDict:
     """One inbound NSG rule. Azure accepts ``*`` (any port) only in the singular
     ``destination_port_range``; the plural takes real ranges only (``SecurityRuleInvalidPortRange``)."""
-    rule: dict[str, object] = {
+    rule: network.SecurityRuleArgsDict = {
         "name": name,
         "priority": priority,
         "direction": "Inbound",
@@ -64,7 +68,7 @@ class Network(pulumi.ComponentResource):
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mcp-gateway:azure:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        common = {"resource_group_name": args.resource_group_name, "location": args.location, "tags": args.tags}
+        common = Placement(resource_group_name=args.resource_group_name, location=args.location, tags=args.tags)
 
         # The default NSG rules already allow VNet and load-balancer traffic and deny the internet.
         aks_nsg = network.NetworkSecurityGroup(f"{name}-aks-nsg", **common, opts=child)

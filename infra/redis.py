@@ -139,7 +139,7 @@ class InClusterRedis(pulumi.ComponentResource):
         password = random.RandomPassword(
             f"{name}-password", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
         )
-        secret_password = pulumi.Output.secret(password.result)
+        secret_password: pulumi.Output[str] = pulumi.Output.secret(password.result)
         meta = {"name": REDIS_NAME, "namespace": args.namespace, "labels": REDIS_LABELS}
         secret = k8s.core.v1.Secret(
             f"{name}-secret",

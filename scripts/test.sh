@@ -34,7 +34,7 @@ fi
 
 echo "== ruff check"; .venv/bin/ruff check .
 echo "== ruff format --check"; .venv/bin/ruff format --check .
-echo "== mypy (strict on gateway/ and scripts/)"; .venv/bin/mypy
+echo "== mypy (strict on gateway/, scripts/, infra/ and tests/)"; .venv/bin/mypy
 echo "== pytest"
 # Pulumi programs run in their own process: their event loop must not meet pytest-asyncio's.
 .venv/bin/python -m pytest tests/infra -q "$@"

@@ -39,7 +39,8 @@ from azure.core.credentials_async import AsyncTokenCredential
 from gateway.app import build_store
 from gateway.settings import Settings
 from gateway.store.cosmos import CosmosAdapterStore
-from tests.tls_fixtures import TlsFiles, write_tls_files
+from tests.tls_fixtures import TlsFiles
+from tests.tls_fixtures import write_tls_files as write_tls_files  # re-exported: test_cosmos_store imports it here
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "@vercel/cosmosdb-server"

@@ -155,7 +155,9 @@ class ClusterEmulator(kmock.KubernetesScaffold):
         self.secret_rules: dict[str, list[dict[str, Any]]] | None = None  # None: no RBAC on Secrets
         self._watchers: set[asyncio.Queue[tuple[ResourceId, dict[str, Any]] | str]] = set()
         for resource in KINDS:
-            self.resources["/".join(p for p in resource if p)] = {"kind": KINDS[resource], "namespaced": True}
+            self.resources["/".join(p for p in resource if p)] = kmock.ResourceInfo(
+                kind=KINDS[resource], namespaced=True
+            )
         (self.fallback**1)[self._handles] << self._serve
 
     # --- test helpers -------------------------------------------------------------------------
@@ -167,7 +169,7 @@ class ClusterEmulator(kmock.KubernetesScaffold):
             if res[2] == plural and ns == namespace
         }
 
-    def get(self, plural: str, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+    def get_object(self, plural: str, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
         """One stored object (a deep copy), or None."""
         obj = self.objects_of(plural, namespace).get(name)
         return obj
@@ -284,7 +286,8 @@ class ClusterEmulator(kmock.KubernetesScaffold):
 
     def _serve(self, request: kmock.Request) -> Any:
         assert request.resource is not None
-        res: ResourceId = (request.resource.group, request.resource.version, request.resource.plural)
+        resource = request.resource
+        res: ResourceId = (resource.group or "", resource.version or "", resource.plural or "")
         params = {k: v for k, v in request.params.items()}
         method = request.method.value
         ns, name, sub = request.namespace, request.name, request.subresource
@@ -958,7 +961,7 @@ class Kubelet:
     def _write_pod_status(
         self, pp: _PodProcess, *, ready: bool, state: dict[str, Any], last: dict[str, Any] | None = None
     ) -> None:
-        current = self.cluster.get("pods", pp.name, self.namespace)
+        current = self.cluster.get_object("pods", pp.name, self.namespace)
         if current is None:
             return
         container = current["status"]["containerStatuses"][0]
@@ -1001,7 +1004,7 @@ class Kubelet:
     async def _stop_pod(self, name: str) -> None:
         pp = self.pods.pop(name)
         await _kill_pod(pp)
-        if self.cluster.get("pods", name, self.namespace) is not None:
+        if self.cluster.get_object("pods", name, self.namespace) is not None:
             self.cluster.delete_object("pods", name, self.namespace)
         self.cluster.pod_log_files.pop((self.namespace, name), None)
 

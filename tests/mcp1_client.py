@@ -22,7 +22,8 @@ async def main(url: str, transport: str, calls: list[tuple[str, dict[str, Any]]]
 
         opener: Any = sse_client(url)
     else:
-        from mcp.client.streamable_http import streamablehttp_client
+        # mcp 1.x API: the project venv mypy checks against has mcp 2.x, where it is streamable_http_client.
+        from mcp.client.streamable_http import streamablehttp_client  # type: ignore[attr-defined]
 
         opener = streamablehttp_client(url)
     async with opener as streams:

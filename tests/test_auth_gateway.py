@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import anyio
@@ -19,9 +19,11 @@ from mcp import Client
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata
+from pydantic import AnyUrl
 
 from tests.auth_fixtures import CLIENT_ID, TENANT_ID, MemoryTokenStorage, OidcServer, browser_visit
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_ready
+from tests.mcp_results import first_text
 
 CATALOG = Path(__file__).with_name("upstreams") / "images.toml"
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -205,13 +207,12 @@ def test_bad_tokens_get_401_with_the_reason_on_both_planes(
         "foreign key": lambda: idp.mint(claims, SigningKey.generate(), kid=idp.keys[0].kid),
         "alg none": lambda: unsigned_token(claims, kid=idp.keys[0].kid),
     }[token]()
-    for method, path, kwargs in (
-        ("GET", "/adapters/rec", {}),
-        ("POST", "/adapters/rec/mcp", {"json": TOOLS_LIST, "headers": ACCEPT}),
+    for method, path, body, headers in (
+        ("GET", "/adapters/rec", None, {}),
+        ("POST", "/adapters/rec/mcp", TOOLS_LIST, ACCEPT),
     ):
-        extra = kwargs.pop("headers", {}) if isinstance(kwargs.get("headers"), dict) else {}
         response = httpx.request(
-            method, gw.url + path, headers={**extra, "Authorization": f"Bearer {bad}"}, timeout=10, **kwargs
+            method, gw.url + path, headers={**headers, "Authorization": f"Bearer {bad}"}, json=body, timeout=10
         )
         assert response.status_code == 401, response.text
         challenge = response.headers["www-authenticate"]
@@ -254,6 +255,7 @@ def open_sse(client: httpx.Client, path: str) -> tuple[httpx.Response, str | Non
     event = None
     # Keep the line iterator referenced until the stack closes: dropping it would close the stream.
     lines = response.iter_lines()
+    assert isinstance(lines, Generator)  # httpx iterates with a generator: close() ends it
     stack.callback(lines.close)
     for line in lines:
         if line.startswith("event:"):
@@ -318,11 +320,13 @@ def test_mcp_sdk_client_finds_the_metadata_from_a_401_signs_in_and_calls_tools(
     provider = OAuthClientProvider(
         server_url=url,
         client_metadata=OAuthClientMetadata(
-            redirect_uris=["http://127.0.0.1:9/callback"], token_endpoint_auth_method="none", client_name="test"
+            redirect_uris=[AnyUrl("http://127.0.0.1:9/callback")], token_endpoint_auth_method="none", client_name="test"
         ),
         storage=MemoryTokenStorage(
             OAuthClientInformationFull(
-                client_id=CLIENT_ID, redirect_uris=["http://127.0.0.1:9/callback"], token_endpoint_auth_method="none"
+                client_id=CLIENT_ID,
+                redirect_uris=[AnyUrl("http://127.0.0.1:9/callback")],
+                token_endpoint_auth_method="none",
             )
         ),
         redirect_handler=redirect_handler,
@@ -336,7 +340,7 @@ def test_mcp_sdk_client_finds_the_metadata_from_a_401_signs_in_and_calls_tools(
         ):
             tools = [tool.name for tool in (await client.list_tools()).tools]
             reply = await client.call_tool("echo", {"text": "signed in"})
-            assert reply.content[0].text == "signed in"
+            assert first_text(reply) == "signed in"
             return tools
 
     tools = anyio.run(run)

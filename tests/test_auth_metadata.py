@@ -14,6 +14,7 @@ from litestar import Litestar, Request, Response, post
 from litestar.params import FromPath
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata
+from pydantic import AnyUrl
 
 from gateway.auth.base import Authenticator
 from gateway.auth.factory import build_authenticator
@@ -230,13 +231,13 @@ async def test_mcp_sdk_client_discovers_metadata_from_a_401_and_gets_in(oidc_ser
         mcp_url = f"{url}/adapters/weather/mcp"
         storage = MemoryTokenStorage(
             OAuthClientInformationFull(
-                client_id=CLIENT_ID, redirect_uris=[redirect_uri], token_endpoint_auth_method="none"
+                client_id=CLIENT_ID, redirect_uris=[AnyUrl(redirect_uri)], token_endpoint_auth_method="none"
             )
         )
         provider = OAuthClientProvider(
             server_url=mcp_url,
             client_metadata=OAuthClientMetadata(
-                redirect_uris=[redirect_uri], token_endpoint_auth_method="none", client_name="test"
+                redirect_uris=[AnyUrl(redirect_uri)], token_endpoint_auth_method="none", client_name="test"
             ),
             storage=storage,
             redirect_handler=redirect_handler,

@@ -21,6 +21,7 @@ from tests.gateway_process import (
     wait_for,
     wait_ready,
 )
+from tests.mcp_results import first_text
 
 
 def alive(pid: int) -> bool:
@@ -38,7 +39,7 @@ async def call(url: str, tool: str, args: dict[str, Any] | None = None, **client
     async with Client(url, **client_kw) as client:
         result = await client.call_tool(tool, args or {})
         assert not result.is_error, result
-        return result.structured_content["result"] if result.structured_content else result.content[0].text
+        return result.structured_content["result"] if result.structured_content else first_text(result)
 
 
 def test_three_replicas_become_ready_and_answer_directly(gateway: GatewayProcess) -> None:
@@ -96,7 +97,7 @@ def test_put_changes_env_and_replicas_and_removed_env_is_gone(gateway: GatewayPr
         seen: dict[str, tuple[Any, Any]] = {}
         for _ in range(6):
             async with Client(mcp_url) as client:
-                who = (await client.call_tool("whoami", {})).content[0].text
+                who = first_text(await client.call_tool("whoami", {}))
                 keep = (await client.call_tool("get_env", {"name": "KEEP"})).structured_content
                 drop = (await client.call_tool("get_env", {"name": "DROP"})).structured_content
                 seen[who] = (keep, drop)

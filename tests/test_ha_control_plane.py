@@ -10,6 +10,7 @@ every write.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import random
 import signal
@@ -68,15 +69,16 @@ def start_three(k8s: ClusterThread, tmp_path: Path) -> list[GatewayProcess]:
 
 def lease_holder_pid(k8s: ClusterThread) -> int | None:
     assert k8s.cluster is not None
-    lease = k8s.call(k8s.cluster.get, "leases", LEASE_NAME)
+    lease = k8s.call(k8s.cluster.get_object, "leases", LEASE_NAME)
     holder = ((lease or {}).get("spec") or {}).get("holderIdentity") or ""
     return int(holder.rsplit("-", 2)[1]) if holder else None
 
 
 def renewal_gap(k8s: ClusterThread) -> float:
     """The longest time between two successive writes of the Lease by the same holder (its renewTime)."""
-    assert k8s.cluster is not None
-    history = k8s.call(lambda: [e for _, r, e in k8s.cluster.history if r[2] == "leases"])  # type: ignore[union-attr]
+    cluster = k8s.cluster  # a local: the lambda sees it narrowed
+    assert cluster is not None
+    history = k8s.call(lambda: [e for _, r, e in cluster.history if r[2] == "leases"])
     gap, last = 0.0, ("", 0.0)
     for event in history:
         spec = event["object"]["spec"]
@@ -152,7 +154,8 @@ def test_three_gateways_converge_without_rollback_or_lost_adapters_while_the_lea
     k8s_api: ClusterThread, tmp_path: Path
 ) -> None:
     k8s = k8s_api
-    assert k8s.cluster is not None
+    cluster = k8s.cluster  # a local: the lambdas below see it narrowed
+    assert cluster is not None
     gateways = start_three(k8s, tmp_path)
     try:
         wait_for(lambda: lease_holder_pid(k8s) in {gw.pid for gw in gateways}, timeout=10, what="a leader")
@@ -161,22 +164,29 @@ def test_three_gateways_converge_without_rollback_or_lost_adapters_while_the_lea
         leader_pid = lease_holder_pid(k8s)
         followers = [gw for gw in gateways if gw.pid != leader_pid]
         delays, removals = [], []
+
+        def applied(name: str) -> bool:
+            return name in managed_sets(k8s)
+
+        def removed(name: str) -> bool:
+            return name not in managed_sets(k8s)
+
         for i, gw in enumerate(followers * 2):
             with gw.client() as api:
                 body = {"name": f"probe{i}", "imageName": "mcp-example", "imageVersion": "1.0.0", "replicaCount": 1}
                 assert api.post("/adapters", json=body).status_code == 201
                 written = time.monotonic()
-                wait_for(lambda n=f"probe{i}": n in managed_sets(k8s), timeout=5, interval=0.02, what="the apply")
+                wait_for(functools.partial(applied, f"probe{i}"), timeout=5, interval=0.02, what="the apply")
                 delays.append(time.monotonic() - written)
                 assert api.delete(f"/adapters/probe{i}").status_code == 204
                 deleted = time.monotonic()
-                wait_for(lambda n=f"probe{i}": n not in managed_sets(k8s), timeout=5, interval=0.02, what="removal")
+                wait_for(functools.partial(removed, f"probe{i}"), timeout=5, interval=0.02, what="removal")
                 removals.append(time.monotonic() - deleted)
         print(f"follower write -> StatefulSet applied by the leader: {[round(d, 2) for d in delays]} s")
         print(f"follower DELETE -> StatefulSet removed by the leader: {[round(d, 2) for d in removals]} s")
         assert max(delays) < 2.0, delays
         assert max(removals) < 2.0, removals
-        probe_log = len(k8s.call(lambda: list(k8s.cluster.apply_log)))  # type: ignore[union-attr]
+        probe_log = len(k8s.call(lambda: list(cluster.apply_log)))
 
         workload = Workload(gateways)
         threads = [threading.Thread(target=workload.run, args=(seed,)) for seed in range(3)]
@@ -228,7 +238,7 @@ def test_three_gateways_converge_without_rollback_or_lost_adapters_while_the_lea
 
         log: list[AppliedWrite] = [
             w
-            for w in k8s.call(lambda: list(k8s.cluster.apply_log))[probe_log:]  # type: ignore[union-attr]
+            for w in k8s.call(lambda: list(cluster.apply_log))[probe_log:]
             if w.name in workload.deletes  # the workload's adapters, not the probes
         ]
         # No generation applied after a newer one (per object; a re-created adapter is a newer incarnation).

@@ -71,7 +71,9 @@ def test_sigterm_reports_not_ready_keeps_serving_then_ends_streams_cleanly(drain
 
     reader.join(DELAY + TIMEOUT + 10)
     assert ended.get("clean") is True, ended
-    took = float(ended["at"]) - signalled  # type: ignore[arg-type]
+    at = ended["at"]
+    assert isinstance(at, float), ended
+    took = at - signalled
     assert DELAY + TIMEOUT - 0.5 < took < DELAY + TIMEOUT + 3, took
     assert gw.proc.wait(10) == 0
     log = gw.log_text()

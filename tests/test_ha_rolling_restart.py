@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import signal
 from collections import Counter
@@ -28,6 +29,7 @@ from mcp import Client
 
 from tests.gateway_process import GatewayProcess, example_adapter, wait_for, wait_ready
 from tests.kubernetes_fixtures import ClusterThread, write_kubeconfig
+from tests.mcp_results import first_text
 from tests.redis_fixtures import RedisServer, redis_server
 from tests.telemetry_fixtures import scrape, value
 
@@ -110,7 +112,7 @@ def k8s(tmp_path: Path) -> Iterator[ClusterThread]:
 async def whoami(client: Client) -> str:
     result = await client.call_tool("whoami", {})
     assert not result.is_error, result
-    return str(result.content[0].text)  # type: ignore[union-attr]
+    return first_text(result)
 
 
 def test_rolling_restart_under_load_loses_no_request_and_no_session(
@@ -135,8 +137,12 @@ def test_rolling_restart_under_load_loses_no_request_and_no_session(
         with gateways[0].client() as api:
             assert api.post("/adapters", json=example_adapter("rr", replicas=2)).status_code == 201
             wait_ready(api, "rr", 2, timeout=90)
+
+        def answers_ready(gw: GatewayProcess) -> bool:
+            return httpx.get(gw.url + "/readyz").status_code == 200
+
         for gw in gateways:
-            wait_for(lambda gw=gw: httpx.get(gw.url + "/readyz").status_code == 200, timeout=20, what="ready")
+            wait_for(functools.partial(answers_ready, gw), timeout=20, what="ready")
         outcome = anyio.run(run_load_and_restart, gateways)
     finally:
         for gw in gateways:
@@ -187,6 +193,10 @@ async def run_load_and_restart(gateways: list[GatewayProcess]) -> Counter[str]:
         tasks = [asyncio.create_task(stateless()) for _ in range(2)]
         tasks += [asyncio.create_task(session(i)) for i in range(SESSIONS)]
         await asyncio.sleep(2)
+
+        def healthy(port: int) -> bool:
+            return port in lb.healthy
+
         for i, gw in enumerate(gateways):
             assert gw.proc is not None
             gw.proc.send_signal(signal.SIGTERM)
@@ -199,7 +209,7 @@ async def run_load_and_restart(gateways: list[GatewayProcess]) -> Counter[str]:
             )
             gw.log_path.rename(gw.log_path.with_suffix(f".{i}.log"))
             await asyncio.to_thread(gw.start, 60)
-            await asyncio.to_thread(wait_for, lambda port=gw.port: port in lb.healthy, 20)
+            await asyncio.to_thread(wait_for, functools.partial(healthy, gw.port), 20)
         await asyncio.sleep(2 + 1)  # the SDK re-opens a GET stream after 1 s
         for gw in gateways:
             series = await asyncio.to_thread(scrape, gw.url)

@@ -16,6 +16,7 @@ from mcp import Client
 
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
 from tests.kubernetes_fixtures import ClusterThread, write_kubeconfig
+from tests.mcp_results import first_text
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def k8s_gateway(k8s: ClusterThread, tmp_path: Path) -> Iterator[GatewayProcess]:
 async def whoami(client: Client) -> str:
     result = await client.call_tool("whoami", {})
     assert not result.is_error, result
-    return str(result.content[0].text)  # type: ignore[union-attr]
+    return first_text(result)
 
 
 async def stateless_whoami(url: str) -> str:
@@ -110,10 +111,11 @@ def test_sessions_stay_on_one_pod_stateless_calls_spread_and_a_killed_pod_leaves
         status = wait_ready(api, "kx", 3, timeout=90)
         assert [(i["name"], i["ready"]) for i in status["instances"]] == [(f"kx-{n}", True) for n in range(3)]
 
-    assert k8s.cluster is not None and k8s.kubelet is not None
-    sts = k8s.call(k8s.cluster.get, "statefulsets", "kx")
+    cluster, kubelet = k8s.cluster, k8s.kubelet  # locals: the lambdas below see them narrowed
+    assert cluster is not None and kubelet is not None
+    sts = k8s.call(cluster.get_object, "statefulsets", "kx")
     assert sts["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "mcp-gateway"
-    pods = k8s.call(k8s.cluster.objects_of, "pods")
+    pods = k8s.call(cluster.objects_of, "pods")
     assert {p["status"]["podIP"].startswith("127.") for p in pods.values()} == {True}
 
     # Modern (stateless) calls spread over every pod.
@@ -137,7 +139,7 @@ def test_sessions_stay_on_one_pod_stateless_calls_spread_and_a_killed_pod_leaves
             assert len(set(homes)) >= 2, f"new sessions all landed on one pod: {homes}"
 
             # The pod's process dies; the kubelet marks it not Ready; the gateway stops routing to it.
-            k8s.call(lambda: k8s.kubelet.process_of(victim_pod).kill())  # type: ignore[union-attr]
+            k8s.call(lambda: kubelet.process_of(victim_pod).kill())
             await anyio.to_thread.run_sync(
                 lambda: wait_for(lambda: raw.whoami().status_code == 404, timeout=10, what="404 for the dead pod")
             )
@@ -167,13 +169,13 @@ def test_sessions_stay_on_one_pod_stateless_calls_spread_and_a_killed_pod_leaves
         assert api.get("/adapters/kx/logs", params={"instance": 7}).status_code == 404
 
         assert api.delete("/adapters/kx").status_code == 204
-    wait_for(lambda: not k8s.call(k8s.cluster.objects_of, "pods"), timeout=20, what="pods gone")  # type: ignore[union-attr]
+    wait_for(lambda: not k8s.call(cluster.objects_of, "pods"), timeout=20, what="pods gone")
     wait_for(
-        lambda: k8s.call(k8s.cluster.get, "statefulsets", "kx") is None,  # type: ignore[union-attr]
+        lambda: k8s.call(cluster.get_object, "statefulsets", "kx") is None,
         timeout=20,
         what="the StatefulSet gone (its pods may go first)",
     )
-    wait_for(lambda: k8s.kubelet.pods == {}, timeout=20, what="the test kubelet to stop every pod process")
+    wait_for(lambda: kubelet.pods == {}, timeout=20, what="the test kubelet to stop every pod process")
 
 
 def test_put_removes_env_from_running_pods(k8s: ClusterThread, k8s_gateway: GatewayProcess) -> None:
@@ -183,9 +185,10 @@ def test_put_removes_env_from_running_pods(k8s: ClusterThread, k8s_gateway: Gate
         assert api.post("/adapters", json=body).status_code == 201
         wait_ready(api, "envk", 1, timeout=60)
 
-        async def env(name: str) -> Any:
+        async def env(name: str) -> dict[str, Any] | None:
             async with Client(url) as client:
-                return (await client.call_tool("get_env", {"name": name})).structured_content
+                result: dict[str, Any] | None = (await client.call_tool("get_env", {"name": name})).structured_content
+                return result
 
         assert anyio.run(env, "DROP") == {"result": "x"}
         body = example_adapter("envk", replicas=2, environmentVariables={"KEEP": "2"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
+from typing import cast
 
 import kmock
 
@@ -52,7 +53,8 @@ async def test_only_ready_pods_with_an_ip_are_endpoints(runtime: KubernetesRunti
     # Deleted but still Ready: in its preStop drain, it serves the sessions pinned to it, nothing new.
     assert (e4.replica, e4.url, e4.draining) == ("ex-4", "http://10.0.0.14:8000", True)
     assert accepting(runtime.endpoints("ex")) == (e0, e3)
-    assert e0.uid == cluster.get("pods", "ex-0")["metadata"]["uid"]  # type: ignore[index]
+    pod0 = cluster.get_object("pods", "ex-0")
+    assert pod0 is not None and e0.uid == pod0["metadata"]["uid"]
     assert runtime.endpoints("other") == ()
     # Once it stops answering its readiness probe, the draining pod is no endpoint at all.
     terminating["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
@@ -67,22 +69,22 @@ async def test_endpoints_change_within_a_second_of_the_watch_event(
     loop = asyncio.get_running_loop()
     runtime.add_listener(lambda name: heard.append((name, loop.time())))
 
-    async def step(change: object, expected: list[str]) -> float:
+    async def step(expected: list[str]) -> float:
+        """Right after a change: how long until the endpoints are ``expected`` and a listener heard it."""
         start, count = loop.time(), len(heard)
         took = await wait_for(lambda: replicas(runtime) == expected and len(heard) > count, limit=1.0)
         assert heard[-1][0] == "ex"
         assert heard[-1][1] - start < 1.0
         return took
 
-    took = [await step(cluster.put_object("pods", pod("ex", 0, ip="10.0.0.1")), ["ex-0"])]
-    took.append(await step(cluster.put_object("pods", pod("ex", 1, ip="10.0.0.2")), ["ex-0", "ex-1"]))
-    took.append(
-        await step(
-            cluster.patch_object("pods", "ex-0", {"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
-            ["ex-1"],
-        )
-    )
-    took.append(await step(cluster.delete_object("pods", "ex-1"), []))
+    cluster.put_object("pods", pod("ex", 0, ip="10.0.0.1"))
+    took = [await step(["ex-0"])]
+    cluster.put_object("pods", pod("ex", 1, ip="10.0.0.2"))
+    took.append(await step(["ex-0", "ex-1"]))
+    cluster.patch_object("pods", "ex-0", {"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+    took.append(await step(["ex-1"]))
+    cluster.delete_object("pods", "ex-1")
+    took.append(await step([]))
     assert max(took) < 1.0
     assert runtime.endpoints("ex") == ()
 
@@ -191,9 +193,10 @@ async def test_the_watch_backs_off_on_errors_and_recovers(runtime: KubernetesRun
     watches_before = len(_watches(cluster))
     refused: list[float] = []
 
-    def refuse_three_times(request: kmock.Request) -> object:
+    def refuse_three_times(request: kmock.Request) -> kmock.Payload:
         if len(refused) == 3:
-            return NotImplemented  # from now on the emulator serves watches again
+            # from now on the emulator serves watches again (kmock: NotImplemented passes on; mypy reads it as Any)
+            return cast(kmock.Payload, NotImplemented)
         refused.append(loop.time())
         return kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="etcd is sad")
 
@@ -218,7 +221,7 @@ async def test_close_ends_the_watch(cluster: ClusterEmulator, kubeconfig: Path) 
 
 async def test_removing_an_adapter_empties_its_endpoints(runtime: KubernetesRuntime, cluster: ClusterEmulator) -> None:
     await runtime.apply(record("ex"))
-    owner = cluster.get("statefulsets", "ex")
+    owner = cluster.get_object("statefulsets", "ex")
     assert owner is not None
     cluster.put_object("pods", pod("ex", 0, ip="10.0.0.1", owner_uid=owner["metadata"]["uid"]))
     await wait_for(lambda: replicas(runtime) == ["ex-0"])

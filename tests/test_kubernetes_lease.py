@@ -54,7 +54,7 @@ async def test_one_runtime_leads_and_the_other_only_follows(
 ) -> None:
     leader, follower = two
     assert leader.leadership.leading and not follower.leadership.leading
-    lease = cluster.get("leases", "mcp-gateway-reconciler")
+    lease = cluster.get_object("leases", "mcp-gateway-reconciler")
     assert lease is not None and lease["spec"]["holderIdentity"] == leader.identity
     assert lease["spec"]["leaseDurationSeconds"] == 3
 
@@ -62,7 +62,7 @@ async def test_one_runtime_leads_and_the_other_only_follows(
         await follower.apply(record("ex"))
     await leader.apply(record("ex"))
     await follower.remove("ex")  # a follower's REST delete leaves the objects to the leader
-    assert cluster.get("statefulsets", "ex") is not None
+    assert cluster.get_object("statefulsets", "ex") is not None
     assert await follower.deployed() == {"ex": 1}  # followers still read
 
 
@@ -73,7 +73,7 @@ async def test_a_released_lease_is_taken_within_a_retry_period(
     await leader.close()  # a stopping gateway hands the Lease back
     took = await wait_for(lambda: follower.leadership.leading, limit=2.0, what="the follower to lead")
     assert took < 1.0, took
-    lease = cluster.get("leases", "mcp-gateway-reconciler")
+    lease = cluster.get_object("leases", "mcp-gateway-reconciler")
     assert lease is not None and lease["spec"]["holderIdentity"] == follower.identity
     assert lease["spec"]["leaseTransitions"] == 1
     await follower.apply(record("ex"))
@@ -101,7 +101,7 @@ async def test_a_leader_that_cannot_renew_stops_acting_before_the_renew_deadline
     assert took <= 2.0 + 0.1, took
     with pytest.raises(NotLeading):
         await leader.apply(record("ex"))
-    assert cluster.get("statefulsets", "ex") is None
+    assert cluster.get_object("statefulsets", "ex") is None
 
 
 async def test_apply_never_replaces_a_newer_generation(
@@ -111,12 +111,12 @@ async def test_apply_never_replaces_a_newer_generation(
     await leader.apply(record("ex", generation=3, created_at=born(1), replica_count=3))
     with pytest.raises(StaleGeneration):
         await leader.apply(record("ex", generation=2, created_at=born(1), replica_count=1))
-    sts = cluster.get("statefulsets", "ex")
+    sts = cluster.get_object("statefulsets", "ex")
     assert sts is not None and sts["spec"]["replicas"] == 3
     assert leader.stale_refused == 1
     # A deleted and re-created adapter starts at generation 1 again: a newer incarnation wins.
     await leader.apply(record("ex", generation=1, created_at=born(2), replica_count=1))
-    sts = cluster.get("statefulsets", "ex")
+    sts = cluster.get_object("statefulsets", "ex")
     assert sts is not None and sts["spec"]["replicas"] == 1
     writes = [(w.verb, w.generation) for w in cluster.apply_log if w.kind == "statefulsets"]
     assert writes == [("create", 3), ("replace", 1)]
@@ -145,7 +145,7 @@ async def test_the_leader_removes_nothing_a_point_read_still_finds(
     await leader.apply(gone)
     store = _StaleListStore({"kept": kept}, hidden={"kept"})
     reconciler = Reconciler(
-        store,  # type: ignore[arg-type]
+        store,  # type: ignore[arg-type]  # a fake with only the list and get the reconciler reads
         leader,
         AdapterView(),
         MemorySessionStore(),
@@ -153,8 +153,8 @@ async def test_the_leader_removes_nothing_a_point_read_still_finds(
         leadership=leader.leadership,
     )
     await reconciler.run_once()
-    assert cluster.get("statefulsets", "kept") is not None  # the list missed it; the point read did not
-    assert cluster.get("statefulsets", "gone") is None
+    assert cluster.get_object("statefulsets", "kept") is not None  # the list missed it; the point read did not
+    assert cluster.get_object("statefulsets", "gone") is None
     await reconciler.close()
 
 
@@ -165,7 +165,7 @@ async def test_a_follower_reconciler_reads_the_store_and_changes_nothing(
     store = _StaleListStore({"new": record("new", created_at=born(1))}, hidden=set())
     view = AdapterView()
     reconciler = Reconciler(
-        store,  # type: ignore[arg-type]
+        store,  # type: ignore[arg-type]  # a fake with only the list and get the reconciler reads
         follower,
         view,
         MemorySessionStore(),
@@ -174,7 +174,7 @@ async def test_a_follower_reconciler_reads_the_store_and_changes_nothing(
     )
     await reconciler.run_once()
     assert view.get("new") is not None  # routing knows the adapter
-    assert cluster.get("statefulsets", "new") is None  # only the leader applies
+    assert cluster.get_object("statefulsets", "new") is None  # only the leader applies
     assert not reconciler.leading
     await reconciler.close()
 

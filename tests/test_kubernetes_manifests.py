@@ -184,7 +184,7 @@ async def test_what_the_runtime_sends_to_the_api_is_valid(
     for rec in RECORDS.values():
         await runtime.apply(rec)
         await runtime.apply(record(rec.name, generation=rec.generation + 1, replica_count=3))
-        owner = owner or cluster.get("statefulsets", rec.name)
+        owner = owner or cluster.get_object("statefulsets", rec.name)
     assert owner is not None
     cluster.put_object("pods", pod(owner["metadata"]["name"], 0, ip="10.0.0.1"))
     for rec in RECORDS.values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 import kmock
 import pytest
@@ -31,7 +31,8 @@ STS = "/apis/apps/v1/namespaces/adapter/statefulsets"
 
 
 def container(sts: dict[str, Any]) -> dict[str, Any]:
-    return sts["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+    first: dict[str, Any] = sts["spec"]["template"]["spec"]["containers"][0]
+    return first
 
 
 def env_of(sts: dict[str, Any]) -> dict[str, str]:
@@ -57,7 +58,7 @@ async def test_apply_creates_a_statefulset_and_a_headless_service_labelled_and_a
 ) -> None:
     await runtime.apply(record("ex", generation=3, environment_variables={"A": "1"}, use_workload_identity=True))
 
-    sts, svc = cluster.get("statefulsets", "ex"), cluster.get("services", "ex")
+    sts, svc = cluster.get_object("statefulsets", "ex"), cluster.get_object("services", "ex")
     assert sts is not None and svc is not None
     for obj in (sts, svc):
         assert obj["metadata"]["labels"] == {**MANAGED, "mcp-gateway/adapter": "ex"}
@@ -87,7 +88,7 @@ async def test_without_workload_identity_no_token_is_mounted(
     runtime: KubernetesRuntime, cluster: ClusterEmulator
 ) -> None:
     await runtime.apply(record("ex"))
-    sts = cluster.get("statefulsets", "ex")
+    sts = cluster.get_object("statefulsets", "ex")
     assert sts is not None
     pod_spec = sts["spec"]["template"]["spec"]
     assert pod_spec["automountServiceAccountToken"] is False
@@ -113,7 +114,7 @@ async def test_update_removes_env_vars_dropped_from_the_record(
         record("ex", generation=2, image_version="2.0.0", replica_count=3, environment_variables={"KEEP": "one"})
     )
 
-    sts = cluster.get("statefulsets", "ex")
+    sts = cluster.get_object("statefulsets", "ex")
     assert sts is not None
     assert env_of(sts) == {"KEEP": "one", "MCP_REPLICA_ID": None}
     assert container(sts)["image"] == "registry.test/mcp-example:2.0.0"
@@ -130,16 +131,17 @@ async def test_a_concurrent_write_is_resolved_by_reading_again(
 ) -> None:
     await runtime.apply(record("ex"))
 
-    def someone_else_writes_first(request: kmock.Request) -> object:
+    def someone_else_writes_first(request: kmock.Request) -> kmock.Payload:
         cluster.patch_object("statefulsets", "ex", {"metadata": {"labels": {"team": "x"}}})
-        return NotImplemented  # then the emulator serves the PUT, now with a stale resourceVersion
+        # then the emulator serves the PUT, now with a stale resourceVersion (kmock: NotImplemented passes on)
+        return cast(kmock.Payload, NotImplemented)
 
     cluster["put", f"{STS}/ex"] << someone_else_writes_first
     await runtime.apply(record("ex", generation=2, replica_count=1))
 
     puts = requests_to(cluster, "PUT", f"{STS}/ex")
     assert len(puts) == 2  # 409 Conflict, read again, replace
-    sts = cluster.get("statefulsets", "ex")
+    sts = cluster.get_object("statefulsets", "ex")
     assert sts is not None and sts["spec"]["replicas"] == 1
     assert await runtime.deployed() == {"ex": 2}
 
@@ -153,9 +155,9 @@ async def test_apply_leaves_a_namesake_not_managed_by_the_gateway_alone(
 
     with pytest.raises(RuntimeUnavailable, match="not managed by mcp-gateway"):
         await runtime.apply(record("ex"))
-    svc = cluster.get("services", "ex")
+    svc = cluster.get_object("services", "ex")
     assert svc is not None and svc["metadata"]["labels"] == {"app": "mine"}
-    assert cluster.get("statefulsets", "ex") is None
+    assert cluster.get_object("statefulsets", "ex") is None
 
 
 # --- remove -----------------------------------------------------------------------------------
@@ -166,19 +168,26 @@ async def test_remove_deletes_both_objects_by_label_in_the_foreground_and_nothin
 ) -> None:
     await runtime.apply(record("ex"))
     await runtime.apply(record("other"))
-    sts = cluster.get("statefulsets", "ex")
+    sts = cluster.get_object("statefulsets", "ex")
     assert sts is not None
     cluster.put_object("pods", pod("ex", 0, ip="10.0.0.1", owner_uid=sts["metadata"]["uid"]))
-    unmanaged = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "ex-legacy"}, "spec": {}}
+    unmanaged: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "ex-legacy"},
+        "spec": {},
+    }
     unmanaged["metadata"]["labels"] = {"mcp-gateway/adapter": "ex"}  # adapter label but no managed-by
     cluster.put_object("statefulsets", unmanaged)
 
     await runtime.remove("ex")
 
-    assert cluster.get("statefulsets", "ex") is None and cluster.get("services", "ex") is None
-    assert cluster.get("pods", "ex-0") is None  # dependents go with a foreground delete
-    assert cluster.get("statefulsets", "other") is not None and cluster.get("services", "other") is not None
-    assert cluster.get("statefulsets", "ex-legacy") is not None
+    assert cluster.get_object("statefulsets", "ex") is None and cluster.get_object("services", "ex") is None
+    assert cluster.get_object("pods", "ex-0") is None  # dependents go with a foreground delete
+    assert (
+        cluster.get_object("statefulsets", "other") is not None and cluster.get_object("services", "other") is not None
+    )
+    assert cluster.get_object("statefulsets", "ex-legacy") is not None
     lists = requests_to(
         cluster, "GET", STS, labelSelector="app.kubernetes.io/managed-by=mcp-gateway,mcp-gateway/adapter=ex"
     )
@@ -205,7 +214,7 @@ async def test_a_statefulset_deleted_out_of_band_is_restored(
 
     assert (await runtime.deployed()).get("ex") != 4
     await reconcile(runtime, [rec])
-    sts = cluster.get("statefulsets", "ex")
+    sts = cluster.get_object("statefulsets", "ex")
     assert sts is not None and env_of(sts)["A"] == "1"
     assert await runtime.deployed() == {"ex": 4}
 
@@ -217,7 +226,7 @@ async def test_a_service_deleted_out_of_band_is_restored(runtime: KubernetesRunt
 
     assert await runtime.deployed() == {"ex": 0}
     await reconcile(runtime, [rec])
-    assert cluster.get("services", "ex") is not None
+    assert cluster.get_object("services", "ex") is not None
     assert await runtime.deployed() == {"ex": 1}
 
 
@@ -240,7 +249,7 @@ async def test_a_statefulset_edited_out_of_band_counts_as_drift_and_is_restored(
 
     assert await runtime.deployed() == {"ex": 0}
     await reconcile(runtime, [rec])
-    sts = cluster.get("statefulsets", "ex")
+    sts = cluster.get_object("statefulsets", "ex")
     assert sts is not None
     assert sts["spec"]["replicas"] == 2
     assert container(sts)["image"] == "registry.test/mcp-example:1.0.0"
@@ -252,7 +261,7 @@ async def test_a_statefulset_edited_out_of_band_counts_as_drift_and_is_restored(
 async def test_an_env_var_added_out_of_band_is_removed(runtime: KubernetesRuntime, cluster: ClusterEmulator) -> None:
     rec = record("ex", environment_variables={"A": "1"})
     await reconcile(runtime, [rec])
-    sts = cluster.get("statefulsets", "ex")
+    sts = cluster.get_object("statefulsets", "ex")
     assert sts is not None
     c = container(sts)
     c["env"].append({"name": "INJECTED", "value": "x"})
@@ -260,7 +269,7 @@ async def test_an_env_var_added_out_of_band_is_removed(runtime: KubernetesRuntim
 
     assert await runtime.deployed() == {"ex": 0}
     await reconcile(runtime, [rec])
-    sts = cluster.get("statefulsets", "ex")
+    sts = cluster.get_object("statefulsets", "ex")
     assert sts is not None and "INJECTED" not in env_of(sts)
 
 
@@ -276,7 +285,7 @@ async def test_server_defaults_and_canonical_quantities_are_not_drift(
     await rt.start()
     try:
         await rt.apply(record("ex"))
-        sts = cluster.get("statefulsets", "ex")
+        sts = cluster.get_object("statefulsets", "ex")
         assert sts is not None
         c = container(sts)
         c["resources"]["limits"]["cpu"] = "1"  # the API server canonicalises quantities
@@ -298,7 +307,7 @@ async def test_a_managed_statefulset_whose_adapter_is_gone_is_removed(
     cluster.delete_object("services", "gone")  # half-present leftovers go as well
 
     await reconcile(runtime, [record("ex")])
-    assert cluster.get("statefulsets", "gone") is None
+    assert cluster.get_object("statefulsets", "gone") is None
     assert await runtime.deployed() == {"ex": 1}
 
 
@@ -309,7 +318,7 @@ async def test_a_leftover_service_without_statefulset_is_reported_and_removed(
     cluster.delete_object("statefulsets", "gone")
     assert await runtime.deployed() == {"gone": 0}
     await reconcile(runtime, [])
-    assert cluster.get("services", "gone") is None
+    assert cluster.get_object("services", "gone") is None
     assert await runtime.deployed() == {}
 
 

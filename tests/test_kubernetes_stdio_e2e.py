@@ -76,7 +76,7 @@ def test_a_stdio_image_serves_pinned_sessions_one_process_each_and_put_changes_i
         wait_ready(api, "kst", 2, timeout=90)
 
     assert k8s.cluster is not None and k8s.kubelet is not None
-    pod = k8s.call(k8s.cluster.get, "pods", "kst-0")
+    pod = k8s.call(k8s.cluster.get_object, "pods", "kst-0")
     assert [c["name"] for c in pod["spec"]["initContainers"]] == ["stdio-setup"]
     server, bridge = pod["spec"]["containers"]
     assert (server["name"], server["image"]) == ("mcp", "registry.test/stdio-whoami:1.0.0")
@@ -131,6 +131,8 @@ def test_a_stdio_image_serves_pinned_sessions_one_process_each_and_put_changes_i
 
     with k8s_gateway.client() as api:
         assert api.delete("/adapters/kst").status_code == 204
-    wait_for(lambda: k8s.kubelet.pods == {}, timeout=20, what="the test kubelet to stop every pod")  # type: ignore[union-attr]
+    kubelet = k8s.kubelet  # a local: the lambda sees it narrowed
+    assert kubelet is not None
+    wait_for(lambda: kubelet.pods == {}, timeout=20, what="the test kubelet to stop every pod")
     wait_for(lambda: not servers_with(second), timeout=20, what="no stdio server left")
     wait_for(lambda: not list(k8s.log_dir.glob(f"kst-*-{STDIO_VOLUME}")), timeout=10, what="the emptyDirs gone")

@@ -102,6 +102,8 @@ def import_edges() -> list[Edge]:
                     target = node.module or ""
                 # ``from gateway import settings`` imports the module gateway.settings
                 targets = [f"gateway.{a.name}" for a in node.names] if target == "gateway" else [target]
+            else:
+                continue
             for target in targets:
                 if target.startswith("gateway."):
                     edge = Edge(source, target, f"{path.relative_to(GATEWAY.parent)}:{node.lineno}")

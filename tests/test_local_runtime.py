@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -372,8 +373,12 @@ async def test_sigkilled_gateway_leaves_nothing_after_restart(
 
     runtime = await make_runtime(data)
     assert runtime.role == "leader"
+
+    def gone(pid: int) -> bool:
+        return not pid_alive(pid)
+
     for pid in survivors:
-        await wait_until(lambda pid=pid: not pid_alive(pid), within=5, what=f"leftover {pid} killed")
+        await wait_until(functools.partial(gone, pid), within=5, what=f"leftover {pid} killed")
     assert replica_processes(data) == {}
     assert not work_root.exists()
 

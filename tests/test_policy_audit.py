@@ -319,7 +319,7 @@ async def test_opentelemetry_logs_sink() -> None:
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
-    exporter = InMemoryLogRecordExporter()
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]  # the OTel SDK leaves it unannotated
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
     sinks = audit_sinks("off", logger_provider=provider)
@@ -358,7 +358,7 @@ async def test_credential_use_is_recorded_as_kind_and_outcome_in_every_sink(tmp_
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
-    exporter = InMemoryLogRecordExporter()
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]  # the OTel SDK leaves it unannotated
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
     path = tmp_path / "audit.jsonl"

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
-from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.gateway_process import (
@@ -28,6 +29,7 @@ from tests.gateway_process import (
     wait_for,
     wait_ready,
 )
+from tests.mcp_results import first_text
 
 CATALOG = Path(__file__).with_name("upstreams") / "images.toml"
 POLICY = [{"tools": ["add", "echo*"], "roles": ["calc.user"]}, {"tools": ["whoami"], "roles": ["*"]}]
@@ -45,7 +47,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     env = {"MCPGW_IMAGE_CATALOG": str(CATALOG), "MCPGW_AUDIT": f"file:{root / 'audit.jsonl'}"}
     with start_gateway(root / "data", env) as g:
         with g.client() as api:
-            readers = {"requiredRoles": ["calc.reader"]}
+            readers: dict[str, Any] = {"requiredRoles": ["calc.reader"]}
             for body in (
                 example_adapter("calc", replicas=1, toolPolicy=POLICY, **readers),
                 example_adapter("rec", imageName="recorder", imageVersion="1.0", toolPolicy=POLICY, **readers),
@@ -107,7 +109,7 @@ def test_denied_call_gets_the_error_and_an_allowed_one_works(gw: GatewayProcess,
             assert not (await c.call_tool("whoami", {})).is_error
         async with client(gw, era, ALICE) as c:
             result = await c.call_tool("add", {"a": 1, "b": 2})
-            assert not result.is_error and "3" in result.content[0].text  # type: ignore[union-attr]
+            assert not result.is_error and "3" in first_text(result)
 
     anyio.run(run)
     record = wait_audit(gw, event="tools/call", outcome="denied", user="bob", adapter="calc", tool="add")

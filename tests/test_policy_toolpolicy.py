@@ -46,7 +46,7 @@ def rules(value: Any) -> list[ToolRule]:
     except msgspec.ValidationError as exc:
         if not any(word in str(exc) for word in ("length", "matching regex", ">=", "<=")):
             raise  # a wrong type or an unknown member: the decoder's refusal is what is under test
-        return [ToolRule(**item) for item in value]  # type: ignore[union-attr,attr-defined]
+        return [ToolRule(**item) for item in value]
 
 
 # --- validation ------------------------------------------------------------------------------------

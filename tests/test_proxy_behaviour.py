@@ -42,10 +42,16 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
         yield g
 
 
-def post(gw: GatewayProcess, adapter: str = "rec", headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
-    return httpx.post(
-        f"{gw.url}/adapters/{adapter}/mcp", json=kw.pop("json", INIT), headers={**ACCEPT, **(headers or {})}, **kw
-    )
+def post(
+    gw: GatewayProcess, adapter: str = "rec", headers: dict[str, str | bytes] | None = None, **kw: Any
+) -> httpx.Response:
+    # A value may be bytes (a non-ASCII header); httpx's annotation takes one kind per mapping, so all go
+    # as bytes, str ones encoded as httpx itself would (ASCII).
+    sent = [
+        (name.encode("ascii"), value if isinstance(value, bytes) else value.encode("ascii"))
+        for name, value in {**ACCEPT, **(headers or {})}.items()
+    ]
+    return httpx.post(f"{gw.url}/adapters/{adapter}/mcp", json=kw.pop("json", INIT), headers=sent, **kw)
 
 
 def report(response: httpx.Response) -> dict[str, Any]:
@@ -65,7 +71,7 @@ def jsonrpc_error(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def test_client_credentials_and_identity_claims_never_reach_the_upstream(gw: GatewayProcess) -> None:
-    sent = {
+    sent: dict[str, str | bytes] = {
         "Authorization": "Bearer client-secret-token",
         "Cookie": "session=abc",
         "X-Mcp-User-Id": "mallory",

@@ -17,6 +17,7 @@ from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 
 from tests.gateway_process import GatewayProcess, example_adapter, replica_pids, start_gateway, wait_ready
+from tests.mcp_results import first_text
 
 SESSIONS = 30
 
@@ -35,7 +36,7 @@ async def whoami_series(client: Client, calls: int) -> list[str]:
     for _ in range(calls):
         result = await client.call_tool("whoami", {})
         assert not result.is_error
-        replies.append(result.content[0].text)
+        replies.append(first_text(result))
     return replies
 
 

@@ -20,6 +20,7 @@ import pytest
 from mcp import Client
 
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
+from tests.mcp_results import first_text
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ RUN_AFTER_ROLLOUT = 8.0  # seconds the old sessions keep calling once the new re
 async def text(client: Client, tool: str, **arguments: Any) -> str:
     result = await client.call_tool(tool, arguments)
     assert not result.is_error, result
-    return str(result.content[0].text)  # type: ignore[union-attr]
+    return first_text(result)
 
 
 def draining(api: httpx.Client) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import subprocess
@@ -10,7 +11,9 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from gateway.runtime._local_process import probe_detail
@@ -133,7 +136,7 @@ def test_a_changed_image_catalog_reaches_existing_adapters(tmp_path: Path) -> No
         assert api.get("/adapters/cat").json()["generation"] == 1, "the adapter itself did not change"
 
 
-def _status(generation: int, **runtime: object) -> dict[str, object]:
+def _status(generation: int, **runtime: Any) -> dict[str, object]:
     from datetime import UTC, datetime
 
     from gateway.control.status import ConditionClock, build_status
@@ -144,19 +147,11 @@ def _status(generation: int, **runtime: object) -> dict[str, object]:
     record = AdapterRecord(
         name="a", image_name="x", image_version="1", replica_count=2, generation=generation, created_at=now
     )
-    fields: dict[str, object] = {
-        "observed_generation": generation,
-        "image": "x:1",
-        "desired": 2,
-        "ready": 0,
-        "updated": 0,
-        "available": 0,
-    }
-    fields.update(runtime)
-    if fields.pop("issue", None):
-        fields["issues"] = (RuntimeIssue("CrashLoopBackOff", "replica a-1 keeps failing"),)
-    status = build_status(record, RuntimeStatus(**fields), ConditionClock())  # type: ignore[arg-type]
-    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    observed = RuntimeStatus(observed_generation=generation, image="x:1", desired=2, ready=0, updated=0, available=0)
+    if runtime.pop("issue", None):
+        runtime["issues"] = (RuntimeIssue("CrashLoopBackOff", "replica a-1 keeps failing"),)
+    status = build_status(record, dataclasses.replace(observed, **runtime), ConditionClock())
+    conditions: dict[str, object] = {c.type: (c.status, c.reason) for c in status.conditions}
     return {"replicaStatus": status.replica_status, **conditions}
 
 
@@ -194,8 +189,8 @@ def _when(stamp: str) -> datetime:
 def test_last_transition_time_is_kept_across_restarts(tmp_path: Path) -> None:
     from tests.gateway_process import example_adapter
 
-    def accepted(api: object) -> str:
-        status = api.get("/adapters/kept/status").json()  # type: ignore[attr-defined]
+    def accepted(api: httpx.Client) -> str:
+        status = api.get("/adapters/kept/status").json()
         return str(next(c for c in status["conditions"] if c["type"] == "Accepted")["lastTransitionTime"])
 
     with start_gateway(tmp_path / "data") as gw, gw.client() as api:

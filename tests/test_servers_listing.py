@@ -395,11 +395,11 @@ async def test_member_progress_reaches_the_client_while_the_member_still_works()
     gw = Gateway()
     session = await gw.initialize()
     call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "m0_progressive", "arguments": {}}}
-    for caller in ({}, {"session": session}):
+    for in_session in (None, session):
         gw.plane.progressed.clear()
         gw.plane.release.clear()
         sent: list[dict[str, Any]] = []
-        task = asyncio.create_task(gw.post(call, sent=sent, **caller))
+        task = asyncio.create_task(gw.post(call, sent=sent, session=in_session))
         await asyncio.wait_for(gw.plane.progressed.wait(), 5)
         for _ in range(200):  # the client holds the progress event while the member has not answered
             if any(b"notifications/progress" in e.get("body", b"") for e in sent):

@@ -18,6 +18,7 @@ from mcp.client import Client
 from mcp.client.sse import sse_client
 
 from tests.gateway_process import GatewayProcess, example_adapter, replica_pids, start_gateway, wait_ready
+from tests.mcp_results import first_text
 
 CATALOG = Path(__file__).with_name("upstreams") / "images.toml"
 TIMEOUT = 2.0
@@ -67,7 +68,7 @@ async def list_and_call(client: Client) -> tuple[set[str], str, str]:
     tools = {t.name for t in (await client.list_tools()).tools}
     added = await client.call_tool("ex_add", {"a": 2, "b": 3})
     echoed = await client.call_tool("cf_test_simple_text", {})
-    return tools, str(added.content[0].text), str(echoed.content[0].text)  # type: ignore[union-attr]
+    return tools, first_text(added), first_text(echoed)
 
 
 def check(result: tuple[set[str], str, str]) -> None:
@@ -113,7 +114,7 @@ def test_a_modern_only_server_through_a_single_member_server(gw: GatewayProcess,
         async with client:
             tools = {t.name for t in (await client.list_tools()).tools}
             added = await client.call_tool("add", {"a": 40, "b": 2})
-            return tools, str(added.content[0].text)  # type: ignore[union-attr]
+            return tools, first_text(added)
 
     tools, added = anyio.run(run)
     assert tools == {"add", "hello"}
@@ -199,7 +200,7 @@ def test_gateway_wide_mcp_serves_every_readable_adapter_prefixed(gw: GatewayProc
         async with Client(f"{gw.url}/mcp", mode=mode) as client:
             tools = {t.name for t in (await client.list_tools()).tools}
             added = await client.call_tool("modern_add", {"a": 1, "b": 1})
-            return tools, str(added.content[0].text)  # type: ignore[union-attr]
+            return tools, first_text(added)
 
     for mode in ("legacy", "2026-07-28"):
         tools, added = anyio.run(run, mode)

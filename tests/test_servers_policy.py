@@ -18,7 +18,8 @@ import anyio
 import httpx
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.gateway_process import (
@@ -32,7 +33,7 @@ from tests.gateway_process import (
 
 CATALOG = Path(__file__).with_name("upstreams") / "images.toml"
 POLICY = [{"tools": ["add"], "roles": ["calc.user"]}, {"tools": ["whoami"], "roles": ["*"]}]
-READERS = {"requiredRoles": ["calc.reader"]}
+READERS: dict[str, Any] = {"requiredRoles": ["calc.reader"]}
 ALICE = {"X-Dev-User-Id": "alice", "X-Dev-Roles": "calc.reader,calc.user"}
 BOB = {"X-Dev-User-Id": "bob", "X-Dev-Roles": "calc.reader"}
 TOOL_DENIED, RATE_LIMITED = -32006, -32007

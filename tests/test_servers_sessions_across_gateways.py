@@ -25,11 +25,12 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_ready
+from tests.mcp_results import first_text
 from tests.redis_fixtures import RedisServer, redis_server_session  # noqa: F401
 
 CATALOG = Path(__file__).with_name("upstreams") / "images.toml"
 ACCEPT = {"Accept": "application/json, text/event-stream"}
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
+INIT: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_sdk_client_session_moves_between_gateways_behind_a_balancer_that_is_not
             sums = []
             for a in range(4):
                 result = await client.call_tool("ex_add", {"a": a, "b": 10})
-                sums.append(str(result.content[0].text))  # type: ignore[union-attr]
+                sums.append(first_text(result))
             return tools, sums
 
     tools, sums = anyio.run(run)

@@ -20,6 +20,7 @@ import pytest
 from mcp.client import Client
 
 from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_ready
+from tests.mcp_results import first_text
 
 CATALOG = Path(__file__).with_name("upstreams") / "images.toml"
 ACCEPT = "application/json, text/event-stream"
@@ -93,9 +94,10 @@ def test_a_2026_sdk_client_listens_through_a_virtual_server(gw: GatewayProcess) 
 def test_a_listen_is_acknowledged_tagged_and_filtered_on_the_wire(gw: GatewayProcess) -> None:
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
     headers = {"Accept": ACCEPT, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "subscriptions/listen"}
-    listen = {"jsonrpc": "2.0", "id": "sub-1", "method": "subscriptions/listen"}
-    listen["params"] = {"_meta": meta, "notifications": {"promptsListChanged": True, "toolsListChanged": True}}
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call"}
+    notifications = {"promptsListChanged": True, "toolsListChanged": True}
+    listen: dict[str, Any] = {"jsonrpc": "2.0", "id": "sub-1", "method": "subscriptions/listen"}
+    listen["params"] = {"_meta": meta, "notifications": notifications}
+    call: dict[str, Any] = {"jsonrpc": "2.0", "id": 2, "method": "tools/call"}
     call["params"] = {"name": "cf_test_trigger_prompt_change", "arguments": {}, "_meta": meta}
     call_headers = {**headers, "Mcp-Method": "tools/call", "Mcp-Name": "cf_test_trigger_prompt_change"}
     frames: list[dict[str, Any]] = []
@@ -141,6 +143,6 @@ def test_a_call_whose_member_closes_its_stream_is_resumed_from_the_gateway(gw: G
     async def sdk() -> str:  # the SDK client does the same by itself
         async with Client(url, mode="legacy") as client:
             result = await client.call_tool("cf_test_reconnection", {})
-            return str(result.content[0].text)  # type: ignore[union-attr]
+            return first_text(result)
 
     assert anyio.run(sdk) == "Reconnection test completed"

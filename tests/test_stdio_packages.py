@@ -26,6 +26,7 @@ from gateway.control.validation import validate_input
 from gateway.errors import Unprocessable
 from gateway.models import AdapterInput, PackageRef
 from tests.gateway_process import GatewayProcess, start_gateway, wait_ready
+from tests.mcp_results import first_text
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "serverjson"
 REPO = Path(__file__).resolve().parent.parent
@@ -105,6 +106,7 @@ def test_http_package_must_serve_mcp_at_slash_mcp() -> None:
 
 def test_command_and_args_are_bounded_and_nul_free() -> None:
     base = {"name": "a", "imageName": "mcp-example", "imageVersion": "1.0.0"}
+    extra: dict[str, Any]
     for extra in (
         {"command": []},
         {"command": [""]},
@@ -193,7 +195,7 @@ def test_pypi_stdio_package_runs_with_uvx_on_two_replicas(gw: GatewayProcess) ->
             async with client:
                 for _ in range(2):
                     result = await client.call_tool("get_current_time", {"timezone": "Asia/Tokyo"})
-                    assert json.loads(result.content[0].text)["timezone"] == "Asia/Tokyo"
+                    assert json.loads(first_text(result))["timezone"] == "Asia/Tokyo"
 
     anyio.run(run)
     cache = gw.data_dir / "packages" / "time-pkg" / "uv"
@@ -221,7 +223,7 @@ def test_npm_streamable_http_package_runs_with_npx_on_two_replicas(gw: GatewayPr
             async with Client(gw.url + "/adapters/everything-pkg/mcp", mode="legacy") as client:
                 for _ in range(2):
                     result = await client.call_tool("echo", {"message": "through the gateway"})
-                    assert "through the gateway" in result.content[0].text
+                    assert "through the gateway" in first_text(result)
 
     anyio.run(run)
 

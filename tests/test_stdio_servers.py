@@ -21,8 +21,10 @@ import httpx
 import pytest
 from mcp import Client, types
 from mcp.client.sse import sse_client
+from pydantic import FileUrl
 
 from tests.gateway_process import GatewayProcess, start_gateway, wait_for, wait_ready
+from tests.mcp_results import first_text
 
 REPO = Path(__file__).resolve().parent.parent
 FILESYSTEM_JS = (
@@ -122,7 +124,7 @@ async def _time_calls(client: Client, calls: int = 3) -> None:
     for _ in range(calls):
         result = await client.call_tool("get_current_time", {"timezone": "Europe/Paris"})
         assert not result.is_error, result
-        assert json.loads(result.content[0].text)["timezone"] == "Europe/Paris"
+        assert json.loads(first_text(result))["timezone"] == "Europe/Paris"
 
 
 def test_stdio_server_answers_every_era_across_two_replicas(gw: GatewayProcess) -> None:
@@ -166,7 +168,7 @@ def test_each_session_gets_its_own_process_and_ends_it(gw: GatewayProcess) -> No
 
 def test_client_roots_do_not_widen_the_filesystem_servers_directories(gw: GatewayProcess, files: Path) -> None:
     async def roots(context: Any) -> types.ListRootsResult:
-        return types.ListRootsResult(roots=[types.Root(uri="file:///", name="everything")])
+        return types.ListRootsResult(roots=[types.Root(uri=FileUrl("file:///"), name="everything")])
 
     async def run() -> str:
         async with Client(gw.url + "/adapters/fs/mcp", mode="legacy", list_roots_callback=roots) as client:
@@ -175,8 +177,8 @@ def test_client_roots_do_not_widen_the_filesystem_servers_directories(gw: Gatewa
             denied = await client.call_tool("read_text_file", {"path": "/etc/hostname"})
             read = await client.call_tool("read_text_file", {"path": str(files / "hello.txt")})
             assert denied.is_error, denied
-            assert "hello from the adapter's folder" in read.content[0].text
-            return str(listed.content[0].text)
+            assert "hello from the adapter's folder" in first_text(read)
+            return first_text(listed)
 
     listed = anyio.run(run)
     assert str(files) in listed and "\n/\n" not in f"\n{listed}\n"
@@ -221,8 +223,9 @@ def test_sigkill_of_the_gateway_leaves_no_stdio_process(tmp_path: Path) -> None:
         servers = owned_processes(gw.data_dir, "mcp_server_time")
         assert len(servers) >= 3, servers
         assert owned_processes(gw.data_dir, "gateway.stdio.bridge")
+        assert gw.proc is not None
         os.kill(gw.pid, signal.SIGKILL)
-        gw.proc.wait(timeout=10)  # type: ignore[union-attr]
+        gw.proc.wait(timeout=10)
         start = time.monotonic()
         wait_for(lambda: not owned_processes(gw.data_dir), timeout=10, what="every bridge and server gone")
         assert time.monotonic() - start < 10
@@ -254,9 +257,9 @@ def test_filesystem_server_on_two_replicas_over_mcp_and_sse_with_pinned_sessions
         async with client:
             for _ in range(3):
                 listed = await client.call_tool("list_allowed_directories", {})
-                assert not listed.is_error and str(files) in listed.content[0].text, listed
+                assert not listed.is_error and str(files) in first_text(listed), listed
             read = await client.call_tool("read_text_file", {"path": str(files / "hello.txt")})
-            assert "hello from the adapter's folder" in read.content[0].text
+            assert "hello from the adapter's folder" in first_text(read)
 
     async def run() -> None:
         async with anyio.create_task_group() as tg:

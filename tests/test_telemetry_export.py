@@ -165,7 +165,9 @@ def test_cumulative_and_delta_snapshots() -> None:
     assert isinstance(first, Sum) and first.is_monotonic
     assert first.aggregation_temporality is AggregationTemporality.DELTA
     assert first.data_points[0].value == 1
-    assert dict(first.data_points[0].attributes) == {"adapter": "a", "era": "modern", "method": "POST", "status": "200"}
+    attributes = first.data_points[0].attributes
+    assert attributes is not None
+    assert dict(attributes) == {"adapter": "a", "era": "modern", "method": "POST", "status": "200"}
     assert exported["mcpgw_audit_records"].data_points[0].value == 3
 
     metrics.count_request("a", "modern", "POST", 200)
@@ -317,7 +319,7 @@ class IngestionEndpoint:
 
     def metrics(self, name: str) -> list[tuple[dict[str, str], dict[str, Any]]]:
         """(properties, metric) of every received data point named ``name``, in arrival order."""
-        out = []
+        out: list[tuple[dict[str, str], dict[str, Any]]] = []
         for envelope in self.envelopes:
             data = envelope["data"]["baseData"]
             out.extend((data.get("properties", {}), m) for m in data["metrics"] if m["name"] == name)

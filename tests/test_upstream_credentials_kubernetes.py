@@ -145,7 +145,7 @@ def test_secret_adapter_on_kubernetes_reads_only_its_named_secret_and_the_upstre
                 ("GET", f"/api/v1/namespaces/{gateway_ns}/secrets/weather-key"),
                 ("GET", f"/api/v1/namespaces/{gateway_ns}/secrets/other-key"),
             ]
-            sts = k8s.call(cluster.get, "statefulsets", "kweather")
+            sts = k8s.call(cluster.get_object, "statefulsets", "kweather")
             assert sts is not None and WEATHER_KEY not in json.dumps(sts)  # the pod never holds the value
 
             def records() -> list[dict[str, Any]] | None:

@@ -7,7 +7,7 @@ library reads. Dead code does not belong here: remove it instead (issue 20). Vul
 name, so one entry covers every definition of that name.
 """
 
-from vulture.whitelist_utils import Whitelist
+from vulture.whitelist_utils import Whitelist  # type: ignore[import-untyped]  # vulture ships no types
 
 _ = Whitelist()
 

@@ -67,7 +67,7 @@ def connect(app: Any, limits: EdgeLimits = FAST, state: ServerState | None = Non
     protocol = edge_protocol(limits)(config=config, server_state=state or ServerState(), app_state={})
     wire = Wire()
     wire.protocol = protocol
-    protocol.connection_made(wire)  # type: ignore[arg-type]
+    protocol.connection_made(wire)  # type: ignore[arg-type]  # a recording fake, not an asyncio.Transport
     return protocol, wire
 
 

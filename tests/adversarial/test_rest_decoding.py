@@ -70,7 +70,7 @@ def test_bad_parameters_are_400_naming_the_parameter(api: httpx.Client, url: str
     assert bad_request(api.get(url))["field"] == field
 
 
-BODIES = [
+BODIES: list[tuple[dict[str, object], str]] = [
     ({"replicaCount": "2"}, "replicaCount"),  # Litestar's lax conversion accepted this
     ({"replicaCount": 1.5}, "replicaCount"),
     ({"replicaCount": 2**70}, "replicaCount"),

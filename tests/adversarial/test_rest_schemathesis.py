@@ -70,6 +70,8 @@ def test_schemathesis_finds_no_failure(gw: GatewayProcess, tmp_path: Path) -> No
     try:
         run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=BUDGET_SECONDS, check=False)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"schemathesis ran longer than {BUDGET_SECONDS}s:\n{exc.stdout or ''}")
+        # On POSIX a timeout's output is bytes even with text=True (subprocess.run only waits, reads nothing).
+        output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        pytest.fail(f"schemathesis ran longer than {BUDGET_SECONDS}s:\n{output}")
     assert run.returncode == 0, f"schemathesis found failures:\n{run.stdout[-12000:]}\n{run.stderr[-2000:]}"
     assert "No issues found" in run.stdout or " passed" in run.stdout, run.stdout[-4000:]

@@ -14,7 +14,7 @@ import contextlib
 import os
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,11 +193,13 @@ def test_legacy_sse_sessions_count_against_the_same_caps(gw: GatewayProcess) -> 
     headers = {"X-Dev-User-Id": "sse-user", "X-Dev-Roles": "users", "Accept": "text/event-stream"}
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(httpx.Client(base_url=gw.url, headers=headers, timeout=10))
-        streams, readers = [], []
+        streams: list[httpx.Response] = []
+        readers: list[Generator[str, None, None]] = []
         for _ in range(2):
             stream = stack.enter_context(client.stream("GET", "/adapters/legacy/sse"))
             assert stream.status_code == 200
             reader = stream.iter_text()  # kept: an abandoned iterator closes the connection
+            assert isinstance(reader, Generator)  # httpx iterates with a generator: close() ends it
             assert "/adapters/legacy/messages?session_id=" in next(reader)
             streams.append(stream)
             readers.append(reader)

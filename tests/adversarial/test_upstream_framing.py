@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -52,9 +52,9 @@ async def fetch(
     return response.status, response.raw_headers, body
 
 
-async def wait_until(check: object, within: float = 2.0) -> None:
+async def wait_until(check: Callable[[], object], within: float = 2.0) -> None:
     deadline = time.monotonic() + within
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {check}")
         await asyncio.sleep(0.01)
@@ -390,7 +390,7 @@ async def test_a_cancelled_waiter_hands_its_wake_up_on() -> None:
     await pool.close()
 
 
-async def _first_head(pool: UpstreamPool, url: str, release: asyncio.Event) -> object:
+async def _first_head(pool: UpstreamPool, url: str, release: asyncio.Event) -> UpstreamResponse:
     task = asyncio.create_task(pool.request("POST", url + "/mcp", JSON, b"{}", identity="alice"))
     await asyncio.sleep(0.05)
     release.set()

@@ -81,7 +81,8 @@ class Registration:
     @property
     def plain(self) -> dict[str, Any]:
         """The inputs with secret wrappers removed."""
-        return unwrap(self.inputs)
+        plain: dict[str, Any] = unwrap(self.inputs)
+        return plain
 
 
 def unwrap(value: Any) -> Any:
@@ -125,7 +126,7 @@ class RecordingMonitor(MockMonitor):
             "dependencies": tuple(request.dependencies),
             "ignore_changes": tuple(request.ignoreChanges),
         }
-        return super().RegisterResource(request)
+        return super().RegisterResource(request)  # type: ignore[no-untyped-call]  # pulumi leaves MockMonitor unannotated
 
 
 class AzureMocks(pulumi.runtime.Mocks):
@@ -228,8 +229,12 @@ class AzureMocks(pulumi.runtime.Mocks):
                 f"InstrumentationKey={key};IngestionEndpoint=https://westus3-1.in.applicationinsights.azure.com/"
             )
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """(result, check failures: none) of a provider function the program calls."""
         self.calls.append(args.token)
+        return self._call_result(args), []
+
+    def _call_result(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         if args.token == "azuread:index/getApplication:getApplication":
             object_id = _uuid(f"app-{args.args.get('clientId')}")
             return {"id": f"/applications/{object_id}", "objectId": object_id, "clientId": args.args.get("clientId")}
@@ -376,7 +381,7 @@ def run_stack(stack: str, overrides: Mapping[str, Any] | None = None, *, stack_n
         )
         pulumi.runtime.set_all_config(config, secret_keys)
 
-        @pulumi.runtime.test
+        @pulumi.runtime.test  # type: ignore[untyped-decorator]  # pulumi leaves its test decorator unannotated
         def program() -> pulumi.Output[Any]:
             from infra.__main__ import wire
             from infra.config import load_config
@@ -405,7 +410,7 @@ def load_stack_config(stack: str, overrides: Mapping[str, Any] | None = None) ->
 
         loaded: dict[str, Any] = {}
 
-        @pulumi.runtime.test
+        @pulumi.runtime.test  # type: ignore[untyped-decorator]  # pulumi leaves its test decorator unannotated
         def read() -> None:
             loaded["config"] = load_config()
 

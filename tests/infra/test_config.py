@@ -122,6 +122,9 @@ def test_overlapping_or_misplaced_addresses_are_refused() -> None:
         load_stack_config("dev", {"appGatewaySubnetPrefix": "10.10.0.0/24"})
     with pytest.raises(ConfigError, match="gatewayPrivateIp"):
         load_stack_config("dev", {"gatewayPrivateIp": "10.10.4.10"})
+    # Another IP version is not inside the VNet either (ipaddress's subnet_of raised TypeError for it).
+    with pytest.raises(ConfigError, match=r"^aksSubnetPrefix: fd00::/64 is not inside vnetAddressSpace"):
+        load_stack_config("dev", {"aksSubnetPrefix": "fd00::/64"})
 
 
 def test_secret_settings_cannot_be_set_through_plain_gateway_env() -> None:
