@@ -68,7 +68,7 @@ from gateway.servers.backchannel import (
 )
 from gateway.servers.listing import ListingCache, MergedKey, MergedListing
 from gateway.servers.member import LEGACY, MODERN, Asgi, MemberClient, MemberError, Relay, post_response, sse_event
-from gateway.servers.streams import ResumeRefused, Streams, WatchTarget
+from gateway.servers.streams import ResumeRefused, Streams, WatchTarget, drain_queue
 from gateway.sessions.base import SessionLimitExceeded
 from gateway.store.base import ServerStore
 from gateway.store.view import AdapterView
@@ -1045,29 +1045,13 @@ class VirtualServers:
         endpoint = f"event: endpoint\ndata: {base}?session_id={ctx.key}\n\n".encode()
         await send({"type": "http.response.body", "body": endpoint, "more_body": True})
 
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+        def frame(item: bytes | None) -> bytes | None:
+            ctx.last_used = time.monotonic()
+            return item
 
-        watcher = asyncio.ensure_future(disconnected())
         try:
-            while True:
-                getter = asyncio.ensure_future(ctx.queue.get())
-                await asyncio.wait({getter, watcher}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-                if watcher.done():
-                    getter.cancel()
-                    break
-                if not getter.done():
-                    getter.cancel()
-                    await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
-                    continue
-                item = getter.result()
-                if item is None:
-                    break
-                await send({"type": "http.response.body", "body": item, "more_body": True})
-                ctx.last_used = time.monotonic()
+            await drain_queue(ctx.queue, receive, send, frame)
         finally:
-            watcher.cancel()
             ctx.queue = None
             await self._end(ctx, scope)
             with contextlib.suppress(Exception):  # the client is gone

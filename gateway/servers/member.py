@@ -130,6 +130,35 @@ def _sse_messages(body: bytes) -> list[Any]:
     return out
 
 
+def member_scope(
+    client_scope: Mapping[str, Any], path: str, headers: Iterable[tuple[bytes, bytes]], body: bytes | None, method: str
+) -> Scope:
+    """The ASGI scope of an in-process request to the gateway's own data plane at ``path`` on behalf of
+    the client of ``client_scope``: its Host, its ``CARRIED`` headers (credentials, trace context) and
+    nothing else of its request, then ``headers`` (and the body's type and length)."""
+    client_headers = {k.lower(): v for k, v in client_scope.get("headers", [])}
+    out: list[tuple[bytes, bytes]] = [(b"host", client_headers.get(b"host", b"localhost"))]
+    out += [(k, v) for k, v in client_scope.get("headers", []) if k.lower() in CARRIED]
+    out += list(headers)
+    if body is not None:
+        out += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": client_scope.get("scheme", "http"),
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": out,
+        "client": client_scope.get("client"),
+        "server": client_scope.get("server"),
+        "state": {},
+    }
+
+
 async def asgi_post(
     app: Asgi,
     client_scope: Mapping[str, Any],
@@ -151,27 +180,7 @@ async def asgi_post(
     ``receive`` reports a disconnect, so a stream the member keeps open after it is ended by the data
     plane's own disconnect watch (within its 10 ms start delay), as when a client leaves.
     """
-    client_headers = {k.lower(): v for k, v in client_scope.get("headers", [])}
-    out: list[tuple[bytes, bytes]] = [(b"host", client_headers.get(b"host", b"localhost"))]
-    out += [(k, v) for k, v in client_scope.get("headers", []) if k.lower() in CARRIED]
-    out += list(headers)
-    if body is not None:
-        out += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": client_scope.get("scheme", "http"),
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": out,
-        "client": client_scope.get("client"),
-        "server": client_scope.get("server"),
-        "state": {},
-    }
+    scope = member_scope(client_scope, path, headers, body, method)
     done = asyncio.Event()
     sent_body = False
     status = 0

@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.servers.member import CARRIED, Asgi, MemberClient, MemberError, Relay, _sse_messages, sse_event
+from gateway.servers.member import Asgi, MemberClient, MemberError, Relay, _sse_messages, member_scope, sse_event
 
 log = logging.getLogger("gateway.servers")
 
@@ -460,21 +460,7 @@ class Streams:
                 "params": {"notifications": honored, "_meta": meta},
             }
             await send({"type": "http.response.body", "body": sse_event(ack), "more_body": True})
-            gone = asyncio.ensure_future(_disconnected(receive))
-            try:
-                while True:
-                    getter = asyncio.ensure_future(queue.get())
-                    await asyncio.wait({getter, gone}, timeout=KEEPALIVE, return_when=asyncio.FIRST_COMPLETED)
-                    if gone.done():
-                        getter.cancel()
-                        break
-                    if not getter.done():
-                        getter.cancel()
-                        await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
-                        continue
-                    await send({"type": "http.response.body", "body": sse_event(getter.result()), "more_body": True})
-            finally:
-                gone.cancel()
+            await drain_queue(queue, receive, send, sse_event)
         finally:
             self._release(user_id)
             await _stop(watches)
@@ -558,6 +544,31 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
+async def drain_queue(
+    queue: asyncio.Queue[Any], receive: Receive, send: Send, frame: Callable[[Any], bytes | None]
+) -> None:
+    """Send each item of ``queue`` to an open SSE response as ``frame`` makes it (None: the stream ends),
+    with keep-alive comments while idle, until the client leaves. The response stays open."""
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, gone}, timeout=KEEPALIVE, return_when=asyncio.FIRST_COMPLETED)
+            if gone.done():
+                getter.cancel()
+                return
+            if not getter.done():
+                getter.cancel()
+                await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+                continue
+            body = frame(getter.result())
+            if body is None:
+                return
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+    finally:
+        gone.cancel()
+
+
 async def asgi_stream(
     app: Asgi,
     client_scope: Mapping[str, Any],
@@ -572,27 +583,7 @@ async def asgi_stream(
     ``on_message`` as its event completes; returns the HTTP status when the stream ends. Cancel the
     caller to end it (the data plane closes the upstream stream). Nothing of the stream is kept beyond
     the event being parsed (member.py ``asgi_post`` keeps the whole answer)."""
-    client_headers = {k.lower(): v for k, v in client_scope.get("headers", [])}
-    out: list[tuple[bytes, bytes]] = [(b"host", client_headers.get(b"host", b"localhost"))]
-    out += [(k, v) for k, v in client_scope.get("headers", []) if k.lower() in CARRIED]
-    out += list(headers)
-    if body is not None:
-        out += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": client_scope.get("scheme", "http"),
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": out,
-        "client": client_scope.get("client"),
-        "server": client_scope.get("server"),
-        "state": {},
-    }
+    scope = member_scope(client_scope, path, headers, body, method)
     sent_body = False
     status = 0
     sse = False
