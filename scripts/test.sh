@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)  # the local replica sandbox (docs/security.md)
-[ -x /bin/busybox ] || need_apt+=(busybox-static)  # the Kubernetes stdio pod's spawner (tests/test_kubernetes_stdio_e2e.py)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)  # the Kubernetes stdio pod's spawner (tests/e2e/test_kubernetes_stdio_e2e.py)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the portal's browser tests (Playwright drives the system browser)
 if ((${#need_apt[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -26,7 +26,7 @@ if [ ! -f "$stamp" ]; then
 fi
 
 bash scripts/install_node_tools.sh
-# An mcp 1.x client for the virtual server tests (tests/mcp1_client.py): the last 1.x release, in its own venv.
+# An mcp 1.x client for the virtual server tests (tests/fixtures/mcp1_client.py): the last 1.x release, in its own venv.
 if ! .tools/mcp1-venv/bin/python -c "import mcp" 2>/dev/null; then
   python3 -m venv .tools/mcp1-venv
   .tools/mcp1-venv/bin/pip install --quiet --disable-pip-version-check "mcp==1.30.0"
