@@ -38,4 +38,9 @@ echo "== mypy (strict on gateway/ and scripts/)"; .venv/bin/mypy
 echo "== pytest"
 # Pulumi programs run in their own process: their event loop must not meet pytest-asyncio's.
 .venv/bin/python -m pytest tests/infra -q "$@"
-.venv/bin/python -m pytest tests --ignore=tests/infra -q --durations=15 "$@"
+# Test files run in parallel on PYTEST_WORKERS processes (pytest-xdist): most of the suite waits on
+# the processes it starts, not on a CPU, so 3 workers fit 2 cores (the suite needs ~500 CPU-seconds).
+# --dist loadfile keeps a file (and its module-scoped gateways) on one worker; tests/conftest.py puts
+# the longest file first and --no-loadscope-reorder keeps that order. PYTEST_WORKERS=0: one process.
+.venv/bin/python -m pytest tests --ignore=tests/infra -q --durations=15 \
+  -n "${PYTEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"
