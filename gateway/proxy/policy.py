@@ -1,7 +1,7 @@
 """The MCP-aware stages of the data plane: classify → tool authorization → rate limits (issue 15).
 
 Thin wiring around gateway/policy (each decision is made there; see gateway/policy/README.md and
-tests/test_policy_composition.py, the reference for this order). ``McpStages.plan`` runs the three
+tests/unit/policy/test_policy_composition.py, the reference for this order). ``McpStages.plan`` runs the three
 stages on one buffered request body and returns a :class:`Plan`: what to forward, or the local
 answer, and what the response filters and the audit need after forwarding.
 

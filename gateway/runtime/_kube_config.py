@@ -3,7 +3,7 @@
 ``gateway/app.py`` builds a :class:`KubernetesRuntimeConfig` from the ``MCPGW_KUBE_*`` settings (and the
 few runtime-wide ones: ``env_deny``, ``replica_drain_timeout``, ``stdio_*``); the runtime and its
 private modules (manifests, status, pod watch) receive it instead of the gateway's whole settings. The
-defaults are the settings' defaults (tests/test_component_configs.py checks that they agree).
+defaults are the settings' defaults (tests/unit/app/test_component_configs.py checks that they agree).
 """
 
 from __future__ import annotations

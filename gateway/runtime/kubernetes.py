@@ -135,7 +135,7 @@ class KubernetesRuntime:
         c = self._config
         # The Lease gets a client (a connection pool) of its own: renewals must not queue behind a
         # burst of applies (kubernetes_asyncio pools 5 connections per core; 20 applies at once
-        # delayed renewals past the renew deadline in tests/test_ha_control_plane.py).
+        # delayed renewals past the renew deadline in tests/e2e/test_ha_control_plane.py).
         self._lease_api = KubeApi(cast(Any, kube_client).ApiClient(configuration=configuration), self._namespace)
         self._elector = LeaseElector(
             self._lease_api,

@@ -312,7 +312,7 @@ class LocalRuntimeConfig:
 
     ``gateway/app.py`` builds it from the ``MCPGW_*`` settings of the same names (``local_*``,
     ``stdio_*``, ``image_catalog``, ``env_deny``, ``replica_drain_timeout``; defaults are the
-    settings' defaults, which tests/test_component_configs.py checks); a test builds one directly.
+    settings' defaults, which tests/unit/app/test_component_configs.py checks); a test builds one directly.
     """
 
     data_dir: Path

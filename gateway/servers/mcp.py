@@ -992,7 +992,7 @@ class VirtualServers:
         """The whole JSON-RPC answer to a listing request from the merged cache, or None on a miss.
 
         The cached items are spliced in as bytes; the envelope is what ``_handle`` builds for a listing
-        (tests/test_servers_listing.py compares the two).
+        (tests/unit/servers/test_servers_listing.py compares the two).
         """
         kind = LIST_KINDS.get(method)
         if kind is None or not self._listings.enabled:

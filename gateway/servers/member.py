@@ -347,11 +347,6 @@ class MemberClient:
                 log.info("member %s refused logging/setLevel: %s", self.adapter, exc.detail)
 
     @property
-    def holds_session(self) -> bool:
-        """Whether a 2025-era member session is open (its GET stream carries what the member sends there)."""
-        return self._session is not None
-
-    @property
     def path(self) -> str:
         """The data-plane route of the member."""
         return f"/adapters/{self.adapter}/mcp"

@@ -33,7 +33,7 @@ package Redis publishes for exactly this; kept this module):
 - Dependencies: it adds ``msal`` and ``requests`` as direct requirements (both already arrive with
   azure-identity); this module needs ``PyJWT`` only to read ``oid``, as redis-entraid does.
 - Tests: this provider is tested against a real redis-server with ACL users whose passwords are
-  minted tokens (tests/test_session_stores.py: ``test_entra_*``), including a refresh where the
+  minted tokens (tests/integration/test_session_stores.py: ``test_entra_*``), including a refresh where the
   server accepts only the newest token.
 """
 

@@ -257,7 +257,7 @@ class RedisSessionConfig:
     """What the Redis session store and its client read, and nothing else (issue 20, 2026-12-01).
 
     ``gateway/app.py`` builds it from ``MCPGW_REDIS_URL``, ``MCPGW_REDIS_KEY_PREFIX``,
-    ``MCPGW_REDIS_ENTRA`` and ``MCPGW_REDIS_USERNAME`` (same defaults; tests/test_component_configs.py
+    ``MCPGW_REDIS_ENTRA`` and ``MCPGW_REDIS_USERNAME`` (same defaults; tests/unit/app/test_component_configs.py
     checks that they agree); a test builds one directly.
     """
 

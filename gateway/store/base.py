@@ -60,7 +60,7 @@ class ServerStore(Protocol):
     The second record kind of the metadata store: SQLite keeps them in their own table of the same
     file, Cosmos DB in the same container as ``kind: "server"`` items whose ids cannot collide with
     adapter names. Both share the adapter store's connection, so start/close stay with it.
-    Same contract as AdapterStore (tests/test_store_contract.py), with ServerExists.
+    Same contract as AdapterStore (tests/integration/test_store_contract.py), with ServerExists.
     """
 
     async def create(self, record: ServerRecord) -> ServerRecord:

@@ -91,7 +91,7 @@ class CosmosConfig:
     """What the Cosmos DB adapter store and its client read, and nothing else (issue 20, 2026-12-01).
 
     ``gateway/app.py`` builds it from the ``MCPGW_COSMOS_*`` settings (same defaults, which
-    tests/test_component_configs.py checks); the credential (account key or the gateway's Azure
+    tests/unit/app/test_component_configs.py checks); the credential (account key or the gateway's Azure
     credential) is not part of it: it is given to :class:`CosmosClientFactory`.
     """
 

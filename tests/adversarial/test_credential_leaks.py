@@ -30,11 +30,9 @@ import httpx
 import pytest
 
 from gateway.credentials.secrets import SECRETS_FILE, FileSecretStore
-from tests.auth_fixtures import OidcServer, entra_gateway_env, idp, tls
-from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
-from tests.tls_fixtures import TlsFiles
-
-__all__ = ["idp", "tls"]  # fixtures
+from tests.fixtures.auth import OidcServer, entra_gateway_env
+from tests.fixtures.gateway import GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
+from tests.fixtures.tls import TlsFiles
 
 CATALOG = Path(__file__).resolve().parent.parent / "upstreams" / "images.toml"
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
+from tests.fixtures.gateway import GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
 
 CATALOG = Path(__file__).resolve().parent.parent / "upstreams" / "images.toml"
 TIMEOUT = 1.0  # MCPGW_HEADER_TIMEOUT and MCPGW_BODY_TIMEOUT of the module's gateway

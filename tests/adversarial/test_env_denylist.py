@@ -25,10 +25,8 @@ from gateway.runtime._kube_manifests import REPLICA_ID_ENV, statefulset_manifest
 from gateway.runtime._local_process import OWNER_ENV
 from gateway.settings import Settings
 from gateway.store.sqlite import SqliteAdapterStore
-from tests.gateway_process import GatewayProcess, example_adapter, replica_processes, start_gateway, wait_for
-from tests.local_runtime_fixtures import RuntimeFactory, make_runtime, record, test_catalog
-
-__all__ = ["make_runtime", "test_catalog"]  # fixtures used by name
+from tests.fixtures.gateway import GatewayProcess, example_adapter, replica_processes, start_gateway, wait_for
+from tests.fixtures.local_runtime import RuntimeFactory, record
 
 
 def exploits(marker: Path) -> dict[str, dict[str, str]]:

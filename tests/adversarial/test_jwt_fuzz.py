@@ -32,8 +32,8 @@ from gateway.auth.jwt import JwtAuthenticator
 from gateway.errors import Unauthenticated
 from gateway.models import Identity
 from gateway.settings import Settings
-from tests.auth_fixtures import CLIENT_ID, OIDC_AUDIENCE, TENANT_ID, OidcServer, b64url
-from tests.gateway_process import GatewayProcess, start_gateway
+from tests.fixtures.auth import CLIENT_ID, OIDC_AUDIENCE, TENANT_ID, OidcServer, b64url
+from tests.fixtures.gateway import GatewayProcess, start_gateway
 
 FUZZ = settings(
     max_examples=150,

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
+from tests.fixtures.gateway import GatewayProcess, example_adapter, start_gateway, wait_for, wait_ready
 
 CAP = 3
 

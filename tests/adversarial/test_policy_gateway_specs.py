@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway_process import GatewayProcess, example_adapter, replica_processes, start_gateway, wait_ready
+from tests.fixtures.gateway import GatewayProcess, example_adapter, replica_processes, start_gateway, wait_ready
 
 CATALOG = Path(__file__).resolve().parent.parent / "upstreams" / "images.toml"
 VALID = example_adapter("hostile", replicas=0)

@@ -22,9 +22,7 @@ import pytest
 
 from gateway.runtime import _local_replica
 from gateway.runtime._local_process import listener_owned
-from tests.local_runtime_fixtures import RuntimeFactory, make_runtime, record, test_catalog, wait_until
-
-__all__ = ["make_runtime", "test_catalog"]  # fixtures
+from tests.fixtures.local_runtime import RuntimeFactory, record, wait_until
 
 
 class _Answer200(http.server.BaseHTTPRequestHandler):

@@ -25,8 +25,8 @@ import pytest
 from gateway.child_process import SETPRIV
 from gateway.runtime import _local_isolation
 from gateway.runtime._local_isolation import bwrap_works, detect
-from tests.gateway_process import GatewayProcess, example_adapter, replica_processes, start_gateway, wait_for
-from tests.local_runtime_fixtures import write_catalog
+from tests.fixtures.gateway import GatewayProcess, example_adapter, replica_processes, start_gateway, wait_for
+from tests.fixtures.local_runtime import write_catalog
 
 pytestmark = pytest.mark.slow
 

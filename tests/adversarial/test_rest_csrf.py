@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from gateway.browser.hosts import HostPolicy
-from tests.gateway_process import GatewayProcess, start_gateway
+from tests.fixtures.gateway import GatewayProcess, start_gateway
 
 CONFIGURED_ORIGIN = "https://console.example.com"
 ADAPTER = {"name": "csrf-made", "imageName": "mcp-example", "imageVersion": "1.0.0", "replicaCount": 0}

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway_process import GatewayProcess, example_adapter, start_gateway
+from tests.fixtures.gateway import GatewayProcess, example_adapter, start_gateway
 
 PROBLEM = "application/problem+json"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway_process import GatewayProcess, start_gateway
+from tests.fixtures.gateway import GatewayProcess, start_gateway
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 CONFIG = """\

@@ -17,7 +17,7 @@ import msgspec
 from gateway.app import local_runtime_config
 from gateway.runtime.local import LocalRuntime
 from gateway.settings import Settings
-from tests.local_runtime_fixtures import record, write_catalog
+from tests.fixtures.local_runtime import record, write_catalog
 
 
 def spec_expose(tmp_path: Path, args: list[str], local_expose: tuple[str, ...] = ()) -> tuple[str, ...]:

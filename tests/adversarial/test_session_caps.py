@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway_process import (
+from tests.fixtures.gateway import (
     GatewayProcess,
     example_adapter,
     replica_processes,
@@ -29,7 +29,7 @@ from tests.gateway_process import (
     wait_for,
     wait_ready,
 )
-from tests.redis_fixtures import RedisServer, redis_server  # noqa: F401
+from tests.fixtures.redis import RedisServer
 
 CATALOG = Path(__file__).resolve().parent.parent / "upstreams" / "images.toml"
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -222,7 +222,7 @@ def test_legacy_sse_sessions_count_against_the_same_caps(gw: GatewayProcess) -> 
 # --- Redis sessions, two gateways -------------------------------------------------------------
 
 
-def test_caps_hold_across_gateways_sharing_redis(tmp_path: Path, redis_server: RedisServer) -> None:  # noqa: F811
+def test_caps_hold_across_gateways_sharing_redis(tmp_path: Path, redis_server: RedisServer) -> None:
     env = {
         "MCPGW_IMAGE_CATALOG": str(CATALOG),
         "MCPGW_SESSIONS": "redis",

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gateway.control import serverjson
 from gateway.errors import Unprocessable
 from gateway.models import AdapterInput
-from tests.gateway_process import free_port, wait_for
+from tests.fixtures.gateway import free_port, wait_for
 
 REPO = Path(__file__).resolve().parent.parent.parent
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.adversarial.malicious_upstream import catalog
-from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_ready
+from tests.fixtures.gateway import GatewayProcess, example_adapter, start_gateway, wait_ready
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x", "arguments": {}}}

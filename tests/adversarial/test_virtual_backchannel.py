@@ -38,7 +38,7 @@ from gateway.servers.backchannel import (
     seal_capabilities,
     unseal_capabilities,
 )
-from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_ready
+from tests.fixtures.gateway import GatewayProcess, example_adapter, start_gateway, wait_ready
 
 CATALOG = Path(__file__).resolve().parent.parent / "upstreams" / "images.toml"
 ACCEPT = {"Accept": "application/json, text/event-stream"}

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway_process import GatewayProcess, example_adapter, start_gateway, wait_ready
+from tests.fixtures.gateway import GatewayProcess, example_adapter, start_gateway, wait_ready
 
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
