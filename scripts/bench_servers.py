@@ -48,6 +48,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 MEMBERS = 10
+LEGACY = "2025-11-25"
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
@@ -76,6 +77,18 @@ def headers(method: str, name: str | None, user: str) -> dict[str, str]:
     if name is not None:
         out["Mcp-Name"] = name
     return out
+
+
+def session(client: httpx.Client, url: str, user: str) -> dict[str, str]:
+    """A 2025-era session opened on ``url`` (initialize + initialized): the headers of its requests."""
+    hdrs = {"Accept": "application/json, text/event-stream", "X-Dev-User-Id": user, "X-Dev-Roles": "bench"}
+    params = {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}
+    opened = client.post(url, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}, headers=hdrs)
+    if opened.status_code != 200 or "mcp-session-id" not in opened.headers:
+        raise RuntimeError(f"{url}: initialize answered {opened.status_code} {opened.text[:300]}")
+    hdrs |= {"Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": LEGACY}
+    client.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=hdrs)
+    return hdrs
 
 
 def one(client: httpx.Client, url: str, body: dict[str, Any], hdrs: dict[str, str]) -> float:
@@ -140,6 +153,20 @@ def repetition(client: httpx.Client, pid: int, n: int) -> dict[str, Any]:
         return direct, virtual
 
     (direct, virtual), _ = measured(pid, 2 * n, calls)
+    # 2025-era sessions (2026-12-01): the virtual server answers a session's call as a resumable SSE
+    # stream (priming event, buffered events), the direct route as the example server does.
+    direct_session = session(client, "/adapters/m0/mcp", "u")
+    virtual_session = session(client, "/servers/one/mcp", "u")
+    arguments = {"a": 1, "b": 2}
+    call25 = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": arguments}}
+    vcall25 = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "m0_add", "arguments": arguments}}
+    direct25: list[float] = []
+    virtual25: list[float] = []
+    for _ in range(n):
+        direct25.append(one(client, "/adapters/m0/mcp", call25, direct_session))
+        virtual25.append(one(client, "/servers/one/mcp", vcall25, virtual_session))
+    for path, hdrs in (("/adapters/m0/mcp", direct_session), ("/servers/one/mcp", virtual_session)):
+        client.delete(path, headers=hdrs)
     _, direct_cpu = measured(pid, n, lambda: [one(client, "/adapters/m0/mcp", call, direct_headers) for _ in range(n)])
     _, virtual_cpu = measured(
         pid, n, lambda: [one(client, "/servers/one/mcp", vcall, virtual_headers) for _ in range(n)]
@@ -162,6 +189,8 @@ def repetition(client: httpx.Client, pid: int, n: int) -> dict[str, Any]:
     return {
         "direct": direct,
         "virtual": virtual,
+        "direct25": direct25,
+        "virtual25": virtual25,
         "cached": cached,
         "cold": cold,
         "cpu": {"direct": direct_cpu, "virtual": virtual_cpu, "cached": cached_cpu, "cold": cold_cpu},
@@ -251,6 +280,8 @@ def main() -> int:
     rows = (
         ("tools/call via /adapters/m0/mcp", "direct"),
         ("tools/call via /servers/one/mcp", "virtual"),
+        ("tools/call via /adapters/m0/mcp, 2025-era session", "direct25"),
+        ("tools/call via /servers/one/mcp, 2025-era session (SSE answer)", "virtual25"),
         (f"tools/list /servers/ten/mcp ({MEMBERS} members, {count} tools), cached", "cached"),
         (f"tools/list /servers/ten/mcp ({MEMBERS} members), cold", "cold"),
     )
@@ -258,14 +289,20 @@ def main() -> int:
         # Medians over the repetitions of each repetition's p50 / p90.
         row_p50 = p50([p50(r[key]) for r in runs])
         row_p90 = p50([p90(r[key]) for r in runs])
-        row_cpu = p50([r["cpu"][key] for r in runs])
-        print(f"| {label} | {row_p50:.2f} | {row_p90:.2f} | {row_cpu:.2f} |")
+        cpus = [r["cpu"][key] for r in runs if key in r["cpu"]]
+        row_cpu = f"{p50(cpus):.2f}" if cpus else "-"
+        print(f"| {label} | {row_p50:.2f} | {row_p90:.2f} | {row_cpu} |")
     added = [p50(r["virtual"]) - p50(r["direct"]) for r in runs]
     cpu_added = [r["cpu"]["virtual"] - r["cpu"]["direct"] for r in runs]
     print(
         "p50 added by the virtual server to tools/call: "
         f"{p50(added):.2f} ms (repetitions: {', '.join(f'{a:+.2f}' for a in added)}); "
         f"gateway CPU added {p50(cpu_added):.2f} ms/call"
+    )
+    added25 = [p50(r["virtual25"]) - p50(r["direct25"]) for r in runs]
+    print(
+        "p50 added by the virtual server to tools/call in a 2025-era session: "
+        f"{p50(added25):.2f} ms (repetitions: {', '.join(f'{a:+.2f}' for a in added25)})"
     )
     cached = [p50(r["cached"]) for r in runs]
     print(f"tools/list cached p50: {p50(cached):.2f} ms (repetitions: {', '.join(f'{c:.2f}' for c in cached)})")

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.gateway import GatewayProcess, example_adapter, start_gateway
+from tests.fixtures.gateway import GatewayProcess, example_adapter, problem, start_gateway
 
 
 @pytest.fixture(scope="module", params=["sqlite", "cosmos"])
@@ -29,14 +29,6 @@ def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
 def alice(gw: GatewayProcess) -> Iterator[httpx.Client]:
     with gw.client("alice") as c:
         yield c
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    return body
 
 
 VALID = example_adapter("valid", replicas=0)

@@ -26,7 +26,7 @@ from tests.fixtures.gateway import (
     example_adapter,
     replica_processes,
     start_gateway,
-    wait_for,
+    wait_audit,
     wait_ready,
 )
 from tests.fixtures.mcp_results import first_text
@@ -58,24 +58,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
             for name in ("calc", "rec", "lim"):
                 wait_ready(api, name, 1, timeout=40)
         yield g
-
-
-def audit(gw: GatewayProcess) -> list[dict[str, Any]]:
-    path = gw.data_dir.parent / "audit.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait_audit(gw: GatewayProcess, **fields: Any) -> dict[str, Any]:
-    found: list[dict[str, Any]] = []
-
-    def match() -> bool:
-        found[:] = [r for r in audit(gw) if all(r.get(k) == v for k, v in fields.items())]
-        return bool(found)
-
-    wait_for(match, timeout=10)
-    return found[-1]
 
 
 def client(gw: GatewayProcess, era: str, headers: dict[str, str]) -> Client:

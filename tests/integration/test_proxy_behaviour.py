@@ -233,6 +233,13 @@ def test_replica_dying_mid_request_is_502_and_the_gateway_keeps_serving(gw: Gate
     error = jsonrpc_error(post(gw, adapter="rec-other", headers={"x-test-exit": "1"}), 502)
     assert "rec-other-0" in error["message"]
     with gw.client() as api:
+        # The status may still say ready for a moment after the exit (the supervisor notices the death
+        # asynchronously): wait for the restart itself, then for readiness.
+        wait_for(
+            lambda: any(i["restarts"] >= 1 for i in api.get("/adapters/rec-other/status").json()["instances"]),
+            timeout=30,
+            what="rec-other-0 restarted",
+        )
         wait_ready(api, "rec-other", 1, timeout=30)
     assert report(post(gw, adapter="rec-other"))["replica"] == "rec-other-0"
     assert "Traceback" not in gw.log_text()

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.gateway import GatewayProcess, example_adapter, start_gateway
+from tests.fixtures.gateway import GatewayProcess, example_adapter, problem, start_gateway
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +28,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
 def alice(gw: GatewayProcess) -> Iterator[httpx.Client]:
     with gw.client("alice") as c:
         yield c
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["detail"]
-    return body
 
 
 def server(name: str, **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ member's replica (a recording upstream counts what arrives) and is audited as de
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from tests.fixtures.gateway import (
     example_adapter,
     replica_processes,
     start_gateway,
-    wait_for,
+    wait_audit,
     wait_ready,
 )
 
@@ -81,24 +80,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
 def client(gw: GatewayProcess, path: str, mode: str, headers: dict[str, str]) -> Client:
     transport = streamable_http_client(f"{gw.url}{path}", http_client=create_mcp_http_client(headers))
     return Client(transport, mode=mode)
-
-
-def audit(gw: GatewayProcess) -> list[dict[str, Any]]:
-    path = gw.data_dir.parent / "audit.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait_audit(gw: GatewayProcess, **fields: Any) -> dict[str, Any]:
-    found: list[dict[str, Any]] = []
-
-    def match() -> bool:
-        found[:] = [r for r in audit(gw) if all(r.get(k) == v for k, v in fields.items())]
-        return bool(found)
-
-    wait_for(match, timeout=10, what=f"an audit record with {fields}")
-    return found[-1]
 
 
 def recorder_requests(gw: GatewayProcess) -> int:
