@@ -35,6 +35,12 @@ from gateway.store.view import AdapterView, read_all
 from gateway.telemetry.tracing import DISABLED, Tracing, traced
 
 log = logging.getLogger("gateway.reconciler")
+#: At most this many adapters are applied at once (each apply is several API calls). Decision
+#: (2026-12-01): unbounded, a new leader's first pass started every behind adapter at once (20 in
+#: tests/e2e/test_ha_control_plane.py); on a loaded 2-core machine that burst queued the Lease renewal
+#: at the API server past its renew deadline, the fence refused every apply, and the next pass did the
+#: same: no progress for 45 s. Controllers in client-go run a few workers for the same reason.
+APPLY_CONCURRENCY = 4
 
 Version = tuple[str, int]
 
@@ -69,6 +75,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._applying: dict[str, asyncio.Task[None]] = {}
+        self._apply_slots = asyncio.Semaphore(APPLY_CONCURRENCY)
         self._applied: dict[str, Version] = {}
         self._seen: dict[str, str] | None = None
         self._full_due = 0.0
@@ -189,9 +196,12 @@ class Reconciler:
     @traced("reconcile.apply")
     async def _apply(self, record: AdapterRecord) -> None:
         try:
-            log.info("applying adapter %s generation %d", record.name, record.generation)
-            await self._runtime.apply(record)
-            self._applied[record.name] = _version(record)
+            async with self._apply_slots:
+                if not self.leading:
+                    return  # lost the lead while waiting for a slot: the next leader applies it
+                log.info("applying adapter %s generation %d", record.name, record.generation)
+                await self._runtime.apply(record)
+                self._applied[record.name] = _version(record)
         except StaleGeneration as exc:  # a stale read of the store: the next pass reads it again
             self.stale_refused += 1
             self._seen = None

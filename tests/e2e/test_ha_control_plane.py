@@ -232,7 +232,7 @@ def test_three_gateways_converge_without_rollback_or_lost_adapters_while_the_lea
 
         # The leader polls the store every second; a loaded 2-core CI machine needs more than a few.
         try:
-            wait_for(lambda: not differences(), timeout=45, what="the cluster to match the store")
+            wait_for(lambda: not differences(), timeout=45, interval=0.5, what="the cluster to match the store")
         except AssertionError:
             raise AssertionError(f"the cluster does not match the store: {differences()}") from None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -72,14 +71,25 @@ class RawSession:
         return str(rpc_result(self.call(gw))["content"][0]["text"])
 
 
-@pytest.fixture
-def pair(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    """This file's own Redis (the outage test stops and restarts it)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, redis: RedisServer
+) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two gateways sharing a data dir and Redis, started once for the file (2026-12-01: per test, the
+    four set-ups of two gateways and four replicas cost ~12 s each); every test leaves both running."""
     env = {
         "MCPGW_SESSIONS": "redis",
-        "MCPGW_REDIS_URL": redis_server.url,
+        "MCPGW_REDIS_URL": redis.url,
         "MCPGW_SESSION_CACHE_SECONDS": "0.5",
     }
-    data_dir = tmp_path / "shared"
+    data_dir = tmp_path_factory.mktemp("scale-out") / "shared"
     with start_gateway(data_dir, env) as first:
         with first.client() as api:
             assert api.post("/adapters", json=example_adapter("trio", replicas=3)).status_code == 201
@@ -133,12 +143,12 @@ def test_replayed_session_ids_get_404(pair: tuple[GatewayProcess, GatewayProcess
 
 def test_redis_outage_keeps_established_sessions_routing(
     pair: tuple[GatewayProcess, GatewayProcess],
-    redis_server: RedisServer,
+    redis: RedisServer,
 ) -> None:
     first, second = pair
     session = RawSession.open(first)
     home = session.whoami(first)
-    redis_server.stop()
+    redis.stop()
     try:
         time.sleep(0.7)  # let cached records age past MCPGW_SESSION_CACHE_SECONDS
         for gw in (first, second, first):
@@ -163,7 +173,7 @@ def test_redis_outage_keeps_established_sessions_routing(
         assert "Redis" in opening.json()["error"]["message"]
         assert opening.headers["retry-after"]
     finally:
-        redis_server.start()
+        redis.start()
     # Recovery needs no restart: new sessions open and route again.
     fresh = wait_for(lambda: RawSession.open(second), timeout=10, what="a new session after Redis returns")
     assert fresh.whoami(first) == fresh.whoami(second)
