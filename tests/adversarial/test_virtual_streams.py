@@ -8,7 +8,10 @@ members speak 2026-07-28 and count their open ``subscriptions/listen`` streams.
 * ``subscriptions/listen`` and standalone GET streams per user are capped together, and the cap frees
   as they end;
 * a client that leaves ends the member streams opened for it: the members' open listens and the
-  gateway's watch tasks go back to zero.
+  gateway's watch tasks go back to zero;
+* a broken or hostile 2025-era member: one that only ever asks to be polled (absurd ``retry:``) is
+  resumed a bounded number of times with a capped wait, and one that floods the client with
+  server-to-client requests gets all but ``MAX_PENDING`` refused.
 """
 
 from __future__ import annotations
@@ -154,9 +157,73 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+class HostileLegacy:
+    """A broken or hostile 2025-era member (a session of its own): ``tools/call`` either answers with an
+    SSE stream that only ever says "poll me" (a priming event with an absurd ``retry:``, then closed; every
+    GET resume the same), or floods the client with ``sampling/createMessage`` requests before answering.
+    It counts the resumes and the responses it is sent."""
+
+    def __init__(self, mode: str, asks: int = 100) -> None:
+        self.mode = mode
+        self.asks = asks
+        self.resumes = 0
+        self.responses: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["method"] == "DELETE":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if scope["method"] == "GET":  # a resume: poll me again, forever
+            self.resumes += 1
+            await send({"type": "http.response.start", "status": 200, "headers": SSE})
+            more = f"id: r{self.resumes}\nretry: 999999999\ndata: \n\n".encode()
+            await send({"type": "http.response.body", "body": more, "more_body": False})
+            return
+        request = json.loads(body)
+        method, ident = request.get("method"), request.get("id")
+        if method is None:  # a response to one of our requests
+            self.responses.append(request)
+        if ident is None or method is None:
+            await send({"type": "http.response.start", "status": 202, "headers": []})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if method == "initialize":
+            result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "h"}}
+            raw = json.dumps({"jsonrpc": "2.0", "id": ident, "result": result}).encode()
+            headers = [(b"content-type", b"application/json"), (b"mcp-session-id", b"hostile-1")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": raw, "more_body": False})
+            return
+        if method != "tools/call":
+            raw = json.dumps({"jsonrpc": "2.0", "id": ident, "error": {"code": -32601, "message": "no"}}).encode()
+            await send(
+                {"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": raw, "more_body": False})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE})
+        if self.mode == "poll":
+            await send(
+                {"type": "http.response.body", "body": b"id: p0\nretry: 999999999\ndata: \n\n", "more_body": False}
+            )
+            return
+        for n in range(self.asks):
+            ask = {"jsonrpc": "2.0", "id": f"ask-{n}", "method": "sampling/createMessage", "params": {"messages": []}}
+            await send({"type": "http.response.body", "body": _event(ask), "more_body": True})
+        done = {"jsonrpc": "2.0", "id": ident, "result": {"content": [{"type": "text", "text": "done"}]}}
+        await send({"type": "http.response.body", "body": _event(done), "more_body": False})
+
+
 class Gateway:
-    def __init__(self, buffer_events: int = 64, listens: int = 2) -> None:
-        self.members = Members()
+    def __init__(self, buffer_events: int = 64, listens: int = 2, members: Any = None) -> None:
+        self.members = members or Members()
         view = AdapterView()
         view.put(record("m0"))
         view.put(record("m1"))
@@ -186,6 +253,14 @@ class Gateway:
     async def done(self, method: str, message: dict[str, Any] | None, user: str = "alice", **extra: str) -> Exchange:
         exchange = self.request(method, message, user, **extra)
         await asyncio.wait_for(exchange.task, 5)
+        return exchange
+
+    async def done_json(self, message: dict[str, Any], session: str) -> Exchange:
+        """A session request from a client that takes only JSON (one answer, no SSE stream)."""
+        headers = [(b"host", b"127.0.0.1"), (b"accept", b"application/json")]
+        headers += [(b"x-dev-user-id", b"alice"), (b"x-dev-roles", b"team"), (b"mcp-session-id", session.encode())]
+        exchange = Exchange(self.servers, "POST", headers, msgspec.json.encode(message))
+        await asyncio.wait_for(exchange.task, 10)
         return exchange
 
     async def session(self, user: str = "alice") -> str:
@@ -272,3 +347,59 @@ async def test_listens_per_user_are_capped_and_the_cap_frees_when_they_end() -> 
     again = gw.listen("d")
     await until(lambda: "acknowledged" in again.text, "a listen after the others ended")
     await again.leave()
+
+
+async def test_a_member_that_only_ever_asks_to_be_polled_is_polled_a_bounded_number_of_times(
+    monkeypatch: Any,
+) -> None:
+    """A broken replica ending every stream with ``retry: 999999999`` and no answer: the gateway waits at
+    most ``MAX_RETRY_MS`` between resumes and gives up after ``MAX_POLLS``; the client gets a JSON-RPC
+    error naming the member, not a hang and not a 5xx."""
+    from gateway.servers import member
+
+    monkeypatch.setattr(member, "MAX_RETRY_MS", 20)  # the cap, made short for the test
+    hostile = HostileLegacy("poll")
+    gw = Gateway(members=hostile)
+    session = await gw.session()
+    call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "m0_anything"}}
+    started = asyncio.get_running_loop().time()
+    answered = await gw.done_json(call, session)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert hostile.resumes == member.MAX_POLLS
+    assert elapsed < 5, elapsed  # 20 waits of at most 20 ms, not 20 x 999999 s
+    assert answered.status == 200, answered.text
+    error = json.loads(answered.text)["error"]
+    assert "m0" in error["message"] and error["data"]["member"] == "m0", error
+
+
+async def test_a_member_flooding_the_client_with_requests_gets_the_excess_refused() -> None:
+    """A member sending 100 sampling requests in one call: at most ``MAX_PENDING`` reach the client, the
+    rest are answered with -32601 to the member at once, and the call still completes."""
+    from gateway.servers.backchannel import MAX_PENDING
+
+    hostile = HostileLegacy("flood", asks=100)
+    gw = Gateway(members=hostile)
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {"sampling": {}}},
+    }
+    opened = await gw.done("POST", init)
+    session = dict(opened.sent[0]["headers"])[b"mcp-session-id"].decode()
+    call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "m0_anything"}}
+    answered = await gw.done("POST", call, mcp_session_id=session)
+    relayed = [m for m in _messages(answered.text) if m.get("method") == "sampling/createMessage"]
+    assert len(relayed) == MAX_PENDING, len(relayed)
+    assert all(str(m["id"]).startswith("mcpgw-") for m in relayed)  # never the member's own ids
+    assert any(m.get("id") == 9 and "result" in m for m in _messages(answered.text))
+    await until(lambda: len(hostile.responses) == 100 - MAX_PENDING, "the excess refused to the member")
+    assert all(r["error"]["code"] == -32601 for r in hostile.responses)
+
+
+def _messages(text: str) -> list[dict[str, Any]]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            out.append(json.loads(line[5:]))
+    return out
